@@ -1,0 +1,208 @@
+//! tollgate's configuration: one YAML file, read in two steps.
+//!
+//! [`parse`] reads the YAML into raw serde types that refuse unknown keys (`raw`), one
+//! section and one list entry at a time so that a mistake in one place does not hide the
+//! others; `validate` then resolves defaults, durations and references into a typed, ready
+//! [`Config`]. Every problem carries its YAML path, and all of them are reported together.
+//! This crate does no I/O: it takes the file's text.
+//!
+//! ```
+//! let yaml = r#"
+//! upstreams:
+//!   echo: { backends: [{ addr: "127.0.0.1:9000" }] }
+//! routes:
+//!   - { name: all, path: /, upstream: billing }
+//! "#;
+//! let err = tollgate_config::parse(yaml).unwrap_err();
+//! assert_eq!(err.to_string(), "routes[0].upstream: unknown upstream \"billing\"");
+//! ```
+
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use tollgate_router::PathMatch;
+
+/// One thing wrong with a config, at a YAML path such as `routes[2].upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config, in file order where it has one. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validated configuration: every reference resolved, every default applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub listen: Listen,
+    pub metrics: Metrics,
+    pub logging: Logging,
+    /// Sorted by name.
+    pub upstreams: Vec<Upstream>,
+    /// In file order.
+    pub routes: Vec<Route>,
+}
+
+impl Config {
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// Process settings handed to Pingora's `ServerConf`.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Worker threads of the proxy service. Default: the number of CPUs.
+    pub threads: usize,
+    /// After SIGTERM, how long listeners stay open before shutdown starts (lets a load
+    /// balancer in front notice). Default 5 s; Pingora's own default is 300 s.
+    pub grace_period: Duration,
+    /// How long in-flight requests get to finish after the grace period. Default 10 s.
+    pub graceful_shutdown_timeout: Duration,
+    /// Idle upstream connections kept per process. Default 128.
+    pub upstream_keepalive_pool_size: usize,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub error_log: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Plain-HTTP listener. Default `0.0.0.0:8080`.
+    pub http: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Prometheus, `/healthz` and `/readyz`. Default `127.0.0.1:9091`.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logging {
+    /// A `tracing` filter such as `info` or `tollgate=debug`. Default `info`.
+    pub level: String,
+    /// One JSON line per request. Default true.
+    pub access_log: bool,
+}
+
+/// A named cluster of backends.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub backends: Vec<Backend>,
+    pub lb: LoadBalancing,
+    pub health_check: Option<HealthCheck>,
+    /// TCP connect. Default 1 s.
+    pub connect_timeout: Duration,
+    /// Each read from the backend, response header included. Default 30 s.
+    pub read_timeout: Duration,
+    /// Each write to the backend. Default 30 s.
+    pub write_timeout: Duration,
+    /// How long an unused upstream connection stays pooled. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Further backends tried after a connect failure. Default 1.
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// `host:port`; names are resolved when the config is loaded.
+    pub addr: String,
+    /// Relative share of requests. Default 1.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadBalancing {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Ketama consistent hashing of the key.
+    ConsistentHash(HashOn),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    ClientIp,
+    /// A request header, by lower-case name; requests without it hash on the client IP.
+    Header(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    Tcp,
+    Http {
+        path: String,
+        /// The `Host` header of the check. Default `localhost`.
+        host: String,
+        expected_status: u16,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    /// Default 5 s.
+    pub interval: Duration,
+    /// Default 1 s.
+    pub timeout: Duration,
+    /// Consecutive passes that bring a backend back. Default 2.
+    pub healthy_threshold: usize,
+    /// Consecutive failures that take a backend out. Default 3.
+    pub unhealthy_threshold: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique; the `route` label of metrics.
+    pub name: String,
+    pub host: Option<String>,
+    pub path: String,
+    pub path_match: PathMatch,
+    /// Upper case; empty means every method.
+    pub methods: Vec<String>,
+    /// Name of an upstream that exists.
+    pub upstream: String,
+    /// Remove the matched prefix from the path sent upstream.
+    pub strip_prefix: bool,
+}
+
+/// Parses and validates a config file's text.
+pub fn parse(yaml: &str) -> Result<Config, ConfigError> {
+    validate::parse(yaml)
+}

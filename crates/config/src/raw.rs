@@ -1,0 +1,137 @@
+//! The YAML file as written: serde types that refuse unknown keys, and nothing more.
+//!
+//! Defaults and cross-references are not settled here; `validate` does that, so that every
+//! problem can be reported with its path at once.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A duration as written. Numbers are accepted here so that `interval: 5` gets the
+/// helpful "write 5s" message from validation rather than a type error.
+#[derive(Debug, Clone)]
+pub struct DurationText(pub String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            Text(String),
+            Int(i64),
+            Float(f64),
+        }
+        match Scalar::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a duration such as \"5s\" or \"250ms\"")
+        })? {
+            Scalar::Text(s) => Ok(DurationText(s)),
+            Scalar::Int(i) => Ok(DurationText(i.to_string())),
+            Scalar::Float(f) => Ok(DurationText(f.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub threads: Option<usize>,
+    pub grace_period: Option<DurationText>,
+    pub graceful_shutdown_timeout: Option<DurationText>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub error_log: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub http: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    pub level: Option<String>,
+    pub access_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub addr: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub expected_status: Option<u16>,
+    pub interval: Option<DurationText>,
+    pub timeout: Option<DurationText>,
+    pub healthy_threshold: Option<usize>,
+    pub unhealthy_threshold: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub backends: Vec<RawBackend>,
+    pub lb: Option<String>,
+    pub hash_on: Option<String>,
+    pub health_check: Option<RawHealthCheck>,
+    pub connect_timeout: Option<DurationText>,
+    pub read_timeout: Option<DurationText>,
+    pub write_timeout: Option<DurationText>,
+    pub idle_timeout: Option<DurationText>,
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub host: Option<String>,
+    pub path: String,
+    pub path_match: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub upstream: String,
+    pub strip_prefix: Option<bool>,
+}
+
+/// Top-level sections, each parsed on its own so that an error in one does not hide the others.
+pub const SECTIONS: &[&str] = &[
+    "server",
+    "listen",
+    "metrics",
+    "logging",
+    "upstreams",
+    "routes",
+];
+
+/// The whole file, assembled section by section (see `parse`).
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub listen: RawListen,
+    pub metrics: RawMetrics,
+    pub logging: RawLogging,
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Upstreams present in the file that failed to parse: routes naming them are not
+    /// reported again as naming an unknown upstream.
+    pub broken_upstreams: BTreeSet<String>,
+    /// Routes in file order, with their index in the file (entries that failed to parse are
+    /// missing, so indexes may skip).
+    pub routes: Vec<(usize, RawRoute)>,
+}

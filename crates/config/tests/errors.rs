@@ -1,0 +1,213 @@
+//! A bad config is refused with every problem and its YAML path, at once.
+
+use tollgate_config::parse;
+
+fn problems(yaml: &str) -> Vec<String> {
+    parse(yaml)
+        .unwrap_err()
+        .problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect()
+}
+
+const GOOD: &str = r#"
+listen: { http: "127.0.0.1:8080" }
+upstreams:
+  echo:
+    backends: [{ addr: "127.0.0.1:9000", weight: 3 }, { addr: "localhost:9001" }]
+    health_check: { type: http, path: /healthz, interval: 2s, unhealthy_threshold: 2 }
+    connect_timeout: 250ms
+routes:
+  - { name: api, host: api.example.com, path: /api, methods: [get, POST], upstream: echo, strip_prefix: true }
+  - { name: root, path: /, upstream: echo }
+"#;
+
+#[test]
+fn good_config_is_typed_with_defaults() {
+    let c = parse(GOOD).unwrap();
+    let echo = c.upstream("echo").unwrap();
+    assert_eq!(echo.backends[0].weight, 3);
+    assert_eq!(echo.backends[1].weight, 1);
+    assert_eq!(echo.connect_timeout, std::time::Duration::from_millis(250));
+    assert_eq!(echo.read_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(echo.retries, 1);
+    let hc = echo.health_check.as_ref().unwrap();
+    assert_eq!(hc.unhealthy_threshold, 2);
+    assert_eq!(hc.healthy_threshold, 2);
+    assert_eq!(c.routes[0].methods, vec!["GET", "POST"]);
+    assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9091");
+    assert_eq!(c.server.grace_period, std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn unknown_keys_are_refused_in_every_section_at_once() {
+    let p = problems(
+        r#"
+listen: { http: "127.0.0.1:8080", https: "x" }
+bogus: 1
+upstreams:
+  echo: { backends: [{ addr: "127.0.0.1:9000", wieght: 2 }] }
+routes:
+  - { name: a, path: /, upstream: echo, method: [GET] }
+  - { name: b, path: /b, upstream: echo }
+"#,
+    );
+    assert_eq!(p.len(), 4, "{p:#?}");
+    assert!(
+        p[0].starts_with("listen.https: unknown field `https`"),
+        "{}",
+        p[0]
+    );
+    assert!(p[1].starts_with("bogus: unknown section"), "{}", p[1]);
+    assert!(
+        p[2].starts_with("upstreams.echo.backends[0].wieght: unknown field"),
+        "{}",
+        p[2]
+    );
+    assert!(
+        p[3].starts_with("routes[0].method: unknown field `method`"),
+        "{}",
+        p[3]
+    );
+}
+
+#[test]
+fn bad_references_name_the_route() {
+    let p = problems(
+        r#"
+upstreams:
+  echo: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: a, path: /a, upstream: billing }
+  - { name: b, path: /b, upstream: echo }
+  - { name: c, path: /c, upstream: users }
+"#,
+    );
+    assert_eq!(
+        p,
+        vec![
+            r#"routes[0].upstream: unknown upstream "billing""#,
+            r#"routes[2].upstream: unknown upstream "users""#,
+        ]
+    );
+}
+
+#[test]
+fn bad_durations_are_reported_with_their_paths() {
+    let p = problems(
+        r#"
+server: { grace_period: soon }
+upstreams:
+  echo:
+    backends: [{ addr: "127.0.0.1:9000" }]
+    connect_timeout: 5
+    read_timeout: 0s
+    health_check: { type: tcp, interval: 2 parsecs }
+routes:
+  - { name: a, path: /, upstream: echo }
+"#,
+    );
+    assert_eq!(p.len(), 4, "{p:#?}");
+    assert!(
+        p[0].starts_with("server.grace_period: invalid duration \"soon\""),
+        "{}",
+        p[0]
+    );
+    // Upstream fields are checked in declaration order: connect, read, then health check.
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("upstreams.echo.connect_timeout: invalid duration \"5\"")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|l| l == "upstreams.echo.read_timeout: must be greater than zero"),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("upstreams.echo.health_check.interval: invalid duration")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn duplicate_routes_and_names_are_refused() {
+    let p = problems(
+        r#"
+upstreams:
+  echo: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: a, path: /api, methods: [GET], upstream: echo }
+  - { name: a, path: /other, upstream: echo }
+  - { name: c, path: /api/, methods: [GET, POST], upstream: echo }
+  - { name: d, path: /api, methods: [POST], host: x.com, upstream: echo }
+"#,
+    );
+    assert_eq!(
+        p,
+        vec![
+            r#"routes[1].name: duplicate route name "a", first used by routes[0]"#,
+            "routes[2]: duplicate route: routes[0] already matches the same host, path and methods",
+        ]
+    );
+}
+
+#[test]
+fn upstream_and_route_values_are_checked() {
+    let p = problems(
+        r#"
+listen: { http: "nowhere" }
+metrics: { listen: "127.0.0.1:9091" }
+upstreams:
+  echo:
+    backends: [{ addr: "127.0.0.1", weight: 0 }, { addr: "127.0.0.1" }]
+    lb: random
+    hash_on: "header:"
+    health_check: { type: tcp, path: /x, healthy_threshold: 0 }
+  empty: { backends: [] }
+routes:
+  - { name: "a b", path: api, path_match: exact, strip_prefix: true, upstream: echo, methods: ["GE T"] }
+"#,
+    );
+    let expected = [
+        "listen.http: invalid address \"nowhere\"",
+        "upstreams.echo.backends[0].addr: invalid backend address",
+        "upstreams.echo.backends[0].weight: must be between 1 and 1000",
+        "upstreams.echo.backends[1].addr: duplicate of upstreams.echo.backends[0]",
+        "upstreams.echo.hash_on: expected client_ip or header:NAME",
+        "upstreams.echo.lb: expected round_robin or consistent_hash",
+        "upstreams.echo.health_check.path: only applies with type: http",
+        "upstreams.echo.health_check.healthy_threshold: must be at least 1",
+        "upstreams.empty.backends: at least one backend is required",
+        "routes[0].name: must be non-empty",
+        "routes[0].strip_prefix: only applies with path_match: prefix",
+        "routes[0].methods[0]: invalid method",
+        "routes[0].path: path must start with '/'",
+    ];
+    for e in expected {
+        assert!(
+            p.iter().any(|l| l.starts_with(e)),
+            "missing {e:?} in {p:#?}"
+        );
+    }
+    assert_eq!(p.len(), expected.len() + 1, "{p:#?}"); // + the invalid addr of backends[1]
+}
+
+#[test]
+fn yaml_syntax_and_shape_errors() {
+    assert!(problems("routes: [")[0].starts_with("invalid YAML"));
+    assert_eq!(
+        problems("- a\n- b"),
+        vec!["the config must be a mapping of sections"]
+    );
+    assert_eq!(problems(""), vec!["routes: at least one route is required"]);
+    assert_eq!(
+        problems("upstreams: [a]\nroutes: {}"),
+        vec![
+            "upstreams: expected a mapping of upstream names to clusters",
+            "routes: expected a list of routes"
+        ]
+    );
+}

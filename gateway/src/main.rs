@@ -1,0 +1,94 @@
+//! `tollgate`: the command line. Parses arguments, loads and validates config, and exits
+//! with every problem and a non-zero code before anything is bound.
+
+mod cluster;
+mod echo;
+mod metrics;
+mod proxy;
+mod respond;
+mod runtime;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A JWT-validating API gateway on Pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// The YAML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Detach and run in the background (Pingora daemon mode).
+        #[arg(short, long)]
+        daemon: bool,
+        /// Take over the listeners of a running instance (Pingora graceful upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+    },
+    /// Validate a config file, like `nginx -t`: exit 0 with a summary, or 1 with every problem.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run a small upstream that answers every request with a JSON echo of it.
+    Echo {
+        /// Address to listen on, e.g. 127.0.0.1:9000.
+        #[arg(short, long)]
+        listen: String,
+        /// Name reported in answers (default: the listen address).
+        #[arg(short, long)]
+        name: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match serve::load(&config) {
+            Ok((cfg, _)) => {
+                println!(
+                    "{}: ok ({} routes, {} upstreams, {} backends; proxy on {}, metrics on {})",
+                    config.display(),
+                    cfg.routes.len(),
+                    cfg.upstreams.len(),
+                    cfg.upstreams
+                        .iter()
+                        .map(|u| u.backends.len())
+                        .sum::<usize>(),
+                    cfg.listen.http,
+                    cfg.metrics.listen,
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run {
+            config,
+            daemon,
+            upgrade,
+        } => match serve::load(&config) {
+            Ok((cfg, snapshot)) => serve::run_gateway(cfg, snapshot, daemon, upgrade),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Echo { listen, name } => serve::run_echo(&listen, name),
+    }
+}

@@ -1,0 +1,142 @@
+//! The gateway's Prometheus metrics, in a registry it owns, and the listener that serves
+//! them with `/healthz` and `/readyz`, apart from the proxy port.
+//!
+//! Label values come from the config (route, upstream and backend names) or from small
+//! fixed sets (method, status, outcome), never from request paths or user input, so the
+//! number of series stays bounded.
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use once_cell::sync::Lazy;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Every metric of the gateway.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub backend_healthy: IntGaugeVec,
+}
+
+/// Process-wide metrics; one registry, created on first use.
+pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_requests_total",
+                "Requests answered, by route, method and response status.",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_request_duration_seconds",
+                "Time from request header to the end of the response, by route.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_requests_total",
+                "Attempts to reach a backend, by upstream, backend and outcome \
+                 (response, connect_error, timeout, error).",
+            ),
+            &["upstream", "backend", "outcome"],
+        )
+        .expect("valid metric");
+        let backend_healthy = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_backend_healthy",
+                "1 when the backend passes its health checks, else 0.",
+            ),
+            &["upstream", "backend"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("tollgate_build_info", "Always 1; the version as a label."),
+            &["version"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_requests.clone()),
+            Box::new(backend_healthy.clone()),
+            Box::new(build_info.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_requests,
+            backend_healthy,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        out
+    }
+}
+
+/// Set once the config is loaded and the proxy listener accepts connections.
+pub static READY: AtomicBool = AtomicBool::new(false);
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on the metrics listener.
+pub struct MetricsApp;
+
+fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("static headers are valid")
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/metrics" => text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                METRICS.render(),
+            ),
+            "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/readyz" if READY.load(Ordering::Acquire) => {
+                text(StatusCode::OK, "text/plain", b"ready\n".to_vec())
+            }
+            "/readyz" => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                b"not ready\n".to_vec(),
+            ),
+            _ => text(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The Pingora `ProxyHttp` implementation: a request's path through the gateway.
+//!
+//! `request_filter` matches the route (and answers 400/404/405 itself); `upstream_peer`
+//! picks a healthy backend of the route's cluster; `fail_to_connect` retries on another
+//! backend; the header filters add forwarding headers and remove the upstream `Server`;
+//! `fail_to_proxy` answers 502/503/504 with a JSON body; `logging` counts and logs.
+
+use crate::cluster::{self, Cluster};
+use crate::metrics::METRICS;
+use crate::respond;
+use crate::runtime::{RouteRuntime, RuntimeSnapshot};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::header::{HeaderName, HeaderValue};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_load_balancing::Backend;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tollgate_router::{is_clean_path, Match};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+pub struct Gateway {
+    pub snapshot: Arc<ArcSwap<RuntimeSnapshot>>,
+}
+
+/// Per-request state, carried across the phases.
+pub struct RequestCtx {
+    started: Instant,
+    request_id: HeaderValue,
+    snapshot: Option<Arc<RuntimeSnapshot>>,
+    route: Option<Arc<RouteRuntime>>,
+    /// Backends already attempted, in order; the last is the current one.
+    tried: Vec<Backend>,
+    /// Whether the current attempt got a connection (so its failure is not a connect error).
+    connected: bool,
+}
+
+impl RequestCtx {
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.route.as_ref().map(|r| &r.cluster)
+    }
+}
+
+/// A client's `X-Request-Id` is kept when it is 1 to 128 visible characters from a safe set.
+fn well_formed_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).expect("hex is a valid header value")
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// The `method` label: the standard methods by name, anything else as `OTHER`.
+pub fn method_label(m: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::OPTIONS => "OPTIONS",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: HeaderValue::from_static(""),
+            snapshot: None,
+            route: None,
+            tried: Vec::new(),
+            connected: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Instant::now();
+        ctx.request_id = match session.get_header(&X_REQUEST_ID) {
+            Some(v) if well_formed_request_id(v) => v.clone(),
+            _ => new_request_id(),
+        };
+        let snapshot = self.snapshot.load_full();
+        let req = session.req_header();
+        let path = req.uri.path();
+        if !is_clean_path(path) {
+            respond::error(
+                session,
+                ctx,
+                400,
+                "bad_request",
+                "the request path holds a dot segment",
+            )
+            .await?;
+            return Ok(true);
+        }
+        let host = req.uri.host().or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let found = match snapshot.router.find(host, path, req.method.as_str()) {
+            Match::Found(route) => Ok(route.clone()),
+            Match::MethodNotAllowed(allowed) => Err(Some(allowed.join(", "))),
+            Match::NotFound => Err(None),
+        };
+        ctx.snapshot = Some(snapshot);
+        match found {
+            Ok(route) => {
+                ctx.route = Some(route);
+                Ok(false)
+            }
+            Err(None) => {
+                respond::error(
+                    session,
+                    ctx,
+                    404,
+                    "not_found",
+                    "no route matches this request",
+                )
+                .await?;
+                Ok(true)
+            }
+            Err(Some(allow)) => {
+                respond::error_with(
+                    session,
+                    ctx,
+                    405,
+                    "method_not_allowed",
+                    "the route does not accept this method",
+                    &[(http::header::ALLOW, allow)],
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let cluster = ctx
+            .cluster()
+            .cloned()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
+        let ip_key;
+        let key: &[u8] = match &cluster.hash_on {
+            None => b"",
+            Some(tollgate_config::HashOn::Header(name))
+                if session.get_header(name.as_str()).is_some() =>
+            {
+                session.get_header_bytes(name.as_str())
+            }
+            Some(_) => {
+                ip_key = client_ip(session)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default();
+                ip_key.as_bytes()
+            }
+        };
+        match cluster.select(key, &ctx.tried) {
+            Some(backend) => {
+                let peer = cluster.peer(&backend);
+                ctx.tried.push(backend);
+                ctx.connected = false;
+                Ok(peer)
+            }
+            None if ctx.tried.is_empty() || !cluster.any_healthy() => Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no healthy backend",
+            )),
+            // Every healthy backend was tried and failed to connect.
+            None => Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "every backend failed",
+            )),
+        }
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.connected = true;
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(cluster), Some(backend)) = (ctx.cluster(), ctx.tried.last()) {
+            let outcome = if is_timeout(&e) {
+                "timeout"
+            } else {
+                "connect_error"
+            };
+            METRICS
+                .upstream_requests
+                .with_label_values(&[&cluster.name, cluster::label(backend), outcome])
+                .inc();
+            if ctx.tried.len() <= cluster.retries as usize {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        if let Some(ip) = client_ip(session) {
+            let xff = match upstream.headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
+                Some(Ok(prior)) if !prior.is_empty() => format!("{prior}, {ip}"),
+                _ => ip.to_string(),
+            };
+            upstream.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+        }
+        upstream.insert_header(X_FORWARDED_PROTO.clone(), "http")?;
+        if let Some(prefix) = ctx.route.as_ref().and_then(|r| r.strip_prefix.as_deref()) {
+            let uri = &upstream.uri;
+            let rest = uri.path().strip_prefix(prefix).unwrap_or(uri.path());
+            let rest = if rest.starts_with('/') { rest } else { "/" };
+            let new = match uri.query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_owned(),
+            };
+            upstream.set_uri(new.parse().map_err(|_| {
+                Error::explain(ErrorType::InternalError, "stripped path is not a valid URI")
+            })?);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.remove_header(&http::header::SERVER);
+        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (code, error, message) = match e.etype() {
+            ErrorType::HTTPStatus(503) => (
+                503,
+                "no_healthy_backend",
+                "no healthy backend for this route",
+            ),
+            ErrorType::HTTPStatus(code) => {
+                (*code, "upstream_error", "the upstream could not be reached")
+            }
+            _ if e.esource() == &ErrorSource::Upstream && is_timeout(e) => (
+                504,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            ),
+            _ if e.esource() == &ErrorSource::Upstream => {
+                (502, "upstream_error", "the upstream failed")
+            }
+            _ if e.esource() == &ErrorSource::Downstream => match e.etype() {
+                // The client is gone: nothing to answer.
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                    (0, "", "")
+                }
+                _ => (400, "bad_request", "the request could not be read"),
+            },
+            _ => (500, "internal_error", "internal error"),
+        };
+        if code > 0 && session.response_written().is_none() {
+            if let Err(err) = respond::error(session, ctx, code, error, message).await {
+                tracing::debug!(error = %err, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let route = ctx.route.as_ref().map(|r| &*r.name).unwrap_or("unmatched");
+        let method = method_label(&session.req_header().method);
+        let status_label = http::StatusCode::from_u16(status)
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_else(|_| "0".to_owned());
+        METRICS
+            .requests
+            .with_label_values(&[route, method, &status_label])
+            .inc();
+        let elapsed = ctx.started.elapsed();
+        if let Some(r) = &ctx.route {
+            r.duration.observe(elapsed.as_secs_f64());
+        }
+        if let (Some(cluster), Some(backend), true) =
+            (ctx.cluster(), ctx.tried.last(), ctx.connected)
+        {
+            let outcome = match e {
+                Some(e) if e.esource() == &ErrorSource::Upstream && is_timeout(e) => "timeout",
+                Some(e) if e.esource() == &ErrorSource::Upstream => "error",
+                _ => "response",
+            };
+            METRICS
+                .upstream_requests
+                .with_label_values(&[&cluster.name, cluster::label(backend), outcome])
+                .inc();
+        }
+        let access_log = ctx.snapshot.as_ref().is_none_or(|s| s.access_log);
+        if access_log {
+            let req = session.req_header();
+            tracing::info!(
+                target: "access",
+                request_id = ctx.request_id.to_str().unwrap_or(""),
+                client = %client_ip(session).map(|i| i.to_string()).unwrap_or_default(),
+                method = req.method.as_str(),
+                path = req.uri.path(),
+                route,
+                status,
+                backend = ctx.tried.last().map(cluster::label).unwrap_or(""),
+                attempts = ctx.tried.len(),
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+            );
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The runtime snapshot: a validated config compiled once into what requests read (the
+//! route matcher, the clusters), immutable and swapped whole through `ArcSwap`.
+//!
+//! A request loads the current snapshot once and keeps that `Arc` to its end, so a reload
+//! never changes the rules under a request in flight.
+
+use crate::cluster::Cluster;
+use crate::metrics::METRICS;
+use prometheus::Histogram;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tollgate_config::{Config, ConfigError, PathMatch, Problem};
+use tollgate_router::{RouteSpec, Router};
+
+/// A route ready for requests.
+pub struct RouteRuntime {
+    pub name: Arc<str>,
+    pub cluster: Arc<Cluster>,
+    /// The prefix removed from the path sent upstream (without a trailing `/`).
+    pub strip_prefix: Option<Box<str>>,
+    /// `tollgate_request_duration_seconds{route}`, resolved once.
+    pub duration: Histogram,
+}
+
+pub struct RuntimeSnapshot {
+    pub router: Router<Arc<RouteRuntime>>,
+    pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    pub access_log: bool,
+}
+
+impl RuntimeSnapshot {
+    /// Compiles a validated config. What only fails here (a backend name that does not
+    /// resolve) is reported like a config problem, with its path.
+    pub fn compile(config: &Config) -> Result<RuntimeSnapshot, ConfigError> {
+        let mut problems = Vec::new();
+        let mut clusters = HashMap::new();
+        for u in &config.upstreams {
+            match Cluster::build(u) {
+                Ok(c) => {
+                    clusters.insert(c.name.clone(), Arc::new(c));
+                }
+                Err((path, message)) => problems.push(Problem { path, message }),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        let mut router = Router::new();
+        for r in &config.routes {
+            let cluster = clusters[r.upstream.as_str()].clone();
+            let route = RouteRuntime {
+                name: r.name.as_str().into(),
+                cluster,
+                strip_prefix: (r.strip_prefix && r.path_match == PathMatch::Prefix)
+                    .then(|| r.path.trim_end_matches('/').into()),
+                duration: METRICS.request_duration.with_label_values(&[&r.name]),
+            };
+            let methods: Vec<&str> = r.methods.iter().map(String::as_str).collect();
+            router
+                .insert(
+                    RouteSpec::new(r.host.as_deref(), &r.path, r.path_match, &methods),
+                    Arc::new(route),
+                )
+                .expect("routes were validated against the same router");
+        }
+        Ok(RuntimeSnapshot {
+            router,
+            clusters,
+            access_log: config.logging.access_log,
+        })
+    }
+
+    /// Starts the health-check loops of every cluster; they end when the snapshot is dropped.
+    pub fn spawn_health_checks(&self) {
+        for c in self.clusters.values() {
+            c.spawn_health_checks();
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Test harness: starts the real `tollgate` binary and real upstreams (`tollgate echo`) on
+//! 127.0.0.1 with ephemeral ports, waits for readiness by polling, and stops them on drop.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// How long anything may take to become ready before the test fails.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// A port that was free a moment ago (the OS hands out ephemeral ports in sequence, so a
+/// collision with a parallel test would need the whole range to wrap in between).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, or panics with `what` after `within`.
+pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `tollgate echo` upstream.
+pub struct Echo {
+    pub port: u16,
+    pub name: String,
+    proc: Option<Proc>,
+    dir: tempfile::TempDir,
+}
+
+impl Echo {
+    pub fn start(name: &str) -> Echo {
+        Self::start_on(name, free_port())
+    }
+
+    pub fn start_on(name: &str, port: u16) -> Echo {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Echo {
+            port,
+            name: name.to_owned(),
+            proc: None,
+            dir,
+        };
+        e.restart();
+        e
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts (again) on the same port.
+    pub fn restart(&mut self) {
+        let addr = self.addr();
+        let log = self.dir.path().join("echo.log");
+        let mut p = Proc::spawn(&["echo", "--listen", &addr, "--name", &self.name], log);
+        wait_for(
+            &format!("echo {} on {addr}", self.name),
+            READY_WITHIN,
+            || {
+                assert!(!p.exited(), "echo exited: {}", p.log_text());
+                TcpStream::connect(&addr).ok()
+            },
+        );
+        self.proc = Some(p);
+    }
+}
+
+/// The gateway, started from a YAML config whose `listen` and `metrics` sections the
+/// harness adds (with fresh ports).
+pub struct Gateway {
+    pub port: u16,
+    pub metrics_port: u16,
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub fn start(yaml_without_listeners: &str) -> Gateway {
+        let port = free_port();
+        let metrics_port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "listen: {{ http: \"127.0.0.1:{port}\" }}\nmetrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\n\
+             server: {{ threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s }}\n{yaml_without_listeners}"
+        );
+        let conf = dir.path().join("gateway.yaml");
+        std::fs::write(&conf, yaml).unwrap();
+        let mut proc = Proc::spawn(
+            &["run", "-c", conf.to_str().unwrap()],
+            dir.path().join("gateway.log"),
+        );
+        wait_for("gateway /readyz", READY_WITHIN, || {
+            assert!(!proc.exited(), "gateway exited: {}", proc.log_text());
+            let r = raw_request(
+                metrics_port,
+                "GET /readyz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+            )
+            .ok()?;
+            (r.status == 200).then_some(())
+        });
+        Gateway {
+            port,
+            metrics_port,
+            proc,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        request(&self.url(path), "GET", headers)
+    }
+
+    pub fn scrape(&self) -> String {
+        let r = request(
+            &format!("http://127.0.0.1:{}/metrics", self.metrics_port),
+            "GET",
+            &[],
+        );
+        assert_eq!(r.status, 200);
+        r.body
+    }
+
+    /// The value of one sample in a scrape, e.g. `tollgate_requests_total{method="GET",...}`
+    /// with labels in any order; 0 when absent.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.scrape(), name, labels)
+    }
+}
+
+pub fn metric_value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in scrape.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_part, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some(x) => x,
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        let all = labels
+            .iter()
+            .all(|(k, v)| label_part.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        if all {
+            return value.trim().parse().unwrap();
+        }
+    }
+    0.0
+}
+
+/// A response: status, lower-cased headers, body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// For answers from `tollgate echo`: the name of the backend that served it.
+    pub fn server(&self) -> String {
+        self.json()["server"].as_str().unwrap().to_owned()
+    }
+
+    /// For answers from `tollgate echo`: a request header as the upstream received it.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name].as_str().map(str::to_owned)
+    }
+}
+
+thread_local! {
+    static AGENT: ureq::Agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(20))
+        .build();
+}
+
+pub fn request(url: &str, method: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = AGENT.with(|a| a.request(method, url));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = resp.header(&n).unwrap_or("").to_owned();
+            (n.to_ascii_lowercase(), v)
+        })
+        .collect();
+    let body = resp.into_string().unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends bytes as they are (no client-side normalisation) and reads a `Connection: close` answer.
+pub fn raw_request(port: u16, request: &str) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(request.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}

@@ -1,0 +1,372 @@
+//! The proxy path through the real binary: routing, load balancing, health checks,
+//! retries, error answers, forwarding headers and metrics.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn upstream(name: &str, backends: &[(&Echo, u32)], extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(e, w)| format!("{{ addr: \"{}\", weight: {w} }}", e.addr()))
+        .collect();
+    format!("  {name}:\n    backends: [{}]\n{extra}", list.join(", "))
+}
+
+#[test]
+fn routes_by_host_path_and_method() {
+    let a = Echo::start("A");
+    let b = Echo::start("B");
+    let gw = Gateway::start(&format!(
+        "upstreams:\n{}{}routes:
+  - {{ name: host-a, host: a.test, path: /, upstream: a }}
+  - {{ name: api, path: /api, upstream: b, strip_prefix: true }}
+  - {{ name: api-write, path: /api/items, methods: [POST], upstream: a }}
+  - {{ name: exact, path: /exact, path_match: exact, methods: [GET], upstream: a }}
+",
+        upstream("a", &[(&a, 1)], ""),
+        upstream("b", &[(&b, 1)], ""),
+    ));
+
+    let r = gw.get("/anything", &[("host", "a.test")]);
+    assert_eq!((r.status, r.server()), (200, "A".to_owned()));
+
+    let r = gw.get("/api/items/7?q=1", &[]);
+    assert_eq!((r.status, r.server()), (200, "B".to_owned()));
+    assert_eq!(r.json()["path"], "/items/7", "strip_prefix removes /api");
+    assert_eq!(r.json()["query"], "q=1");
+
+    let r = request(&gw.url("/api/items"), "POST", &[]);
+    assert_eq!(
+        (r.status, r.server()),
+        (200, "A".to_owned()),
+        "method picks the route"
+    );
+
+    let r = gw.get("/exact", &[]);
+    assert_eq!(r.server(), "A");
+    let r = gw.get("/exact/more", &[]);
+    assert_eq!(r.status, 404, "exact does not match a longer path");
+    assert_eq!(r.json()["error"], "not_found");
+
+    let r = request(&gw.url("/exact"), "DELETE", &[]);
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET"));
+    assert_eq!(r.json()["error"], "method_not_allowed");
+
+    let r = raw_request(
+        gw.port,
+        "GET /api/../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400, "dot segments are refused, not forwarded");
+}
+
+#[test]
+fn weighted_round_robin_follows_weights() {
+    let e: Vec<Echo> = ["w1", "w2", "w3"].iter().map(|n| Echo::start(n)).collect();
+    let gw = Gateway::start(&format!(
+        "upstreams:\n{}routes:\n  - {{ name: all, path: /, upstream: pool }}\n",
+        upstream("pool", &[(&e[0], 1), (&e[1], 2), (&e[2], 5)], ""),
+    ));
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..1000 {
+        let r = gw.get("/", &[]);
+        assert_eq!(r.status, 200);
+        *counts.entry(r.server()).or_default() += 1;
+    }
+    for (name, weight) in [("w1", 1.0), ("w2", 2.0), ("w3", 5.0)] {
+        let expected = 1000.0 * weight / 8.0;
+        let got = f64::from(counts[name]);
+        assert!(
+            (got - expected).abs() <= expected * 0.10,
+            "{name}: {got} requests, expected {expected} ± 10% ({counts:?})"
+        );
+    }
+}
+
+#[test]
+fn consistent_hashing_keeps_a_key_on_one_backend() {
+    let e: Vec<Echo> = ["h1", "h2", "h3"].iter().map(|n| Echo::start(n)).collect();
+    let gw = Gateway::start(&format!(
+        "upstreams:\n{}routes:\n  - {{ name: all, path: /, upstream: pool }}\n",
+        upstream(
+            "pool",
+            &[(&e[0], 1), (&e[1], 1), (&e[2], 1)],
+            "    lb: consistent_hash\n    hash_on: \"header:x-user\"\n"
+        ),
+    ));
+    let mut used = std::collections::HashSet::new();
+    for user in 0..30 {
+        let user = format!("user-{user}");
+        let first = gw.get("/", &[("x-user", &user)]).server();
+        for _ in 0..5 {
+            assert_eq!(
+                gw.get("/", &[("x-user", &user)]).server(),
+                first,
+                "{user} moved"
+            );
+        }
+        used.insert(first);
+    }
+    assert!(used.len() >= 2, "30 keys all hashed to {used:?}");
+}
+
+#[test]
+fn killed_backend_is_ejected_then_recovers() {
+    let a = Echo::start("A");
+    let mut b = Echo::start("B");
+    // No retries: only the health check can keep requests away from the dead backend.
+    let gw = Gateway::start(&format!(
+        "upstreams:\n{}routes:\n  - {{ name: all, path: /, upstream: pool }}\n",
+        upstream(
+            "pool",
+            &[(&a, 1), (&b, 1)],
+            "    retries: 0\n    health_check: { type: http, path: /healthz, interval: 200ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 2 }\n"
+        ),
+    ));
+    let b_addr = b.addr();
+    let healthy = |gw: &Gateway| {
+        gw.metric(
+            "tollgate_upstream_backend_healthy",
+            &[("upstream", "pool"), ("backend", &b_addr)],
+        )
+    };
+    let seen: std::collections::HashSet<String> =
+        (0..10).map(|_| gw.get("/", &[]).server()).collect();
+    assert_eq!(seen.len(), 2, "both backends serve while healthy");
+
+    b.stop();
+    let killed = Instant::now();
+    wait_for("B marked unhealthy", Duration::from_secs(10), || {
+        (healthy(&gw) == 0.0).then_some(())
+    });
+    let ejected_after = killed.elapsed();
+    // Window: interval × unhealthy_threshold = 400 ms, plus one interval of phase and check time.
+    assert!(
+        ejected_after < Duration::from_millis(400 + 200 + 400),
+        "ejected after {ejected_after:?}"
+    );
+    for _ in 0..100 {
+        let r = gw.get("/", &[]);
+        assert_eq!(
+            (r.status, r.server()),
+            (200, "A".to_owned()),
+            "no 5xx after ejection"
+        );
+    }
+
+    b.restart();
+    wait_for("B healthy again", Duration::from_secs(10), || {
+        (healthy(&gw) == 1.0).then_some(())
+    });
+    wait_for("B serving again", Duration::from_secs(5), || {
+        (gw.get("/", &[]).server() == "B").then_some(())
+    });
+}
+
+#[test]
+fn connect_failure_is_retried_on_another_backend() {
+    let live = Echo::start("live");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let config = |retries: u32| {
+        format!(
+            "upstreams:\n  pool:\n    backends: [{{ addr: \"{dead}\" }}, {{ addr: \"{}\" }}]\n    retries: {retries}\n\
+             routes:\n  - {{ name: all, path: /, upstream: pool }}\n",
+            live.addr()
+        )
+    };
+    let gw = Gateway::start(&config(1));
+    for _ in 0..20 {
+        let r = gw.get("/", &[]);
+        assert_eq!((r.status, r.server()), (200, "live".to_owned()));
+    }
+    assert!(
+        gw.metric(
+            "tollgate_upstream_requests_total",
+            &[("backend", &dead), ("outcome", "connect_error")]
+        ) >= 1.0
+    );
+
+    // The same cluster without retries lets the connect failures through as 502s.
+    let gw = Gateway::start(&config(0));
+    let statuses: Vec<u16> = (0..20).map(|_| gw.get("/", &[]).status).collect();
+    assert!(statuses.contains(&502), "{statuses:?}");
+}
+
+#[test]
+fn error_answers_have_status_and_json_body() {
+    let slow = Echo::start("slow");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let dead2 = format!("127.0.0.1:{}", free_port());
+    let gw = Gateway::start(&format!(
+        "upstreams:
+  down: {{ backends: [{{ addr: \"{dead}\" }}], retries: 0 }}
+  unhealthy:
+    backends: [{{ addr: \"{dead2}\" }}]
+    health_check: {{ type: tcp, interval: 100ms, timeout: 100ms, unhealthy_threshold: 1 }}
+  slow: {{ backends: [{{ addr: \"{}\" }}], read_timeout: 300ms }}
+routes:
+  - {{ name: down, path: /down, upstream: down }}
+  - {{ name: unhealthy, path: /unhealthy, upstream: unhealthy }}
+  - {{ name: slow, path: /slow, upstream: slow }}
+",
+        slow.addr()
+    ));
+    let check = |r: &Reply, status: u16, error: &str| {
+        assert_eq!(r.status, status, "{r:?}");
+        let body = r.json();
+        assert_eq!(body["error"], error, "{r:?}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(
+            Some(body["request_id"].as_str().unwrap()),
+            r.header("x-request-id")
+        );
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    };
+    check(&gw.get("/nowhere", &[]), 404, "not_found");
+    check(&gw.get("/down", &[]), 502, "upstream_error");
+    wait_for("unhealthy backend ejected", Duration::from_secs(10), || {
+        (gw.metric("tollgate_upstream_backend_healthy", &[("backend", &dead2)]) == 0.0)
+            .then_some(())
+    });
+    check(&gw.get("/unhealthy", &[]), 503, "no_healthy_backend");
+    check(
+        &gw.get("/slow", &[("x-echo-delay-ms", "3000")]),
+        504,
+        "upstream_timeout",
+    );
+    // The same route answers when the backend is fast enough.
+    assert_eq!(gw.get("/slow", &[("x-echo-delay-ms", "10")]).status, 200);
+}
+
+#[test]
+fn request_id_and_forwarded_headers() {
+    let e = Echo::start("E");
+    let gw = Gateway::start(&format!(
+        "upstreams:\n{}routes:\n  - {{ name: all, path: /, upstream: e }}\n",
+        upstream("e", &[(&e, 1)], ""),
+    ));
+    let r = gw.get("/", &[("x-request-id", "client-id_1.2:3")]);
+    assert_eq!(r.header("x-request-id"), Some("client-id_1.2:3"));
+    assert_eq!(
+        r.upstream_header("x-request-id").as_deref(),
+        Some("client-id_1.2:3")
+    );
+
+    let r = gw.get("/", &[("x-request-id", "not ok!")]);
+    let id = r.header("x-request-id").unwrap().to_owned();
+    assert_eq!(
+        id.len(),
+        32,
+        "a generated id replaces a malformed one: {id}"
+    );
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(r.upstream_header("x-request-id"), Some(id.clone()));
+    let other = gw.get("/", &[]).header("x-request-id").unwrap().to_owned();
+    assert_ne!(other, id, "each request gets its own id");
+
+    let r = gw.get("/", &[("x-forwarded-for", "203.0.113.9")]);
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    let r = gw.get("/", &[]);
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        r.header("server"),
+        None,
+        "the upstream Server header is removed"
+    );
+}
+
+#[test]
+fn metrics_move_and_pass_promtool() {
+    let e = Echo::start("E");
+    let gw = Gateway::start(&format!(
+        "upstreams:\n{}routes:\n  - {{ name: main, path: /, upstream: e }}\n",
+        upstream("e", &[(&e, 1)], ""),
+    ));
+    let ok = [("route", "main"), ("method", "GET"), ("status", "200")];
+    let before = gw.metric("tollgate_requests_total", &ok);
+    for _ in 0..7 {
+        assert_eq!(gw.get("/x", &[]).status, 200);
+    }
+    assert_eq!(request(&gw.url("/x"), "PATCH", &[]).status, 200);
+    let scrape = gw.scrape();
+    assert_eq!(
+        metric_value(&scrape, "tollgate_requests_total", &ok) - before,
+        7.0
+    );
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "tollgate_requests_total",
+            &[("route", "main"), ("method", "PATCH")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "tollgate_upstream_requests_total",
+            &[("upstream", "e"), ("outcome", "response")]
+        ),
+        8.0
+    );
+    assert!(
+        metric_value(
+            &scrape,
+            "tollgate_request_duration_seconds_count",
+            &[("route", "main")]
+        ) >= 8.0
+    );
+    assert_eq!(metric_value(&scrape, "tollgate_build_info", &[]), 1.0);
+    let health = request(
+        &format!("http://127.0.0.1:{}/healthz", gw.metrics_port),
+        "GET",
+        &[],
+    );
+    assert_eq!(health.status, 200);
+
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(scrape.as_bytes());
+    let out = promtool
+        .take()
+        .expect("promtool runs (make test installs it)");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `Command` with input on stdin and collected output.
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> Option<std::process::Output>;
+}
+
+impl OutputWithStdin for std::process::Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> Option<std::process::Output> {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        child.stdin.take()?.write_all(input).ok()?;
+        child.wait_with_output().ok()
+    }
+}
