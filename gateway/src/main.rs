@@ -1,13 +1,16 @@
 //! `tollgate`: the command line. Parses arguments, loads and validates config, and exits
 //! with every problem and a non-zero code before anything is bound.
 
+mod auth;
 mod cluster;
 mod echo;
+mod jwks;
 mod metrics;
 mod proxy;
 mod respond;
 mod runtime;
 mod serve;
+mod token;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -52,6 +55,11 @@ enum Command {
         #[arg(short, long)]
         name: Option<String>,
     },
+    /// Verify, mint or inspect JWTs.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,5 +98,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Echo { listen, name } => serve::run_echo(&listen, name),
+        Command::Token { command } => token::run(command),
     }
 }

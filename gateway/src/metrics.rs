@@ -11,7 +11,8 @@ use once_cell::sync::Lazy;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,6 +23,12 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_requests: IntCounterVec,
     pub backend_healthy: IntGaugeVec,
+    pub auth_decisions: IntCounterVec,
+    pub jwks_fetch: IntCounterVec,
+    pub jwks_keys: IntGaugeVec,
+    pub jwks_last_success: GaugeVec,
+    pub token_cache_hit: IntCounter,
+    pub token_cache_miss: IntCounter,
 }
 
 /// Process-wide metrics; one registry, created on first use.
@@ -72,8 +79,54 @@ impl Metrics {
             &["version"],
         )
         .expect("valid metric");
+        let auth_decisions = IntCounterVec::new(
+            Opts::new(
+                "tollgate_auth_decisions_total",
+                "Authentication outcomes, by provider (none when no provider was chosen), \
+                 result (allow, anonymous, deny) and reason (ok or the refusal reason).",
+            ),
+            &["provider", "result", "reason"],
+        )
+        .expect("valid metric");
+        let jwks_fetch = IntCounterVec::new(
+            Opts::new(
+                "tollgate_jwks_fetch_total",
+                "Key set loads (jwks_uri fetches, jwks_file reloads), by provider and result.",
+            ),
+            &["provider", "result"],
+        )
+        .expect("valid metric");
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_jwks_keys",
+                "Keys in the provider's current key set.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let jwks_last_success = GaugeVec::new(
+            Opts::new(
+                "tollgate_jwks_last_success_timestamp_seconds",
+                "Unix time of the provider's last successful key load.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let token_cache = IntCounterVec::new(
+            Opts::new(
+                "tollgate_token_cache_total",
+                "Verified-token cache lookups, by result (hit, miss).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(auth_decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(jwks_fetch.clone()),
+            Box::new(jwks_keys.clone()),
+            Box::new(jwks_last_success.clone()),
+            Box::new(token_cache.clone()),
+            Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_requests.clone()),
             Box::new(backend_healthy.clone()),
@@ -90,6 +143,12 @@ impl Metrics {
             request_duration,
             upstream_requests,
             backend_healthy,
+            auth_decisions,
+            jwks_fetch,
+            jwks_keys,
+            jwks_last_success,
+            token_cache_hit: token_cache.with_label_values(&["hit"]),
+            token_cache_miss: token_cache.with_label_values(&["miss"]),
         }
     }
 

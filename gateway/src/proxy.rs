@@ -5,9 +5,10 @@
 //! backend; the header filters add forwarding headers and remove the upstream `Server`;
 //! `fail_to_proxy` answers 502/503/504 with a JSON body; `logging` counts and logs.
 
+use crate::auth::{self, AuthError};
 use crate::cluster::{self, Cluster};
 use crate::metrics::METRICS;
-use crate::respond;
+use crate::respond::Answer;
 use crate::runtime::{RouteRuntime, RuntimeSnapshot};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -19,7 +20,8 @@ use pingora_load_balancing::Backend;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
+use tollgate_config::AuthMode;
 use tollgate_router::{is_clean_path, Match};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -40,6 +42,8 @@ pub struct RequestCtx {
     tried: Vec<Backend>,
     /// Whether the current attempt got a connection (so its failure is not a connect error).
     connected: bool,
+    /// Headers that carry the verified identity upstream.
+    identity: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl RequestCtx {
@@ -97,6 +101,106 @@ fn is_timeout(e: &Error) -> bool {
     )
 }
 
+impl Gateway {
+    /// Authenticates the request for `route`; answers 400/401 itself and returns false when
+    /// the request must not go on.
+    async fn authenticate(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snapshot: &RuntimeSnapshot,
+        route: &RouteRuntime,
+    ) -> Result<bool> {
+        let authenticator = &snapshot.auth;
+        let outcome = match auth::extract_token(session.req_header(), &route.token_sources) {
+            Err(e) => Err((None, e)),
+            Ok(None) if route.auth == AuthMode::Optional => Ok(None),
+            Ok(None) => Err((
+                None,
+                AuthError::Unauthorized {
+                    reason: tollgate_jwt::Reason::Missing,
+                    detail: "a bearer token is required",
+                    presented: false,
+                },
+            )),
+            Ok(Some(token)) => match authenticator
+                .verify(token, &route.providers, SystemTime::now())
+                .await
+            {
+                Ok(identity) => Ok(Some(identity)),
+                Err((provider, r)) => Err((
+                    provider,
+                    AuthError::Unauthorized {
+                        reason: r.reason,
+                        detail: r.detail,
+                        presented: true,
+                    },
+                )),
+            },
+        };
+        let (provider, error) = match outcome {
+            Ok(Some(identity)) => {
+                METRICS
+                    .auth_decisions
+                    .with_label_values(&[&identity.provider.name, "allow", "ok"])
+                    .inc();
+                ctx.identity = authenticator.identity_headers(&identity.token);
+                return Ok(true);
+            }
+            Ok(None) => {
+                METRICS
+                    .auth_decisions
+                    .with_label_values(&["none", "anonymous", "missing"])
+                    .inc();
+                return Ok(true);
+            }
+            Err(e) => e,
+        };
+        let provider_label = provider.as_ref().map(|p| &*p.name).unwrap_or("none");
+        let realm = &authenticator.realm;
+        let answer = match error {
+            AuthError::MultipleTokens => {
+                METRICS
+                    .auth_decisions
+                    .with_label_values(&[provider_label, "deny", "malformed"])
+                    .inc();
+                let mut a =
+                    Answer::new(400, "invalid_request", "more than one token in the request");
+                a.reason = Some("malformed");
+                a.headers.push((
+                    http::header::WWW_AUTHENTICATE,
+                    format!("Bearer realm=\"{realm}\", error=\"invalid_request\""),
+                ));
+                a
+            }
+            AuthError::Unauthorized {
+                reason,
+                detail,
+                presented,
+            } => {
+                METRICS
+                    .auth_decisions
+                    .with_label_values(&[provider_label, "deny", reason.as_str()])
+                    .inc();
+                let challenge = if presented {
+                    format!(
+                        "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                        reason.as_str()
+                    )
+                } else {
+                    format!("Bearer realm=\"{realm}\"")
+                };
+                let mut a = Answer::new(401, "unauthorized", detail);
+                a.reason = Some(reason.as_str());
+                a.headers.push((http::header::WWW_AUTHENTICATE, challenge));
+                a
+            }
+        };
+        answer.send(session, ctx).await?;
+        Ok(false)
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -109,6 +213,7 @@ impl ProxyHttp for Gateway {
             route: None,
             tried: Vec::new(),
             connected: false,
+            identity: Vec::new(),
         }
     }
 
@@ -122,14 +227,9 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let path = req.uri.path();
         if !is_clean_path(path) {
-            respond::error(
-                session,
-                ctx,
-                400,
-                "bad_request",
-                "the request path holds a dot segment",
-            )
-            .await?;
+            Answer::new(400, "bad_request", "the request path holds a dot segment")
+                .send(session, ctx)
+                .await?;
             return Ok(true);
         }
         let host = req.uri.host().or_else(|| {
@@ -142,36 +242,32 @@ impl ProxyHttp for Gateway {
             Match::MethodNotAllowed(allowed) => Err(Some(allowed.join(", "))),
             Match::NotFound => Err(None),
         };
-        ctx.snapshot = Some(snapshot);
-        match found {
-            Ok(route) => {
-                ctx.route = Some(route);
-                Ok(false)
-            }
+        let route = match found {
+            Ok(route) => route,
             Err(None) => {
-                respond::error(
-                    session,
-                    ctx,
-                    404,
-                    "not_found",
-                    "no route matches this request",
-                )
-                .await?;
-                Ok(true)
+                ctx.snapshot = Some(snapshot);
+                Answer::new(404, "not_found", "no route matches this request")
+                    .send(session, ctx)
+                    .await?;
+                return Ok(true);
             }
             Err(Some(allow)) => {
-                respond::error_with(
-                    session,
-                    ctx,
+                ctx.snapshot = Some(snapshot);
+                let mut answer = Answer::new(
                     405,
                     "method_not_allowed",
                     "the route does not accept this method",
-                    &[(http::header::ALLOW, allow)],
-                )
-                .await?;
-                Ok(true)
+                );
+                answer.headers.push((http::header::ALLOW, allow));
+                answer.send(session, ctx).await?;
+                return Ok(true);
             }
-        }
+        };
+        ctx.route = Some(route.clone());
+        let proceed = route.auth == AuthMode::None
+            || self.authenticate(session, ctx, &snapshot, &route).await?;
+        ctx.snapshot = Some(snapshot);
+        Ok(!proceed)
     }
 
     async fn upstream_peer(
@@ -261,6 +357,20 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Identity headers come only from a verified token, never from the client.
+        if let Some(snapshot) = &ctx.snapshot {
+            for name in &snapshot.auth.identity_headers {
+                upstream.remove_header(name);
+            }
+        }
+        if let Some(route) = &ctx.route {
+            if route.auth != AuthMode::None && !route.keep_authorization {
+                upstream.remove_header(&http::header::AUTHORIZATION);
+            }
+        }
+        for (name, value) in ctx.identity.drain(..) {
+            upstream.insert_header(name, value)?;
+        }
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         if let Some(ip) = client_ip(session) {
             let xff = match upstream.headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
@@ -329,7 +439,7 @@ impl ProxyHttp for Gateway {
             _ => (500, "internal_error", "internal error"),
         };
         if code > 0 && session.response_written().is_none() {
-            if let Err(err) = respond::error(session, ctx, code, error, message).await {
+            if let Err(err) = Answer::new(code, error, message).send(session, ctx).await {
                 tracing::debug!(error = %err, "could not send the error response");
             }
         }

@@ -1,4 +1,4 @@
-//! Answers the gateway writes itself (routing and upstream failures): a JSON body, the
+//! Answers the gateway writes itself (routing, auth and upstream failures): a JSON body, the
 //! request id, and a `Content-Length`, since these bypass `response_filter`.
 
 use crate::proxy::{RequestCtx, X_REQUEST_ID};
@@ -8,51 +8,59 @@ use pingora_core::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-/// The JSON body of every error the gateway answers itself.
-pub fn error_body(error: &str, message: &str, request_id: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "error": error,
-        "message": message,
-        "request_id": request_id,
-    }))
-    .expect("a JSON object of strings serialises")
+/// An error answer: `{"error": .., "reason": .. (when set), "message": .., "request_id": ..}`.
+pub struct Answer<'a> {
+    pub status: u16,
+    /// A stable machine-readable code, e.g. `not_found`, `unauthorized`.
+    pub error: &'a str,
+    /// For auth refusals: the reason from the fixed set (`expired`, `signature`, ...).
+    pub reason: Option<&'a str>,
+    /// Fixed text for people; never echoes request data, tokens or keys.
+    pub message: &'a str,
+    pub headers: Vec<(HeaderName, String)>,
 }
 
-pub async fn error(
-    session: &mut Session,
-    ctx: &RequestCtx,
-    status: u16,
-    error: &str,
-    message: &str,
-) -> Result<()> {
-    error_with(session, ctx, status, error, message, &[]).await
-}
-
-pub async fn error_with(
-    session: &mut Session,
-    ctx: &RequestCtx,
-    status: u16,
-    error: &str,
-    message: &str,
-    headers: &[(HeaderName, String)],
-) -> Result<()> {
-    let body = error_body(error, message, ctx.request_id().to_str().unwrap_or(""));
-    let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id().clone())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    for (name, value) in headers {
-        resp.insert_header(name.clone(), value.as_str())?;
+impl<'a> Answer<'a> {
+    pub fn new(status: u16, error: &'a str, message: &'a str) -> Answer<'a> {
+        Answer {
+            status,
+            error,
+            reason: None,
+            message,
+            headers: Vec::new(),
+        }
     }
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
+
+    pub fn body(&self, request_id: &str) -> Vec<u8> {
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), self.error.into());
+        if let Some(r) = self.reason {
+            body.insert("reason".into(), r.into());
+        }
+        body.insert("message".into(), self.message.into());
+        body.insert("request_id".into(), request_id.into());
+        serde_json::to_vec(&body).expect("a JSON object of strings serialises")
+    }
+
+    pub async fn send(self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
+        let body = self.body(ctx.request_id().to_str().unwrap_or(""));
+        let mut resp = ResponseHeader::build(self.status, Some(4 + self.headers.len()))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id().clone())?;
+        resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        for (name, value) in self.headers {
+            resp.insert_header(name, value)?;
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
         session
-            .write_response_body(Some(Bytes::from(body)), true)
+            .write_response_header(Box::new(resp), head_only)
             .await?;
+        if !head_only {
+            session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await?;
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -4,12 +4,13 @@
 //! A request loads the current snapshot once and keeps that `Arc` to its end, so a reload
 //! never changes the rules under a request in flight.
 
+use crate::auth::{Authenticator, Provider};
 use crate::cluster::Cluster;
 use crate::metrics::METRICS;
 use prometheus::Histogram;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tollgate_config::{Config, ConfigError, PathMatch, Problem};
+use tollgate_config::{AuthMode, Config, ConfigError, PathMatch, Problem, TokenSource};
 use tollgate_router::{RouteSpec, Router};
 
 /// A route ready for requests.
@@ -20,11 +21,18 @@ pub struct RouteRuntime {
     pub strip_prefix: Option<Box<str>>,
     /// `tollgate_request_duration_seconds{route}`, resolved once.
     pub duration: Histogram,
+    pub auth: AuthMode,
+    /// The providers whose tokens this route accepts.
+    pub providers: Vec<Arc<Provider>>,
+    /// Where to look for a token: the union of the providers' sources.
+    pub token_sources: Vec<TokenSource>,
+    pub keep_authorization: bool,
 }
 
 pub struct RuntimeSnapshot {
     pub router: Router<Arc<RouteRuntime>>,
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    pub auth: Arc<Authenticator>,
     pub access_log: bool,
 }
 
@@ -42,18 +50,47 @@ impl RuntimeSnapshot {
                 Err((path, message)) => problems.push(Problem { path, message }),
             }
         }
-        if !problems.is_empty() {
+        let auth = match Authenticator::build(&config.auth) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(errs) => {
+                problems.extend(
+                    errs.into_iter()
+                        .map(|(path, message)| Problem { path, message }),
+                );
+                None
+            }
+        };
+        let Some(auth) = auth.filter(|_| problems.is_empty()) else {
             return Err(ConfigError { problems });
-        }
+        };
         let mut router = Router::new();
         for r in &config.routes {
             let cluster = clusters[r.upstream.as_str()].clone();
+            let providers: Vec<Arc<Provider>> = r
+                .providers
+                .iter()
+                .map(|name| {
+                    auth.provider(name)
+                        .expect("validated provider name")
+                        .clone()
+                })
+                .collect();
+            let mut token_sources: Vec<TokenSource> = Vec::new();
+            for s in providers.iter().flat_map(|p| &p.token_sources) {
+                if !token_sources.contains(s) {
+                    token_sources.push(s.clone());
+                }
+            }
             let route = RouteRuntime {
                 name: r.name.as_str().into(),
                 cluster,
                 strip_prefix: (r.strip_prefix && r.path_match == PathMatch::Prefix)
                     .then(|| r.path.trim_end_matches('/').into()),
                 duration: METRICS.request_duration.with_label_values(&[&r.name]),
+                auth: r.auth,
+                providers,
+                token_sources,
+                keep_authorization: r.keep_authorization,
             };
             let methods: Vec<&str> = r.methods.iter().map(String::as_str).collect();
             router
@@ -66,14 +103,17 @@ impl RuntimeSnapshot {
         Ok(RuntimeSnapshot {
             router,
             clusters,
+            auth,
             access_log: config.logging.access_log,
         })
     }
 
-    /// Starts the health-check loops of every cluster; they end when the snapshot is dropped.
-    pub fn spawn_health_checks(&self) {
+    /// Starts the background work of the snapshot (health checks, key refresh); each loop
+    /// ends when the snapshot that owns its subject is dropped.
+    pub fn spawn_background(&self) {
         for c in self.clusters.values() {
             c.spawn_health_checks();
         }
+        self.auth.spawn_refresh();
     }
 }

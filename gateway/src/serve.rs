@@ -86,7 +86,8 @@ fn server_conf(c: &Config) -> ServerConf {
     conf
 }
 
-/// Starts health checks and, once the proxy listener accepts connections, reports ready.
+/// Starts health checks and key refresh and, once initial keys are loaded and the proxy
+/// listener accepts connections, reports ready.
 struct Startup {
     snapshot: Arc<ArcSwap<RuntimeSnapshot>>,
     proxy_addr: SocketAddr,
@@ -95,7 +96,14 @@ struct Startup {
 #[async_trait]
 impl BackgroundService for Startup {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        self.snapshot.load().spawn_health_checks();
+        self.snapshot.load().spawn_background();
+        // Keys from jwks_uri must be in place before traffic is invited.
+        while !self.snapshot.load().auth.ready() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
         // A wildcard listen address is reached through loopback.
         let mut probe = self.proxy_addr;
         match probe.ip() {

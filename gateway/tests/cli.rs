@@ -29,8 +29,15 @@ fn check_accepts_the_shipped_config() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(": ok (3 routes, 2 upstreams, 4 backends"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(": ok (3 routes, 2 upstreams, 4 backends"),
+        "{stdout}"
+    );
 }
 
 #[test]

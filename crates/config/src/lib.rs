@@ -17,6 +17,7 @@
 //! assert_eq!(err.to_string(), "routes[0].upstream: unknown upstream \"billing\"");
 //! ```
 
+mod auth;
 mod raw;
 mod validate;
 
@@ -70,6 +71,7 @@ pub struct Config {
     pub listen: Listen,
     pub metrics: Metrics,
     pub logging: Logging,
+    pub auth: Auth,
     /// Sorted by name.
     pub upstreams: Vec<Upstream>,
     /// In file order.
@@ -200,6 +202,103 @@ pub struct Route {
     pub upstream: String,
     /// Remove the matched prefix from the path sent upstream.
     pub strip_prefix: bool,
+    /// Default: `required` when any provider is configured, else `none`.
+    pub auth: AuthMode,
+    /// Names of the providers whose tokens this route accepts (default: all).
+    pub providers: Vec<String>,
+    /// Forward the `Authorization` header upstream (default: removed on routes with auth).
+    pub keep_authorization: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// A valid token is needed; none or an invalid one is answered 401.
+    Required,
+    /// No token passes anonymously; an invalid token is still answered 401.
+    Optional,
+    /// Tokens are not looked at.
+    None,
+}
+
+/// The `auth` section.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub providers: Vec<Provider>,
+    /// Claims copied into upstream request headers. Incoming headers with these names are
+    /// removed on every route, so a client can never supply them.
+    pub forward_claims: Vec<ClaimHeader>,
+    /// Verified tokens remembered. Default 100,000.
+    pub cache_size: u64,
+    /// The `realm` of `WWW-Authenticate`. Default `tollgate`.
+    pub realm: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    /// A dotted path into the claims, split (`realm_access.roles` → `["realm_access", "roles"]`).
+    pub claim: Vec<String>,
+    /// Lower case.
+    pub header: String,
+}
+
+/// An issuer of tokens and where its keys come from.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    /// Tokens are routed to a provider by their `iss`, which must equal this exactly.
+    pub issuer: String,
+    /// When non-empty, a token's `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Clock skew allowed for `exp`, `nbf`, `iat`. Default 30 s.
+    pub leeway: Duration,
+    /// Refuse tokens without `exp`. Default true.
+    pub require_exp: bool,
+    pub keys: KeySource,
+    pub refresh: Refresh,
+    /// Where tokens are read from, in order. Default: `Authorization: Bearer`.
+    pub token_sources: Vec<TokenSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS document given in the config (as JSON text).
+    Inline(String),
+    /// A JWKS (or PEM) file, re-read when it changes.
+    File(String),
+    /// A JWKS URL (http or https), fetched before ready and refreshed.
+    Uri(String),
+    /// An HMAC secret read from a file.
+    HmacFile { path: String, alg: String },
+    /// An HMAC secret read from an environment variable.
+    HmacEnv { var: String, alg: String },
+}
+
+/// Key refresh timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refresh {
+    /// `jwks_uri` refresh when the response names no `max-age`. Default 5 min.
+    pub interval: Duration,
+    /// Bounds on a `Cache-Control: max-age`. Defaults 1 min and 1 h.
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    /// Least time between refetches caused by an unknown `kid`. Default 30 s.
+    pub unknown_kid_cooldown: Duration,
+    /// How long the last good keys stay in use while fetches fail. Default 24 h.
+    pub max_stale: Duration,
+    /// One fetch, connect to last byte. Default 5 s.
+    pub timeout: Duration,
+    /// How often a `jwks_file` is checked for changes. Default 2 s.
+    pub file_poll: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`, scheme case-insensitive.
+    Bearer,
+    /// The whole value of a header (lower-case name).
+    Header(String),
+    Cookie(String),
+    Query(String),
 }
 
 /// Parses and validates a config file's text.

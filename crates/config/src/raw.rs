@@ -98,6 +98,54 @@ pub struct RawUpstream {
     pub retries: Option<u32>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub providers: Vec<serde_yaml::Value>,
+    pub forward_claims: Option<Vec<RawClaimHeader>>,
+    pub cache_size: Option<u64>,
+    pub realm: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimHeader {
+    pub claim: String,
+    pub header: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Option<Vec<String>>,
+    pub leeway: Option<DurationText>,
+    pub require_exp: Option<bool>,
+    /// An inline JWKS document, written as YAML.
+    pub jwks: Option<serde_yaml::Value>,
+    pub jwks_file: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub hmac_secret_file: Option<String>,
+    pub hmac_secret_env: Option<String>,
+    pub hmac_alg: Option<String>,
+    pub refresh: Option<RawRefresh>,
+    pub token_sources: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRefresh {
+    pub interval: Option<DurationText>,
+    pub min_interval: Option<DurationText>,
+    pub max_interval: Option<DurationText>,
+    pub unknown_kid_cooldown: Option<DurationText>,
+    pub max_stale: Option<DurationText>,
+    pub timeout: Option<DurationText>,
+    pub file_poll: Option<DurationText>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
@@ -108,6 +156,9 @@ pub struct RawRoute {
     pub methods: Option<Vec<String>>,
     pub upstream: String,
     pub strip_prefix: Option<bool>,
+    pub auth: Option<String>,
+    pub providers: Option<Vec<String>>,
+    pub keep_authorization: Option<bool>,
 }
 
 /// Top-level sections, each parsed on its own so that an error in one does not hide the others.
@@ -127,6 +178,10 @@ pub struct RawConfig {
     pub listen: RawListen,
     pub metrics: RawMetrics,
     pub logging: RawLogging,
+    pub auth: RawAuth,
+    /// Providers in file order with their index; entries that failed to parse are missing.
+    pub providers: Vec<(usize, RawProvider)>,
+    pub broken_providers: BTreeSet<String>,
     pub upstreams: BTreeMap<String, RawUpstream>,
     /// Upstreams present in the file that failed to parse: routes naming them are not
     /// reported again as naming an unknown upstream.

@@ -4,15 +4,15 @@ use crate::raw::*;
 use crate::*;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use tollgate_router::{RouteSpec, Router};
 
 /// Collects problems as validation walks the file.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(crate) struct Problems(pub(crate) Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),
@@ -74,6 +74,19 @@ fn read_raw(yaml: &str, problems: &mut Problems) -> RawConfig {
             "listen" => raw.listen = node(value, &key, problems).unwrap_or_default(),
             "metrics" => raw.metrics = node(value, &key, problems).unwrap_or_default(),
             "logging" => raw.logging = node(value, &key, problems).unwrap_or_default(),
+            "auth" => {
+                raw.auth = node(value, &key, problems).unwrap_or_default();
+                for (i, value) in std::mem::take(&mut raw.auth.providers)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let name = value.get("name").and_then(Value::as_str).map(str::to_owned);
+                    match node(value, &format!("auth.providers[{i}]"), problems) {
+                        Some(p) => raw.providers.push((i, p)),
+                        None => raw.broken_providers.extend(name),
+                    }
+                }
+            }
             "upstreams" => match value {
                 Value::Mapping(m) => {
                     for (name, value) in m {
@@ -119,7 +132,7 @@ fn read_raw(yaml: &str, problems: &mut Problems) -> RawConfig {
 }
 
 /// A duration such as `5s`, `250ms` or `1m 30s`.
-fn duration(
+pub(crate) fn duration(
     value: &Option<DurationText>,
     path: &str,
     default: Duration,
@@ -161,7 +174,7 @@ fn socket_addr(
 }
 
 /// A header name as RFC 9110 allows it (a token), lower-cased.
-fn header_name(name: &str) -> Option<String> {
+pub(crate) fn header_name(name: &str) -> Option<String> {
     let ok = !name.is_empty()
         && name
             .bytes()
@@ -366,10 +379,12 @@ fn health_check(base: &str, raw: &RawHealthCheck, problems: &mut Problems) -> He
 fn route(
     index: usize,
     raw: &RawRoute,
-    upstreams: &BTreeMap<String, RawUpstream>,
-    broken: &BTreeSet<String>,
+    config: &RawConfig,
+    auth: &Auth,
     problems: &mut Problems,
 ) -> Route {
+    let upstreams = &config.upstreams;
+    let broken = &config.broken_upstreams;
     let base = format!("routes[{index}]");
     let name_ok = !raw.name.is_empty()
         && raw
@@ -426,6 +441,47 @@ fn route(
             ),
         }
     }
+    let auth_mode = match raw.auth.as_deref() {
+        None if auth.providers.is_empty() && config.providers.is_empty() => AuthMode::None,
+        None | Some("required") => AuthMode::Required,
+        Some("optional") => AuthMode::Optional,
+        Some("none") => AuthMode::None,
+        Some(other) => {
+            problems.add(
+                format!("{base}.auth"),
+                format!("expected required, optional or none, found {other:?}"),
+            );
+            AuthMode::None
+        }
+    };
+    let providers = match &raw.providers {
+        None => auth.providers.iter().map(|p| p.name.clone()).collect(),
+        Some(list) => {
+            for (i, name) in list.iter().enumerate() {
+                let known = auth.providers.iter().any(|p| &p.name == name)
+                    || config.broken_providers.contains(name);
+                if !known {
+                    problems.add(
+                        format!("{base}.providers[{i}]"),
+                        format!("unknown provider {name:?}"),
+                    );
+                }
+            }
+            list.clone()
+        }
+    };
+    if auth_mode != AuthMode::None && providers.is_empty() && config.broken_providers.is_empty() {
+        problems.add(
+            format!("{base}.auth"),
+            "needs at least one provider in auth.providers",
+        );
+    }
+    if auth_mode == AuthMode::None && raw.providers.is_some() {
+        problems.add(
+            format!("{base}.providers"),
+            "does not apply with auth: none",
+        );
+    }
     Route {
         name: raw.name.clone(),
         host: raw.host.clone(),
@@ -434,6 +490,9 @@ fn route(
         methods,
         upstream: raw.upstream.clone(),
         strip_prefix,
+        auth: auth_mode,
+        providers,
+        keep_authorization: raw.keep_authorization.unwrap_or(false),
     }
 }
 
@@ -505,6 +564,7 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
         access_log: raw.logging.access_log.unwrap_or(true),
     };
 
+    let auth = crate::auth::auth(&raw.auth, &raw.providers, problems);
     let upstreams: Vec<Upstream> = raw
         .upstreams
         .iter()
@@ -520,7 +580,7 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
     let mut accepted: Vec<usize> = Vec::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (index, r) in &raw.routes {
-        let route = route(*index, r, &raw.upstreams, &raw.broken_upstreams, problems);
+        let route = route(*index, r, raw, &auth, problems);
         if let Some(first) = names.insert(&r.name, *index) {
             problems.add(
                 format!("routes[{index}].name"),
@@ -563,6 +623,7 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
         listen,
         metrics,
         logging,
+        auth,
         upstreams,
         routes,
     }

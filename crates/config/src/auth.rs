@@ -1,0 +1,266 @@
+//! Validation of the `auth` section: providers, their key sources and refresh timing,
+//! token sources, and the claims forwarded as headers.
+
+use crate::raw::{RawAuth, RawProvider, RawRefresh};
+use crate::validate::{duration, header_name, Problems};
+use crate::{Auth, ClaimHeader, KeySource, Provider, Refresh, TokenSource};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Headers that a claim may never be forwarded as: they carry the request's own framing
+/// or credentials.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "cookie",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+];
+
+const HMAC_ALGS: &[&str] = &["HS256", "HS384", "HS512"];
+
+pub(crate) fn auth(
+    raw: &RawAuth,
+    providers: &[(usize, RawProvider)],
+    problems: &mut Problems,
+) -> Auth {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut issuers: HashMap<&str, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(providers.len());
+    for (i, p) in providers {
+        let base = format!("auth.providers[{i}]");
+        if let Some(first) = names.insert(&p.name, *i) {
+            problems.add(
+                format!("{base}.name"),
+                format!(
+                    "duplicate provider name {:?}, first used by auth.providers[{first}]",
+                    p.name
+                ),
+            );
+        }
+        if p.name.is_empty() {
+            problems.add(format!("{base}.name"), "must not be empty");
+        }
+        if p.issuer.is_empty() {
+            problems.add(format!("{base}.issuer"), "must not be empty");
+        } else if let Some(first) = issuers.insert(&p.issuer, *i) {
+            problems.add(
+                format!("{base}.issuer"),
+                format!(
+                    "auth.providers[{first}] has the same issuer: tokens are routed to a provider by `iss`"
+                ),
+            );
+        }
+        out.push(provider(&base, p, problems));
+    }
+    let mut forward_claims = Vec::new();
+    let mut headers: HashMap<String, usize> = HashMap::new();
+    for (i, c) in raw.forward_claims.iter().flatten().enumerate() {
+        let base = format!("auth.forward_claims[{i}]");
+        let claim: Vec<String> = c.claim.split('.').map(str::to_owned).collect();
+        if claim.iter().any(String::is_empty) {
+            problems.add(
+                format!("{base}.claim"),
+                "must be a dotted path such as sub or realm_access.roles",
+            );
+        }
+        match header_name(&c.header) {
+            Some(h) if RESERVED_HEADERS.contains(&h.as_str()) => problems.add(
+                format!("{base}.header"),
+                format!("{} is reserved", c.header),
+            ),
+            Some(h) => {
+                if let Some(first) = headers.insert(h.clone(), i) {
+                    problems.add(
+                        format!("{base}.header"),
+                        format!("already used by auth.forward_claims[{first}]"),
+                    );
+                }
+                forward_claims.push(ClaimHeader { claim, header: h });
+            }
+            None => problems.add(
+                format!("{base}.header"),
+                format!("invalid header name {:?}", c.header),
+            ),
+        }
+    }
+    let cache_size = raw.cache_size.unwrap_or(100_000);
+    Auth {
+        providers: out,
+        forward_claims,
+        cache_size,
+        realm: match &raw.realm {
+            Some(r) if r.contains(['"', '\\']) || r.chars().any(char::is_control) => {
+                problems.add(
+                    "auth.realm",
+                    "must not contain quotes, backslashes or control characters",
+                );
+                "tollgate".to_owned()
+            }
+            Some(r) => r.clone(),
+            None => "tollgate".to_owned(),
+        },
+    }
+}
+
+fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
+    let mut sources: Vec<KeySource> = Vec::new();
+    if let Some(doc) = &p.jwks {
+        match serde_json::to_string(doc) {
+            Ok(json) => sources.push(KeySource::Inline(json)),
+            Err(e) => problems.add(
+                format!("{base}.jwks"),
+                format!("not representable as JSON: {e}"),
+            ),
+        }
+    }
+    if let Some(path) = &p.jwks_file {
+        sources.push(KeySource::File(path.clone()));
+    }
+    if let Some(uri) = &p.jwks_uri {
+        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+            problems.add(
+                format!("{base}.jwks_uri"),
+                "must be an http:// or https:// URL",
+            );
+        }
+        sources.push(KeySource::Uri(uri.clone()));
+    }
+    if let Some(path) = &p.hmac_secret_file {
+        sources.push(KeySource::HmacFile {
+            path: path.clone(),
+            alg: String::new(),
+        });
+    }
+    if let Some(var) = &p.hmac_secret_env {
+        sources.push(KeySource::HmacEnv {
+            var: var.clone(),
+            alg: String::new(),
+        });
+    }
+    let keys = match sources.len() {
+        1 => match sources.pop().expect("one source") {
+            KeySource::HmacFile { path, .. } => KeySource::HmacFile {
+                path,
+                alg: hmac_alg(base, p, problems),
+            },
+            KeySource::HmacEnv { var, .. } => KeySource::HmacEnv {
+                var,
+                alg: hmac_alg(base, p, problems),
+            },
+            other => {
+                if p.hmac_alg.is_some() {
+                    problems.add(
+                        format!("{base}.hmac_alg"),
+                        "only applies with an HMAC secret",
+                    );
+                }
+                other
+            }
+        },
+        0 => {
+            problems.add(
+                base,
+                "needs one key source: jwks, jwks_file, jwks_uri, hmac_secret_file or hmac_secret_env",
+            );
+            KeySource::Inline(String::new())
+        }
+        _ => {
+            problems.add(base, "has more than one key source; give exactly one");
+            sources.swap_remove(0)
+        }
+    };
+    let mut token_sources = Vec::new();
+    for (i, s) in p.token_sources.iter().flatten().enumerate() {
+        let path = format!("{base}.token_sources[{i}]");
+        let parsed = match s.split_once(':') {
+            None if s == "bearer" => Some(TokenSource::Bearer),
+            Some(("header", h)) => header_name(h).map(TokenSource::Header),
+            Some(("cookie", c)) if !c.is_empty() => Some(TokenSource::Cookie(c.to_owned())),
+            Some(("query", q)) if !q.is_empty() => Some(TokenSource::Query(q.to_owned())),
+            _ => None,
+        };
+        match parsed {
+            Some(t) if token_sources.contains(&t) => problems.add(path, "listed twice"),
+            Some(t) => token_sources.push(t),
+            None => problems.add(
+                path,
+                format!("expected bearer, header:NAME, cookie:NAME or query:NAME, found {s:?}"),
+            ),
+        }
+    }
+    match &p.token_sources {
+        None => token_sources.push(TokenSource::Bearer),
+        Some(list) if list.is_empty() => problems.add(
+            format!("{base}.token_sources"),
+            "must list at least one source",
+        ),
+        Some(_) => {}
+    }
+    Provider {
+        name: p.name.clone(),
+        issuer: p.issuer.clone(),
+        audiences: p.audiences.clone().unwrap_or_default(),
+        leeway: leeway(&format!("{base}.leeway"), p, problems),
+        require_exp: p.require_exp.unwrap_or(true),
+        keys,
+        refresh: refresh(&format!("{base}.refresh"), p.refresh.as_ref(), problems),
+        token_sources,
+    }
+}
+
+fn hmac_alg(base: &str, p: &RawProvider, problems: &mut Problems) -> String {
+    let alg = p.hmac_alg.clone().unwrap_or_else(|| "HS256".to_owned());
+    if !HMAC_ALGS.contains(&alg.as_str()) {
+        problems.add(
+            format!("{base}.hmac_alg"),
+            format!("expected one of {}, found {alg:?}", HMAC_ALGS.join(", ")),
+        );
+    }
+    alg
+}
+
+fn leeway(path: &str, p: &RawProvider, problems: &mut Problems) -> Duration {
+    match &p.leeway {
+        // Zero leeway is legitimate; `duration` refuses zero, so it is special-cased.
+        Some(t) if t.0.trim() == "0" || t.0.trim() == "0s" => Duration::ZERO,
+        other => duration(other, path, Duration::from_secs(30), problems),
+    }
+}
+
+fn refresh(base: &str, raw: Option<&RawRefresh>, problems: &mut Problems) -> Refresh {
+    let default = RawRefresh::default();
+    let r = raw.unwrap_or(&default);
+    let mut d = |v, key: &str, secs: u64| {
+        duration(
+            v,
+            &format!("{base}.{key}"),
+            Duration::from_secs(secs),
+            problems,
+        )
+    };
+    let refresh = Refresh {
+        interval: d(&r.interval, "interval", 300),
+        min_interval: d(&r.min_interval, "min_interval", 60),
+        max_interval: d(&r.max_interval, "max_interval", 3600),
+        unknown_kid_cooldown: d(&r.unknown_kid_cooldown, "unknown_kid_cooldown", 30),
+        max_stale: d(&r.max_stale, "max_stale", 86_400),
+        timeout: d(&r.timeout, "timeout", 5),
+        file_poll: d(&r.file_poll, "file_poll", 2),
+    };
+    if refresh.min_interval > refresh.max_interval {
+        problems.add(
+            format!("{base}.min_interval"),
+            "must not exceed max_interval",
+        );
+    }
+    refresh
+}

@@ -1,0 +1,665 @@
+//! Authentication in `request_filter`: read the token from the route's sources, pick the
+//! provider by `iss`, verify against the provider's key set (lock-free through `ArcSwap`),
+//! remember verified tokens, and turn claims into identity headers for the upstream.
+
+use crate::jwks;
+use crate::metrics::METRICS;
+use arc_swap::ArcSwap;
+use http::header::{HeaderName, HeaderValue};
+use pingora_core::connectors::http::Connector;
+use pingora_http::RequestHeader;
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tollgate_config::{KeySource, Refresh, TokenSource};
+use tollgate_jwt::{KeySet, Reason, Rejection, Validation, VerifiedToken};
+
+/// A provider's keys at one moment. Replaced whole; never changed in place.
+pub struct KeyState {
+    pub set: Arc<KeySet>,
+    /// Bumped whenever the keys change; cache entries of older generations are re-verified.
+    pub generation: u64,
+    /// When the keys were last loaded or fetched successfully.
+    pub last_success: Option<SystemTime>,
+    /// SHA-256 of the document the keys came from, to tell a real change from a refresh.
+    digest: [u8; 32],
+}
+
+/// An issuer and its keys.
+pub struct Provider {
+    pub index: usize,
+    pub name: Arc<str>,
+    pub issuer: String,
+    validation: Validation,
+    require_exp: bool,
+    source: KeySource,
+    refresh: Refresh,
+    pub token_sources: Vec<TokenSource>,
+    keys: ArcSwap<KeyState>,
+    /// Initial keys are in place (always true but for `jwks_uri` before its first fetch).
+    ready: AtomicBool,
+    /// When the last refetch for an unknown `kid` started. The async mutex makes that refetch
+    /// single-flight: requests that wait on it then see the new generation and do not fetch.
+    unknown_kid_refetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}
+
+impl Provider {
+    /// Builds a provider; local key sources are read now (errors are config problems).
+    pub fn build(index: usize, p: &tollgate_config::Provider) -> Result<Provider, String> {
+        let local = jwks::load_local(&p.keys)?;
+        let ready = local.is_some();
+        let provider = Provider {
+            index,
+            name: p.name.as_str().into(),
+            issuer: p.issuer.clone(),
+            validation: Validation {
+                leeway_s: p.leeway.as_secs(),
+                issuer: Some(p.issuer.clone()),
+                audiences: p.audiences.clone(),
+            },
+            require_exp: p.require_exp,
+            source: p.keys.clone(),
+            refresh: p.refresh.clone(),
+            token_sources: p.token_sources.clone(),
+            keys: ArcSwap::from_pointee(KeyState {
+                set: Arc::new(local.unwrap_or_default()),
+                generation: 0,
+                last_success: ready.then(SystemTime::now),
+                digest: [0; 32],
+            }),
+            ready: AtomicBool::new(ready),
+            unknown_kid_refetch: tokio::sync::Mutex::new(None),
+        };
+        provider.publish_key_metrics();
+        Ok(provider)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn keys(&self) -> arc_swap::Guard<Arc<KeyState>> {
+        self.keys.load()
+    }
+
+    fn publish_key_metrics(&self) {
+        let state = self.keys.load();
+        METRICS
+            .jwks_keys
+            .with_label_values(&[&self.name])
+            .set(state.set.len() as i64);
+        if let Some(t) = state.last_success {
+            METRICS
+                .jwks_last_success
+                .with_label_values(&[&self.name])
+                .set(unix_seconds(t));
+        }
+    }
+
+    /// Installs keys parsed from `body` unless they are the ones already in use.
+    /// Returns whether the keys changed.
+    fn install(&self, body: &[u8]) -> Result<bool, String> {
+        let d = digest(body);
+        let current = self.keys.load();
+        if current.digest == d && self.is_ready() {
+            self.keys.store(Arc::new(KeyState {
+                set: current.set.clone(),
+                generation: current.generation,
+                last_success: Some(SystemTime::now()),
+                digest: d,
+            }));
+            self.publish_key_metrics();
+            return Ok(false);
+        }
+        let set = jwks::parse_key_file(body)?;
+        self.keys.store(Arc::new(KeyState {
+            set: Arc::new(set),
+            generation: current.generation + 1,
+            last_success: Some(SystemTime::now()),
+            digest: d,
+        }));
+        self.ready.store(true, Ordering::Release);
+        self.publish_key_metrics();
+        Ok(true)
+    }
+
+    fn count_fetch(&self, ok: bool) {
+        METRICS
+            .jwks_fetch
+            .with_label_values(&[&*self.name, if ok { "success" } else { "error" }])
+            .inc();
+    }
+
+    /// One fetch of a `jwks_uri`; returns the `max-age` the server asked for.
+    async fn fetch_once(&self, connector: &Connector) -> Result<(bool, Option<Duration>), String> {
+        let KeySource::Uri(uri) = &self.source else {
+            return Err("not a jwks_uri provider".into());
+        };
+        let result = match jwks::fetch(connector, uri, self.refresh.timeout).await {
+            Ok(fetched) => self
+                .install(&fetched.body)
+                .map(|changed| (changed, fetched.max_age)),
+            Err(e) => Err(e),
+        };
+        self.count_fetch(result.is_ok());
+        if let Err(e) = &result {
+            tracing::warn!(provider = %self.name, error = %e, "jwks fetch failed; keeping the last good keys");
+            self.expire_stale_keys();
+        }
+        result
+    }
+
+    /// Drops keys older than `max_stale`: past that, refusing tokens is safer than trusting
+    /// keys that the issuer may have revoked.
+    fn expire_stale_keys(&self) {
+        let state = self.keys.load();
+        let stale = state
+            .last_success
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > self.refresh.max_stale);
+        if stale && !state.set.is_empty() {
+            tracing::error!(provider = %self.name, "keys older than max_stale dropped");
+            self.keys.store(Arc::new(KeyState {
+                set: Arc::new(KeySet::new()),
+                generation: state.generation + 1,
+                last_success: state.last_success,
+                digest: [0; 32],
+            }));
+            self.publish_key_metrics();
+        }
+    }
+
+    /// Re-reads a `jwks_file`; returns whether the keys changed.
+    fn reload_file(&self) -> Result<bool, String> {
+        let KeySource::File(path) = &self.source else {
+            return Ok(false);
+        };
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        self.install(&bytes)
+    }
+
+    /// Keeps the keys fresh until the provider is dropped (a reload replaced it):
+    /// `jwks_uri` is fetched (first until it succeeds, then every interval or `max-age`),
+    /// `jwks_file` is re-read when it changes.
+    pub fn spawn_refresh(self: &Arc<Self>, connector: Arc<Connector>) {
+        let weak: Weak<Provider> = Arc::downgrade(self);
+        match &self.source {
+            KeySource::Uri(_) => {
+                tokio::spawn(async move {
+                    let mut failures = 0u32;
+                    loop {
+                        let Some(p) = weak.upgrade() else { return };
+                        let wait = match p.fetch_once(&connector).await {
+                            Ok((_, max_age)) => {
+                                failures = 0;
+                                max_age
+                                    .map(|a| {
+                                        a.clamp(p.refresh.min_interval, p.refresh.max_interval)
+                                    })
+                                    .unwrap_or(p.refresh.interval)
+                            }
+                            Err(_) => {
+                                // Retry soon, backing off up to the normal interval.
+                                failures = failures.saturating_add(1);
+                                let backoff = Duration::from_millis(250)
+                                    * 2u32.saturating_pow(failures.min(10));
+                                backoff.min(p.refresh.interval)
+                            }
+                        };
+                        drop(p);
+                        tokio::time::sleep(wait).await;
+                    }
+                });
+            }
+            KeySource::File(path) => {
+                let path = path.clone();
+                let poll = self.refresh.file_poll;
+                tokio::spawn(async move {
+                    let stamp = |path: &str| {
+                        std::fs::metadata(path)
+                            .ok()
+                            .map(|m| (m.modified().ok(), m.len()))
+                    };
+                    let mut last = stamp(&path);
+                    loop {
+                        tokio::time::sleep(poll).await;
+                        let Some(p) = weak.upgrade() else { return };
+                        let now = stamp(&path);
+                        if now == last {
+                            continue;
+                        }
+                        last = now;
+                        match p.reload_file() {
+                            Ok(changed) => {
+                                p.count_fetch(true);
+                                if changed {
+                                    tracing::info!(provider = %p.name, "jwks_file reloaded");
+                                }
+                            }
+                            Err(e) => {
+                                p.count_fetch(false);
+                                tracing::warn!(provider = %p.name, error = %e, "jwks_file reload failed; keeping the last good keys");
+                            }
+                        }
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A token named a `kid` this provider does not know: refetch, at most once per cooldown
+    /// and once however many requests ask at the same time. Returns whether the keys changed
+    /// since `seen_generation` (so verifying again may succeed).
+    async fn refetch_for_unknown_kid(&self, connector: &Connector, seen_generation: u64) -> bool {
+        if !matches!(self.source, KeySource::Uri(_)) {
+            return false;
+        }
+        let mut last = self.unknown_kid_refetch.lock().await;
+        if self.keys.load().generation != seen_generation {
+            return true;
+        }
+        if last.is_some_and(|t| t.elapsed() < self.refresh.unknown_kid_cooldown) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        matches!(self.fetch_once(connector).await, Ok((true, _)))
+    }
+}
+
+/// A cached verification: which provider and key generation verified the signature.
+struct CacheEntry {
+    provider: usize,
+    generation: u64,
+    token: Arc<VerifiedToken>,
+}
+
+/// Entries live until their token's `exp` (tokens without one: `NO_EXP_TTL`).
+struct ExpireAtTokenExp;
+
+const NO_EXP_TTL: Duration = Duration::from_secs(300);
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl moka::Expiry<[u8; 32], Arc<CacheEntry>> for ExpireAtTokenExp {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<CacheEntry>,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(match value.token.exp {
+            Some(exp) => {
+                let left = exp - unix_seconds(SystemTime::now());
+                if left <= 0.0 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs_f64(left.min(MAX_TTL.as_secs_f64()))
+                }
+            }
+            None => NO_EXP_TTL,
+        })
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy)]
+pub enum AuthError {
+    /// 401 with a reason; `presented` tells whether a token was there (RFC 6750 §3).
+    Unauthorized {
+        reason: Reason,
+        detail: &'static str,
+        presented: bool,
+    },
+    /// 400: more than one token in the request (RFC 6750 §2).
+    MultipleTokens,
+}
+
+/// The gateway's authentication state for one snapshot.
+pub struct Authenticator {
+    pub providers: Vec<Arc<Provider>>,
+    /// Claim path → upstream header.
+    forward: Vec<(Vec<String>, HeaderName)>,
+    /// Every forwarded header name: removed from every incoming request.
+    pub identity_headers: Vec<HeaderName>,
+    cache: moka::sync::Cache<[u8; 32], Arc<CacheEntry>>,
+    pub realm: String,
+    connector: Arc<Connector>,
+}
+
+/// A verified caller.
+pub struct Identity {
+    pub provider: Arc<Provider>,
+    pub token: Arc<VerifiedToken>,
+}
+
+impl Authenticator {
+    pub fn build(auth: &tollgate_config::Auth) -> Result<Authenticator, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let mut providers = Vec::new();
+        for (i, p) in auth.providers.iter().enumerate() {
+            match Provider::build(i, p) {
+                Ok(p) => providers.push(Arc::new(p)),
+                Err(e) => problems.push((format!("auth.providers[{i}]"), e)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let forward: Vec<(Vec<String>, HeaderName)> = auth
+            .forward_claims
+            .iter()
+            .map(|c| {
+                (
+                    c.claim.clone(),
+                    HeaderName::from_bytes(c.header.as_bytes()).expect("validated header name"),
+                )
+            })
+            .collect();
+        Ok(Authenticator {
+            identity_headers: forward.iter().map(|(_, h)| h.clone()).collect(),
+            forward,
+            providers,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(auth.cache_size)
+                .expire_after(ExpireAtTokenExp)
+                .build(),
+            realm: auth.realm.clone(),
+            connector: Arc::new(Connector::new(None)),
+        })
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| &*p.name == name)
+    }
+
+    pub fn spawn_refresh(&self) {
+        for p in &self.providers {
+            p.spawn_refresh(self.connector.clone());
+        }
+    }
+
+    /// Initial keys of every provider are in place.
+    pub fn ready(&self) -> bool {
+        self.providers.iter().all(|p| p.is_ready())
+    }
+
+    /// Verifies `token` for one of `providers` (chosen by the token's `iss`) at `now`.
+    pub async fn verify(
+        &self,
+        token: &str,
+        providers: &[Arc<Provider>],
+        now: SystemTime,
+    ) -> Result<Identity, (Option<Arc<Provider>>, Rejection)> {
+        // The issuer is read unverified only to choose whose keys to verify with; the
+        // verifier then checks `iss` against that provider's issuer.
+        let iss = tollgate_jwt::peek_issuer(token);
+        let by_issuer = providers
+            .iter()
+            .find(|p| iss.as_deref() == Some(p.issuer.as_str()));
+        // With a single candidate, its verifier gives the precise reason (a malformed token
+        // has no readable `iss`); its Validation still refuses any other issuer.
+        let chosen = by_issuer.or(match providers {
+            [only] => Some(only),
+            _ => None,
+        });
+        let Some(provider) = chosen.cloned() else {
+            return Err((
+                None,
+                Rejection {
+                    reason: Reason::Issuer,
+                    detail: "no accepted provider has this token's issuer",
+                },
+            ));
+        };
+        let now_s = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        let key = digest(token.as_bytes());
+        let keys = provider.keys();
+        let cached = self
+            .cache
+            .get(&key)
+            .filter(|e| e.provider == provider.index && e.generation == keys.generation);
+        let verified = match cached {
+            Some(entry) => {
+                METRICS.token_cache_hit.inc();
+                entry.token.clone()
+            }
+            None => {
+                METRICS.token_cache_miss.inc();
+                let mut generation = keys.generation;
+                let mut result = tollgate_jwt::verify_signature(token, &keys.set);
+                drop(keys);
+                if matches!(result, Err(r) if r.reason == Reason::UnknownKid)
+                    && provider
+                        .refetch_for_unknown_kid(&self.connector, generation)
+                        .await
+                {
+                    let keys = provider.keys();
+                    generation = keys.generation;
+                    result = tollgate_jwt::verify_signature(token, &keys.set);
+                }
+                let token_v = Arc::new(result.map_err(|r| (Some(provider.clone()), r))?);
+                self.cache.insert(
+                    key,
+                    Arc::new(CacheEntry {
+                        provider: provider.index,
+                        generation,
+                        token: token_v.clone(),
+                    }),
+                );
+                token_v
+            }
+        };
+        if let Err(r) = provider.validation.check_claims(&verified, now_s) {
+            return Err((Some(provider), r));
+        }
+        if provider.require_exp && verified.exp.is_none() {
+            return Err((
+                Some(provider),
+                Rejection {
+                    reason: Reason::Malformed,
+                    detail: "token has no exp and the provider requires one",
+                },
+            ));
+        }
+        Ok(Identity {
+            provider,
+            token: verified,
+        })
+    }
+
+    /// The identity headers for a verified token: each configured claim that is present,
+    /// as a string (arrays of scalars joined with `,`). Values that cannot be a header are
+    /// left out.
+    pub fn identity_headers(&self, token: &VerifiedToken) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(self.forward.len());
+        for (path, header) in &self.forward {
+            let Some(value) = claim_at(&token.claims, path) else {
+                continue;
+            };
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Number(n) => Some(n.to_string()),
+                        Value::Bool(b) => Some(b.to_string()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => continue,
+            };
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                out.push((header.clone(), v));
+            }
+        }
+        out
+    }
+}
+
+/// The claim at a dotted path, e.g. `realm_access.roles`.
+pub fn claim_at<'a>(
+    claims: &'a serde_json::Map<String, Value>,
+    path: &[String],
+) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = claims.get(first)?;
+    for seg in rest {
+        v = v.as_object()?.get(seg)?;
+    }
+    Some(v)
+}
+
+/// Finds the token in a request, looking at `sources`. `Ok(None)` when there is none;
+/// `Err` when there are several (RFC 6750 §2: a client must use only one method).
+pub fn extract_token<'a>(
+    req: &'a RequestHeader,
+    sources: &[TokenSource],
+) -> Result<Option<&'a str>, AuthError> {
+    let mut found: Option<&str> = None;
+    let mut add = |t: &'a str| -> Result<(), AuthError> {
+        if found.is_some() {
+            return Err(AuthError::MultipleTokens);
+        }
+        found = Some(t);
+        Ok(())
+    };
+    for source in sources {
+        match source {
+            TokenSource::Bearer => {
+                for v in req.headers.get_all(http::header::AUTHORIZATION) {
+                    let Ok(v) = v.to_str() else { continue };
+                    if let Some((scheme, token)) = v.split_once(' ') {
+                        if scheme.eq_ignore_ascii_case("bearer") {
+                            add(token.trim())?;
+                        }
+                    }
+                }
+            }
+            TokenSource::Header(name) => {
+                for v in req.headers.get_all(name.as_str()) {
+                    if let Ok(v) = v.to_str() {
+                        add(v.trim())?;
+                    }
+                }
+            }
+            TokenSource::Cookie(name) => {
+                for v in req.headers.get_all(http::header::COOKIE) {
+                    let Ok(v) = v.to_str() else { continue };
+                    for pair in v.split(';') {
+                        if let Some((k, val)) = pair.trim().split_once('=') {
+                            if k == name {
+                                add(val)?;
+                            }
+                        }
+                    }
+                }
+            }
+            TokenSource::Query(name) => {
+                for pair in req.uri.query().unwrap_or("").split('&') {
+                    if let Some((k, val)) = pair.split_once('=') {
+                        if k == name {
+                            add(val)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(found.filter(|t| !t.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let r = req("/", &[("authorization", "bEaReR abc.def.ghi")]);
+        assert_eq!(
+            extract_token(&r, &[TokenSource::Bearer]).unwrap(),
+            Some("abc.def.ghi")
+        );
+        let r = req("/", &[("authorization", "Basic Zm9v")]);
+        assert_eq!(extract_token(&r, &[TokenSource::Bearer]).unwrap(), None);
+    }
+
+    #[test]
+    fn every_source_kind_is_read() {
+        let r = req(
+            "/?a=1&access_token=q.q.q",
+            &[("cookie", "x=1; session=c.c.c"), ("x-token", "h.h.h")],
+        );
+        assert_eq!(
+            extract_token(&r, &[TokenSource::Query("access_token".into())]).unwrap(),
+            Some("q.q.q")
+        );
+        assert_eq!(
+            extract_token(&r, &[TokenSource::Cookie("session".into())]).unwrap(),
+            Some("c.c.c")
+        );
+        assert_eq!(
+            extract_token(&r, &[TokenSource::Header("x-token".into())]).unwrap(),
+            Some("h.h.h")
+        );
+    }
+
+    #[test]
+    fn two_tokens_are_refused() {
+        let r = req("/?access_token=q", &[("authorization", "Bearer b")]);
+        let sources = [
+            TokenSource::Bearer,
+            TokenSource::Query("access_token".into()),
+        ];
+        assert!(matches!(
+            extract_token(&r, &sources),
+            Err(AuthError::MultipleTokens)
+        ));
+        let r = req(
+            "/",
+            &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+        );
+        assert!(matches!(
+            extract_token(&r, &[TokenSource::Bearer]),
+            Err(AuthError::MultipleTokens)
+        ));
+    }
+
+    #[test]
+    fn claims_by_dotted_path() {
+        let claims: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"sub":"a","realm_access":{"roles":["x","y"]}}"#).unwrap();
+        let path: Vec<String> = vec!["realm_access".into(), "roles".into()];
+        assert_eq!(
+            claim_at(&claims, &path),
+            Some(&serde_json::json!(["x", "y"]))
+        );
+        assert_eq!(claim_at(&claims, &["nope".to_owned()]), None);
+    }
+}

@@ -1,0 +1,148 @@
+//! Loading key sets: from files and environment variables when the config loads, and from
+//! JWKS URLs over HTTP(S) with Pingora's own connector (no second HTTP stack).
+
+use pingora_core::connectors::http::Connector;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
+use std::time::Duration;
+use tollgate_config::KeySource;
+use tollgate_jwt::{Algorithm, KeySet};
+
+/// Largest JWKS document accepted (real ones are a few KiB).
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// A fetched JWKS document and its `Cache-Control: max-age`, if any.
+pub struct Fetched {
+    pub body: Vec<u8>,
+    pub max_age: Option<Duration>,
+}
+
+/// Reads a key file: PEM when it looks like PEM, else JWKS (or a single JWK) JSON.
+pub fn parse_key_file(bytes: &[u8]) -> Result<KeySet, String> {
+    let set = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        KeySet::from_pem(bytes, None, None)
+    } else {
+        KeySet::from_jwks(bytes)
+    };
+    set.map_err(|e| e.to_string())
+}
+
+/// Loads the keys a source can give synchronously (everything but `jwks_uri`, which
+/// starts empty and is fetched before the gateway reports ready). Errors never quote a
+/// secret.
+pub fn load_local(source: &KeySource) -> Result<Option<KeySet>, String> {
+    let hmac = |secret: &[u8], alg: &str| -> Result<KeySet, String> {
+        let alg: Algorithm = alg
+            .parse()
+            .map_err(|_| format!("unknown algorithm {alg}"))?;
+        let min = match alg {
+            Algorithm::HS384 => 48,
+            Algorithm::HS512 => 64,
+            _ => 32,
+        };
+        if secret.len() < min {
+            return Err(format!(
+                "the HMAC secret has {} bytes; {alg:?} needs at least {min}",
+                secret.len()
+            ));
+        }
+        Ok(KeySet::from_hmac_secret(secret, None, Some(alg)))
+    };
+    match source {
+        KeySource::Inline(json) => KeySet::from_jwks(json.as_bytes())
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        KeySource::File(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            parse_key_file(&bytes).map(Some)
+        }
+        KeySource::Uri(_) => Ok(None),
+        KeySource::HmacFile { path, alg } => {
+            let mut secret = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            hmac(&secret, alg).map(Some)
+        }
+        KeySource::HmacEnv { var, alg } => {
+            let secret = std::env::var_os(var)
+                .ok_or_else(|| format!("environment variable {var} is not set"))?;
+            hmac(secret.as_encoded_bytes(), alg).map(Some)
+        }
+    }
+}
+
+/// GETs a JWKS URL within `timeout`, connect to last byte.
+pub async fn fetch(connector: &Connector, uri: &str, timeout: Duration) -> Result<Fetched, String> {
+    tokio::time::timeout(timeout, fetch_inner(connector, uri))
+        .await
+        .map_err(|_| format!("timed out after {timeout:?}"))?
+}
+
+async fn fetch_inner(connector: &Connector, uri: &str) -> Result<Fetched, String> {
+    let parsed: http::Uri = uri.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    let tls = parsed.scheme_str() == Some("https");
+    let host = parsed.host().ok_or("URL has no host")?.to_owned();
+    let port = parsed.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))?;
+    let peer = HttpPeer::new(addr, tls, host.clone());
+    let (mut session, _reused) = connector
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let path = parsed.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
+    let host_header = match parsed.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    req.insert_header("host", host_header)
+        .map_err(|e| e.to_string())?;
+    req.insert_header("accept", "application/json")
+        .map_err(|e| e.to_string())?;
+    req.insert_header(
+        "user-agent",
+        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+    )
+    .map_err(|e| e.to_string())?;
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    session
+        .finish_request_body()
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    session
+        .read_response_header()
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let resp = session.response_header().ok_or("no response header")?;
+    if resp.status != 200 {
+        return Err(format!("status {}", resp.status.as_u16()));
+    }
+    let max_age = resp
+        .headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut body = Vec::new();
+    while let Some(chunk) = session
+        .read_response_body()
+        .await
+        .map_err(|e| format!("read: {e}"))?
+    {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err(format!("document larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Fetched { body, max_age })
+}

@@ -1,0 +1,229 @@
+//! `tollgate token verify|mint|inspect`: the verifier and signer of `tollgate-jwt` on the
+//! command line, for the conformance corpus, development and debugging.
+//!
+//! `verify` is the contract of the shared conformance runner: one JSON object on stdout,
+//! exit 0 valid, 1 invalid, 2 usage error or unreadable key file.
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tollgate_jwt::{Algorithm, KeySet, SigningKey, Validation};
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Verify a token against a key set; prints one JSON verdict.
+    Verify(VerifyArgs),
+    /// Sign a token from a private key (PKCS#8 PEM) or an HMAC secret file.
+    Mint(MintArgs),
+    /// Decode a token WITHOUT verifying it.
+    Inspect {
+        /// The compact JWT.
+        token: String,
+    },
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// JWKS file (or a single JWK, or a PEM public key / certificate).
+    #[arg(long)]
+    jwks: PathBuf,
+    /// Evaluate at this time (unix seconds) instead of now.
+    #[arg(long)]
+    at: Option<u64>,
+    /// Allowed clock skew in seconds for exp, nbf and iat.
+    #[arg(long, default_value_t = 0)]
+    leeway: u64,
+    /// Required `iss`.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Accepted audience; repeat for several (the token's `aud` must contain one).
+    #[arg(long = "audience")]
+    audiences: Vec<String>,
+    /// The compact JWT.
+    token: String,
+}
+
+#[derive(Args)]
+pub struct MintArgs {
+    /// Private key, PKCS#8 PEM (EC P-256/P-384, RSA, Ed25519).
+    #[arg(
+        long,
+        conflicts_with = "hmac_secret_file",
+        required_unless_present = "hmac_secret_file"
+    )]
+    key: Option<PathBuf>,
+    /// File holding an HMAC secret (its bytes, trailing newline removed).
+    #[arg(long)]
+    hmac_secret_file: Option<PathBuf>,
+    /// Algorithm (default: the key's natural one; HS256 for secrets).
+    #[arg(long)]
+    alg: Option<String>,
+    #[arg(long)]
+    kid: Option<String>,
+    #[arg(long)]
+    iss: Option<String>,
+    #[arg(long)]
+    sub: Option<String>,
+    /// Audience; repeat for several.
+    #[arg(long = "aud")]
+    audiences: Vec<String>,
+    /// Lifetime from now, e.g. `1h`, `15m`.
+    #[arg(long, default_value = "1h")]
+    expires_in: String,
+    /// Space-separated scopes, put in the `scope` claim.
+    #[arg(long)]
+    scope: Option<String>,
+    /// Role, put in the `roles` array; repeat for several.
+    #[arg(long = "role")]
+    roles: Vec<String>,
+    /// Further claims as a JSON object, merged last.
+    #[arg(long)]
+    claims: Option<String>,
+}
+
+pub fn run(cmd: TokenCommand) -> ExitCode {
+    match cmd {
+        TokenCommand::Verify(a) => verify(a),
+        TokenCommand::Mint(a) => match mint(a) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage_error(&e),
+        },
+        TokenCommand::Inspect { token } => inspect(&token),
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("tollgate token: {message}");
+    ExitCode::from(2)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+fn load_key_set(path: &Path) -> Result<KeySet, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    crate::jwks::parse_key_file(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn verify(a: VerifyArgs) -> ExitCode {
+    let keys = match load_key_set(&a.jwks) {
+        Ok(k) => k,
+        Err(e) => return usage_error(&e),
+    };
+    let validation = Validation {
+        leeway_s: a.leeway,
+        issuer: a.issuer,
+        audiences: a.audiences,
+    };
+    let result = tollgate_jwt::verify(&a.token, &keys, &validation, a.at.unwrap_or_else(now));
+    println!("{}", tollgate_jwt::verdict_json(&result));
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn mint(a: MintArgs) -> Result<String, String> {
+    let key = match (&a.key, &a.hmac_secret_file) {
+        (Some(path), _) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            SigningKey::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        (None, Some(path)) => {
+            let mut secret =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            let alg = parse_alg(a.alg.as_deref().unwrap_or("HS256"))?;
+            SigningKey::hmac(&secret, alg).map_err(|e| e.to_string())?
+        }
+        (None, None) => return Err("give --key or --hmac-secret-file".into()),
+    };
+    let alg = match &a.alg {
+        Some(name) => parse_alg(name)?,
+        None => key.default_algorithm(),
+    };
+    let lifetime = humantime_duration(&a.expires_in)?;
+    let now = now();
+    let mut claims = Map::new();
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + lifetime.as_secs()).into());
+    if let Some(iss) = a.iss {
+        claims.insert("iss".into(), iss.into());
+    }
+    if let Some(sub) = a.sub {
+        claims.insert("sub".into(), sub.into());
+    }
+    match a.audiences.len() {
+        0 => {}
+        1 => {
+            claims.insert("aud".into(), a.audiences[0].clone().into());
+        }
+        _ => {
+            claims.insert("aud".into(), a.audiences.clone().into());
+        }
+    }
+    if let Some(scope) = a.scope {
+        claims.insert("scope".into(), scope.into());
+    }
+    if !a.roles.is_empty() {
+        claims.insert("roles".into(), a.roles.into());
+    }
+    if let Some(extra) = a.claims {
+        let Value::Object(extra) =
+            serde_json::from_str::<Value>(&extra).map_err(|e| format!("--claims: {e}"))?
+        else {
+            return Err("--claims must be a JSON object".into());
+        };
+        claims.extend(extra);
+    }
+    tollgate_jwt::sign(alg, a.kid.as_deref(), &Value::Object(claims), &key)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_alg(name: &str) -> Result<Algorithm, String> {
+    name.parse()
+        .map_err(|_| format!("unknown algorithm {name:?}"))
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("--expires-in: invalid duration {text:?} ({e})"))
+}
+
+fn inspect(token: &str) -> ExitCode {
+    match tollgate_jwt::decode_unverified(token) {
+        Ok((header, payload)) => {
+            let out = json!({
+                "verified": false,
+                "warning": "decoded only: the signature and claims were NOT verified",
+                "header": header,
+                "payload": payload,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&out).expect("JSON serialises")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(r) => {
+            println!(
+                "{}",
+                json!({"verified": false, "error": r.reason.as_str(), "detail": r.detail})
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
