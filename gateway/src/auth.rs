@@ -408,10 +408,10 @@ impl Authenticator {
         let by_issuer = providers
             .iter()
             .find(|p| iss.as_deref() == Some(p.issuer.as_str()));
-        // With a single candidate, its verifier gives the precise reason (a malformed token
-        // has no readable `iss`); its Validation still refuses any other issuer.
-        let chosen = by_issuer.or(match providers {
-            [only] => Some(only),
+        // A token without a readable `iss` (malformed, or none set) goes to the route's only
+        // provider when it has one, whose verifier then gives the precise reason.
+        let chosen = by_issuer.or(match (iss.as_deref(), providers) {
+            (None, [only]) => Some(only),
             _ => None,
         });
         let Some(provider) = chosen.cloned() else {

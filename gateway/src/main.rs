@@ -58,7 +58,7 @@ enum Command {
     /// Verify, mint or inspect JWTs.
     Token {
         #[command(subcommand)]
-        command: token::TokenCommand,
+        command: Box<token::TokenCommand>,
     },
 }
 
@@ -98,6 +98,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Echo { listen, name } => serve::run_echo(&listen, name),
-        Command::Token { command } => token::run(command),
+        Command::Token { command } => token::run(*command),
     }
 }

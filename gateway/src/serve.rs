@@ -45,8 +45,9 @@ pub fn load(path: &Path) -> Result<(Config, RuntimeSnapshot), LoadError> {
     };
     let text =
         std::fs::read_to_string(path).map_err(|e| fail(vec![format!("cannot read: {e}")]))?;
-    let config = tollgate_config::parse(&text)
+    let mut config = tollgate_config::parse(&text)
         .map_err(|e| fail(e.problems.iter().map(|p| p.to_string()).collect()))?;
+    config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
     let snapshot = RuntimeSnapshot::compile(&config)
         .map_err(|e| fail(e.problems.iter().map(|p| p.to_string()).collect()))?;
     Ok((config, snapshot))

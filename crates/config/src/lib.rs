@@ -82,6 +82,22 @@ impl Config {
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| u.name == name)
     }
+
+    /// Makes relative file paths (key files, secrets) relative to `base`, the directory of
+    /// the config file, so the config means the same whatever directory it is run from.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        let resolve = |p: &mut String| {
+            if std::path::Path::new(p.as_str()).is_relative() {
+                *p = base.join(p.as_str()).to_string_lossy().into_owned();
+            }
+        };
+        for provider in &mut self.auth.providers {
+            match &mut provider.keys {
+                KeySource::File(path) | KeySource::HmacFile { path, .. } => resolve(path),
+                KeySource::Inline(_) | KeySource::Uri(_) | KeySource::HmacEnv { .. } => {}
+            }
+        }
+    }
 }
 
 /// Process settings handed to Pingora's `ServerConf`.

@@ -304,3 +304,141 @@ pub fn raw_request(port: u16, request: &str) -> std::io::Result<Reply> {
         body: body.to_owned(),
     })
 }
+
+/// A JWKS endpoint on 127.0.0.1: serves whatever document it is given, counts fetches,
+/// and can be made to fail (500) to stand for an identity provider that is down.
+pub struct JwksServer {
+    pub port: u16,
+    state: std::sync::Arc<JwksState>,
+}
+
+struct JwksState {
+    body: std::sync::Mutex<String>,
+    fetches: std::sync::atomic::AtomicUsize,
+    down: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl JwksServer {
+    pub fn start(body: &str) -> JwksServer {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(JwksState {
+            body: std::sync::Mutex::new(body.to_owned()),
+            fetches: Default::default(),
+            down: Default::default(),
+            stop: Default::default(),
+        });
+        let s = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                // Read the request head; the body of a GET is empty.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                s.fetches.fetch_add(1, Ordering::AcqRel);
+                let (status, body) = if s.down.load(Ordering::Acquire) {
+                    ("500 Internal Server Error", "down".to_owned())
+                } else {
+                    ("200 OK", s.body.lock().unwrap().clone())
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        JwksServer { port, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/.well-known/jwks.json", self.port)
+    }
+
+    pub fn set(&self, body: &str) {
+        *self.state.body.lock().unwrap() = body.to_owned();
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.state
+            .fetches
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.state
+            .down
+            .store(down, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// An ES256 key pair for tests: signs tokens, and gives its public JWK.
+pub struct TestKey {
+    pub kid: String,
+    key: tollgate_jwt::SigningKey,
+}
+
+impl TestKey {
+    pub fn es256(kid: &str) -> TestKey {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        TestKey {
+            kid: kid.to_owned(),
+            key: tollgate_jwt::SigningKey::from_pkcs8_der(pkcs8.as_ref()).unwrap(),
+        }
+    }
+
+    pub fn jwk(&self) -> serde_json::Value {
+        self.key
+            .public_jwk(Some(&self.kid), Some(tollgate_jwt::Algorithm::ES256))
+            .unwrap()
+    }
+
+    /// Signs `claims`, adding `exp` one hour ahead and `iat` now unless given.
+    pub fn sign(&self, claims: serde_json::Value) -> String {
+        let mut claims = claims.as_object().unwrap().clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        claims.entry("exp").or_insert((now + 3600).into());
+        claims.entry("iat").or_insert(now.into());
+        tollgate_jwt::sign(
+            tollgate_jwt::Algorithm::ES256,
+            Some(&self.kid),
+            &serde_json::Value::Object(claims),
+            &self.key,
+        )
+        .unwrap()
+    }
+}
+
+/// A JWKS document holding the public keys of `keys`.
+pub fn jwks(keys: &[&TestKey]) -> String {
+    serde_json::json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() }).to_string()
+}

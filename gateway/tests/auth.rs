@@ -1,0 +1,412 @@
+//! JWT authentication through the real proxy: verdicts and their answers, identity headers,
+//! spoofing, key rotation through a JWKS endpoint on loopback, and single-flight refetch.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+const ISS: &str = "https://issuer.test";
+const AUD: &str = "api://tests";
+
+fn claims(sub: &str) -> serde_json::Value {
+    json!({ "iss": ISS, "aud": AUD, "sub": sub, "roles": ["reader", "writer"],
+            "realm_access": { "roles": ["admin"] }, "tenant": "acme" })
+}
+
+/// A gateway whose `main` provider reads keys from `key_source` (a YAML fragment).
+fn gateway(echo: &Echo, key_source: &str, extra_routes: &str) -> Gateway {
+    Gateway::start(&format!(
+        "auth:
+  providers:
+    - name: main
+      issuer: \"{ISS}\"
+      audiences: [\"{AUD}\"]
+      leeway: 0s
+{key_source}
+  forward_claims:
+    - {{ claim: sub, header: X-Auth-Subject }}
+    - {{ claim: roles, header: X-Auth-Roles }}
+    - {{ claim: realm_access.roles, header: X-Auth-Realm-Roles }}
+upstreams:
+  echo: {{ backends: [{{ addr: \"{}\" }}] }}
+routes:
+  - {{ name: api, path: /api, upstream: echo }}
+  - {{ name: open, path: /open, upstream: echo, auth: none }}
+  - {{ name: maybe, path: /maybe, upstream: echo, auth: optional }}
+  - {{ name: keep, path: /keep, upstream: echo, keep_authorization: true }}
+{extra_routes}",
+        echo.addr()
+    ))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn file_gateway(echo: &Echo, keys: &[&TestKey]) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks(keys)).unwrap();
+    let source = format!(
+        "      jwks_file: \"{}\"\n      refresh: {{ file_poll: 50ms }}",
+        path.display()
+    );
+    (gateway(echo, &source, ""), dir)
+}
+
+#[test]
+fn valid_token_reaches_the_upstream_with_identity_headers() {
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k1");
+    let (gw, _dir) = file_gateway(&echo, &[&key]);
+    let token = key.sign(claims("alice"));
+    let r = gw.get("/api/me", &[("authorization", &bearer(&token))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        r.upstream_header("x-auth-roles").as_deref(),
+        Some("reader,writer")
+    );
+    assert_eq!(
+        r.upstream_header("x-auth-realm-roles").as_deref(),
+        Some("admin")
+    );
+    assert_eq!(
+        r.upstream_header("authorization"),
+        None,
+        "the token is not forwarded"
+    );
+
+    // The scheme is case-insensitive; a second request is a cache hit.
+    let hits = gw.metric("tollgate_token_cache_total", &[("result", "hit")]);
+    let r = gw.get("/api/me", &[("authorization", &format!("bEARer {token}"))]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        gw.metric("tollgate_token_cache_total", &[("result", "hit")]),
+        hits + 1.0
+    );
+
+    let r = gw.get("/keep", &[("authorization", &bearer(&token))]);
+    assert_eq!(
+        r.upstream_header("authorization"),
+        Some(bearer(&token)),
+        "keep_authorization"
+    );
+    assert_eq!(
+        gw.metric(
+            "tollgate_auth_decisions_total",
+            &[("provider", "main"), ("result", "allow")]
+        ),
+        3.0
+    );
+}
+
+#[test]
+fn refusals_answer_401_with_reason_and_challenge() {
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k1");
+    let stranger = TestKey::es256("k1");
+    let (gw, _dir) = file_gateway(&echo, &[&key]);
+    let expect = |headers: &[(&str, &str)], reason: &str, presented: bool| {
+        let r = gw.get("/api/x", headers);
+        assert_eq!(r.status, 401, "{reason}: {}", r.body);
+        assert_eq!(r.json()["reason"], reason);
+        assert_eq!(r.json()["error"], "unauthorized");
+        let challenge = r.header("www-authenticate").unwrap();
+        if presented {
+            assert_eq!(
+                challenge,
+                format!("Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"{reason}\"")
+            );
+        } else {
+            assert_eq!(challenge, "Bearer realm=\"tollgate\"");
+        }
+        assert!(
+            !r.body.contains("eyJ"),
+            "no token material in the answer: {}",
+            r.body
+        );
+    };
+    expect(&[], "missing", false);
+
+    let good = key.sign(claims("alice"));
+    let (head, sig) = good.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    let tampered = format!("{head}.{flipped}{}", &sig[1..]);
+    expect(&[("authorization", &bearer(&tampered))], "signature", true);
+
+    let expired = key.sign(
+        json!({ "iss": ISS, "aud": AUD, "sub": "a", "exp": 1_000_000_000, "iat": 999_999_000 }),
+    );
+    expect(&[("authorization", &bearer(&expired))], "expired", true);
+
+    let wrong_aud = key.sign(json!({ "iss": ISS, "aud": "api://other", "sub": "a" }));
+    expect(&[("authorization", &bearer(&wrong_aud))], "audience", true);
+
+    let other_iss = key.sign(json!({ "iss": "https://evil.test", "aud": AUD, "sub": "a" }));
+    expect(&[("authorization", &bearer(&other_iss))], "issuer", true);
+
+    // Same kid, different key: the signature decides.
+    let forged = stranger.sign(claims("alice"));
+    expect(&[("authorization", &bearer(&forged))], "signature", true);
+
+    expect(&[("authorization", "Bearer not-a-jwt")], "malformed", true);
+
+    let r = gw.get(
+        "/api/x",
+        &[("authorization", &bearer(&good)), ("x-token", "y")],
+    );
+    assert_eq!(r.status, 200, "an unrelated header is not a second token");
+    let r = raw_request(
+        gw.port,
+        &format!(
+            "GET /api/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {good}\r\nAuthorization: Bearer {good}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400, "two tokens are refused (RFC 6750 §2)");
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("error=\"invalid_request\""));
+
+    assert!(
+        gw.metric(
+            "tollgate_auth_decisions_total",
+            &[("result", "deny"), ("reason", "signature")]
+        ) >= 2.0
+    );
+}
+
+#[test]
+fn spoofed_identity_headers_never_reach_the_upstream() {
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k1");
+    let (gw, _dir) = file_gateway(&echo, &[&key]);
+    let spoof = [("x-auth-subject", "mallory"), ("X-Auth-Roles", "admin")];
+
+    let r = gw.get("/open", &spoof);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-auth-subject"),
+        None,
+        "removed on auth: none routes too"
+    );
+    assert_eq!(r.upstream_header("x-auth-roles"), None);
+
+    let r = gw.get("/maybe", &spoof);
+    assert_eq!(
+        r.status, 200,
+        "optional auth lets anonymous requests through"
+    );
+    assert_eq!(r.upstream_header("x-auth-subject"), None);
+
+    let token = key.sign(json!({ "iss": ISS, "aud": AUD, "sub": "alice" }));
+    let mut headers = spoof.to_vec();
+    let auth = bearer(&token);
+    headers.push(("authorization", &auth));
+    let r = gw.get("/api/x", &headers);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        r.upstream_header("x-auth-roles"),
+        None,
+        "a claim the token lacks is not forwarded"
+    );
+
+    let r = gw.get("/maybe", &[("authorization", "Bearer bad.token.here")]);
+    assert_eq!(r.status, 401, "optional auth still refuses a bad token");
+}
+
+#[test]
+fn jwks_file_changes_are_picked_up() {
+    let echo = Echo::start("E");
+    let old = TestKey::es256("old");
+    let new = TestKey::es256("new");
+    let (gw, dir) = file_gateway(&echo, &[&old]);
+    let new_token = new.sign(claims("bob"));
+    assert_eq!(
+        gw.get("/api", &[("authorization", &bearer(&new_token))])
+            .status,
+        401
+    );
+    std::fs::write(dir.path().join("jwks.json"), jwks(&[&new])).unwrap();
+    wait_for("the new key file", Duration::from_secs(10), || {
+        (gw.get("/api", &[("authorization", &bearer(&new_token))])
+            .status
+            == 200)
+            .then_some(())
+    });
+    let old_token = old.sign(claims("alice"));
+    let r = gw.get("/api", &[("authorization", &bearer(&old_token))]);
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (401, Some("unknown_kid"))
+    );
+}
+
+fn uri_source(server: &JwksServer, refresh: &str) -> String {
+    format!(
+        "      jwks_uri: \"{}\"\n      refresh: {refresh}",
+        server.url()
+    )
+}
+
+#[test]
+fn jwks_rotation_is_followed() {
+    let echo = Echo::start("E");
+    let a = TestKey::es256("a");
+    let b = TestKey::es256("b");
+    let server = JwksServer::start(&jwks(&[&a]));
+    // A long interval: only unknown kids make the gateway refetch here.
+    let gw = gateway(
+        &echo,
+        &uri_source(&server, "{ interval: 1h, unknown_kid_cooldown: 30s }"),
+        "",
+    );
+    assert_eq!(server.fetches(), 1, "keys are fetched before ready");
+    let token_a = a.sign(claims("alice"));
+    assert_eq!(
+        gw.get("/api", &[("authorization", &bearer(&token_a))])
+            .status,
+        200
+    );
+
+    // The issuer rotates: b in, a out. A token with the new kid triggers a refetch.
+    server.set(&jwks(&[&b]));
+    let token_b = b.sign(claims("bob"));
+    let r = gw.get("/api", &[("authorization", &bearer(&token_b))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(server.fetches(), 2);
+
+    // a's token was cached as verified; its key has left the set, so it is refused now.
+    let r = gw.get("/api", &[("authorization", &bearer(&token_a))]);
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (401, Some("unknown_kid"))
+    );
+    assert_eq!(
+        server.fetches(),
+        2,
+        "within the cooldown, no second refetch"
+    );
+    assert_eq!(
+        gw.metric("tollgate_jwks_keys", &[("provider", "main")]),
+        1.0
+    );
+}
+
+#[test]
+fn jwks_server_down_keeps_the_last_good_keys() {
+    let echo = Echo::start("E");
+    let a = TestKey::es256("a");
+    let server = JwksServer::start(&jwks(&[&a]));
+    let gw = gateway(
+        &echo,
+        &uri_source(&server, "{ interval: 100ms, min_interval: 100ms }"),
+        "",
+    );
+    let token = a.sign(claims("alice"));
+    assert_eq!(
+        gw.get("/api", &[("authorization", &bearer(&token))]).status,
+        200
+    );
+    server.set_down(true);
+    wait_for("a failed refresh", Duration::from_secs(10), || {
+        (gw.metric(
+            "tollgate_jwks_fetch_total",
+            &[("provider", "main"), ("result", "error")],
+        ) >= 2.0)
+            .then_some(())
+    });
+    // A new token (not cached) still verifies against the last good keys.
+    let fresh = a.sign(claims("carol"));
+    assert_eq!(
+        gw.get("/api", &[("authorization", &bearer(&fresh))]).status,
+        200
+    );
+    assert_eq!(
+        gw.metric("tollgate_jwks_keys", &[("provider", "main")]),
+        1.0
+    );
+    server.set_down(false);
+    let before = gw.metric(
+        "tollgate_jwks_fetch_total",
+        &[("provider", "main"), ("result", "success")],
+    );
+    wait_for("recovery", Duration::from_secs(10), || {
+        (gw.metric(
+            "tollgate_jwks_fetch_total",
+            &[("provider", "main"), ("result", "success")],
+        ) > before)
+            .then_some(())
+    });
+}
+
+#[test]
+fn concurrent_unknown_kids_cause_exactly_one_refetch() {
+    let echo = Echo::start("E");
+    let a = TestKey::es256("a");
+    let c = TestKey::es256("c");
+    let server = JwksServer::start(&jwks(&[&a]));
+    let gw = gateway(&echo, &uri_source(&server, "{ interval: 1h }"), "");
+    assert_eq!(server.fetches(), 1);
+    server.set(&jwks(&[&a, &c]));
+    let url = gw.url("/api/concurrent");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            let token = c.sign(claims(&format!("user-{i}")));
+            let url = url.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                request(&url, "GET", &[("authorization", &bearer(&token))]).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        server.fetches(),
+        2,
+        "one initial fetch and exactly one refetch"
+    );
+}
+
+#[test]
+fn hmac_secret_from_environment_and_bad_key_config_is_refused() {
+    let echo = Echo::start("E");
+    // A provider whose secret variable is not set is refused at load, before binding.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("c.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "auth:\n  providers:\n    - {{ name: h, issuer: x, hmac_secret_env: TOLLGATE_TEST_UNSET_SECRET }}\n\
+             upstreams:\n  e: {{ backends: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: r, path: /, upstream: e }}\n",
+            echo.addr()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c", conf.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "auth.providers[0]: environment variable TOLLGATE_TEST_UNSET_SECRET is not set"
+        ),
+        "{stderr}"
+    );
+}
