@@ -38,6 +38,7 @@ deps-build:
 deps-test: deps-build
 	@$(call need,promtool,prometheus)
 	@$(call need,python3,python3)
+	@$(call need,redis-server,redis-server)
 
 deps-loadtest: deps-build
 	@$(call need,nginx,nginx-light)
@@ -61,13 +62,17 @@ run: build
 	$(RELEASE_BIN) run -c conf/gateway.yaml > tollgate.log 2>&1 & \
 	for i in $$(seq 100); do curl -sf http://127.0.0.1:9091/readyz >/dev/null && break; sleep 0.1; done; \
 	curl -sf http://127.0.0.1:9091/readyz >/dev/null || { echo "gateway did not become ready; see tollgate.log"; exit 1; }; \
+	TOKEN=$$($(RELEASE_BIN) token mint --key conf/dev/es256-private.pem --kid dev-es256 \
+	  --iss https://dev.tollgate.local --aud tollgate-demo --sub alice --role admin --scope "read write"); \
 	echo; \
 	echo "tollgate is running on 127.0.0.1:8080 (JSON logs in tollgate.log). Try:"; \
-	echo "  curl -i http://127.0.0.1:8080/api/hello                 # routed to the echo backends, /api stripped"; \
-	echo "  curl -i -H 'x-user: alice' http://127.0.0.1:8080/sticky # consistent hashing on x-user"; \
-	echo "  curl -i http://127.0.0.1:8080/nowhere                   # 404 with a JSON body"; \
-	echo "  curl -s http://127.0.0.1:9091/metrics | grep ^tollgate_ # Prometheus metrics"; \
-	echo "  curl -i http://127.0.0.1:9091/readyz"; \
+	echo "  curl -i -H 'Authorization: Bearer $$TOKEN' http://127.0.0.1:8080/api/hello"; \
+	echo "      # 200: verified (development key), /api stripped, X-Auth-* headers at the echo upstream"; \
+	echo "  curl -i http://127.0.0.1:8080/api/hello                   # 401 with WWW-Authenticate"; \
+	echo "  curl -i http://127.0.0.1:8080/public/hello                # auth: none"; \
+	echo "  curl -i -H 'x-user: alice' http://127.0.0.1:8080/sticky   # auth optional, consistent hashing on x-user"; \
+	echo "  curl -i http://127.0.0.1:8080/nowhere                     # 404 with a JSON body"; \
+	echo "  curl -s http://127.0.0.1:9091/metrics | grep ^tollgate_   # Prometheus metrics"; \
 	echo "Ctrl-C to stop."; \
 	wait
 

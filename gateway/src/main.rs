@@ -1,20 +1,10 @@
 //! `tollgate`: the command line. Parses arguments, loads and validates config, and exits
 //! with every problem and a non-zero code before anything is bound.
 
-mod auth;
-mod cluster;
-mod echo;
-mod jwks;
-mod metrics;
-mod proxy;
-mod respond;
-mod runtime;
-mod serve;
-mod token;
-
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tollgate::{explain, serve, token};
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +45,23 @@ enum Command {
         #[arg(short, long)]
         name: Option<String>,
     },
+    /// Show what the gateway would decide for a request, rule by rule.
+    Explain {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        host: Option<String>,
+        /// A JWT, verified as the proxy would.
+        #[arg(long, conflicts_with = "claims")]
+        token: Option<String>,
+        /// Claims as a JSON object, taken as verified.
+        #[arg(long)]
+        claims: Option<String>,
+    },
     /// Verify, mint or inspect JWTs.
     Token {
         #[command(subcommand)]
@@ -91,13 +98,28 @@ fn main() -> ExitCode {
             daemon,
             upgrade,
         } => match serve::load(&config) {
-            Ok((cfg, snapshot)) => serve::run_gateway(cfg, snapshot, daemon, upgrade),
+            Ok((cfg, snapshot)) => serve::run_gateway(&config, cfg, snapshot, daemon, upgrade),
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE
             }
         },
         Command::Echo { listen, name } => serve::run_echo(&listen, name),
+        Command::Explain {
+            config,
+            method,
+            path,
+            host,
+            token,
+            claims,
+        } => explain::run(explain::ExplainArgs {
+            config: &config,
+            method: &method,
+            path: &path,
+            host: host.as_deref(),
+            token: token.as_deref(),
+            claims: claims.as_deref(),
+        }),
         Command::Token { command } => token::run(*command),
     }
 }

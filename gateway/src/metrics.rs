@@ -11,8 +11,8 @@ use once_cell::sync::Lazy;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,6 +29,11 @@ pub struct Metrics {
     pub jwks_last_success: GaugeVec,
     pub token_cache_hit: IntCounter,
     pub token_cache_miss: IntCounter,
+    pub config_reloads: IntCounterVec,
+    pub rbac_decisions: IntCounterVec,
+    pub ratelimit_decisions: IntCounterVec,
+    pub ratelimit_store_errors: IntCounterVec,
+    pub ratelimit_keys: IntGauge,
 }
 
 /// Process-wide metrics; one registry, created on first use.
@@ -120,8 +125,50 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_config_reloads_total",
+                "Config reloads on SIGHUP, by result (success, error).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let rbac_decisions = IntCounterVec::new(
+            Opts::new(
+                "tollgate_rbac_decisions_total",
+                "RBAC policy decisions, by route, policy and decision (allow, deny, shadow_deny).",
+            ),
+            &["route", "policy", "decision"],
+        )
+        .expect("valid metric");
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ratelimit_decisions_total",
+                "Rate-limit checks, by route, limit and decision (allow, deny).",
+            ),
+            &["route", "limit", "decision"],
+        )
+        .expect("valid metric");
+        let ratelimit_store_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ratelimit_store_errors_total",
+                "Rate-limit checks whose store failed or timed out, by store.",
+            ),
+            &["store"],
+        )
+        .expect("valid metric");
+        let ratelimit_keys = IntGauge::new(
+            "tollgate_ratelimit_keys",
+            "Keys held by the in-process rate-limit store.",
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(auth_decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rbac_decisions.clone()),
+            Box::new(ratelimit_decisions.clone()),
+            Box::new(ratelimit_store_errors.clone()),
+            Box::new(ratelimit_keys.clone()),
+            Box::new(auth_decisions.clone()),
             Box::new(jwks_fetch.clone()),
             Box::new(jwks_keys.clone()),
             Box::new(jwks_last_success.clone()),
@@ -149,6 +196,11 @@ impl Metrics {
             jwks_last_success,
             token_cache_hit: token_cache.with_label_values(&["hit"]),
             token_cache_miss: token_cache.with_label_values(&["miss"]),
+            config_reloads,
+            rbac_decisions,
+            ratelimit_decisions,
+            ratelimit_store_errors,
+            ratelimit_keys,
         }
     }
 

@@ -7,6 +7,7 @@
 
 use crate::auth::{self, AuthError};
 use crate::cluster::{self, Cluster};
+use crate::limits::Stores;
 use crate::metrics::METRICS;
 use crate::respond::Answer;
 use crate::runtime::{RouteRuntime, RuntimeSnapshot};
@@ -30,6 +31,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 
 pub struct Gateway {
     pub snapshot: Arc<ArcSwap<RuntimeSnapshot>>,
+    /// Rate-limit state; lives as long as the process, across reloads.
+    pub stores: Arc<Stores>,
 }
 
 /// Per-request state, carried across the phases.
@@ -44,6 +47,10 @@ pub struct RequestCtx {
     connected: bool,
     /// Headers that carry the verified identity upstream.
     identity: Vec<(HeaderName, HeaderValue)>,
+    /// The verified token, for RBAC and rate-limit keys.
+    token: Option<Arc<tollgate_jwt::VerifiedToken>>,
+    /// `RateLimit-Policy` and `RateLimit` for the response, when the route asks for them.
+    ratelimit_headers: Option<(String, String)>,
 }
 
 impl RequestCtx {
@@ -145,6 +152,7 @@ impl Gateway {
                     .with_label_values(&[&identity.provider.name, "allow", "ok"])
                     .inc();
                 ctx.identity = authenticator.identity_headers(&identity.token);
+                ctx.token = Some(identity.token);
                 return Ok(true);
             }
             Ok(None) => {
@@ -199,6 +207,108 @@ impl Gateway {
         answer.send(session, ctx).await?;
         Ok(false)
     }
+
+    /// Applies the route's RBAC policy; answers 403 itself and returns false on a denial.
+    async fn authorize(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snapshot: &RuntimeSnapshot,
+        route: &RouteRuntime,
+    ) -> Result<bool> {
+        let Some(policy) = &route.policy else {
+            return Ok(true);
+        };
+        let facts = tollgate_policy::RequestFacts::new(
+            session.req_header().method.as_str(),
+            ctx.token.as_ref().map(|t| &t.claims),
+        );
+        let decision = policy.evaluate(&facts);
+        if let Some(counters) = &route.rbac_counters {
+            match decision.outcome() {
+                "allow" => &counters[0],
+                "deny" => &counters[1],
+                _ => &counters[2],
+            }
+            .inc();
+        }
+        if decision.allowed {
+            return Ok(true);
+        }
+        tracing::info!(
+            request_id = ctx.request_id.to_str().unwrap_or(""),
+            route = %route.name,
+            policy = decision.policy,
+            rule = %decision.decided_by,
+            outcome = decision.outcome(),
+            "rbac denied"
+        );
+        if decision.effective_allow() {
+            return Ok(true);
+        }
+        let realm = &snapshot.auth.realm;
+        let mut challenge = format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"");
+        if !decision.required_scopes.is_empty() {
+            challenge.push_str(&format!(", scope=\"{}\"", decision.required_scopes));
+        }
+        let mut answer = Answer::new(
+            403,
+            "forbidden",
+            "the policy of this route does not allow this request",
+        );
+        answer.policy = Some(decision.policy);
+        answer
+            .headers
+            .push((http::header::WWW_AUTHENTICATE, challenge));
+        answer.send(session, ctx).await?;
+        Ok(false)
+    }
+
+    /// Checks every limit of the route; answers 429 itself and returns false when one refuses.
+    async fn rate_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        _snapshot: &RuntimeSnapshot,
+        route: &RouteRuntime,
+    ) -> Result<bool> {
+        let ip = client_ip(session);
+        let mut tightest: Option<(u32, String, String)> = None;
+        for limit in &route.limits {
+            let outcome = limit
+                .check(&self.stores, session.req_header(), ip, ctx.token.as_deref())
+                .await;
+            if !outcome.verdict.allowed {
+                let mut answer = Answer::new(
+                    429,
+                    "rate_limited",
+                    "too many requests; retry after the time in Retry-After",
+                );
+                answer.limit = Some(&limit.name);
+                answer.headers.push((
+                    HeaderName::from_static("retry-after"),
+                    outcome.verdict.retry_after_secs().max(1).to_string(),
+                ));
+                answer.headers.push((
+                    HeaderName::from_static("ratelimit-policy"),
+                    outcome.policy_header.clone(),
+                ));
+                answer.headers.push((
+                    HeaderName::from_static("ratelimit"),
+                    outcome.ratelimit_header(&limit.name),
+                ));
+                answer.send(session, ctx).await?;
+                return Ok(false);
+            }
+            let remaining = outcome.verdict.remaining;
+            if limit.headers && tightest.as_ref().is_none_or(|(r, _, _)| remaining < *r) {
+                let value = outcome.ratelimit_header(&limit.name);
+                tightest = Some((remaining, outcome.policy_header, value));
+            }
+        }
+        ctx.ratelimit_headers = tightest.map(|(_, policy, value)| (policy, value));
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -214,6 +324,8 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             connected: false,
             identity: Vec::new(),
+            token: None,
+            ratelimit_headers: None,
         }
     }
 
@@ -264,8 +376,10 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.route = Some(route.clone());
-        let proceed = route.auth == AuthMode::None
-            || self.authenticate(session, ctx, &snapshot, &route).await?;
+        let proceed = (route.auth == AuthMode::None
+            || self.authenticate(session, ctx, &snapshot, &route).await?)
+            && self.authorize(session, ctx, &snapshot, &route).await?
+            && self.rate_limit(session, ctx, &snapshot, &route).await?;
         ctx.snapshot = Some(snapshot);
         Ok(!proceed)
     }
@@ -403,6 +517,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         upstream_response.remove_header(&http::header::SERVER);
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        if let Some((policy, value)) = ctx.ratelimit_headers.take() {
+            upstream_response.insert_header("ratelimit-policy", policy)?;
+            upstream_response.insert_header("ratelimit", value)?;
+        }
         Ok(())
     }
 

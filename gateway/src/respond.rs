@@ -17,6 +17,10 @@ pub struct Answer<'a> {
     pub reason: Option<&'a str>,
     /// Fixed text for people; never echoes request data, tokens or keys.
     pub message: &'a str,
+    /// For 403: the policy that denied.
+    pub policy: Option<&'a str>,
+    /// For 429: the limit that refused.
+    pub limit: Option<&'a str>,
     pub headers: Vec<(HeaderName, String)>,
 }
 
@@ -27,6 +31,8 @@ impl<'a> Answer<'a> {
             error,
             reason: None,
             message,
+            policy: None,
+            limit: None,
             headers: Vec::new(),
         }
     }
@@ -36,6 +42,12 @@ impl<'a> Answer<'a> {
         body.insert("error".into(), self.error.into());
         if let Some(r) = self.reason {
             body.insert("reason".into(), r.into());
+        }
+        if let Some(p) = self.policy {
+            body.insert("policy".into(), p.into());
+        }
+        if let Some(l) = self.limit {
+            body.insert("limit".into(), l.into());
         }
         body.insert("message".into(), self.message.into());
         body.insert("request_id".into(), request_id.into());

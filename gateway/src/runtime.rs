@@ -6,6 +6,7 @@
 
 use crate::auth::{Authenticator, Provider};
 use crate::cluster::Cluster;
+use crate::limits::LimitRuntime;
 use crate::metrics::METRICS;
 use prometheus::Histogram;
 use std::collections::HashMap;
@@ -27,6 +28,11 @@ pub struct RouteRuntime {
     /// Where to look for a token: the union of the providers' sources.
     pub token_sources: Vec<TokenSource>,
     pub keep_authorization: bool,
+    pub policy: Option<Arc<tollgate_policy::Policy>>,
+    /// `tollgate_rbac_decisions_total` for allow, deny, shadow_deny, resolved once
+    /// (only for routes with a policy).
+    pub rbac_counters: Option<[prometheus::IntCounter; 3]>,
+    pub limits: Vec<LimitRuntime>,
 }
 
 pub struct RuntimeSnapshot {
@@ -64,7 +70,7 @@ impl RuntimeSnapshot {
             return Err(ConfigError { problems });
         };
         let mut router = Router::new();
-        for r in &config.routes {
+        for (i, r) in config.routes.iter().enumerate() {
             let cluster = clusters[r.upstream.as_str()].clone();
             let providers: Vec<Arc<Provider>> = r
                 .providers
@@ -81,7 +87,28 @@ impl RuntimeSnapshot {
                     token_sources.push(s.clone());
                 }
             }
+            let mut limits = Vec::with_capacity(r.rate_limits.len());
+            for (j, l) in r.rate_limits.iter().enumerate() {
+                match LimitRuntime::build(&r.name, l) {
+                    Ok(l) => limits.push(l),
+                    Err(message) => problems.push(Problem {
+                        path: format!("routes[{i}].rate_limits[{j}]"),
+                        message,
+                    }),
+                }
+            }
+            let policy = r.policy.as_ref().map(|p| config.policies[p].clone());
+            let rbac_counters = r.policy.as_deref().map(|p| {
+                ["allow", "deny", "shadow_deny"].map(|decision| {
+                    METRICS
+                        .rbac_decisions
+                        .with_label_values(&[&r.name, p, decision])
+                })
+            });
             let route = RouteRuntime {
+                policy,
+                rbac_counters,
+                limits,
                 name: r.name.as_str().into(),
                 cluster,
                 strip_prefix: (r.strip_prefix && r.path_match == PathMatch::Prefix)
@@ -99,6 +126,9 @@ impl RuntimeSnapshot {
                     Arc::new(route),
                 )
                 .expect("routes were validated against the same router");
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
         }
         Ok(RuntimeSnapshot {
             router,

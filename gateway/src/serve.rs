@@ -2,7 +2,8 @@
 //! the background work (health checks, readiness).
 
 use crate::echo::EchoApp;
-use crate::metrics::{MetricsApp, READY};
+use crate::limits::Stores;
+use crate::metrics::{MetricsApp, METRICS, READY};
 use crate::proxy::Gateway;
 use crate::runtime::RuntimeSnapshot;
 use arc_swap::ArcSwap;
@@ -13,7 +14,7 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -88,25 +89,92 @@ fn server_conf(c: &Config) -> ServerConf {
 }
 
 /// Starts health checks and key refresh and, once initial keys are loaded and the proxy
-/// listener accepts connections, reports ready.
+/// listener accepts connections, reports ready; then reloads the config on SIGHUP.
 struct Startup {
     snapshot: Arc<ArcSwap<RuntimeSnapshot>>,
-    proxy_addr: SocketAddr,
+    stores: Arc<Stores>,
+    config_path: PathBuf,
+    /// The listeners cannot change without new sockets: a reload that changes them is
+    /// refused (use a graceful upgrade, `run -u`, instead).
+    listen: (SocketAddr, SocketAddr),
+}
+
+/// Waits until the snapshot's initial keys are loaded; false if shutdown came first or
+/// `limit` passed.
+async fn keys_ready(
+    snapshot: &RuntimeSnapshot,
+    shutdown: &mut ShutdownWatch,
+    limit: Option<Duration>,
+) -> bool {
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+    while !snapshot.auth.ready() {
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = shutdown.changed() => return false,
+        }
+    }
+    true
+}
+
+/// How long a reload may wait for the new snapshot's `jwks_uri` keys.
+const RELOAD_KEYS_WITHIN: Duration = Duration::from_secs(30);
+
+impl Startup {
+    async fn reload(&self, shutdown: &mut ShutdownWatch) -> Result<(), String> {
+        let (config, snapshot) = load(&self.config_path).map_err(|e| e.to_string())?;
+        if (config.listen.http, config.metrics.listen) != self.listen {
+            return Err("listen.http and metrics.listen cannot change on reload; use a graceful upgrade (run -u)".into());
+        }
+        if config.rate_limiting != self.stores.settings {
+            return Err(
+                "rate_limiting cannot change on reload; use a graceful upgrade (run -u)".into(),
+            );
+        }
+        let snapshot = Arc::new(snapshot);
+        snapshot.spawn_background();
+        if !keys_ready(&snapshot, shutdown, Some(RELOAD_KEYS_WITHIN)).await {
+            return Err("the new config's key sets could not be loaded".into());
+        }
+        // Requests in flight keep the snapshot they loaded; new ones see this one.
+        self.snapshot.store(snapshot);
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl BackgroundService for Startup {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        self.snapshot.load().spawn_background();
-        // Keys from jwks_uri must be in place before traffic is invited.
-        while !self.snapshot.load().auth.ready() {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                _ = shutdown.changed() => return,
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; config reload disabled");
+                None
             }
+        };
+        if let Some(redis) = &self.stores.redis {
+            redis.connect_in_background();
         }
+        let stores = Arc::downgrade(&self.stores);
+        tokio::spawn(async move {
+            while let Some(s) = stores.upgrade() {
+                METRICS.ratelimit_keys.set(s.local.len() as i64);
+                drop(s);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let current = self.snapshot.load_full();
+        current.spawn_background();
+        // Keys from jwks_uri must be in place before traffic is invited.
+        if !keys_ready(&current, &mut shutdown, None).await {
+            return;
+        }
+        drop(current);
         // A wildcard listen address is reached through loopback.
-        let mut probe = self.proxy_addr;
+        let mut probe = self.listen.0;
         match probe.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => probe.set_ip(Ipv4Addr::LOCALHOST.into()),
             IpAddr::V6(ip) if ip.is_unspecified() => probe.set_ip(Ipv6Addr::LOCALHOST.into()),
@@ -115,7 +183,7 @@ impl BackgroundService for Startup {
         loop {
             if tokio::net::TcpStream::connect(probe).await.is_ok() {
                 READY.store(true, Ordering::Release);
-                tracing::info!(listen = %self.proxy_addr, "tollgate ready");
+                tracing::info!(listen = %self.listen.0, "tollgate ready");
                 break;
             }
             tokio::select! {
@@ -123,12 +191,32 @@ impl BackgroundService for Startup {
                 _ = shutdown.changed() => return,
             }
         }
-        let _ = shutdown.changed().await;
+        loop {
+            let signal = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = signal => {
+                    let result = self.reload(&mut shutdown).await;
+                    let label = if result.is_ok() { "success" } else { "error" };
+                    METRICS.config_reloads.with_label_values(&[label]).inc();
+                    match result {
+                        Ok(()) => tracing::info!(config = %self.config_path.display(), "config reloaded"),
+                        Err(e) => tracing::error!(config = %self.config_path.display(), error = %e, "config reload refused; the running config stays"),
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
         READY.store(false, Ordering::Release);
     }
 }
 
 pub fn run_gateway(
+    config_path: &Path,
     config: Config,
     snapshot: RuntimeSnapshot,
     daemon: bool,
@@ -144,10 +232,18 @@ pub fn run_gateway(
     server.bootstrap();
 
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    let stores = match Stores::new(&config.rate_limiting) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("rate_limiting.redis.url: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Gateway {
             snapshot: snapshot.clone(),
+            stores: stores.clone(),
         },
         "tollgate proxy",
     );
@@ -161,7 +257,9 @@ pub fn run_gateway(
         "tollgate startup",
         Startup {
             snapshot,
-            proxy_addr: config.listen.http,
+            stores,
+            config_path: config_path.to_owned(),
+            listen: (config.listen.http, config.metrics.listen),
         },
     );
 

@@ -370,3 +370,60 @@ impl OutputWithStdin for std::process::Command {
         child.wait_with_output().ok()
     }
 }
+
+#[test]
+fn sighup_reloads_the_config_without_dropping_requests() {
+    let a = Echo::start("A");
+    let b = Echo::start("B");
+    let config = |x_to: &str, extra: &str| {
+        format!(
+            "upstreams:\n{}{}routes:\n  - {{ name: x, path: /x, upstream: {x_to} }}\n{extra}",
+            upstream("a", &[(&a, 1)], ""),
+            upstream("b", &[(&b, 1)], ""),
+        )
+    };
+    let gw = Gateway::start(&config("a", ""));
+    assert_eq!(gw.get("/x", &[]).server(), "A");
+
+    // Requests keep flowing, on kept-alive connections, while the config changes under them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = gw.url("/x");
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) && statuses.len() < 100_000 {
+                statuses.push(request(&url, "GET", &[]).status);
+            }
+            statuses
+        })
+    };
+    gw.reload(&config("b", "  - { name: new, path: /new, upstream: a }\n"));
+    wait_for("the new route", Duration::from_secs(10), || {
+        (gw.get("/new", &[]).status == 200).then_some(())
+    });
+    assert_eq!(
+        gw.get("/x", &[]).server(),
+        "B",
+        "the changed route took effect"
+    );
+
+    // A bad config is refused; the running one stays.
+    gw.reload("routes: [{ name: broken, path: /, upstream: nowhere }]\n");
+    wait_for("the refused reload", Duration::from_secs(10), || {
+        (gw.metric("tollgate_config_reloads_total", &[("result", "error")]) == 1.0).then_some(())
+    });
+    assert_eq!(gw.get("/new", &[]).status, 200);
+    assert_eq!(
+        gw.metric("tollgate_config_reloads_total", &[("result", "success")]),
+        1.0
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let statuses = load.join().unwrap();
+    assert!(statuses.len() > 10, "the load loop ran: {}", statuses.len());
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "a request failed during reload: {statuses:?}"
+    );
+}

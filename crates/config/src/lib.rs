@@ -18,6 +18,7 @@
 //! ```
 
 mod auth;
+mod limits;
 mod raw;
 mod validate;
 
@@ -72,6 +73,9 @@ pub struct Config {
     pub metrics: Metrics,
     pub logging: Logging,
     pub auth: Auth,
+    /// Compiled RBAC policies, by name.
+    pub policies: std::collections::BTreeMap<String, std::sync::Arc<tollgate_policy::Policy>>,
+    pub rate_limiting: RateLimiting,
     /// Sorted by name.
     pub upstreams: Vec<Upstream>,
     /// In file order.
@@ -224,6 +228,83 @@ pub struct Route {
     pub providers: Vec<String>,
     /// Forward the `Authorization` header upstream (default: removed on routes with auth).
     pub keep_authorization: bool,
+    /// The RBAC policy (a name in `policies`). None: any authenticated caller may pass.
+    pub policy: Option<String>,
+    /// All must admit a request.
+    pub rate_limits: Vec<Limit>,
+}
+
+/// The `rate_limiting` section: where limits keep their state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimiting {
+    /// Keys the in-process store holds at most; idle keys go first. Default 1,000,000.
+    pub max_local_keys: usize,
+    /// The shared store for `store: redis` limits.
+    pub redis: Option<Redis>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redis {
+    pub url: String,
+    /// One check, round trip included. Default 5 ms.
+    pub timeout: Duration,
+    pub on_store_error: OnStoreError,
+}
+
+/// What a limit does when Redis does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    Allow,
+    Deny,
+    /// Check the in-process store instead (the default): limits hold per instance.
+    Local,
+}
+
+/// One rate limit of a route (GCRA).
+#[derive(Debug, Clone)]
+pub struct Limit {
+    /// Unique on its route; the `limit` label of metrics and the policy name in headers.
+    pub name: String,
+    /// The parts of the bucket key, in order.
+    pub keys: Vec<LimitKey>,
+    pub rate: tollgate_ratelimit::Rate,
+    /// Requests an idle key may make at once. Default: the rate's count.
+    pub burst: u32,
+    pub tiers: Option<Tiers>,
+    pub store: LimitStore,
+    /// Send `RateLimit` headers on admitted responses too (429s always carry them).
+    pub headers: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// A claim by dotted path (requests without it fall back to the client IP).
+    Claim(Vec<String>),
+    ClientIp,
+    /// A request header, lower-case (absent: empty).
+    Header(String),
+    /// The route itself: one bucket for everyone.
+    Route,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitStore {
+    Local,
+    Redis,
+}
+
+/// Rates chosen by a claim's value; callers with other values get the limit's own rate.
+#[derive(Debug, Clone)]
+pub struct Tiers {
+    pub claim: Vec<String>,
+    pub values: Vec<Tier>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub value: String,
+    pub rate: tollgate_ratelimit::Rate,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

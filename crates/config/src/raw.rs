@@ -159,6 +159,57 @@ pub struct RawRoute {
     pub auth: Option<String>,
     pub providers: Option<Vec<String>>,
     pub keep_authorization: Option<bool>,
+    pub policy: Option<String>,
+    pub rate_limits: Option<Vec<RawLimit>>,
+}
+
+/// `key: client_ip` or `key: [claim:tenant, route]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawLimitKey {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    pub name: String,
+    pub key: Option<RawLimitKey>,
+    pub rate: String,
+    pub burst: Option<u32>,
+    pub tiers: Option<RawTiers>,
+    pub store: Option<String>,
+    pub headers: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTiers {
+    pub claim: String,
+    pub values: BTreeMap<String, RawTier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub rate: String,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimiting {
+    pub max_local_keys: Option<usize>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+    pub timeout: Option<DurationText>,
+    pub on_store_error: Option<String>,
 }
 
 /// Top-level sections, each parsed on its own so that an error in one does not hide the others.
@@ -167,6 +218,9 @@ pub const SECTIONS: &[&str] = &[
     "listen",
     "metrics",
     "logging",
+    "auth",
+    "policies",
+    "rate_limiting",
     "upstreams",
     "routes",
 ];
@@ -182,6 +236,9 @@ pub struct RawConfig {
     /// Providers in file order with their index; entries that failed to parse are missing.
     pub providers: Vec<(usize, RawProvider)>,
     pub broken_providers: BTreeSet<String>,
+    pub policies: BTreeMap<String, tollgate_policy::RawPolicy>,
+    pub broken_policies: BTreeSet<String>,
+    pub rate_limiting: RawRateLimiting,
     pub upstreams: BTreeMap<String, RawUpstream>,
     /// Upstreams present in the file that failed to parse: routes naming them are not
     /// reported again as naming an unknown upstream.

@@ -87,6 +87,27 @@ fn read_raw(yaml: &str, problems: &mut Problems) -> RawConfig {
                     }
                 }
             }
+            "policies" => match value {
+                Value::Mapping(m) => {
+                    for (name, value) in m {
+                        let Some(name) = name.as_str().map(str::to_owned) else {
+                            problems.add("policies", "policy names must be strings");
+                            continue;
+                        };
+                        match node(value, &format!("policies.{name}"), problems) {
+                            Some(p) => {
+                                raw.policies.insert(name, p);
+                            }
+                            None => {
+                                raw.broken_policies.insert(name);
+                            }
+                        }
+                    }
+                }
+                Value::Null => {}
+                _ => problems.add("policies", "expected a mapping of policy names to policies"),
+            },
+            "rate_limiting" => raw.rate_limiting = node(value, &key, problems).unwrap_or_default(),
             "upstreams" => match value {
                 Value::Mapping(m) => {
                     for (name, value) in m {
@@ -381,6 +402,7 @@ fn route(
     raw: &RawRoute,
     config: &RawConfig,
     auth: &Auth,
+    limits: &RateLimiting,
     problems: &mut Problems,
 ) -> Route {
     let upstreams = &config.upstreams;
@@ -476,6 +498,21 @@ fn route(
             "needs at least one provider in auth.providers",
         );
     }
+    if let Some(policy) = &raw.policy {
+        if !config.policies.contains_key(policy) && !config.broken_policies.contains(policy) {
+            problems.add(
+                format!("{base}.policy"),
+                format!("unknown policy {policy:?}"),
+            );
+        }
+    }
+    let rate_limits = crate::limits::route_limits(
+        &base,
+        raw.rate_limits.as_deref().unwrap_or(&[]),
+        auth_mode != AuthMode::None,
+        limits,
+        problems,
+    );
     if auth_mode == AuthMode::None && raw.providers.is_some() {
         problems.add(
             format!("{base}.providers"),
@@ -493,6 +530,8 @@ fn route(
         auth: auth_mode,
         providers,
         keep_authorization: raw.keep_authorization.unwrap_or(false),
+        policy: raw.policy.clone(),
+        rate_limits,
     }
 }
 
@@ -565,6 +604,25 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
     };
 
     let auth = crate::auth::auth(&raw.auth, &raw.providers, problems);
+    let rate_limiting = crate::limits::rate_limiting(&raw.rate_limiting, problems);
+    let mut policies = std::collections::BTreeMap::new();
+    for (name, p) in &raw.policies {
+        match tollgate_policy::Policy::compile(name, p) {
+            Ok(policy) => {
+                policies.insert(name.clone(), std::sync::Arc::new(policy));
+            }
+            Err(errs) => {
+                for e in errs {
+                    let path = if e.path.is_empty() {
+                        format!("policies.{name}")
+                    } else {
+                        format!("policies.{name}.{}", e.path)
+                    };
+                    problems.add(path, e.error.to_string());
+                }
+            }
+        }
+    }
     let upstreams: Vec<Upstream> = raw
         .upstreams
         .iter()
@@ -580,7 +638,7 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
     let mut accepted: Vec<usize> = Vec::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (index, r) in &raw.routes {
-        let route = route(*index, r, raw, &auth, problems);
+        let route = route(*index, r, raw, &auth, &rate_limiting, problems);
         if let Some(first) = names.insert(&r.name, *index) {
             problems.add(
                 format!("routes[{index}].name"),
@@ -624,6 +682,8 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
         metrics,
         logging,
         auth,
+        policies,
+        rate_limiting,
         upstreams,
         routes,
     }

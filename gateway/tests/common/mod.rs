@@ -55,6 +55,10 @@ impl Proc {
         Proc { child, log }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
     }
@@ -133,6 +137,8 @@ pub struct Gateway {
     pub port: u16,
     pub metrics_port: u16,
     pub proc: Proc,
+    conf: PathBuf,
+    listeners: String,
     _dir: tempfile::TempDir,
 }
 
@@ -141,12 +147,12 @@ impl Gateway {
         let port = free_port();
         let metrics_port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let yaml = format!(
+        let listeners = format!(
             "listen: {{ http: \"127.0.0.1:{port}\" }}\nmetrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\n\
-             server: {{ threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s }}\n{yaml_without_listeners}"
+             server: {{ threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s }}\n"
         );
         let conf = dir.path().join("gateway.yaml");
-        std::fs::write(&conf, yaml).unwrap();
+        std::fs::write(&conf, format!("{listeners}{yaml_without_listeners}")).unwrap();
         let mut proc = Proc::spawn(
             &["run", "-c", conf.to_str().unwrap()],
             dir.path().join("gateway.log"),
@@ -164,8 +170,24 @@ impl Gateway {
             port,
             metrics_port,
             proc,
+            conf,
+            listeners,
             _dir: dir,
         }
+    }
+
+    /// Replaces the config file (same listeners) and sends SIGHUP.
+    pub fn reload(&self, yaml_without_listeners: &str) {
+        std::fs::write(
+            &self.conf,
+            format!("{}{yaml_without_listeners}", self.listeners),
+        )
+        .unwrap();
+        let status = Command::new("kill")
+            .args(["-HUP", &self.proc.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -441,4 +463,69 @@ impl TestKey {
 /// A JWKS document holding the public keys of `keys`.
 pub fn jwks(keys: &[&TestKey]) -> String {
     serde_json::json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() }).to_string()
+}
+
+/// A real `redis-server` on a loopback port, without persistence; stopped on drop.
+pub struct RedisServer {
+    pub port: u16,
+    proc: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            proc: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir.path().to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (make test installs it)");
+        self.proc = Some(child);
+        let port = self.port;
+        wait_for("redis-server", READY_WITHIN, || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(b"PING\r\n").ok()?;
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf).ok()?;
+            (&buf == b"+PONG\r\n").then_some(())
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.proc.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

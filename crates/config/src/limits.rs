@@ -1,0 +1,203 @@
+//! Validation of rate limits: the `rate_limiting` section (stores) and each route's
+//! `rate_limits` list.
+
+use crate::raw::{RawLimit, RawLimitKey, RawRateLimiting};
+use crate::validate::{duration, header_name, Problems};
+use crate::{Limit, LimitKey, LimitStore, OnStoreError, RateLimiting, Redis, Tier, Tiers};
+use std::time::Duration;
+use tollgate_ratelimit::Rate;
+
+pub(crate) fn rate_limiting(raw: &RawRateLimiting, problems: &mut Problems) -> RateLimiting {
+    let max_local_keys = raw.max_local_keys.unwrap_or(1_000_000);
+    if max_local_keys == 0 {
+        problems.add("rate_limiting.max_local_keys", "must be at least 1");
+    }
+    let redis = raw.redis.as_ref().map(|r| {
+        if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+            problems.add(
+                "rate_limiting.redis.url",
+                "must be a redis:// or rediss:// URL",
+            );
+        }
+        let on_store_error = match r.on_store_error.as_deref() {
+            None | Some("local") => OnStoreError::Local,
+            Some("allow") => OnStoreError::Allow,
+            Some("deny") => OnStoreError::Deny,
+            Some(other) => {
+                problems.add(
+                    "rate_limiting.redis.on_store_error",
+                    format!("expected allow, deny or local, found {other:?}"),
+                );
+                OnStoreError::Local
+            }
+        };
+        Redis {
+            url: r.url.clone(),
+            timeout: duration(
+                &r.timeout,
+                "rate_limiting.redis.timeout",
+                Duration::from_millis(5),
+                problems,
+            ),
+            on_store_error,
+        }
+    });
+    RateLimiting {
+        max_local_keys: max_local_keys.max(1),
+        redis,
+    }
+}
+
+fn rate(text: &str, path: &str, problems: &mut Problems) -> Option<Rate> {
+    match Rate::parse(text) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            problems.add(path, format!("{e}; write e.g. \"100/s\" or \"6000/min\""));
+            None
+        }
+    }
+}
+
+fn burst(value: Option<u32>, rate: Option<&Rate>, path: &str, problems: &mut Problems) -> u32 {
+    match value {
+        Some(0) => {
+            problems.add(path, "must be at least 1");
+            1
+        }
+        Some(b) => b,
+        // One period's worth: `100/s` admits 100 at once after an idle second.
+        None => rate.map(|r| r.count()).unwrap_or(1).max(1),
+    }
+}
+
+fn key_part(text: &str, path: &str, problems: &mut Problems) -> Option<LimitKey> {
+    match text.split_once(':') {
+        None if text == "client_ip" => Some(LimitKey::ClientIp),
+        None if text == "route" => Some(LimitKey::Route),
+        Some(("claim", c)) if !c.is_empty() && !c.split('.').any(str::is_empty) => {
+            Some(LimitKey::Claim(c.split('.').map(str::to_owned).collect()))
+        }
+        Some(("header", h)) => header_name(h).map(LimitKey::Header),
+        _ => {
+            problems.add(
+                path,
+                format!("expected client_ip, route, claim:PATH or header:NAME, found {text:?}"),
+            );
+            None
+        }
+    }
+}
+
+/// A route's limits. `authenticated` picks the default key: `claim:sub` when the route
+/// verifies tokens, else `client_ip`.
+pub(crate) fn route_limits(
+    base: &str,
+    raw: &[RawLimit],
+    authenticated: bool,
+    settings: &RateLimiting,
+    problems: &mut Problems,
+) -> Vec<Limit> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut names: Vec<&str> = Vec::new();
+    for (i, l) in raw.iter().enumerate() {
+        let path = format!("{base}.rate_limits[{i}]");
+        if l.name.is_empty()
+            || !l
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            problems.add(
+                format!("{path}.name"),
+                "must be non-empty letters, digits, '-', '_' or '.'",
+            );
+        }
+        if names.contains(&l.name.as_str()) {
+            problems.add(
+                format!("{path}.name"),
+                format!("{:?} is used twice on this route", l.name),
+            );
+        }
+        names.push(&l.name);
+        let keys: Vec<LimitKey> = match &l.key {
+            None if authenticated => vec![LimitKey::Claim(vec!["sub".to_owned()])],
+            None => vec![LimitKey::ClientIp],
+            Some(RawLimitKey::One(k)) => key_part(k, &format!("{path}.key"), problems)
+                .into_iter()
+                .collect(),
+            Some(RawLimitKey::Many(ks)) => {
+                if ks.is_empty() {
+                    problems.add(format!("{path}.key"), "must name at least one part");
+                }
+                ks.iter()
+                    .enumerate()
+                    .filter_map(|(j, k)| key_part(k, &format!("{path}.key[{j}]"), problems))
+                    .collect()
+            }
+        };
+        let base_rate = rate(&l.rate, &format!("{path}.rate"), problems);
+        let burst = burst(
+            l.burst,
+            base_rate.as_ref(),
+            &format!("{path}.burst"),
+            problems,
+        );
+        let tiers = l.tiers.as_ref().map(|t| {
+            if t.claim.is_empty() || t.claim.split('.').any(str::is_empty) {
+                problems.add(format!("{path}.tiers.claim"), "must be a dotted claim path");
+            }
+            if t.values.is_empty() {
+                problems.add(
+                    format!("{path}.tiers.values"),
+                    "must list at least one tier",
+                );
+            }
+            Tiers {
+                claim: t.claim.split('.').map(str::to_owned).collect(),
+                values: t
+                    .values
+                    .iter()
+                    .filter_map(|(value, tier)| {
+                        let tpath = format!("{path}.tiers.values.{value}");
+                        let r = rate(&tier.rate, &format!("{tpath}.rate"), problems)?;
+                        let b =
+                            self::burst(tier.burst, Some(&r), &format!("{tpath}.burst"), problems);
+                        Some(Tier {
+                            value: value.clone(),
+                            rate: r,
+                            burst: b,
+                        })
+                    })
+                    .collect(),
+            }
+        });
+        let store = match l.store.as_deref() {
+            None | Some("local") => LimitStore::Local,
+            Some("redis") => {
+                if settings.redis.is_none() {
+                    problems.add(format!("{path}.store"), "redis needs rate_limiting.redis");
+                }
+                LimitStore::Redis
+            }
+            Some(other) => {
+                problems.add(
+                    format!("{path}.store"),
+                    format!("expected local or redis, found {other:?}"),
+                );
+                LimitStore::Local
+            }
+        };
+        if let Some(rate) = base_rate {
+            out.push(Limit {
+                name: l.name.clone(),
+                keys,
+                rate,
+                burst,
+                tiers,
+                store,
+                headers: l.headers.unwrap_or(false),
+            });
+        }
+    }
+    out
+}
