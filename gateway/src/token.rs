@@ -81,16 +81,17 @@ pub struct MintArgs {
     /// Further claims as a JSON object, merged last.
     #[arg(long)]
     claims: Option<String>,
+    /// Print this many tokens, one per line; `{n}` in --sub is replaced by 0..count-1
+    /// (for load tests: e.g. `--sub 'user-{n}' --count 200000`).
+    #[arg(long, default_value_t = 1)]
+    count: u32,
 }
 
 pub fn run(cmd: TokenCommand) -> ExitCode {
     match cmd {
         TokenCommand::Verify(a) => verify(a),
         TokenCommand::Mint(a) => match mint(a) {
-            Ok(token) => {
-                println!("{token}");
-                ExitCode::SUCCESS
-            }
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => usage_error(&e),
         },
         TokenCommand::Inspect { token } => inspect(&token),
@@ -133,7 +134,7 @@ fn verify(a: VerifyArgs) -> ExitCode {
     }
 }
 
-fn mint(a: MintArgs) -> Result<String, String> {
+fn mint(a: MintArgs) -> Result<(), String> {
     let key = match (&a.key, &a.hmac_secret_file) {
         (Some(path), _) => {
             let pem =
@@ -163,9 +164,6 @@ fn mint(a: MintArgs) -> Result<String, String> {
     if let Some(iss) = a.iss {
         claims.insert("iss".into(), iss.into());
     }
-    if let Some(sub) = a.sub {
-        claims.insert("sub".into(), sub.into());
-    }
     match a.audiences.len() {
         0 => {}
         1 => {
@@ -189,8 +187,17 @@ fn mint(a: MintArgs) -> Result<String, String> {
         };
         claims.extend(extra);
     }
-    tollgate_jwt::sign(alg, a.kid.as_deref(), &Value::Object(claims), &key)
-        .map_err(|e| e.to_string())
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for n in 0..a.count {
+        if let Some(sub) = &a.sub {
+            claims.insert("sub".into(), sub.replace("{n}", &n.to_string()).into());
+        }
+        let token = tollgate_jwt::sign(alg, a.kid.as_deref(), &Value::Object(claims.clone()), &key)
+            .map_err(|e| e.to_string())?;
+        use std::io::Write;
+        writeln!(out, "{token}").map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn parse_alg(name: &str) -> Result<Algorithm, String> {

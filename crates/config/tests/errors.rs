@@ -211,3 +211,93 @@ fn yaml_syntax_and_shape_errors() {
         ]
     );
 }
+
+#[test]
+fn auth_policy_and_limit_problems_have_paths() {
+    let p = problems(
+        r#"
+auth:
+  providers:
+    - { name: a, issuer: "https://a", jwks_file: a.json, jwks_uri: "https://a/jwks" }
+    - { name: a, issuer: "https://a", token_sources: [bearer, "smoke:signal"] }
+  forward_claims:
+    - { claim: sub, header: Authorization }
+policies:
+  p:
+    mode: audit
+    allow: [{}]
+rate_limiting:
+  redis: { url: "http://x", on_store_error: panic }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - name: r
+    path: /
+    upstream: e
+    policy: missing
+    providers: [nobody]
+    rate_limits:
+      - { name: l, rate: "fast", key: "cookie:x" }
+      - { name: l, rate: "10/s", burst: 0, store: redis }
+"#,
+    );
+    let expected = [
+        "auth.providers[0]: has more than one key source",
+        "auth.providers[1].name: duplicate provider name \"a\"",
+        "auth.providers[1].issuer: auth.providers[0] has the same issuer",
+        "auth.providers[1]: needs one key source",
+        "auth.providers[1].token_sources[1]: expected bearer, header:NAME, cookie:NAME or query:NAME",
+        "auth.forward_claims[0].header: Authorization is reserved",
+        "policies.p.mode: unknown mode \"audit\"",
+        "policies.p.allow[0]:",
+        "rate_limiting.redis.url: must be a redis://",
+        "rate_limiting.redis.on_store_error: expected allow, deny or local",
+        "routes[0].policy: unknown policy \"missing\"",
+        "routes[0].providers[0]: unknown provider \"nobody\"",
+        "routes[0].rate_limits[0].key: expected client_ip, route, claim:PATH or header:NAME",
+        "routes[0].rate_limits[0].rate:",
+        "routes[0].rate_limits[1].name: \"l\" is used twice on this route",
+        "routes[0].rate_limits[1].burst: must be at least 1",
+    ];
+    for e in expected {
+        assert!(
+            p.iter().any(|l| l.starts_with(e)),
+            "missing {e:?} in {p:#?}"
+        );
+    }
+    assert_eq!(p.len(), expected.len(), "{p:#?}");
+}
+
+#[test]
+fn routes_default_to_required_auth_when_providers_exist() {
+    let c = parse(
+        r#"
+auth:
+  providers: [{ name: a, issuer: "https://a", jwks: { keys: [] } }]
+policies:
+  p: { allow: [{ roles: [admin] }] }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: e, policy: p, rate_limits: [{ name: l, rate: 100/s }] }
+  - { name: open, path: /open, upstream: e, auth: none, rate_limits: [{ name: l, rate: 5/min }] }
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.routes[0].auth, tollgate_config::AuthMode::Required);
+    assert_eq!(c.routes[0].providers, vec!["a"]);
+    assert_eq!(
+        c.routes[0].rate_limits[0].burst, 100,
+        "burst defaults to the rate's count"
+    );
+    assert_eq!(
+        c.routes[0].rate_limits[0].keys,
+        vec![tollgate_config::LimitKey::Claim(vec!["sub".into()])],
+        "authenticated routes limit per subject by default"
+    );
+    assert_eq!(
+        c.routes[1].rate_limits[0].keys,
+        vec![tollgate_config::LimitKey::ClientIp]
+    );
+    assert!(c.policies.contains_key("p"));
+}
