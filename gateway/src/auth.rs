@@ -39,6 +39,8 @@ pub struct Provider {
     keys: ArcSwap<KeyState>,
     /// Initial keys are in place (always true but for `jwks_uri` before its first fetch).
     ready: AtomicBool,
+    /// `tollgate_auth_decisions_total{provider, result="allow", reason="ok"}`, resolved once.
+    pub allowed: prometheus::IntCounter,
     /// When the last refetch for an unknown `kid` started. The async mutex makes that refetch
     /// single-flight: requests that wait on it then see the new generation and do not fetch.
     unknown_kid_refetch: tokio::sync::Mutex<Option<Instant>>,
@@ -80,6 +82,9 @@ impl Provider {
                 digest: [0; 32],
             }),
             ready: AtomicBool::new(ready),
+            allowed: METRICS
+                .auth_decisions
+                .with_label_values(&[&p.name, "allow", "ok"]),
             unknown_kid_refetch: tokio::sync::Mutex::new(None),
         };
         provider.publish_key_metrics();
@@ -284,7 +289,12 @@ struct CacheEntry {
     provider: usize,
     generation: u64,
     token: Arc<VerifiedToken>,
+    /// The identity headers of this token, computed once.
+    headers: IdentityHeaders,
 }
+
+/// Headers that carry a verified identity upstream.
+pub type IdentityHeaders = Arc<[(HeaderName, HeaderValue)]>;
 
 /// Entries live until their token's `exp` (tokens without one: `NO_EXP_TTL`).
 struct ExpireAtTokenExp;
@@ -342,6 +352,7 @@ pub struct Authenticator {
 pub struct Identity {
     pub provider: Arc<Provider>,
     pub token: Arc<VerifiedToken>,
+    pub headers: IdentityHeaders,
 }
 
 impl Authenticator {
@@ -433,10 +444,10 @@ impl Authenticator {
             .cache
             .get(&key)
             .filter(|e| e.provider == provider.index && e.generation == keys.generation);
-        let verified = match cached {
+        let (verified, headers) = match cached {
             Some(entry) => {
                 METRICS.token_cache_hit.inc();
-                entry.token.clone()
+                (entry.token.clone(), entry.headers.clone())
             }
             None => {
                 METRICS.token_cache_miss.inc();
@@ -453,15 +464,17 @@ impl Authenticator {
                     result = tollgate_jwt::verify_signature(token, &keys.set);
                 }
                 let token_v = Arc::new(result.map_err(|r| (Some(provider.clone()), r))?);
+                let headers: IdentityHeaders = self.identity_headers(&token_v).into();
                 self.cache.insert(
                     key,
                     Arc::new(CacheEntry {
                         provider: provider.index,
                         generation,
                         token: token_v.clone(),
+                        headers: headers.clone(),
                     }),
                 );
-                token_v
+                (token_v, headers)
             }
         };
         if let Err(r) = provider.validation.check_claims(&verified, now_s) {
@@ -479,6 +492,7 @@ impl Authenticator {
         Ok(Identity {
             provider,
             token: verified,
+            headers,
         })
     }
 

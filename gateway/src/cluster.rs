@@ -10,15 +10,40 @@ use pingora_load_balancing::health_check::{
 };
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use prometheus::IntCounter;
 use std::collections::BTreeSet;
 use std::net::ToSocketAddrs;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tollgate_config::{HashOn, HealthCheckKind, LoadBalancing, Upstream};
 
-/// The configured `host:port` of a backend, carried in its `ext` for labels and logs.
-#[derive(Clone, Debug)]
-pub struct BackendLabel(pub Arc<str>);
+/// What a backend carries in its `ext`: its configured `host:port` (for labels and logs)
+/// and its `tollgate_upstream_requests_total` counters, resolved once.
+#[derive(Clone)]
+pub struct BackendLabel(pub Arc<BackendInfo>);
+
+pub struct BackendInfo {
+    pub addr: Arc<str>,
+    outcomes: [IntCounter; 4],
+}
+
+/// The `outcome` label of `tollgate_upstream_requests_total`.
+#[derive(Clone, Copy)]
+pub enum Outcome {
+    Response = 0,
+    ConnectError = 1,
+    Timeout = 2,
+    Error = 3,
+}
+
+const OUTCOMES: [&str; 4] = ["response", "connect_error", "timeout", "error"];
+
+/// Counts one attempt on `b`.
+pub fn count(b: &Backend, outcome: Outcome) {
+    if let Some(info) = b.ext.get::<BackendLabel>() {
+        info.0.outcomes[outcome as usize].inc();
+    }
+}
 
 /// How many backends a selection may look at before giving up; bounds Ketama's ring walk.
 const MAX_SELECT_ITERATIONS: usize = 256;
@@ -57,7 +82,14 @@ impl Cluster {
                 })?;
             let mut backend = Backend::new_with_weight(&resolved.to_string(), b.weight as usize)
                 .expect("a resolved socket address parses");
-            backend.ext.insert(BackendLabel(b.addr.as_str().into()));
+            backend.ext.insert(BackendLabel(Arc::new(BackendInfo {
+                addr: b.addr.as_str().into(),
+                outcomes: OUTCOMES.map(|o| {
+                    METRICS
+                        .upstream_requests
+                        .with_label_values(&[&u.name, &b.addr, o])
+                }),
+            })));
             backends.insert(backend);
         }
         let mut view = Backends::new(Static::new(backends));
@@ -161,7 +193,7 @@ where
 pub fn label(b: &Backend) -> &str {
     b.ext
         .get::<BackendLabel>()
-        .map(|l| &*l.0)
+        .map(|l| &*l.0.addr)
         .unwrap_or("unknown")
 }
 

@@ -6,9 +6,9 @@
 //! `fail_to_proxy` answers 502/503/504 with a JSON body; `logging` counts and logs.
 
 use crate::auth::{self, AuthError};
-use crate::cluster::{self, Cluster};
+use crate::cluster::{self, Cluster, Outcome};
 use crate::limits::Stores;
-use crate::metrics::METRICS;
+use crate::metrics::{RequestCounters, METRICS};
 use crate::respond::Answer;
 use crate::runtime::{RouteRuntime, RuntimeSnapshot};
 use arc_swap::ArcSwap;
@@ -24,6 +24,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tollgate_config::AuthMode;
 use tollgate_router::{is_clean_path, Match};
+
+/// `tollgate_requests_total{route="unmatched"}`.
+static UNMATCHED: once_cell::sync::Lazy<RequestCounters> =
+    once_cell::sync::Lazy::new(|| RequestCounters::new("unmatched".into()));
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -46,7 +50,7 @@ pub struct RequestCtx {
     /// Whether the current attempt got a connection (so its failure is not a connect error).
     connected: bool,
     /// Headers that carry the verified identity upstream.
-    identity: Vec<(HeaderName, HeaderValue)>,
+    identity: Option<auth::IdentityHeaders>,
     /// The verified token, for RBAC and rate-limit keys.
     token: Option<Arc<tollgate_jwt::VerifiedToken>>,
     /// `RateLimit-Policy` and `RateLimit` for the response, when the route asks for them.
@@ -82,23 +86,6 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
-}
-
-/// The `method` label: the standard methods by name, anything else as `OTHER`.
-pub fn method_label(m: &http::Method) -> &'static str {
-    use http::Method as M;
-    match *m {
-        M::GET => "GET",
-        M::HEAD => "HEAD",
-        M::POST => "POST",
-        M::PUT => "PUT",
-        M::DELETE => "DELETE",
-        M::PATCH => "PATCH",
-        M::OPTIONS => "OPTIONS",
-        M::CONNECT => "CONNECT",
-        M::TRACE => "TRACE",
-        _ => "OTHER",
-    }
 }
 
 fn is_timeout(e: &Error) -> bool {
@@ -147,11 +134,8 @@ impl Gateway {
         };
         let (provider, error) = match outcome {
             Ok(Some(identity)) => {
-                METRICS
-                    .auth_decisions
-                    .with_label_values(&[&identity.provider.name, "allow", "ok"])
-                    .inc();
-                ctx.identity = authenticator.identity_headers(&identity.token);
+                identity.provider.allowed.inc();
+                ctx.identity = Some(identity.headers);
                 ctx.token = Some(identity.token);
                 return Ok(true);
             }
@@ -323,7 +307,7 @@ impl ProxyHttp for Gateway {
             route: None,
             tried: Vec::new(),
             connected: false,
-            identity: Vec::new(),
+            identity: None,
             token: None,
             ratelimit_headers: None,
         }
@@ -450,14 +434,11 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         if let (Some(cluster), Some(backend)) = (ctx.cluster(), ctx.tried.last()) {
             let outcome = if is_timeout(&e) {
-                "timeout"
+                Outcome::Timeout
             } else {
-                "connect_error"
+                Outcome::ConnectError
             };
-            METRICS
-                .upstream_requests
-                .with_label_values(&[&cluster.name, cluster::label(backend), outcome])
-                .inc();
+            cluster::count(backend, outcome);
             if ctx.tried.len() <= cluster.retries as usize {
                 e.set_retry(true);
             }
@@ -482,8 +463,8 @@ impl ProxyHttp for Gateway {
                 upstream.remove_header(&http::header::AUTHORIZATION);
             }
         }
-        for (name, value) in ctx.identity.drain(..) {
-            upstream.insert_header(name, value)?;
+        for (name, value) in ctx.identity.iter().flat_map(|h| h.iter()) {
+            upstream.insert_header(name.clone(), value.clone())?;
         }
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         if let Some(ip) = client_ip(session) {
@@ -573,30 +554,24 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let route = ctx.route.as_ref().map(|r| &*r.name).unwrap_or("unmatched");
-        let method = method_label(&session.req_header().method);
-        let status_label = http::StatusCode::from_u16(status)
-            .map(|s| s.as_str().to_owned())
-            .unwrap_or_else(|_| "0".to_owned());
-        METRICS
-            .requests
-            .with_label_values(&[route, method, &status_label])
-            .inc();
+        let method = &session.req_header().method;
+        match &ctx.route {
+            Some(r) => r.requests.inc(method, status),
+            None => UNMATCHED.inc(method, status),
+        }
         let elapsed = ctx.started.elapsed();
         if let Some(r) = &ctx.route {
             r.duration.observe(elapsed.as_secs_f64());
         }
-        if let (Some(cluster), Some(backend), true) =
-            (ctx.cluster(), ctx.tried.last(), ctx.connected)
-        {
+        if let (Some(backend), true) = (ctx.tried.last(), ctx.connected) {
             let outcome = match e {
-                Some(e) if e.esource() == &ErrorSource::Upstream && is_timeout(e) => "timeout",
-                Some(e) if e.esource() == &ErrorSource::Upstream => "error",
-                _ => "response",
+                Some(e) if e.esource() == &ErrorSource::Upstream && is_timeout(e) => {
+                    Outcome::Timeout
+                }
+                Some(e) if e.esource() == &ErrorSource::Upstream => Outcome::Error,
+                _ => Outcome::Response,
             };
-            METRICS
-                .upstream_requests
-                .with_label_values(&[&cluster.name, cluster::label(backend), outcome])
-                .inc();
+            cluster::count(backend, outcome);
         }
         let access_log = ctx.snapshot.as_ref().is_none_or(|s| s.access_log);
         if access_log {

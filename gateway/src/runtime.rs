@@ -7,7 +7,7 @@
 use crate::auth::{Authenticator, Provider};
 use crate::cluster::Cluster;
 use crate::limits::LimitRuntime;
-use crate::metrics::METRICS;
+use crate::metrics::{RequestCounters, METRICS};
 use prometheus::Histogram;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ pub struct RouteRuntime {
     pub strip_prefix: Option<Box<str>>,
     /// `tollgate_request_duration_seconds{route}`, resolved once.
     pub duration: Histogram,
+    pub requests: RequestCounters,
     pub auth: AuthMode,
     /// The providers whose tokens this route accepts.
     pub providers: Vec<Arc<Provider>>,
@@ -114,6 +115,7 @@ impl RuntimeSnapshot {
                 strip_prefix: (r.strip_prefix && r.path_match == PathMatch::Prefix)
                     .then(|| r.path.trim_end_matches('/').into()),
                 duration: METRICS.request_duration.with_label_values(&[&r.name]),
+                requests: RequestCounters::new(r.name.as_str().into()),
                 auth: r.auth,
                 providers,
                 token_sources,
