@@ -413,44 +413,26 @@ impl Authenticator {
         providers: &[Arc<Provider>],
         now: SystemTime,
     ) -> Result<Identity, (Option<Arc<Provider>>, Rejection)> {
-        // The issuer is read unverified only to choose whose keys to verify with; the
-        // verifier then checks `iss` against that provider's issuer.
-        let iss = tollgate_jwt::peek_issuer(token);
-        let by_issuer = providers
-            .iter()
-            .find(|p| iss.as_deref() == Some(p.issuer.as_str()));
-        // A token without a readable `iss` (malformed, or none set) goes to the route's only
-        // provider when it has one, whose verifier then gives the precise reason.
-        let chosen = by_issuer.or(match (iss.as_deref(), providers) {
-            (None, [only]) => Some(only),
-            _ => None,
-        });
-        let Some(provider) = chosen.cloned() else {
-            return Err((
-                None,
-                Rejection {
-                    reason: Reason::Issuer,
-                    detail: "no accepted provider has this token's issuer",
-                },
-            ));
-        };
         let now_s = now
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs();
         let key = digest(token.as_bytes());
-        let keys = provider.keys();
-        let cached = self
-            .cache
-            .get(&key)
-            .filter(|e| e.provider == provider.index && e.generation == keys.generation);
-        let (verified, headers) = match cached {
-            Some(entry) => {
+        // A hit names the provider that verified these exact bytes (chosen by their `iss`, so
+        // the same choice as below); it counts only while that provider's keys are unchanged.
+        let hit = self.cache.get(&key).and_then(|entry| {
+            let provider = providers.iter().find(|p| p.index == entry.provider)?;
+            (provider.keys().generation == entry.generation).then(|| (provider.clone(), entry))
+        });
+        let (provider, verified, headers) = match hit {
+            Some((provider, entry)) => {
                 METRICS.token_cache_hit.inc();
-                (entry.token.clone(), entry.headers.clone())
+                (provider, entry.token.clone(), entry.headers.clone())
             }
             None => {
                 METRICS.token_cache_miss.inc();
+                let provider = choose_provider(token, providers)?;
+                let keys = provider.keys();
                 let mut generation = keys.generation;
                 let mut result = tollgate_jwt::verify_signature(token, &keys.set);
                 drop(keys);
@@ -474,7 +456,7 @@ impl Authenticator {
                         headers: headers.clone(),
                     }),
                 );
-                (token_v, headers)
+                (provider, token_v, headers)
             }
         };
         if let Err(r) = provider.validation.check_claims(&verified, now_s) {
@@ -527,6 +509,34 @@ impl Authenticator {
         }
         out
     }
+}
+
+/// The provider whose keys verify `token`: the one whose issuer is the token's `iss`.
+///
+/// The issuer is read unverified only to choose whose keys to verify with; the verifier
+/// then checks `iss` against that provider's issuer. A token without a readable `iss`
+/// (malformed, or none set) goes to the route's only provider when it has one, whose
+/// verifier then gives the precise reason.
+#[allow(clippy::result_large_err)]
+fn choose_provider(
+    token: &str,
+    providers: &[Arc<Provider>],
+) -> Result<Arc<Provider>, (Option<Arc<Provider>>, Rejection)> {
+    let iss = tollgate_jwt::peek_issuer(token);
+    let by_issuer = providers
+        .iter()
+        .find(|p| iss.as_deref() == Some(p.issuer.as_str()));
+    let chosen = by_issuer.or(match (iss.as_deref(), providers) {
+        (None, [only]) => Some(only),
+        _ => None,
+    });
+    chosen.cloned().ok_or((
+        None,
+        Rejection {
+            reason: Reason::Issuer,
+            detail: "no accepted provider has this token's issuer",
+        },
+    ))
 }
 
 /// The claim at a dotted path, e.g. `realm_access.roles`.

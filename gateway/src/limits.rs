@@ -126,9 +126,10 @@ pub struct LimitRuntime {
     pub name: Arc<str>,
     route: Arc<str>,
     keys: Vec<LimitKey>,
-    gcra: Gcra,
+    /// The limit's own GCRA and its `RateLimit-Policy` value.
+    gcra: (Gcra, Arc<str>),
     tier_claim: Vec<String>,
-    tiers: Vec<(String, Gcra)>,
+    tiers: Vec<(String, (Gcra, Arc<str>))>,
     store: LimitStore,
     /// Send `RateLimit` headers on admitted responses too.
     pub headers: bool,
@@ -140,7 +141,7 @@ pub struct LimitRuntime {
 pub struct Outcome {
     pub verdict: Verdict,
     /// `"name";q=burst;w=window`: the policy the verdict is about.
-    pub policy_header: String,
+    pub policy_header: Arc<str>,
 }
 
 impl Outcome {
@@ -156,16 +157,22 @@ impl Outcome {
 
 impl LimitRuntime {
     pub fn build(route: &str, l: &Limit) -> Result<LimitRuntime, String> {
-        let gcra = Gcra::new(l.rate, l.burst).map_err(|e| e.to_string())?;
+        let with_header = |rate, burst| -> Result<(Gcra, Arc<str>), String> {
+            let gcra = Gcra::new(rate, burst).map_err(|e| e.to_string())?;
+            // The window is the time a drained bucket takes to fill again.
+            let window = (gcra.emission_interval_ns() as u128 * gcra.burst() as u128)
+                .div_ceil(1_000_000_000)
+                .max(1);
+            let header = format!("\"{}\";q={};w={window}", l.name, gcra.burst());
+            Ok((gcra, header.into()))
+        };
+        let gcra = with_header(l.rate, l.burst)?;
         let mut tiers = Vec::new();
         let mut tier_claim = Vec::new();
         if let Some(t) = &l.tiers {
             tier_claim = t.claim.clone();
             for tier in &t.values {
-                tiers.push((
-                    tier.value.clone(),
-                    Gcra::new(tier.rate, tier.burst).map_err(|e| e.to_string())?,
-                ));
+                tiers.push((tier.value.clone(), with_header(tier.rate, tier.burst)?));
             }
         }
         let labels = |decision| {
@@ -188,7 +195,7 @@ impl LimitRuntime {
     }
 
     /// The GCRA for this caller: its tier's, else the limit's own.
-    fn gcra_for(&self, token: Option<&VerifiedToken>) -> &Gcra {
+    fn gcra_for(&self, token: Option<&VerifiedToken>) -> &(Gcra, Arc<str>) {
         if self.tiers.is_empty() {
             return &self.gcra;
         }
@@ -256,7 +263,7 @@ impl LimitRuntime {
         client_ip: Option<IpAddr>,
         token: Option<&VerifiedToken>,
     ) -> Outcome {
-        let gcra = self.gcra_for(token);
+        let (gcra, policy_header) = self.gcra_for(token);
         let key = self.bucket_key(req, client_ip, token);
         let verdict = match (self.store, &stores.redis) {
             (LimitStore::Redis, Some(redis)) => {
@@ -284,11 +291,9 @@ impl LimitRuntime {
         } else {
             self.denied.inc();
         }
-        let window =
-            (gcra.emission_interval_ns() as u128 * gcra.burst() as u128).div_ceil(1_000_000_000);
         Outcome {
             verdict,
-            policy_header: format!("\"{}\";q={};w={}", self.name, gcra.burst(), window.max(1)),
+            policy_header: policy_header.clone(),
         }
     }
 }

@@ -54,7 +54,7 @@ pub struct RequestCtx {
     /// The verified token, for RBAC and rate-limit keys.
     token: Option<Arc<tollgate_jwt::VerifiedToken>>,
     /// `RateLimit-Policy` and `RateLimit` for the response, when the route asks for them.
-    ratelimit_headers: Option<(String, String)>,
+    ratelimit_headers: Option<(Arc<str>, String)>,
 }
 
 impl RequestCtx {
@@ -257,7 +257,7 @@ impl Gateway {
         route: &RouteRuntime,
     ) -> Result<bool> {
         let ip = client_ip(session);
-        let mut tightest: Option<(u32, String, String)> = None;
+        let mut tightest: Option<(u32, Arc<str>, String)> = None;
         for limit in &route.limits {
             let outcome = limit
                 .check(&self.stores, session.req_header(), ip, ctx.token.as_deref())
@@ -275,7 +275,7 @@ impl Gateway {
                 ));
                 answer.headers.push((
                     HeaderName::from_static("ratelimit-policy"),
-                    outcome.policy_header.clone(),
+                    outcome.policy_header.to_string(),
                 ));
                 answer.headers.push((
                     HeaderName::from_static("ratelimit"),
@@ -499,7 +499,7 @@ impl ProxyHttp for Gateway {
         upstream_response.remove_header(&http::header::SERVER);
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         if let Some((policy, value)) = ctx.ratelimit_headers.take() {
-            upstream_response.insert_header("ratelimit-policy", policy)?;
+            upstream_response.insert_header("ratelimit-policy", &*policy)?;
             upstream_response.insert_header("ratelimit", value)?;
         }
         Ok(())
