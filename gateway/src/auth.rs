@@ -300,6 +300,13 @@ pub type IdentityHeaders = Arc<[(HeaderName, HeaderValue)]>;
 struct ExpireAtTokenExp;
 
 const NO_EXP_TTL: Duration = Duration::from_secs(300);
+/// Forged tokens remembered, and for how long.
+const FORGED_CACHE_SIZE: u64 = 10_000;
+const FORGED_CACHE_TTL: Duration = Duration::from_secs(60);
+const FORGED: Rejection = Rejection {
+    reason: Reason::Signature,
+    detail: "signature does not verify",
+};
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl moka::Expiry<[u8; 32], Arc<CacheEntry>> for ExpireAtTokenExp {
@@ -344,6 +351,10 @@ pub struct Authenticator {
     /// Every forwarded header name: removed from every incoming request.
     pub identity_headers: Vec<HeaderName>,
     cache: moka::sync::Cache<[u8; 32], Arc<CacheEntry>>,
+    /// Tokens whose signature failed, with the provider and key generation that refused
+    /// them: a replayed forgery costs a hash and a lookup instead of a signature check.
+    /// Small and short-lived; forgeries that never repeat still cost a verification each.
+    forged: moka::sync::Cache<[u8; 32], (usize, u64)>,
     pub realm: String,
     connector: Arc<Connector>,
 }
@@ -385,6 +396,10 @@ impl Authenticator {
             cache: moka::sync::Cache::builder()
                 .max_capacity(auth.cache_size)
                 .expire_after(ExpireAtTokenExp)
+                .build(),
+            forged: moka::sync::Cache::builder()
+                .max_capacity(FORGED_CACHE_SIZE)
+                .time_to_live(FORGED_CACHE_TTL)
                 .build(),
             realm: auth.realm.clone(),
             connector: Arc::new(Connector::new(None)),
@@ -430,6 +445,14 @@ impl Authenticator {
                 (provider, entry.token.clone(), entry.headers.clone())
             }
             None => {
+                let seen_forged = self.forged.get(&key).and_then(|(index, generation)| {
+                    let p = providers.iter().find(|p| p.index == index)?;
+                    (p.keys().generation == generation).then(|| p.clone())
+                });
+                if let Some(provider) = seen_forged {
+                    METRICS.token_cache_forged.inc();
+                    return Err((Some(provider), FORGED));
+                }
                 METRICS.token_cache_miss.inc();
                 let provider = choose_provider(token, providers)?;
                 let keys = provider.keys();
@@ -444,6 +467,9 @@ impl Authenticator {
                     let keys = provider.keys();
                     generation = keys.generation;
                     result = tollgate_jwt::verify_signature(token, &keys.set);
+                }
+                if matches!(result, Err(r) if r.reason == Reason::Signature) {
+                    self.forged.insert(key, (provider.index, generation));
                 }
                 let token_v = Arc::new(result.map_err(|r| (Some(provider.clone()), r))?);
                 let headers: IdentityHeaders = self.identity_headers(&token_v).into();
@@ -517,7 +543,6 @@ impl Authenticator {
 /// then checks `iss` against that provider's issuer. A token without a readable `iss`
 /// (malformed, or none set) goes to the route's only provider when it has one, whose
 /// verifier then gives the precise reason.
-#[allow(clippy::result_large_err)]
 fn choose_provider(
     token: &str,
     providers: &[Arc<Provider>],

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub jwks_last_success: GaugeVec,
     pub token_cache_hit: IntCounter,
     pub token_cache_miss: IntCounter,
+    pub token_cache_forged: IntCounter,
     pub config_reloads: IntCounterVec,
     pub rbac_decisions: IntCounterVec,
     pub ratelimit_decisions: IntCounterVec,
@@ -121,7 +122,8 @@ impl Metrics {
         let token_cache = IntCounterVec::new(
             Opts::new(
                 "tollgate_token_cache_total",
-                "Verified-token cache lookups, by result (hit, miss).",
+                "Token cache lookups, by result: hit (verified before), forged (its signature \
+                 failed before), miss.",
             ),
             &["result"],
         )
@@ -197,6 +199,7 @@ impl Metrics {
             jwks_last_success,
             token_cache_hit: token_cache.with_label_values(&["hit"]),
             token_cache_miss: token_cache.with_label_values(&["miss"]),
+            token_cache_forged: token_cache.with_label_values(&["forged"]),
             config_reloads,
             rbac_decisions,
             ratelimit_decisions,

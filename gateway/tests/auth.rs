@@ -139,6 +139,13 @@ fn refusals_answer_401_with_reason_and_challenge() {
     let flipped = if sig.starts_with('A') { "B" } else { "A" };
     let tampered = format!("{head}.{flipped}{}", &sig[1..]);
     expect(&[("authorization", &bearer(&tampered))], "signature", true);
+    // A replayed forgery is refused from the forged-token cache, with the same answer.
+    let forged_hits = gw.metric("tollgate_token_cache_total", &[("result", "forged")]);
+    expect(&[("authorization", &bearer(&tampered))], "signature", true);
+    assert_eq!(
+        gw.metric("tollgate_token_cache_total", &[("result", "forged")]),
+        forged_hits + 1.0
+    );
 
     let expired = key.sign(
         json!({ "iss": ISS, "aud": AUD, "sub": "a", "exp": 1_000_000_000, "iat": 999_999_000 }),
