@@ -45,6 +45,15 @@ deps-loadtest: deps-build
 	@$(call need,haproxy,haproxy)
 	@$(call need,wrk,wrk)
 	@$(call need,taskset,util-linux)
+	@$(call need,openssl,openssl)
+	@$(call need,python3,python3)
+
+# Comparative load test (loadtest/run.py): tollgate vs HAProxy, nginx, tollgate without auth
+# and the bare upstream, on 127.0.0.1 only; writes loadtest/results/RESULTS.md and chart.svg
+# and the loadtest block of README.md. QUICK=1 for a short run (~2 s per target, 1 round).
+.PHONY: loadtest
+loadtest: deps-loadtest build
+	python3 loadtest/run.py --no-build $(if $(filter-out 0,$(QUICK)),--quick)
 
 build: deps-build
 	$(CARGO) build --release --locked
@@ -56,7 +65,7 @@ check-config: build
 # Ctrl-C stops all three.
 run: build
 	@$(RELEASE_BIN) check -c conf/gateway.yaml
-	@trap 'kill 0' EXIT INT TERM; \
+	@trap 'kill $$(jobs -p) 2>/dev/null' EXIT INT TERM; \
 	$(RELEASE_BIN) echo --listen 127.0.0.1:9001 --name echo-1 & \
 	$(RELEASE_BIN) echo --listen 127.0.0.1:9002 --name echo-2 & \
 	$(RELEASE_BIN) run -c conf/gateway.yaml > tollgate.log 2>&1 & \

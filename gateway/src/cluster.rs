@@ -17,11 +17,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tollgate_config::{HashOn, HealthCheckKind, LoadBalancing, Upstream};
 
-/// What a backend carries in its `ext`: its configured `host:port` (for labels and logs)
-/// and its `tollgate_upstream_requests_total` counters, resolved once.
-#[derive(Clone)]
-pub struct BackendLabel(pub Arc<BackendInfo>);
-
+/// A backend's configured `host:port` (for labels and logs) and its
+/// `tollgate_upstream_requests_total` counters, resolved once.
+///
+/// Kept beside the load balancer rather than in `Backend::ext`: Pingora clones a `Backend`
+/// for every candidate it looks at, and a non-empty `ext` made each clone allocate.
 pub struct BackendInfo {
     pub addr: Arc<str>,
     outcomes: [IntCounter; 4],
@@ -38,10 +38,25 @@ pub enum Outcome {
 
 const OUTCOMES: [&str; 4] = ["response", "connect_error", "timeout", "error"];
 
-/// Counts one attempt on `b`.
-pub fn count(b: &Backend, outcome: Outcome) {
-    if let Some(info) = b.ext.get::<BackendLabel>() {
-        info.0.outcomes[outcome as usize].inc();
+impl BackendInfo {
+    /// Counts one attempt on this backend.
+    pub fn count(&self, outcome: Outcome) {
+        self.outcomes[outcome as usize].inc();
+    }
+}
+
+/// Backends by address (clusters are small: a scan beats hashing).
+#[derive(Clone, Default)]
+struct BackendInfos(Vec<(std::net::SocketAddr, Arc<BackendInfo>)>);
+
+impl BackendInfos {
+    fn get(&self, b: &Backend) -> Option<&Arc<BackendInfo>> {
+        let addr = b.addr.as_inet()?;
+        self.0.iter().find(|(a, _)| a == addr).map(|(_, i)| i)
+    }
+
+    fn label<'a>(&'a self, b: &Backend) -> &'a str {
+        self.get(b).map(|i| &*i.addr).unwrap_or("unknown")
     }
 }
 
@@ -61,6 +76,7 @@ pub struct Cluster {
     pub retries: u32,
     peer_options: PeerOptions,
     health_interval: Option<Duration>,
+    infos: BackendInfos,
 }
 
 impl Cluster {
@@ -68,6 +84,7 @@ impl Cluster {
     /// Errors carry the YAML path of the backend that failed to resolve.
     pub fn build(u: &Upstream) -> Result<Cluster, (String, String)> {
         let mut backends = BTreeSet::new();
+        let mut infos = BackendInfos::default();
         for (i, b) in u.backends.iter().enumerate() {
             let resolved = b
                 .addr
@@ -80,21 +97,24 @@ impl Cluster {
                         format!("cannot resolve {:?}", b.addr),
                     )
                 })?;
-            let mut backend = Backend::new_with_weight(&resolved.to_string(), b.weight as usize)
+            let backend = Backend::new_with_weight(&resolved.to_string(), b.weight as usize)
                 .expect("a resolved socket address parses");
-            backend.ext.insert(BackendLabel(Arc::new(BackendInfo {
-                addr: b.addr.as_str().into(),
-                outcomes: OUTCOMES.map(|o| {
-                    METRICS
-                        .upstream_requests
-                        .with_label_values(&[&u.name, &b.addr, o])
+            infos.0.push((
+                resolved,
+                Arc::new(BackendInfo {
+                    addr: b.addr.as_str().into(),
+                    outcomes: OUTCOMES.map(|o| {
+                        METRICS
+                            .upstream_requests
+                            .with_label_values(&[&u.name, &b.addr, o])
+                    }),
                 }),
-            })));
+            ));
             backends.insert(backend);
         }
         let mut view = Backends::new(Static::new(backends));
         if let Some(hc) = &u.health_check {
-            view.set_health_check(health_check(&u.name, hc));
+            view.set_health_check(health_check(&u.name, hc, infos.clone()));
         }
         let selector = match &u.lb {
             LoadBalancing::RoundRobin => Selector::RoundRobin(static_lb(view)),
@@ -116,11 +136,12 @@ impl Cluster {
             retries: u.retries,
             peer_options,
             health_interval: u.health_check.as_ref().map(|h| h.interval),
+            infos,
         };
         for b in cluster.backends().get_backend().iter() {
             METRICS
                 .backend_healthy
-                .with_label_values(&[&cluster.name, label(b)])
+                .with_label_values(&[&cluster.name, cluster.infos.label(b)])
                 .set(1);
         }
         Ok(cluster)
@@ -140,6 +161,11 @@ impl Cluster {
             Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
             Selector::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
         }
+    }
+
+    /// The configured address and counters of one of this cluster's backends.
+    pub fn info(&self, b: &Backend) -> Option<&Arc<BackendInfo>> {
+        self.infos.get(b)
     }
 
     /// Whether any backend is currently healthy (tells 503 from 502 when selection fails).
@@ -190,16 +216,10 @@ where
     lb
 }
 
-pub fn label(b: &Backend) -> &str {
-    b.ext
-        .get::<BackendLabel>()
-        .map(|l| &*l.0.addr)
-        .unwrap_or("unknown")
-}
-
 /// Keeps `tollgate_upstream_backend_healthy` in step with health-check verdicts.
 struct HealthGauge {
     upstream: String,
+    infos: BackendInfos,
 }
 
 #[async_trait]
@@ -207,11 +227,11 @@ impl HealthObserve for HealthGauge {
     async fn observe(&self, target: &Backend, healthy: bool) {
         METRICS
             .backend_healthy
-            .with_label_values(&[&self.upstream, label(target)])
+            .with_label_values(&[&self.upstream, self.infos.label(target)])
             .set(healthy as i64);
         tracing::warn!(
             upstream = %self.upstream,
-            backend = label(target),
+            backend = self.infos.label(target),
             healthy,
             "backend health changed"
         );
@@ -221,9 +241,11 @@ impl HealthObserve for HealthGauge {
 fn health_check(
     upstream: &str,
     hc: &tollgate_config::HealthCheck,
+    infos: BackendInfos,
 ) -> Box<dyn HealthCheck + Send + Sync> {
     let observer = Box::new(HealthGauge {
         upstream: upstream.to_owned(),
+        infos,
     });
     match &hc.kind {
         HealthCheckKind::Tcp => {

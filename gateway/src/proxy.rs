@@ -6,7 +6,7 @@
 //! `fail_to_proxy` answers 502/503/504 with a JSON body; `logging` counts and logs.
 
 use crate::auth::{self, AuthError};
-use crate::cluster::{self, Cluster, Outcome};
+use crate::cluster::{Cluster, Outcome};
 use crate::limits::Stores;
 use crate::metrics::{RequestCounters, METRICS};
 use crate::respond::Answer;
@@ -314,7 +314,6 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.started = Instant::now();
         ctx.request_id = match session.get_header(&X_REQUEST_ID) {
             Some(v) if well_formed_request_id(v) => v.clone(),
             _ => new_request_id(),
@@ -438,7 +437,9 @@ impl ProxyHttp for Gateway {
             } else {
                 Outcome::ConnectError
             };
-            cluster::count(backend, outcome);
+            if let Some(info) = cluster.info(backend) {
+                info.count(outcome);
+            }
             if ctx.tried.len() <= cluster.retries as usize {
                 e.set_retry(true);
             }
@@ -468,10 +469,15 @@ impl ProxyHttp for Gateway {
         }
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         if let Some(ip) = client_ip(session) {
-            let xff = match upstream.headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
-                Some(Ok(prior)) if !prior.is_empty() => format!("{prior}, {ip}"),
-                _ => ip.to_string(),
-            };
+            use std::fmt::Write;
+            let mut xff = String::with_capacity(64);
+            if let Some(Ok(prior)) = upstream.headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
+                if !prior.is_empty() {
+                    xff.push_str(prior);
+                    xff.push_str(", ");
+                }
+            }
+            let _ = write!(xff, "{ip}");
             upstream.insert_header(X_FORWARDED_FOR.clone(), xff)?;
         }
         upstream.insert_header(X_FORWARDED_PROTO.clone(), "http")?;
@@ -563,7 +569,9 @@ impl ProxyHttp for Gateway {
         if let Some(r) = &ctx.route {
             r.duration.observe(elapsed.as_secs_f64());
         }
-        if let (Some(backend), true) = (ctx.tried.last(), ctx.connected) {
+        if let (Some(cluster), Some(backend), true) =
+            (ctx.cluster(), ctx.tried.last(), ctx.connected)
+        {
             let outcome = match e {
                 Some(e) if e.esource() == &ErrorSource::Upstream && is_timeout(e) => {
                     Outcome::Timeout
@@ -571,7 +579,9 @@ impl ProxyHttp for Gateway {
                 Some(e) if e.esource() == &ErrorSource::Upstream => Outcome::Error,
                 _ => Outcome::Response,
             };
-            cluster::count(backend, outcome);
+            if let Some(info) = cluster.info(backend) {
+                info.count(outcome);
+            }
         }
         let access_log = ctx.snapshot.as_ref().is_none_or(|s| s.access_log);
         if access_log {
@@ -584,7 +594,12 @@ impl ProxyHttp for Gateway {
                 path = req.uri.path(),
                 route,
                 status,
-                backend = ctx.tried.last().map(cluster::label).unwrap_or(""),
+                backend = ctx
+                    .cluster()
+                    .zip(ctx.tried.last())
+                    .and_then(|(c, b)| c.info(b))
+                    .map(|i| &*i.addr)
+                    .unwrap_or(""),
                 attempts = ctx.tried.len(),
                 duration_ms = elapsed.as_secs_f64() * 1e3,
                 error = e.map(|e| e.etype().as_str()).unwrap_or(""),

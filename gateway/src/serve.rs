@@ -71,6 +71,7 @@ fn server_conf(c: &Config) -> ServerConf {
     let s = &c.server;
     let mut conf = ServerConf {
         threads: s.threads,
+        work_stealing: s.work_stealing,
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,

@@ -109,6 +109,10 @@ impl Config {
 pub struct Server {
     /// Worker threads of the proxy service. Default: the number of CPUs.
     pub threads: usize,
+    /// Let idle worker threads steal tasks from busy ones (one multi-threaded tokio runtime).
+    /// `false` gives each thread its own single-threaded runtime: cheaper wake-ups, no
+    /// balancing. Default true (Pingora's default).
+    pub work_stealing: bool,
     /// After SIGTERM, how long listeners stay open before shutdown starts (lets a load
     /// balancer in front notice). Default 5 s; Pingora's own default is 300 s.
     pub grace_period: Duration,

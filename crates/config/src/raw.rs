@@ -34,6 +34,7 @@ impl<'de> Deserialize<'de> for DurationText {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub threads: Option<usize>,
+    pub work_stealing: Option<bool>,
     pub grace_period: Option<DurationText>,
     pub graceful_shutdown_timeout: Option<DurationText>,
     pub upstream_keepalive_pool_size: Option<usize>,

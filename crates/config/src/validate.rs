@@ -561,6 +561,7 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
     }
     let server = Server {
         threads: threads.max(1),
+        work_stealing: s.work_stealing.unwrap_or(true),
         grace_period: duration(
             &s.grace_period,
             "server.grace_period",

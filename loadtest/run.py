@@ -1,0 +1,1241 @@
+#!/usr/bin/env python3
+"""tollgate's comparative load test (standard library only).
+
+`make loadtest` (or `QUICK=1 make loadtest`) runs this. Everything listens on 127.0.0.1 only;
+every load loop is a time-bounded `wrk` run. See loadtest/README.md for the design.
+
+Steps: generate an ES256 key pair and tokens for this run; start the upstream (nginx, CPU 1);
+for each scenario, run the targets in interleaved rounds (each proxy pinned to CPU 0 with one
+worker, restarted for every run so no run inherits another's caches or limiter state; wrk
+pinned to CPU 1), after checking each target's verdicts; write loadtest/results/RESULTS.md,
+loadtest/results/chart.svg and the block between the loadtest markers of README.md.
+
+Exit status: 0 when it measured (goals are reported, never asserted), 1 when it could not run.
+"""
+
+import argparse
+import base64
+import datetime
+import glob
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+LT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(LT)
+WORK = os.path.join(LT, "work")
+RESULTS_DIR = os.path.join(LT, "results")
+TEMPLATES = os.path.join(LT, "templates")
+BIN = os.path.join(ROOT, "target", "release", "tollgate")
+LUA = os.path.join(LT, "tokens.lua")
+README = os.path.join(ROOT, "README.md")
+
+ISSUER = "https://issuer.loadtest"
+AUDIENCE = "loadtest"
+KID = "lt-1"
+
+PROXY_CPU = "0"  # every proxy under test
+LOAD_CPU = "1"  # wrk and the upstream nginx
+CONNECTIONS = 50
+
+N_REPEAT = 1_000
+N_UNIQUE = 200_000
+N_FORGED_LINES = 200_000  # 90 % forged, 10 % valid (valid ones from the repeat set)
+N_COLD = 20_000
+HIGH_RATE = ("100000/s", 100_000, 100_000_000)  # tollgate rate, burst; haproxy per 10 s
+LOW_RATE = ("5/s", 10, 50)  # limited: a few requests per second per subject
+ROTATE_EVERY_S = 2.0
+
+AUTH_TARGETS = {"haproxy", "tollgate", "tollgate-10k"}
+
+SCENARIOS = [
+    {
+        "name": "repeat",
+        "title": "repeat: 1,000 subjects, tokens reused",
+        "targets": ["direct", "nginx", "haproxy", "tollgate-open", "tollgate"],
+        "tokens": "repeat.txt",
+    },
+    {
+        "name": "unique",
+        "title": "unique: 200,000 pre-minted tokens, each used once per run where the run is short enough",
+        "targets": ["direct", "nginx", "haproxy", "tollgate-open", "tollgate"],
+        "tokens": "unique.txt",
+    },
+    {
+        "name": "forged",
+        "title": "forged: 90 % structurally valid tokens with a bad signature, 10 % valid",
+        "targets": ["haproxy", "tollgate"],
+        "tokens": "forged.txt",
+        "count": True,
+    },
+    {
+        "name": "limited",
+        "title": "limited: 5/s per subject (burst 10; HAProxy 50 per 10 s); half the requests from 2 hot subjects, half from 20,000 cold ones",
+        "targets": ["haproxy", "tollgate"],
+        "tokens": "limited.txt",
+        "count": True,
+        "low_limit": True,
+    },
+    {
+        "name": "rotate",
+        "title": "rotate: repeat tokens while the JWKS file is rewritten every 2 s (HAProxy: n/a, its keys are fixed at start)",
+        "targets": ["tollgate"],
+        "tokens": "repeat.txt",
+        "count": True,
+        "rotate": True,
+    },
+    {
+        "name": "routes10k",
+        "title": "routes10k: repeat tokens, tollgate with 1 route vs 10,000 routes (requests hit /svc-5000/item)",
+        "targets": ["tollgate", "tollgate-10k"],
+        "tokens": "repeat.txt",
+    },
+]
+
+
+def log(msg):
+    print(f"[loadtest {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Failure(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- processes
+
+class Procs:
+    """Every process the harness starts, each in its own process group, killed at exit."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, name, cmd, env=None, stdout=None, stderr=None, stop_signal=signal.SIGTERM):
+        out = open(os.path.join(WORK, "logs", f"{name}.log"), "ab") if stdout is None else stdout
+        err = subprocess.STDOUT if stderr is None else stderr
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True,
+                             stdin=subprocess.DEVNULL)
+        if stdout is None:
+            out.close()
+        p.lt_name = name
+        p.lt_stop_signal = stop_signal
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, timeout=5.0):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, getattr(p, "lt_stop_signal", signal.SIGTERM))
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left of the group (nginx workers, stragglers).
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            p.wait(2)
+        except subprocess.TimeoutExpired:
+            pass
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in list(reversed(self.procs)):
+            self.stop(p, timeout=3.0)
+
+
+PROCS = Procs()
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_tcp(port, proc, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise Failure(f"{proc.lt_name} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise Failure(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def wait_http_200(port, path, proc, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Failure(f"{proc.lt_name} exited with {proc.returncode} before ready")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise Failure(f"http://127.0.0.1:{port}{path} not 200 after {timeout:.0f} s")
+
+
+def run_cmd(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, **kw)
+
+
+def proc_status(pid):
+    """VmRSS and VmHWM in KiB, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            text = f.read()
+    except OSError:
+        return None
+    out = {}
+    for key in ("VmRSS", "VmHWM"):
+        m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+        if m:
+            out[key] = int(m.group(1))
+    return out
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_busy_ticks():
+    """user + nice + system ticks of all CPUs (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[0] + v[1] + v[2]
+
+
+def own_cpu_ticks(pgids):
+    """CPU ticks of the harness (with its reaped children: wrk, openssl) and of every live
+    process in the given process groups (the proxy, the upstream)."""
+    total = 0
+    me = os.getpid()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pgid = int(fields[2])
+        if int(d) == me:
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        elif pgid in pgids:
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+class CpuWatch:
+    """CPU time used during a run by processes the harness did not start (other builds,
+    other tests): large values mean the run's numbers are disturbed."""
+
+    def __init__(self, pgids):
+        self.pgids = set(pgids)
+        self.t0 = time.monotonic()
+        self.busy0 = cpu_busy_ticks()
+        self.own0 = own_cpu_ticks(self.pgids)
+
+    def foreign_pct(self):
+        secs = time.monotonic() - self.t0
+        busy = cpu_busy_ticks() - self.busy0
+        own = own_cpu_ticks(self.pgids) - self.own0
+        return max(0.0, (busy - own) / CLK_TCK / secs * 100)
+
+
+QUIET_PCT = 25.0  # other processes' CPU use (% of a core) under which a run may start
+DISTURBED_PCT = 10.0  # a run during which they used more is flagged in the report
+
+
+class QuietGate:
+    """Other sessions share this machine (builds, profilers): before each run, wait until
+    processes outside the harness use less than QUIET_PCT of a core, at most `per_run`
+    seconds per run and `total` seconds overall, so the harness stays within its time."""
+
+    def __init__(self, per_run, total):
+        self.per_run, self.total, self.spent = per_run, total, 0.0
+
+    def wait(self, pgids, label):
+        t0 = time.monotonic()
+        said = False
+        while True:
+            w = CpuWatch(pgids)
+            time.sleep(0.4)
+            pct = w.foreign_pct()
+            waited = time.monotonic() - t0
+            if pct < QUIET_PCT:
+                break
+            if waited >= self.per_run or self.spent + waited >= self.total:
+                log(f"{label}: other processes still use {pct:.0f}% of a core; measuring anyway")
+                break
+            if not said:
+                log(f"{label}: waiting for other processes to go quiet ({pct:.0f}% of a core busy)")
+                said = True
+        self.spent += time.monotonic() - t0
+        return pct
+
+
+# --------------------------------------------------------------------------- keys, tokens
+
+def b64url(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def gen_key(name):
+    """An ES256 key pair: PKCS#8 private PEM, SPKI public PEM, and the JWK."""
+    priv = os.path.join(WORK, "keys", f"{name}.pem")
+    pub = os.path.join(WORK, "keys", f"{name}.pub.pem")
+    ec = run_cmd(["openssl", "ecparam", "-name", "prime256v1", "-genkey"]).stdout
+    pk8 = run_cmd(["openssl", "pkcs8", "-topk8", "-nocrypt"], input=ec).stdout
+    with open(priv, "wb") as f:
+        f.write(pk8)
+    os.chmod(priv, 0o600)
+    pem = run_cmd(["openssl", "ec", "-pubout"], input=pk8).stdout
+    with open(pub, "wb") as f:
+        f.write(pem)
+    body = b"".join(l for l in pem.splitlines() if l and not l.startswith(b"-----"))
+    der = base64.b64decode(body)
+    point = der[-65:]  # SPKI of P-256: the BIT STRING ends with 0x04 || x || y
+    if point[0] != 4:
+        raise Failure("unexpected SPKI layout from openssl")
+    jwk = {"kty": "EC", "crv": "P-256", "x": b64url(point[1:33]), "y": b64url(point[33:65]),
+           "kid": name, "alg": "ES256", "use": "sig"}
+    return priv, pub, jwk
+
+
+def write_atomic(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def mint(key, sub, count, scope="api:read"):
+    cmd = [BIN, "token", "mint", "--key", key, "--kid", KID, "--iss", ISSUER, "--aud", AUDIENCE,
+           "--scope", scope, "--sub", sub, "--count", str(count), "--expires-in", "2h"]
+    out = run_cmd(cmd).stdout.decode().split()
+    if len(out) != count or not all(t.count(".") == 2 for t in out):
+        raise Failure(f"tollgate token mint printed {len(out)} tokens, wanted {count}")
+    return out
+
+
+def forge(token, other):
+    """token's header and payload with other's signature: well-formed, wrong signature."""
+    h, p, _ = token.split(".")
+    return f"{h}.{p}.{other.split('.')[2]}"
+
+
+def write_lines(name, lines):
+    path = os.path.join(WORK, "tokens", name)
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+        f.write("\n")
+    return path
+
+
+def prepare_tokens():
+    t0 = time.monotonic()
+    priv, pub, jwk = gen_key(KID)
+    jwks_path = os.path.join(WORK, "keys", "jwks.json")
+    write_atomic(jwks_path, json.dumps({"keys": [jwk]}))
+    repeat = mint(priv, "user-{n}", N_REPEAT)
+    unique = mint(priv, "uniq-{n}", N_UNIQUE)
+    hot = mint(priv, "hot-{n}", 2)
+    cold = mint(priv, "cold-{n}", N_COLD)
+    check = mint(priv, "check-{n}", 3)
+    noscope = mint(priv, "check-noscope", 1, scope="api:write")[0]
+    write_lines("repeat.txt", repeat)
+    write_lines("unique.txt", unique)
+    forged = []
+    n_valid = n_forged = 0
+    for i in range(N_FORGED_LINES):
+        if i % 10 == 0:
+            forged.append(repeat[n_valid % N_REPEAT])
+            n_valid += 1
+        else:
+            forged.append("!" + forge(unique[n_forged % N_UNIQUE], unique[(n_forged + 1) % N_UNIQUE]))
+            n_forged += 1
+    write_lines("forged.txt", forged)
+    limited = []
+    for i in range(2 * N_COLD):
+        limited.append(hot[(i // 2) % 2] if i % 2 == 0 else cold[i // 2])
+    write_lines("limited.txt", limited)
+    log(f"keys and {N_REPEAT + N_UNIQUE + 2 + N_COLD + 4:,} tokens minted in {time.monotonic() - t0:.1f} s")
+    return {
+        "priv": priv, "pub": pub, "jwk": jwk, "jwks": jwks_path,
+        "check": check[0], "check_ratelimit": check[1], "check_other": check[2],
+        "tampered": forge(check[0], check[2]), "noscope": noscope,
+    }
+
+
+# --------------------------------------------------------------------------- configs
+
+def render(template, out_name, **values):
+    with open(os.path.join(TEMPLATES, template)) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace(f"@@{k}@@", str(v))
+    left = [m for line in text.splitlines() if not line.lstrip().startswith("#")
+            for m in re.findall(r"@@[A-Z_]+@@", line)]
+    if left:
+        raise Failure(f"{template}: unfilled placeholders {sorted(set(left))}")
+    path = os.path.join(WORK, "conf", out_name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def tollgate_routes(n_routes, rate, burst):
+    limit = f'rate_limits: [{{ name: per-sub, key: "claim:sub", rate: "{rate}", burst: {burst} }}]'
+    if n_routes == 1:
+        return f"  - {{ name: api, path: /, upstream: up, policy: read, {limit} }}"
+    return "\n".join(
+        f"  - {{ name: r{i}, path: /svc-{i}, upstream: up, policy: read, {limit} }}"
+        for i in range(n_routes))
+
+
+class Target:
+    def __init__(self, name, port, path, proc=None, metrics_port=None):
+        self.name, self.port, self.path, self.proc, self.metrics_port = name, port, path, proc, metrics_port
+
+    def stop(self):
+        if self.proc is not None:
+            PROCS.stop(self.proc)
+            self.proc = None
+
+
+class Lab:
+    """Starts the upstream once and each target per run."""
+
+    def __init__(self, keys):
+        self.keys = keys
+        self.upstream_port = None
+        self.checked_configs = set()
+        self.run_id = 0
+
+    def start_upstream(self):
+        port = free_port()
+        os.makedirs(os.path.join(WORK, "run", "nginx-upstream-tmp"), exist_ok=True)
+        conf = render("nginx-upstream.conf", "nginx-upstream.conf", WORK=WORK, PORT=port)
+        run_cmd(["nginx", "-t", "-q", "-p", os.path.join(WORK, "run"), "-c", conf,
+                 "-e", os.path.join(WORK, "logs", "nginx-upstream.error.log")])
+        p = PROCS.start("nginx-upstream", ["taskset", "-c", LOAD_CPU, "nginx", "-p",
+                                           os.path.join(WORK, "run"), "-c", conf, "-e",
+                                           os.path.join(WORK, "logs", "nginx-upstream.error.log")])
+        wait_tcp(port, p)
+        self.upstream_port = port
+        self.upstream_proc = p
+        log(f"upstream nginx on 127.0.0.1:{port} (CPU {LOAD_CPU})")
+
+    def start(self, name, scenario):
+        self.run_id += 1
+        tag = f"{scenario['name']}-{name}-{self.run_id}"
+        path = "/svc-5000/item" if name == "tollgate-10k" else "/api/item"
+        rate, burst, per10s = LOW_RATE if scenario.get("low_limit") else HIGH_RATE
+        if name == "direct":
+            return Target(name, self.upstream_port, path)
+        port = free_port()
+        if name == "nginx":
+            os.makedirs(os.path.join(WORK, "run", "nginx-proxy-tmp"), exist_ok=True)
+            conf = render("nginx-proxy.conf", "nginx-proxy.conf", WORK=WORK, PORT=port,
+                          UPSTREAM_PORT=self.upstream_port)
+            err = os.path.join(WORK, "logs", "nginx-proxy.error.log")
+            if "nginx" not in self.checked_configs:
+                run_cmd(["nginx", "-t", "-q", "-p", os.path.join(WORK, "run"), "-c", conf, "-e", err])
+                self.checked_configs.add("nginx")
+            p = PROCS.start(tag, ["taskset", "-c", PROXY_CPU, "nginx", "-p",
+                                  os.path.join(WORK, "run"), "-c", conf, "-e", err])
+            wait_tcp(port, p)
+            return Target(name, port, path, p)
+        if name == "haproxy":
+            conf = render("haproxy.cfg", f"haproxy-{scenario['name']}.cfg", WORK=WORK, PORT=port,
+                          UPSTREAM_PORT=self.upstream_port, PUBLIC_PEM=self.keys["pub"],
+                          RATE_PER_10S=per10s)
+            key = ("haproxy", per10s)
+            if key not in self.checked_configs:
+                r = subprocess.run(["haproxy", "-c", "-f", conf], capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise Failure(f"haproxy -c -f {conf} failed:\n{r.stdout}{r.stderr}")
+                self.checked_configs.add(key)
+            p = PROCS.start(tag, ["taskset", "-c", PROXY_CPU, "haproxy", "-db", "-f", conf])
+            wait_tcp(port, p)
+            return Target(name, port, path, p)
+        # tollgate, tollgate-open, tollgate-10k
+        mport = free_port()
+        while mport == port:
+            mport = free_port()
+        common = dict(WORK=WORK, TAG=name, PORT=port, METRICS_PORT=mport,
+                      UPSTREAM_PORT=self.upstream_port)
+        if name == "tollgate-open":
+            conf = render("tollgate-open.yaml", "tollgate-open.yaml", **common)
+        else:
+            n_routes = 10_000 if name == "tollgate-10k" else 1
+            conf = render("tollgate.yaml", f"{name}-{scenario['name']}.yaml", JWKS=self.keys["jwks"],
+                          ROUTES=tollgate_routes(n_routes, rate, burst), **common)
+        key = (name, rate)
+        if key not in self.checked_configs:
+            r = subprocess.run([BIN, "check", "-c", conf], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise Failure(f"tollgate check -c {conf} failed:\n{r.stdout}{r.stderr}")
+            self.checked_configs.add(key)
+        # SIGINT: Pingora's fast shutdown (SIGTERM would wait out grace_period).
+        p = PROCS.start(tag, ["taskset", "-c", PROXY_CPU, BIN, "run", "-c", conf], stop_signal=signal.SIGINT)
+        wait_http_200(mport, "/readyz", p)
+        return Target(name, port, path, p, mport)
+
+
+# --------------------------------------------------------------------------- checks
+
+def http_get(port, path, token=None, headers=None):
+    h = dict(headers or {})
+    if token is not None:
+        h["Authorization"] = f"Bearer {token}"
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", path, headers=h)
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+def check_verdicts(t, scenario, keys):
+    """Problems with the target's answers (empty list: fine)."""
+    problems = []
+
+    def expect(label, want, got):
+        if got != want:
+            problems.append(f"{label}: expected {want}, got {got}")
+
+    s, body = http_get(t.port, t.path, keys["check"])
+    expect("valid token", 200, s)
+    if t.name not in AUTH_TARGETS:
+        return problems
+    expect("tampered signature", 401, http_get(t.port, t.path, keys["tampered"])[0])
+    expect("no token", 401, http_get(t.port, t.path)[0])
+    expect("token without api:read", 403, http_get(t.port, t.path, keys["noscope"])[0])
+    whoami = t.path.rsplit("/", 1)[0] + "/whoami"
+    s, body = http_get(t.port, whoami, keys["check"], {"X-Auth-Subject": "forged-by-client"})
+    expect("X-Auth-Subject forwarded (status)", 200, s)
+    expect("X-Auth-Subject forwarded (value)", "check-0", body.strip())
+    if scenario.get("low_limit"):
+        statuses = [http_get(t.port, t.path, keys["check_ratelimit"])[0] for _ in range(80)]
+        if 429 not in statuses:
+            problems.append(f"80 quick requests of one subject under a 5/s limit: no 429 ({sorted(set(statuses))})")
+    return problems
+
+
+# --------------------------------------------------------------------------- wrk
+
+def run_wrk(t, scenario, duration):
+    env = dict(os.environ)
+    env["LT_TOKENS"] = os.path.join(WORK, "tokens", scenario["tokens"])
+    env["LT_PATH"] = t.path
+    env["LT_HOST"] = f"127.0.0.1:{t.port}"
+    env["LT_COUNT"] = "1" if scenario.get("count") else "0"
+    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s",
+           "--timeout", "5s", "-s", LUA, f"http://127.0.0.1:{t.port}{t.path}"]
+    p = PROCS.start(f"wrk-{scenario['name']}-{t.name}", cmd, env=env,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = p.communicate(timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        PROCS.stop(p)
+        raise Failure("wrk did not finish in time")
+    if p in PROCS.procs:
+        PROCS.procs.remove(p)
+    out = out.decode(errors="replace")
+    with open(os.path.join(WORK, "logs", f"wrk-{scenario['name']}-{t.name}.log"), "a") as f:
+        f.write(out + err.decode(errors="replace"))
+    m = re.search(r"^LTJSON (\{.*\})$", out, re.M)
+    if p.returncode != 0 or not m:
+        raise Failure(f"wrk failed (exit {p.returncode}): {err.decode(errors='replace')[-500:]}")
+    d = json.loads(m.group(1))
+    secs = d["duration_us"] / 1e6
+    run = {
+        "requests": d["requests"], "seconds": secs, "rps": d["requests"] / secs,
+        "p50_ms": d["p50"] / 1000, "p99_ms": d["p99"] / 1000, "p999_ms": d["p99.9"] / 1000,
+        "non2xx": d["err_status"], "socket_errors": d["err_connect"] + d["err_read"] + d["err_write"] + d["err_timeout"],
+        "wraps": d["wraps"], "ntokens": d["ntokens"], "sent": d["sent"],
+    }
+    if d["counting"]:
+        run["non2xx"] = d["st401"] + d["st403"] + d["st429"] + d["st4xx"] + d["st5xx"] + d["stother"]
+        for k in ("st2xx", "st401", "st403", "st429", "st4xx", "st5xx", "stother", "sent_valid", "sent_forged",
+                  "v2xx", "v401", "vother", "f2xx", "f401", "fother", "unmarked"):
+            run[k] = d[k]
+    return run
+
+
+# --------------------------------------------------------------------------- rotation
+
+class Rotator(threading.Thread):
+    """Rewrites the JWKS file every ROTATE_EVERY_S: the signing key lt-1 stays, a freshly
+    generated second key replaces the previous one (so the key set changes each time)."""
+
+    def __init__(self, keys):
+        super().__init__(daemon=True)
+        self.keys = keys
+        self.stop_event = threading.Event()
+        self.rotations = 0
+        self.errors = []
+
+    def run(self):
+        wait = ROTATE_EVERY_S / 2
+        while not self.stop_event.wait(wait):
+            wait = ROTATE_EVERY_S
+            try:
+                _, _, jwk = gen_key(f"lt-rot-{self.rotations + 1}")
+                write_atomic(self.keys["jwks"], json.dumps({"keys": [self.keys["jwk"], jwk]}))
+                self.rotations += 1
+            except Exception as e:  # reported, never fatal
+                self.errors.append(str(e))
+
+    def stop(self):
+        self.stop_event.set()
+        self.join(10)
+        write_atomic(self.keys["jwks"], json.dumps({"keys": [self.keys["jwk"]]}))
+
+
+def metric_sum(port, name, label_filter=""):
+    try:
+        s, body = http_get(port, "/metrics")
+    except OSError:
+        return None
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name) and label_filter in line:
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                pass
+    return total
+
+
+# --------------------------------------------------------------------------- the runs
+
+def run_all(lab, keys, duration, rounds, only, gate):
+    results = {}  # scenario -> target -> [run]
+    failures = {}  # scenario -> target -> reason
+    extra = {}  # scenario -> notes
+    for sc in SCENARIOS:
+        if only and sc["name"] not in only:
+            continue
+        res = results.setdefault(sc["name"], {t: [] for t in sc["targets"]})
+        fails = failures.setdefault(sc["name"], {})
+        notes = extra.setdefault(sc["name"], {"rotations": 0, "reloads": 0.0, "rotate_errors": []})
+        for r in range(rounds):
+            for name in sc["targets"]:
+                if name in fails:
+                    continue
+                label = f"{sc['name']} round {r + 1}/{rounds}: {name}"
+                t = None
+                try:
+                    t = lab.start(name, sc)
+                    problems = check_verdicts(t, sc, keys)
+                    if problems:
+                        fails[name] = "verdict check failed: " + "; ".join(problems)
+                        log(f"{label}: NOT MEASURED, {fails[name]}")
+                        continue
+                    before = proc_status(t.proc.pid) if t.proc else None
+                    reloads0 = metric_sum(t.metrics_port, "tollgate_jwks_fetch_total", 'result="success"') if t.metrics_port else None
+                    pgids = [lab.upstream_proc.pid] + ([t.proc.pid] if t.proc else [])
+                    gate.wait(pgids, label)
+                    watch = CpuWatch(pgids)
+                    rot = None
+                    if sc.get("rotate"):
+                        rot = Rotator(keys)
+                        rot.start()
+                    try:
+                        run = run_wrk(t, sc, duration)
+                    finally:
+                        if rot:
+                            rot.stop()
+                    run["foreign_cpu_pct"] = watch.foreign_pct()
+                    after = proc_status(t.proc.pid) if t.proc else None
+                    if before and after:
+                        run["rss_before_kb"] = before.get("VmRSS")
+                        run["rss_after_kb"] = after.get("VmRSS")
+                        run["hwm_kb"] = after.get("VmHWM")
+                    if rot:
+                        reloads1 = metric_sum(t.metrics_port, "tollgate_jwks_fetch_total", 'result="success"')
+                        notes["rotations"] += rot.rotations
+                        if reloads0 is not None and reloads1 is not None:
+                            notes["reloads"] += reloads1 - reloads0
+                        notes["rotate_errors"] += rot.errors
+                        run["rotations"] = rot.rotations
+                    res[name].append(run)
+                    log(f"{label}: {run['rps']:,.0f} req/s, p50 {run['p50_ms']:.2f} ms, "
+                        f"p99 {run['p99_ms']:.2f} ms, non-2xx {run['non2xx']:,}"
+                        + (f", 429 {run['st429']:,}" if 'st429' in run and run['st429'] else "")
+                        + (f", 2xx {run['st2xx']:,}" if 'st2xx' in run else "")
+                        + (f", valid refused {run['v401'] + run['vother']:,}, forged 2xx {run['f2xx']:,}"
+                           if 'v2xx' in run and not sc.get("low_limit") else "")
+                        + f", other CPU use {run['foreign_cpu_pct']:.0f}% of a core")
+                except Failure as e:
+                    fails[name] = str(e).splitlines()[0][:300]
+                    log(f"{label}: FAILED: {e}")
+                finally:
+                    if t is not None:
+                        t.stop()
+    return results, failures, extra
+
+
+# --------------------------------------------------------------------------- report
+
+def med(runs, key):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summary(runs):
+    if not runs:
+        return None
+    s = {k: med(runs, k) for k in ("rps", "p50_ms", "p99_ms", "non2xx", "requests", "socket_errors",
+                                    "st2xx", "st401", "st429", "st5xx", "sent_valid", "sent_forged",
+                                    "rss_before_kb", "rss_after_kb", "hwm_kb", "wraps", "seconds",
+                                    "v2xx", "v401", "vother", "f2xx", "f401", "fother", "unmarked",
+                                    "foreign_cpu_pct")}
+    s["foreign_cpu_max"] = max((r.get("foreign_cpu_pct") or 0) for r in runs)
+    # Where the goal is zero, every run counts, not the median one.
+    s["total"] = {k: sum(r.get(k) or 0 for r in runs)
+                  for k in ("st5xx", "v2xx", "v401", "vother", "f2xx", "socket_errors", "non2xx", "unmarked")}
+    s["rounds"] = [r["rps"] for r in runs]
+    s["n"] = len(runs)
+    return s
+
+
+def fmt_int(v):
+    return "–" if v is None else f"{v:,.0f}"
+
+
+def fmt_ms(v):
+    return "–" if v is None else (f"{v:.2f} ms" if v < 10 else f"{v:.1f} ms")
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return None
+    return a / b
+
+
+def fmt_ratio(v):
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def machine_info():
+    def out(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except Exception:
+            return "?"
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.*)$", f.read(), re.M)
+            model = m.group(1).strip() if m else "?"
+    except OSError:
+        pass
+    commit = out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "gateway", "crates", "Cargo.toml", "Cargo.lock"],
+                           capture_output=True, text=True).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": os.uname().release,
+        "nginx": out(["nginx", "-v"]).replace("nginx version: ", ""),
+        "haproxy": out(["haproxy", "-v"]),
+        "wrk": out(["wrk", "-v"]).split(" Copyright")[0],
+        "tollgate": out([BIN, "--version"]) + f", git {commit}" + (" + uncommitted changes in gateway/ or crates/" if dirty else ""),
+    }
+
+
+def scenario_table(sc, res, fails):
+    lines = ["| target | req/s (median) | p50 | p99 | non-2xx | other CPU | req/s per round |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name in sc["targets"]:
+        s = summary(res.get(name, []))
+        if name in fails and not s:
+            lines.append(f"| {name} | **failed** | | | | | {fails[name]} |")
+            continue
+        if not s:
+            lines.append(f"| {name} | not run | | | | | |")
+            continue
+        rounds = " / ".join(f"{v:,.0f}" for v in s["rounds"])
+        note = f" (failed later: {fails[name]})" if name in fails else ""
+        lines.append(f"| {name} | {fmt_int(s['rps'])} | {fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | "
+                     f"{fmt_int(s['non2xx'])} | {s['foreign_cpu_pct']:.0f}% | {rounds}{note} |")
+    if sc["name"] == "rotate":
+        lines.append("| haproxy | n/a | | | | | keys are loaded at start; no live rotation |")
+    return lines
+
+
+def ratio_line(sc_name, S):
+    tg = S.get("tollgate")
+    if not tg:
+        return []
+    parts = []
+    for other in ("haproxy", "nginx", "tollgate-open", "direct"):
+        o = S.get(other)
+        if o:
+            parts.append(f"tollgate/{other}: req/s **{fmt_ratio(ratio(tg['rps'], o['rps']))}**, "
+                         f"p99 {fmt_ratio(ratio(tg['p99_ms'], o['p99_ms']))}")
+    if S.get("tollgate-10k"):
+        o = S["tollgate-10k"]
+        parts.append(f"tollgate-10k/tollgate: req/s **{fmt_ratio(ratio(o['rps'], tg['rps']))}**, "
+                     f"p99 {fmt_ratio(ratio(o['p99_ms'], tg['p99_ms']))}")
+    return ["", "Ratios (medians): " + "; ".join(parts) + "."] if parts else []
+
+
+def goal(text, value, want, higher_is_better=True, fmt=lambda v: f"{v:.3f}×"):
+    if value is None:
+        return (text, "not measured", "NOT MEASURED")
+    ok = value >= want if higher_is_better else value <= want
+    if ok:
+        by = (value / want - 1) * 100 if higher_is_better else (1 - value / want) * 100 if want else 0
+        return (text, fmt(value), f"met (by {by:.1f}%)" if by >= 0.05 else "met")
+    short = (1 - value / want) * 100 if higher_is_better else (value / want - 1) * 100
+    return (text, fmt(value), f"**NOT MET** ({short:.1f}% short)" if higher_is_better else f"**NOT MET** ({short:.1f}% over)")
+
+
+def goals(SS):
+    g = []
+    rep = SS.get("repeat", {})
+    uni = SS.get("unique", {})
+    frg = SS.get("forged", {})
+    rot = SS.get("rotate", {})
+    r10 = SS.get("routes10k", {})
+
+    def get(S, t, k):
+        return (S.get(t) or {}).get(k)
+
+    g.append(goal("repeat: tollgate ≥ 2.0× haproxy req/s",
+                  ratio(get(rep, "tollgate", "rps"), get(rep, "haproxy", "rps")), 2.0))
+    g.append(goal("repeat: tollgate ≥ 0.85× tollgate-open req/s",
+                  ratio(get(rep, "tollgate", "rps"), get(rep, "tollgate-open", "rps")), 0.85))
+    g.append(goal("repeat: tollgate p99 ≤ haproxy p99 (ratio ≤ 1.0)",
+                  ratio(get(rep, "tollgate", "p99_ms"), get(rep, "haproxy", "p99_ms")), 1.0,
+                  higher_is_better=False))
+    g.append(goal("unique: tollgate ≥ 1.2× haproxy req/s",
+                  ratio(get(uni, "tollgate", "rps"), get(uni, "haproxy", "rps")), 1.2))
+    # forged: the valid tenth's goodput against what the same tenth gets in repeat.
+    ft = frg.get("tollgate")
+    valid_rate = None
+    if ft and ft.get("v2xx") is not None and ft.get("seconds"):
+        valid_rate = ft["v2xx"] / ft["seconds"]
+    g.append(goal("forged: tollgate's valid requests served at ≥ 0.5× their repeat rate "
+                  "(2xx/s in forged ÷ (10% × tollgate repeat req/s))",
+                  ratio(valid_rate, 0.1 * get(rep, "tollgate", "rps") if get(rep, "tollgate", "rps") else None), 0.5))
+    if ft and ft.get("v2xx") is not None and ft["total"]["v2xx"] + ft["total"]["v401"] + ft["total"]["vother"] > 0:
+        tot = ft["total"]
+        answered = tot["v2xx"] + tot["v401"] + tot["vother"]
+        g.append(goal(f"forged: every valid request succeeds and no forged one does (tollgate, all {ft['n']} run(s): "
+                      f"valid 2xx ÷ valid answered; {tot['v401']:,.0f} valid refused 401, {tot['vother']:,.0f} other, "
+                      f"{tot['f2xx']:,.0f} forged accepted)",
+                      tot["v2xx"] / answered if tot["f2xx"] == 0 else 0.0, 1.0, fmt=lambda v: f"{v * 100:.2f}%"))
+    else:
+        g.append(goal("forged: every valid request succeeds", None, 1.0))
+    if ft and ft.get("rss_after_kb") is not None:
+        growth = (ft["rss_after_kb"] - ft["rss_before_kb"]) / 1024
+        g.append(goal(f"forged: tollgate RSS bounded (growth during the run ≤ 64 MiB; "
+                      f"{ft['rss_before_kb'] / 1024:.1f} → {ft['rss_after_kb'] / 1024:.1f} MiB, peak {ft['hwm_kb'] / 1024:.1f} MiB)",
+                      growth, 64, higher_is_better=False, fmt=lambda v: f"+{v:.1f} MiB"))
+    else:
+        g.append(goal("forged: tollgate RSS bounded", None, 64))
+    ten = ratio(get(r10, "tollgate-10k", "rps"), get(r10, "tollgate", "rps"))
+    g.append(goal("routes10k: 10,000 routes within 5% of 1 route (req/s ratio ≥ 0.95, same rounds)", ten, 0.95))
+    rt = rot.get("tollgate")
+    if rt and rt.get("st5xx") is not None:
+        tot = rt["total"]
+        bad5, bad401 = tot["st5xx"], tot["v401"]
+        others = tot["non2xx"] - bad5 - bad401
+        status = "met" if bad5 == 0 and bad401 == 0 and tot["socket_errors"] == 0 else "**NOT MET**"
+        g.append(("rotate: zero 5xx and zero false 401 while the JWKS rotates every 2 s",
+                  f"{bad5:,.0f} 5xx, {bad401:,.0f} 401, {others:,.0f} other non-2xx, {tot['socket_errors']:,.0f} "
+                  f"socket errors in {tot['v2xx'] + tot['non2xx']:,.0f} answers ({rt['n']} run(s))",
+                  status))
+    else:
+        g.append(("rotate: zero 5xx and zero false 401", "not measured", "NOT MEASURED"))
+    g.append(goal("repeat: tollgate-open ≥ 0.8× nginx req/s",
+                  ratio(get(rep, "tollgate-open", "rps"), get(rep, "nginx", "rps")), 0.8))
+    return g
+
+
+def criterion_table():
+    files = sorted(glob.glob(os.path.join(ROOT, "target", "criterion", "**", "new", "estimates.json"), recursive=True))
+    rows = []
+    for f in files:
+        try:
+            with open(f) as fh:
+                est = json.load(fh)
+            ns = est["median"]["point_estimate"]
+        except (OSError, KeyError, ValueError):
+            continue
+        name = os.path.relpath(os.path.dirname(os.path.dirname(f)), os.path.join(ROOT, "target", "criterion"))
+        val = f"{ns:.0f} ns" if ns < 1000 else (f"{ns / 1000:.2f} µs" if ns < 1e6 else f"{ns / 1e6:.2f} ms")
+        rows.append(f"| {name} | {val} |")
+    if not rows:
+        return []
+    return ["## Criterion medians", "",
+            "From `target/criterion/*/new/estimates.json` (the last `make bench`; not run by the load test).", "",
+            "| benchmark | median |", "|---|---:|"] + rows + [""]
+
+
+def svg_chart(SS, path):
+    """Horizontal bars, one row per scenario: req/s on the left, p99 on the right."""
+    colors = {"direct": "#8c8c8c", "nginx": "#2e7d32", "haproxy": "#1565c0",
+              "tollgate-open": "#f9a825", "tollgate": "#c62828", "tollgate-10k": "#6a1b9a"}
+    bar_h, gap, label_w, panel_w, top = 16, 4, 110, 330, 50
+    width = label_w + 2 * (panel_w + 90) + 20
+    y = top
+    parts = []
+    for sc in SCENARIOS:
+        S = SS.get(sc["name"])
+        rows = [(t, S[t]) for t in sc["targets"] if S and S.get(t)]
+        if not rows:
+            continue
+        max_rps = max(s["rps"] for _, s in rows) or 1
+        max_p99 = max(s["p99_ms"] for _, s in rows) or 1
+        parts.append(f'<text x="10" y="{y + 12}" font-weight="bold">{sc["name"]}</text>')
+        y += 20
+        for t, s in rows:
+            c = colors.get(t, "#444")
+            w1 = max(1.0, panel_w * s["rps"] / max_rps)
+            w2 = max(1.0, panel_w * s["p99_ms"] / max_p99)
+            x2 = label_w + panel_w + 90
+            parts.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{t}</text>')
+            parts.append(f'<rect x="{label_w}" y="{y}" width="{w1:.1f}" height="{bar_h}" fill="{c}"/>')
+            parts.append(f'<text x="{label_w + w1 + 4:.1f}" y="{y + 12}">{s["rps"]:,.0f}</text>')
+            parts.append(f'<rect x="{x2}" y="{y}" width="{w2:.1f}" height="{bar_h}" fill="{c}" opacity="0.75"/>')
+            parts.append(f'<text x="{x2 + w2 + 4:.1f}" y="{y + 12}">{s["p99_ms"]:.2f} ms</text>')
+            y += bar_h + gap
+        y += 14
+    height = y + 10
+    head = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+            f'<rect width="{width}" height="{height}" fill="white"/>',
+            f'<text x="10" y="20" font-size="15" font-weight="bold">tollgate load test: medians over rounds</text>',
+            f'<text x="{width - 10}" y="20" text-anchor="end" fill="#555">each scenario scaled to its own maximum</text>',
+            f'<text x="{label_w}" y="40" font-weight="bold">requests/s (longer is better)</text>',
+            f'<text x="{label_w + panel_w + 90}" y="40" font-weight="bold">p99 latency (shorter is better)</text>']
+    with open(path, "w") as f:
+        f.write("\n".join(head + parts + ["</svg>"]) + "\n")
+
+
+def write_report(SS, results, failures, extra, info, mode, duration, rounds, started, wall, gate):
+    gate_desc = f"{gate.per_run} s (at most {gate.total} s in all; {gate.spent:.0f} s were spent waiting)"
+    out = ["# tollgate load test results", "",
+           f"Generated by `{'QUICK=1 ' if mode == 'quick' else ''}make loadtest` ({mode} mode: {rounds} round(s) of "
+           f"{duration} s per target and scenario, targets interleaved within each round; tables give the median "
+           f"over rounds). Started {started} UTC; the harness took {wall:.0f} s.", "",
+           "## Machine", "",
+           f"- {info['nproc']} CPUs: {info['cpu']}; kernel {info['kernel']}",
+           f"- nginx {info['nginx']}; {info['haproxy']}; {info['wrk']}",
+           f"- tollgate: {info['tollgate']}", "",
+           "## Setup", "",
+           f"- Everything on 127.0.0.1. Upstream: nginx, 1 worker, `return 200 \"ok\"`, pinned to CPU {LOAD_CPU}. "
+           f"Load: `wrk -t1 -c{CONNECTIONS}` pinned to CPU {LOAD_CPU}, `loadtest/tokens.lua` rotating "
+           "`Authorization: Bearer` through a token file, one token per request.",
+           f"- Each proxy pinned to CPU {PROXY_CPU} with one worker (nginx `worker_processes 1`, HAProxy `nbthread 1`, "
+           "tollgate `server.threads: 1`), restarted for every run (cold token cache, empty limiter), logging off. "
+           "`direct` is wrk straight at the upstream.",
+           "- tollgate: ES256 provider from a `jwks_file`, issuer + audience, policy `scopes: [api:read]`, a per-`sub` "
+           "limit (100000/s: never reached, except `limited`: 5/s, burst 10), `forward_claims` sub → X-Auth-Subject, "
+           "metrics listener on. HAProxy 2.6: `http_auth_bearer`, `jwt_header_query('$.alg')` = ES256, "
+           "`jwt_verify` = 1, iss/aud equality, `exp` > `date()` − 30 s, scope regex, `track-sc0` on sub with "
+           "`http_req_rate(10s)`, X-Auth-Subject set after deleting the client's. Before measuring, each run checks "
+           "valid → 200, tampered → 401, none → 401, no api:read → 403 and the forwarded X-Auth-Subject (the auth "
+           "targets), valid → 200 (the others).",
+           "- non-2xx: responses with status ≥ 400 as wrk counts them (`forged`, `limited`, `rotate` count every status "
+           "in the Lua script). Socket errors are listed where any occurred.",
+           f"- other CPU: CPU time used during the run by processes the harness did not start (other sessions share "
+           f"this machine), in % of one core, median over rounds (from /proc/stat minus the harness's, the upstream's "
+           f"and the proxy's own time). Each run waits up to {gate_desc} for that to fall under {QUIET_PCT:.0f}%.", ""]
+    for sc in SCENARIOS:
+        if sc["name"] not in results:
+            continue
+        S = SS.get(sc["name"], {})
+        out += [f"## {sc['title']}", ""]
+        out += scenario_table(sc, results[sc["name"]], failures.get(sc["name"], {}))
+        out += ratio_line(sc["name"], S)
+        errs = [f"{t}: {s['socket_errors']:,.0f}" for t, s in S.items() if s and s.get("socket_errors")]
+        if errs:
+            out += ["", "Socket errors (median run): " + ", ".join(errs) + "."]
+        busy = [f"{t} {s['foreign_cpu_max']:.0f}%" for t, s in S.items() if s and s.get("foreign_cpu_max", 0) > DISTURBED_PCT]
+        if busy:
+            out += ["", f"**Disturbed:** processes outside the harness used more than {DISTURBED_PCT:.0f}% of a core during some runs "
+                    "(max per target: " + ", ".join(busy) + "); those numbers are less reliable."]
+        if sc["name"] == "unique":
+            notes = []
+            for t, s in S.items():
+                if s and s.get("wraps") is not None and s["requests"]:
+                    used = s["requests"] / N_UNIQUE
+                    notes.append(f"{t} {s['requests']:,.0f} requests = {used:.2f}× the token list"
+                                 + (" (wrapped: tokens reused)" if s["wraps"] else " (no token reused)"))
+            out += ["", "Token use per run (median): " + "; ".join(notes) + ". Only haproxy and tollgate "
+                    "verify tokens, so a wrap matters only for them."]
+        if sc["name"] == "forged":
+            rows = []
+            for t in sc["targets"]:
+                s = S.get(t)
+                if not s or s.get("v2xx") is None:
+                    continue
+                vr = s["v2xx"] / s["seconds"]
+                rep = SS.get("repeat", {}).get(t)
+                rel = f"{vr / (0.1 * rep['rps']):.2f}×" if rep else "–"
+                answered = s["v2xx"] + s["v401"] + s["vother"]
+                pct = f"{s['v2xx'] / answered * 100:.2f}%" if answered else "–"
+                rows.append(f"| {t} | {fmt_int(answered)} | {fmt_int(s['v2xx'])} ({pct}) | {fmt_int(s['v401'])} / "
+                            f"{fmt_int(s['vother'])} | {vr:,.0f} | {rel} | {fmt_int(s['f401'])} / {fmt_int(s['fother'])} / "
+                            f"**{fmt_int(s['f2xx'])}** |")
+            if rows:
+                out += ["", "Valid requests under attack (median run; requests told apart by the `X-Request-Id` the "
+                        "script sends and the target returns). \"vs repeat\": valid 2xx/s ÷ 10% of the same "
+                        "target's `repeat` req/s.", "",
+                        "| target | valid answered | valid 2xx | valid 401 / other | valid 2xx/s | vs repeat | "
+                        "forged 401 / other / **2xx** |", "|---|---:|---:|---:|---:|---:|---:|"] + rows
+        if sc["name"] == "limited":
+            rows = []
+            for t in sc["targets"]:
+                s = S.get(t)
+                if s and s.get("st429") is not None:
+                    rows.append(f"{t}: {fmt_int(s['st429'])} × 429 of {fmt_int(s['requests'])} "
+                                f"({s['st429'] / s['requests'] * 100:.1f}%; half the requests are the 2 hot subjects')"
+                                f", {fmt_int(s['st2xx'])} × 2xx")
+            if rows:
+                out += ["", "429s (median run): " + "; ".join(rows) + "."]
+        if sc["name"] == "rotate":
+            e = extra.get("rotate", {})
+            s = S.get("tollgate")
+            if s:
+                out += ["", f"Rotations written: {e.get('rotations', 0)} over {s['n']} run(s); reloads tollgate "
+                        f"reported (`tollgate_jwks_fetch_total{{result=\"success\"}}`): {e.get('reloads', 0):.0f}. "
+                        f"Median run: {fmt_int(s['st5xx'])} × 5xx, {fmt_int(s['v401'])} × 401 (every token is valid), {fmt_int(s['st2xx'])} × 2xx."
+                        + (f" Rotation errors: {'; '.join(e['rotate_errors'][:3])}" if e.get("rotate_errors") else "")]
+        out.append("")
+    # Memory
+    mem = []
+    for sc in SCENARIOS:
+        for t, s in (SS.get(sc["name"]) or {}).items():
+            if s and s.get("rss_after_kb") is not None and t in ("haproxy", "tollgate", "tollgate-10k", "tollgate-open"):
+                mem.append(f"| {sc['name']} | {t} | {s['rss_before_kb'] / 1024:.1f} MiB | "
+                           f"{s['rss_after_kb'] / 1024:.1f} MiB | {s['hwm_kb'] / 1024:.1f} MiB |")
+    if mem:
+        out += ["## Memory (VmRSS of the proxy process before and after wrk, peak VmHWM; median run)", "",
+                "| scenario | target | before | after | peak |", "|---|---|---:|---:|---:|"] + mem + [""]
+    out += ["## Goals", "", "Ratios of medians from this run; reported, never asserted.", "",
+            "| goal | measured | verdict |", "|---|---|---|"]
+    for text, val, verdict in goals(SS):
+        out.append(f"| {text} | {val} | {verdict} |")
+    out.append("")
+    fails = [(sc, t, why) for sc, d in failures.items() for t, why in d.items()]
+    if fails:
+        out += ["## Targets that failed", ""] + [f"- {sc} / {t}: {why}" for sc, t, why in fails] + [""]
+    out += ["## Peer configuration: what HAProxy 2.6 does not do that tollgate does", "",
+            "- Keys: one PEM public key file named in `jwt_verify`, read at start; no JWKS, no `kid` selection, "
+            "no rotation without a reload (hence `rotate` n/a).",
+            "- No verified-token cache: every request verifies the signature (tollgate caches verdicts by SHA-256 of "
+            "the token, which is what `repeat` rewards and `unique` defeats).",
+            "- `aud` compared as a single string (json_query cannot search an array); scope by regex on the "
+            "space-separated claim; `nbf`/`iat` not checked; no `alg` allow-list per key beyond the fixed ES256.",
+            "- The limit is a 10 s sliding request rate from a stick table (counts refused requests too), not a GCRA "
+            "with burst; no `RateLimit-*` headers.",
+            "- Refusals are short fixed JSON bodies with `WWW-Authenticate`; it echoes a client's X-Request-Id "
+            "(added so the script can attribute answers) but never generates one; no metrics.",
+            ""]
+    out += criterion_table()
+    out += ["![requests/s and p99 per target](chart.svg)", ""]
+    with open(os.path.join(RESULTS_DIR, "RESULTS.md"), "w") as f:
+        f.write("\n".join(out))
+
+
+def readme_block(SS, info, mode, rounds, duration, started):
+    lines = ["<!-- loadtest:begin -->",
+             f"End-to-end load test (`make loadtest`, {mode} mode, {started} UTC, tollgate {info['tollgate'].split(', ', 1)[-1]}): "
+             f"every proxy on one pinned core with one worker, `wrk -t1 -c{CONNECTIONS}` and the upstream nginx on the "
+             f"other core; medians of {rounds} interleaved round(s) of {duration} s. Full report with the other "
+             "scenarios, the goals and the HAProxy compromises: "
+             "[loadtest/results/RESULTS.md](loadtest/results/RESULTS.md).", ""]
+    for name in ("repeat", "unique"):
+        S = SS.get(name)
+        if not S:
+            continue
+        sc = next(s for s in SCENARIOS if s["name"] == name)
+        lines += [f"`{name}`: {sc['title'].split(': ', 1)[1]}", "",
+                  "| target | req/s | p50 | p99 | non-2xx |", "|---|---:|---:|---:|---:|"]
+        for t in sc["targets"]:
+            s = S.get(t)
+            if s:
+                lines.append(f"| {t} | {fmt_int(s['rps'])} | {fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | {fmt_int(s['non2xx'])} |")
+            else:
+                lines.append(f"| {t} | failed | | | |")
+        lines += ratio_line(name, S)
+        lines.append("")
+    lines.append("<!-- loadtest:end -->")
+    block = "\n".join(lines)
+    with open(README) as f:
+        text = f.read()
+    begin, end = "<!-- loadtest:begin -->", "<!-- loadtest:end -->"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        sentence = re.search(r"^The end-to-end load test[^\n]*not built yet\.[ \t]*$", text, re.M)
+        if sentence:
+            text = text[:sentence.start()] + block + text[sentence.end():]
+        else:
+            m = re.search(r"^## Performance\n", text, re.M)
+            if not m:
+                log("README.md has no Performance section: its loadtest block was not written")
+                return
+            nxt = re.search(r"^## ", text[m.end():], re.M)
+            at = m.end() + (nxt.start() if nxt else len(text) - m.end())
+            text = text[:at].rstrip("\n") + "\n\n" + block + "\n\n" + text[at:]
+    with open(README, "w") as f:
+        f.write(text)
+
+
+# --------------------------------------------------------------------------- main
+
+def ensure_binary():
+    def newest_source():
+        newest = 0.0
+        for base in ("gateway", "crates"):
+            for dirpath, dirnames, files in os.walk(os.path.join(ROOT, base)):
+                dirnames[:] = [d for d in dirnames if d not in ("target", "fuzz")]
+                for fn in files:
+                    if fn.endswith(".rs") or fn == "Cargo.toml":
+                        newest = max(newest, os.path.getmtime(os.path.join(dirpath, fn)))
+        for fn in ("Cargo.toml", "Cargo.lock"):
+            p = os.path.join(ROOT, fn)
+            if os.path.exists(p):
+                newest = max(newest, os.path.getmtime(p))
+        return newest
+
+    if os.path.exists(BIN) and os.path.getmtime(BIN) >= newest_source():
+        return
+    log("target/release/tollgate is absent or older than the sources: cargo build --release -p tollgate")
+    r = subprocess.run(["cargo", "build", "--release", "-p", "tollgate"], cwd=ROOT)
+    if r.returncode != 0:
+        if os.path.exists(BIN):
+            log("the build failed; measuring the existing (older) binary")
+        else:
+            raise Failure("cargo build --release -p tollgate failed and there is no binary")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="~2 s runs, 1 round (also QUICK=1)")
+    ap.add_argument("--duration", type=int, help="seconds per run (default 8, quick 2)")
+    ap.add_argument("--rounds", type=int, help="rounds (default 3, quick 1)")
+    ap.add_argument("--only", help="comma-separated scenarios (for debugging; the report then lists only those)")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's loadtest block")
+    ap.add_argument("--report-from", metavar="RUNS_JSON",
+                    help="measure nothing: re-render the report from a saved results/runs.json")
+    ap.add_argument("--no-build", action="store_true",
+                    help="use target/release/tollgate as it is (make's `build` prerequisite just built it)")
+    a = ap.parse_args()
+    quick = a.quick or os.environ.get("QUICK", "") not in ("", "0")
+    mode = "quick" if quick else "full"
+    duration = a.duration or (2 if quick else 8)
+    rounds = a.rounds or (1 if quick else 3)
+    only = set(a.only.split(",")) if a.only else None
+    if a.report_from:
+        with open(a.report_from) as f:
+            render_all(json.load(f), write_readme=not a.no_readme)
+        return 0
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    # Explicitly, also for SIGINT: a shell starting us in the background would have it ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_term)
+
+    t0 = time.monotonic()
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    try:
+        for tool in ("nginx", "haproxy", "wrk", "taskset", "openssl"):
+            if not shutil.which(tool):
+                raise Failure(f"{tool} is missing (make deps-loadtest installs it)")
+        if (os.cpu_count() or 1) < 2:
+            raise Failure("needs 2 CPUs (proxy on CPU 0, wrk and upstream on CPU 1)")
+        if a.no_build and os.path.exists(BIN):
+            log("using target/release/tollgate as built by make")
+        else:
+            ensure_binary()
+        shutil.rmtree(WORK, ignore_errors=True)
+        for d in ("keys", "tokens", "conf", "logs", "run"):
+            os.makedirs(os.path.join(WORK, d), exist_ok=True)
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        log(f"{mode} mode: {rounds} round(s) x {duration} s per target; work files in {WORK}")
+        keys = prepare_tokens()
+        lab = Lab(keys)
+        lab.start_upstream()
+        gate = QuietGate(per_run=3 if quick else 20, total=20 if quick else 150)
+        results, failures, extra = run_all(lab, keys, duration, rounds, only, gate)
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        PROCS.stop_all()
+        return 130
+    except (Failure, subprocess.CalledProcessError, OSError) as e:
+        detail = e.stderr.decode(errors="replace") if isinstance(e, subprocess.CalledProcessError) and e.stderr else ""
+        log(f"could not run: {e} {detail}")
+        PROCS.stop_all()
+        return 1
+    finally:
+        PROCS.stop_all()
+
+    measured = sum(len(runs) for d in results.values() for runs in d.values())
+    if measured == 0:
+        log("nothing was measured")
+        return 1
+    data = {"mode": mode, "duration": duration, "rounds": rounds, "started": started,
+            "wall": time.monotonic() - t0, "gate": {"per_run": gate.per_run, "total": gate.total, "spent": gate.spent},
+            "info": machine_info(), "results": results, "failures": failures, "extra": extra}
+    if not only:
+        with open(os.path.join(RESULTS_DIR, "runs.json"), "w") as f:
+            json.dump(data, f, indent=1)
+    render_all(data, write_readme=not a.no_readme and not only)
+    return 0
+
+
+def render_all(data, write_readme):
+    """RESULTS.md, chart.svg and (optionally) README's block from the measured runs."""
+    results, mode = data["results"], data["mode"]
+    SS = {sc: {t: summary(runs) for t, runs in d.items() if runs} for sc, d in results.items()}
+    gate = QuietGate(data["gate"]["per_run"], data["gate"]["total"])
+    gate.spent = data["gate"]["spent"]
+    write_report(SS, results, data["failures"], data["extra"], data["info"], mode, data["duration"],
+                 data["rounds"], data["started"], data["wall"], gate)
+    svg_chart(SS, os.path.join(RESULTS_DIR, "chart.svg"))
+    if write_readme:
+        readme_block(SS, data["info"], mode, data["rounds"], data["duration"], data["started"])
+    log(f"done in {data['wall']:.0f} s: {os.path.relpath(os.path.join(RESULTS_DIR, 'RESULTS.md'), ROOT)}, "
+        f"{os.path.relpath(os.path.join(RESULTS_DIR, 'chart.svg'), ROOT)}")
+    for text, val, verdict in goals(SS):
+        log(f"goal: {text}: {val}: {verdict}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

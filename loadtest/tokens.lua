@@ -1,0 +1,162 @@
+-- wrk script of the tollgate load test (loadtest/run.py starts it; see loadtest/README.md).
+--
+-- Every request carries `Authorization: Bearer <token>`, the tokens taken in turn from the
+-- file named by LT_TOKENS (one per line). A line starting with `!` is a token the target is
+-- expected to refuse (forged signature); the `!` is not sent.
+--
+-- Environment (read when the script loads, in each Lua state wrk creates):
+--   LT_TOKENS  token file (absent or empty: no Authorization header)
+--   LT_PATH    request path (default /api/item)
+--   LT_HOST    Host header value (default 127.0.0.1)
+--   LT_COUNT   "1": count responses by status (defines response(), which costs wrk some
+--              CPU per response, so it is only used by the scenarios that need the counts)
+--
+-- With LT_COUNT=1 each request also carries `X-Request-Id: lt-v` (a valid token) or `lt-f`
+-- (a forged one); tollgate returns the client's request id on every answer, and the HAProxy
+-- config echoes it, so response() can tell a refused valid token (a false 401) from a
+-- refused forged one exactly.
+--
+-- done() prints one line `LTJSON {...}`: requests, duration, latency percentiles (µs),
+-- wrk's own error counters, and with LT_COUNT the status counts, split by token kind.
+
+local token_file = os.getenv("LT_TOKENS") or ""
+local path = os.getenv("LT_PATH") or "/api/item"
+local host = os.getenv("LT_HOST") or "127.0.0.1"
+local counting = os.getenv("LT_COUNT") == "1"
+
+local threads = {}
+
+function setup(thread)
+   table.insert(threads, thread)
+end
+
+-- Per-thread state (globals of the thread's Lua state, read back in done()).
+tokens = {}
+expect_ok = {}
+ntokens = 0
+idx = 0
+sent = 0
+sent_valid = 0
+sent_forged = 0
+wraps = 0
+v2xx = 0
+v401 = 0
+vother = 0
+f2xx = 0
+f401 = 0
+fother = 0
+unmarked = 0
+st2xx = 0
+st401 = 0
+st403 = 0
+st429 = 0
+st4xx = 0
+st5xx = 0
+stother = 0
+
+local prefix = "GET " .. path .. " HTTP/1.1\r\nHost: " .. host .. "\r\n"
+local auth_prefix = prefix .. "Authorization: Bearer "
+local valid_prefix = auth_prefix
+local forged_prefix = auth_prefix
+if counting then
+   valid_prefix = prefix .. "X-Request-Id: lt-v\r\nAuthorization: Bearer "
+   forged_prefix = prefix .. "X-Request-Id: lt-f\r\nAuthorization: Bearer "
+end
+local suffix = "\r\n\r\n"
+
+function init(args)
+   if token_file ~= "" then
+      local f = assert(io.open(token_file, "r"))
+      for line in f:lines() do
+         if #line > 0 then
+            ntokens = ntokens + 1
+            if string.byte(line, 1) == 33 then -- "!"
+               tokens[ntokens] = string.sub(line, 2)
+               expect_ok[ntokens] = false
+            else
+               tokens[ntokens] = line
+               expect_ok[ntokens] = true
+            end
+         end
+      end
+      f:close()
+   end
+end
+
+function request()
+   sent = sent + 1
+   if ntokens == 0 then
+      return prefix .. "\r\n"
+   end
+   idx = idx + 1
+   if idx > ntokens then
+      idx = 1
+      wraps = wraps + 1
+   end
+   if expect_ok[idx] then
+      sent_valid = sent_valid + 1
+      return valid_prefix .. tokens[idx] .. suffix
+   end
+   sent_forged = sent_forged + 1
+   return forged_prefix .. tokens[idx] .. suffix
+end
+
+if counting then
+   function response(status, headers, body)
+      if status >= 200 and status < 300 then
+         st2xx = st2xx + 1
+      elseif status == 401 then
+         st401 = st401 + 1
+      elseif status == 403 then
+         st403 = st403 + 1
+      elseif status == 429 then
+         st429 = st429 + 1
+      elseif status >= 400 and status < 500 then
+         st4xx = st4xx + 1
+      elseif status >= 500 then
+         st5xx = st5xx + 1
+      else
+         stother = stother + 1
+      end
+      local rid = headers["x-request-id"] or headers["X-Request-Id"] or headers["X-Request-ID"]
+      local ok = status >= 200 and status < 300
+      if rid == "lt-v" then
+         if ok then v2xx = v2xx + 1 elseif status == 401 then v401 = v401 + 1 else vother = vother + 1 end
+      elseif rid == "lt-f" then
+         if ok then f2xx = f2xx + 1 elseif status == 401 then f401 = f401 + 1 else fother = fother + 1 end
+      else
+         unmarked = unmarked + 1
+      end
+   end
+end
+
+function done(summary, latency, requests)
+   local names = { "sent", "sent_valid", "sent_forged", "wraps", "ntokens", "st2xx",
+                   "st401", "st403", "st429", "st4xx", "st5xx", "stother",
+                   "v2xx", "v401", "vother", "f2xx", "f401", "fother", "unmarked" }
+   local totals = {}
+   for _, n in ipairs(names) do totals[n] = 0 end
+   for _, t in ipairs(threads) do
+      for _, n in ipairs(names) do
+         totals[n] = totals[n] + (tonumber(t:get(n)) or 0)
+      end
+   end
+   local parts = {}
+   local function add(k, v) table.insert(parts, string.format("%q:%s", k, v)) end
+   add("requests", summary.requests)
+   add("duration_us", summary.duration)
+   add("bytes", summary.bytes)
+   add("err_connect", summary.errors.connect)
+   add("err_read", summary.errors.read)
+   add("err_write", summary.errors.write)
+   add("err_status", summary.errors.status)
+   add("err_timeout", summary.errors.timeout)
+   add("lat_mean_us", string.format("%.1f", latency.mean))
+   add("lat_max_us", latency.max)
+   for _, p in ipairs({ 50, 75, 90, 99, 99.9 }) do
+      add("p" .. tostring(p), latency:percentile(p))
+   end
+   add("counting", counting and "true" or "false")
+   for _, n in ipairs(names) do add(n, totals[n]) end
+   io.write("LTJSON {" .. table.concat(parts, ",") .. "}\n")
+end
