@@ -106,8 +106,11 @@ conformance:
 
 test: deps-test fmt-check lint unit conformance
 
+# Short criterion runs by default (1 s warm-up, 3 s measurement per benchmark); medians land
+# in target/criterion, which `make loadtest` copies into loadtest/results/RESULTS.md.
+BENCH_ARGS ?= --warm-up-time 1 --measurement-time 3
 bench: deps-build
-	$(CARGO) bench --workspace
+	$(CARGO) bench --workspace --locked -- $(BENCH_ARGS)
 
 fuzz-build:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
