@@ -110,7 +110,7 @@ test: deps-test fmt-check lint unit conformance
 # in target/criterion, which `make loadtest` copies into loadtest/results/RESULTS.md.
 BENCH_ARGS ?= --warm-up-time 1 --measurement-time 3
 bench: deps-build
-	$(CARGO) bench --workspace --locked -- $(BENCH_ARGS)
+	$(CARGO) bench --workspace --bench '*' --locked -- $(BENCH_ARGS)
 
 fuzz-build:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
