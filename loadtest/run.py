@@ -1050,6 +1050,8 @@ def write_report(SS, results, failures, extra, info, mode, duration, rounds, sta
     for text, val, verdict in goals(SS):
         out.append(f"| {text} | {val} | {verdict} |")
     out.append("")
+    out += ["Where a goal is not met, the reason from perf profiles of these scenarios, and what each "
+            "optimisation gained (measured A/B), is in [loadtest/PROFILE.md](../PROFILE.md).", ""]
     fails = [(sc, t, why) for sc, d in failures.items() for t, why in d.items()]
     if fails:
         out += ["## Targets that failed", ""] + [f"- {sc} / {t}: {why}" for sc, t, why in fails] + [""]

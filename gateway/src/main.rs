@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tollgate::{explain, serve, token};
 
-/// glibc malloc/free took about a tenth of a bare Pingora proxy's profile on this project's
-/// machines; mimalloc's thread-local free lists remove most of it (see loadtest/results).
+/// glibc malloc/free was a visible share of the request path's profile. Measured with the
+/// load test's configs (wrk, 5 s runs, 3 alternating runs each): mimalloc gave 39.4k vs
+/// 33.9k req/s as a plain proxy and 33.0k vs 28.5k with the full JWT job, about +16%.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
