@@ -22,7 +22,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
-use tollgate_config::AuthMode;
+use tollgate_config::{AuthMode, TokenSource};
 use tollgate_router::{is_clean_path, Match};
 
 /// `tollgate_requests_total{route="unmatched"}`.
@@ -93,6 +93,45 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
+}
+
+/// Removes the credentials the route reads tokens from, so a token does not travel on to
+/// the upstream: `Authorization`, token headers, and token query parameters. (Cookies are
+/// left alone: the Cookie header usually carries more than the token.)
+fn strip_credentials(upstream: &mut RequestHeader, sources: &[TokenSource]) -> Result<()> {
+    upstream.remove_header(&http::header::AUTHORIZATION);
+    for source in sources {
+        match source {
+            TokenSource::Header(name) => {
+                upstream.remove_header(name.as_str());
+            }
+            TokenSource::Query(param) => {
+                let uri = &upstream.uri;
+                let Some(query) = uri.query() else { continue };
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|pair| pair.split('=').next() != Some(param.as_str()))
+                    .collect();
+                if kept.len() == query.split('&').count() {
+                    continue;
+                }
+                let new = if kept.is_empty() {
+                    uri.path().to_owned()
+                } else {
+                    format!("{}?{}", uri.path(), kept.join("&"))
+                };
+                let new = new.parse().map_err(|_| {
+                    Error::explain(
+                        ErrorType::InternalError,
+                        "query without the token is not a valid URI",
+                    )
+                })?;
+                upstream.set_uri(new);
+            }
+            TokenSource::Bearer | TokenSource::Cookie(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn is_timeout(e: &Error) -> bool {
@@ -468,7 +507,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(route) = &ctx.route {
             if route.auth != AuthMode::None && !route.keep_authorization {
-                upstream.remove_header(&http::header::AUTHORIZATION);
+                strip_credentials(upstream, &route.token_sources)?;
             }
         }
         for (name, value) in ctx.identity.iter().flat_map(|h| h.iter()) {

@@ -417,3 +417,41 @@ fn hmac_secret_from_environment_and_bad_key_config_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn token_headers_and_query_parameters_are_not_forwarded() {
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k1");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks(&[&key])).unwrap();
+    let gw = gateway(
+        &echo,
+        &format!(
+            "      jwks_file: \"{}\"\n      token_sources: [bearer, \"header:X-Token\", \"query:access_token\"]",
+            path.display()
+        ),
+        "",
+    );
+    let token = key.sign(claims("alice"));
+    let r = gw.get(&format!("/api/q?a=1&access_token={token}&b=2"), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["query"],
+        "a=1&b=2",
+        "the token parameter is removed, the rest kept"
+    );
+    let r = gw.get(&format!("/api/q?access_token={token}"), &[]);
+    assert_eq!(r.json()["query"], serde_json::Value::Null);
+    let r = gw.get("/api/h", &[("x-token", &token)]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-token"),
+        None,
+        "the token header is removed"
+    );
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("alice")
+    );
+}
