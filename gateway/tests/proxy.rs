@@ -144,9 +144,10 @@ fn killed_backend_is_ejected_then_recovers() {
         (healthy(&gw) == 0.0).then_some(())
     });
     let ejected_after = killed.elapsed();
-    // Window: interval × unhealthy_threshold = 400 ms, plus one interval of phase and check time.
+    // Window: interval × unhealthy_threshold = 400 ms, plus one interval of phase and check
+    // time; the rest is slack for a loaded CI machine (this catches "never" or "much later").
     assert!(
-        ejected_after < Duration::from_millis(400 + 200 + 400),
+        ejected_after < Duration::from_millis(400 + 200 + 900),
         "ejected after {ejected_after:?}"
     );
     for _ in 0..100 {
@@ -302,34 +303,34 @@ fn metrics_move_and_pass_promtool() {
         assert_eq!(gw.get("/x", &[]).status, 200);
     }
     assert_eq!(request(&gw.url("/x"), "PATCH", &[]).status, 200);
-    let scrape = gw.scrape();
-    assert_eq!(
-        metric_value(&scrape, "tollgate_requests_total", &ok) - before,
-        7.0
-    );
-    assert_eq!(
-        metric_value(
-            &scrape,
-            "tollgate_requests_total",
-            &[("route", "main"), ("method", "PATCH")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric_value(
-            &scrape,
-            "tollgate_upstream_requests_total",
-            &[("upstream", "e"), ("outcome", "response")]
-        ),
-        8.0
-    );
-    assert!(
-        metric_value(
-            &scrape,
-            "tollgate_request_duration_seconds_count",
-            &[("route", "main")]
-        ) >= 8.0
-    );
+    // Requests are counted in the logging phase, after the answer went out: poll the scrape
+    // until they show up, then check the exact values.
+    let count = |scrape: &str| {
+        (
+            metric_value(scrape, "tollgate_requests_total", &ok) - before,
+            metric_value(
+                scrape,
+                "tollgate_requests_total",
+                &[("route", "main"), ("method", "PATCH")],
+            ),
+            metric_value(
+                scrape,
+                "tollgate_upstream_requests_total",
+                &[("upstream", "e"), ("outcome", "response")],
+            ),
+            metric_value(
+                scrape,
+                "tollgate_request_duration_seconds_count",
+                &[("route", "main")],
+            ),
+        )
+    };
+    let scrape = wait_for("8 requests counted", Duration::from_secs(10), || {
+        let scrape = gw.scrape();
+        // The upstream outcome is the last thing the logging phase counts.
+        (count(&scrape).2 >= 8.0).then_some(scrape)
+    });
+    assert_eq!(count(&scrape), (7.0, 1.0, 8.0, 8.0));
     assert_eq!(metric_value(&scrape, "tollgate_build_info", &[]), 1.0);
     let health = request(
         &format!("http://127.0.0.1:{}/healthz", gw.metrics_port),

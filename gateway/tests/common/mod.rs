@@ -14,14 +14,23 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 /// How long anything may take to become ready before the test fails.
 const READY_WITHIN: Duration = Duration::from_secs(20);
 
-/// A port that was free a moment ago (the OS hands out ephemeral ports in sequence, so a
-/// collision with a parallel test would need the whole range to wrap in between).
+/// A port that was free a moment ago and that this test process has not handed out before:
+/// the OS may give the same ephemeral port to two `bind(0)` calls in a row once the first
+/// socket is closed, so the ports already returned are remembered.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `f` every 10 ms until it returns `Some`, or panics with `what` after `within`.
