@@ -35,11 +35,7 @@ pub fn load_local(source: &KeySource) -> Result<Option<KeySet>, String> {
         let alg: Algorithm = alg
             .parse()
             .map_err(|_| format!("unknown algorithm {alg}"))?;
-        let min = match alg {
-            Algorithm::HS384 => 48,
-            Algorithm::HS512 => 64,
-            _ => 32,
-        };
+        let min = alg.hmac_min_len();
         if secret.len() < min {
             return Err(format!(
                 "the HMAC secret has {} bytes; {alg:?} needs at least {min}",

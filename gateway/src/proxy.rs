@@ -299,7 +299,6 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        _snapshot: &RuntimeSnapshot,
         route: &RouteRuntime,
     ) -> Result<bool> {
         let ip = client_ip(session);
@@ -408,7 +407,7 @@ impl ProxyHttp for Gateway {
         let proceed = (route.auth == AuthMode::None
             || self.authenticate(session, ctx, &snapshot, &route).await?)
             && self.authorize(session, ctx, &snapshot, &route).await?
-            && self.rate_limit(session, ctx, &snapshot, &route).await?;
+            && self.rate_limit(session, ctx, &route).await?;
         ctx.snapshot = Some(snapshot);
         Ok(!proceed)
     }

@@ -89,7 +89,7 @@ impl Algorithm {
     }
 
     /// Minimum HMAC key length in bytes: the hash output size (RFC 7518 §3.2).
-    pub(crate) fn hmac_min_len(self) -> usize {
+    pub fn hmac_min_len(self) -> usize {
         match self {
             Algorithm::HS384 => 48,
             Algorithm::HS512 => 64,
