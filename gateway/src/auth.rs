@@ -12,8 +12,9 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tollgate_config::{KeySource, Refresh, TokenSource};
+use tollgate_config::{Audiences, KeySource, Refresh, TokenSource};
 use tollgate_jwt::{KeySet, Reason, Rejection, Validation, VerifiedToken};
+use tollgate_policy::ClaimPath;
 
 /// A provider's keys at one moment. Replaced whole; never changed in place.
 pub struct KeyState {
@@ -69,7 +70,13 @@ impl Provider {
             validation: Validation {
                 leeway_s: p.leeway.as_secs(),
                 issuer: Some(p.issuer.clone()),
-                audiences: p.audiences.clone(),
+                // The verifier skips the check for an empty list; validation never leaves
+                // a `List` empty, so only an explicit `any` gets here with nothing to check.
+                audiences: match &p.audiences {
+                    Audiences::Any => Vec::new(),
+                    Audiences::List(list) => list.clone(),
+                },
+                token_types: p.token_types.clone(),
             },
             require_exp: p.require_exp,
             source: p.keys.clone(),
@@ -128,7 +135,21 @@ impl Provider {
             self.publish_key_metrics();
             return Ok(false);
         }
-        let set = jwks::parse_key_file(body)?;
+        let set = match self.source {
+            // A document from a URL never contributes secrets (see `KeySet::from_remote_jwks`).
+            KeySource::Uri(_) => jwks::parse_remote_jwks(body)?,
+            _ => jwks::parse_key_file(body)?,
+        };
+        if set.skipped_symmetric() > 0 {
+            tracing::warn!(
+                provider = %self.name,
+                keys = set.skipped_symmetric(),
+                "symmetric (oct) keys in a jwks_uri document are never used"
+            );
+        }
+        if set.skipped() > 0 {
+            tracing::info!(provider = %self.name, skipped = set.skipped(), "jwks entries skipped as unusable for verification");
+        }
         self.keys.store(Arc::new(KeyState {
             set: Arc::new(set),
             generation: current.generation + 1,
@@ -347,7 +368,7 @@ pub enum AuthError {
 pub struct Authenticator {
     pub providers: Vec<Arc<Provider>>,
     /// Claim path → upstream header.
-    forward: Vec<(Vec<String>, HeaderName)>,
+    forward: Vec<(ClaimPath, HeaderName)>,
     /// Every forwarded header name: removed from every incoming request.
     pub identity_headers: Vec<HeaderName>,
     cache: moka::sync::Cache<[u8; 32], Arc<CacheEntry>>,
@@ -379,12 +400,12 @@ impl Authenticator {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let forward: Vec<(Vec<String>, HeaderName)> = auth
+        let forward: Vec<(ClaimPath, HeaderName)> = auth
             .forward_claims
             .iter()
             .map(|c| {
                 (
-                    c.claim.clone(),
+                    claim_path(&c.claim),
                     HeaderName::from_bytes(c.header.as_bytes()).expect("validated header name"),
                 )
             })
@@ -504,37 +525,72 @@ impl Authenticator {
         })
     }
 
-    /// The identity headers for a verified token: each configured claim that is present,
-    /// as a string (arrays of scalars joined with `,`). Values that cannot be a header are
-    /// left out.
+    /// The identity headers for a verified token: each configured claim that is present and
+    /// can be written unambiguously (see [`claim_header_value`]).
     pub fn identity_headers(&self, token: &VerifiedToken) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(self.forward.len());
         for (path, header) in &self.forward {
-            let Some(value) = claim_at(&token.claims, path) else {
-                continue;
-            };
-            let text = match value {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                Value::Array(items) => items
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::String(s) => Some(s.clone()),
-                        Value::Number(n) => Some(n.to_string()),
-                        Value::Bool(b) => Some(b.to_string()),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-                    .join(","),
-                _ => continue,
-            };
-            if let Ok(v) = HeaderValue::from_str(&text) {
+            if let Some(v) = path.lookup(&token.claims).and_then(claim_header_value) {
                 out.push((header.clone(), v));
             }
         }
         out
     }
+}
+
+/// A claim as an identity header value. One rule per JSON type, never depending on content:
+///
+/// - a string, number or boolean is its text (`alice`, `42`, `true`);
+/// - an array is an RFC 8941 List of sf-strings, every element quoted (`"reader", "a,b"`),
+///   numbers and booleans as their text; elements that are objects, arrays or null are left
+///   out. Joining with bare commas would let a role `a,admin` read as two roles upstream;
+///   quoting every element, not only the ones that need it, keeps the format one thing to
+///   parse;
+/// - anything else (object, null), an array with no element left, or text that cannot be a
+///   header value or an sf-string (control characters, non-ASCII) gives no header: upstreams
+///   see the claim as absent rather than see a different value.
+pub fn claim_header_value(value: &Value) -> Option<HeaderValue> {
+    fn scalar_text(v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+    let text = match value {
+        Value::Array(items) => {
+            let mut list = String::new();
+            for item in items.iter().filter_map(scalar_text) {
+                if !list.is_empty() {
+                    list.push_str(", ");
+                }
+                list.push('"');
+                for c in item.chars() {
+                    match c {
+                        '"' | '\\' => {
+                            list.push('\\');
+                            list.push(c);
+                        }
+                        ' '..='~' => list.push(c),
+                        _ => return None,
+                    }
+                }
+                list.push('"');
+            }
+            if list.is_empty() {
+                return None;
+            }
+            list
+        }
+        other => scalar_text(other)?,
+    };
+    HeaderValue::from_str(&text).ok()
+}
+
+/// A validated config claim path (split on `.`) as the policy crate's [`ClaimPath`].
+pub fn claim_path(segments: &[String]) -> ClaimPath {
+    ClaimPath::parse(&segments.join(".")).expect("claim paths are validated by the config")
 }
 
 /// The provider whose keys verify `token`: the one whose issuer is the token's `iss`.
@@ -562,19 +618,6 @@ fn choose_provider(
             detail: "no accepted provider has this token's issuer",
         },
     ))
-}
-
-/// The claim at a dotted path, e.g. `realm_access.roles`.
-pub fn claim_at<'a>(
-    claims: &'a serde_json::Map<String, Value>,
-    path: &[String],
-) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    let mut v = claims.get(first)?;
-    for seg in rest {
-        v = v.as_object()?.get(seg)?;
-    }
-    Some(v)
 }
 
 /// Finds the token in a request, looking at `sources`. `Ok(None)` when there is none;
@@ -700,15 +743,53 @@ mod tests {
         ));
     }
 
+    fn claims(json: &str) -> serde_json::Map<String, Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn header(path: &str, claims: &serde_json::Map<String, Value>) -> Option<String> {
+        let v = claim_path(&path.split('.').map(str::to_owned).collect::<Vec<_>>())
+            .lookup(claims)
+            .and_then(claim_header_value)?;
+        Some(v.to_str().unwrap().to_owned())
+    }
+
     #[test]
-    fn claims_by_dotted_path() {
-        let claims: serde_json::Map<String, Value> =
-            serde_json::from_str(r#"{"sub":"a","realm_access":{"roles":["x","y"]}}"#).unwrap();
-        let path: Vec<String> = vec!["realm_access".into(), "roles".into()];
-        assert_eq!(
-            claim_at(&claims, &path),
-            Some(&serde_json::json!(["x", "y"]))
+    fn claims_by_dotted_path_and_by_literal_dotted_name() {
+        let c = claims(
+            r#"{"sub":"a","realm_access":{"roles":["x","y"]},"https://example.com/roles":["z"]}"#,
         );
-        assert_eq!(claim_at(&claims, &["nope".to_owned()]), None);
+        assert_eq!(
+            header("realm_access.roles", &c).as_deref(),
+            Some(r#""x", "y""#)
+        );
+        assert_eq!(
+            header("https://example.com/roles", &c).as_deref(),
+            Some(r#""z""#)
+        );
+        assert_eq!(header("sub", &c).as_deref(), Some("a"));
+        assert_eq!(header("nope", &c), None);
+    }
+
+    #[test]
+    fn array_claims_are_rfc8941_lists_of_strings() {
+        let c = claims(
+            r#"{"comma":["a,admin","b"],"quote":["say \"hi\"","back\\slash"],
+                "mixed":[1,true,null,{"x":1},["y"],"s"],"empty":[],"objects":[{}],
+                "utf8":["café"],"control":["a\u0001"],"scalar":"a,b","n":4.5,"obj":{}}"#,
+        );
+        // A comma inside an element stays inside one quoted string.
+        assert_eq!(header("comma", &c).as_deref(), Some(r#""a,admin", "b""#));
+        assert_eq!(
+            header("quote", &c).as_deref(),
+            Some(r#""say \"hi\"", "back\\slash""#)
+        );
+        assert_eq!(header("mixed", &c).as_deref(), Some(r#""1", "true", "s""#));
+        // Scalars are their text; nothing that cannot be written exactly is forwarded.
+        assert_eq!(header("scalar", &c).as_deref(), Some("a,b"));
+        assert_eq!(header("n", &c).as_deref(), Some("4.5"));
+        for absent in ["empty", "objects", "utf8", "control", "obj"] {
+            assert_eq!(header(absent, &c), None, "{absent}");
+        }
     }
 }

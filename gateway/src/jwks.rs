@@ -27,6 +27,12 @@ pub fn parse_key_file(bytes: &[u8]) -> Result<KeySet, String> {
     set.map_err(|e| e.to_string())
 }
 
+/// Reads a JWKS document fetched from a `jwks_uri`: symmetric (`oct`) keys are skipped, so a
+/// secret published at a URL can never verify a token.
+pub fn parse_remote_jwks(bytes: &[u8]) -> Result<KeySet, String> {
+    KeySet::from_remote_jwks(bytes).map_err(|e| e.to_string())
+}
+
 /// Loads the keys a source can give synchronously (everything but `jwks_uri`, which
 /// starts empty and is fetched before the gateway reports ready). Errors never quote a
 /// secret.

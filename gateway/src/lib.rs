@@ -4,7 +4,9 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod conn;
 pub mod echo;
+pub mod edge;
 pub mod explain;
 pub mod jwks;
 pub mod limits;

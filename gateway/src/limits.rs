@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_config::{Limit, LimitKey, LimitStore, OnStoreError};
 use tollgate_jwt::VerifiedToken;
+use tollgate_policy::ClaimPath;
 use tollgate_ratelimit::{Gcra, LocalStore, Verdict, REDIS_GCRA_SCRIPT};
 
 /// The local store's clock: nanoseconds since the process started (monotonic).
@@ -121,14 +122,33 @@ impl Stores {
     }
 }
 
+/// One part of a bucket key, ready for requests.
+#[derive(Debug, Clone)]
+enum KeyPart {
+    ClientIp,
+    Route,
+    /// A lower-case header name.
+    Header(String),
+    Claim(ClaimPath),
+}
+
+/// A caller whose token was verified: the provider that verified it, and its claims.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    pub provider: &'a str,
+    pub token: &'a VerifiedToken,
+}
+
 /// A limit of a route, ready for requests.
 pub struct LimitRuntime {
     pub name: Arc<str>,
     route: Arc<str>,
-    keys: Vec<LimitKey>,
+    keys: Vec<KeyPart>,
+    /// IPv6 client addresses are keyed by their prefix of this length.
+    ipv6_prefix: u8,
     /// The limit's own GCRA and its `RateLimit-Policy` value.
     gcra: (Gcra, Arc<str>),
-    tier_claim: Vec<String>,
+    tier_claim: Option<ClaimPath>,
     tiers: Vec<(String, (Gcra, Arc<str>))>,
     store: LimitStore,
     /// Send `RateLimit` headers on admitted responses too.
@@ -168,9 +188,9 @@ impl LimitRuntime {
         };
         let gcra = with_header(l.rate, l.burst)?;
         let mut tiers = Vec::new();
-        let mut tier_claim = Vec::new();
+        let mut tier_claim = None;
         if let Some(t) = &l.tiers {
-            tier_claim = t.claim.clone();
+            tier_claim = Some(crate::auth::claim_path(&t.claim));
             for tier in &t.values {
                 tiers.push((tier.value.clone(), with_header(tier.rate, tier.burst)?));
             }
@@ -183,7 +203,17 @@ impl LimitRuntime {
         Ok(LimitRuntime {
             name: l.name.as_str().into(),
             route: route.into(),
-            keys: l.keys.clone(),
+            keys: l
+                .keys
+                .iter()
+                .map(|k| match k {
+                    LimitKey::ClientIp => KeyPart::ClientIp,
+                    LimitKey::Route => KeyPart::Route,
+                    LimitKey::Header(h) => KeyPart::Header(h.clone()),
+                    LimitKey::Claim(path) => KeyPart::Claim(crate::auth::claim_path(path)),
+                })
+                .collect(),
+            ipv6_prefix: l.ipv6_prefix,
             gcra,
             tier_claim,
             tiers,
@@ -196,11 +226,10 @@ impl LimitRuntime {
 
     /// The GCRA for this caller: its tier's, else the limit's own.
     fn gcra_for(&self, token: Option<&VerifiedToken>) -> &(Gcra, Arc<str>) {
-        if self.tiers.is_empty() {
+        let (Some(claim), Some(token)) = (&self.tier_claim, token) else {
             return &self.gcra;
-        }
-        let value = token.and_then(|t| crate::auth::claim_at(&t.claims, &self.tier_claim));
-        let value = match value {
+        };
+        let value = match claim.lookup(&token.claims) {
             Some(serde_json::Value::String(s)) => s.as_str(),
             _ => return &self.gcra,
         };
@@ -211,60 +240,24 @@ impl LimitRuntime {
             .unwrap_or(&self.gcra)
     }
 
-    /// The bucket key: route, limit and each key part, separated by a byte that cannot
-    /// appear in header values or claim text. Absent parts (a claim the caller lacks, an
-    /// anonymous caller) fall back to the client IP so strangers do not share one bucket.
-    fn bucket_key(
-        &self,
-        req: &pingora_http::RequestHeader,
-        client_ip: Option<IpAddr>,
-        token: Option<&VerifiedToken>,
-    ) -> Vec<u8> {
-        let mut key = Vec::with_capacity(64);
-        key.extend_from_slice(self.route.as_bytes());
-        key.push(0);
-        key.extend_from_slice(self.name.as_bytes());
-        let ip = |key: &mut Vec<u8>| match client_ip {
-            Some(ip) => key.extend_from_slice(ip.to_string().as_bytes()),
-            None => key.extend_from_slice(b"?"),
-        };
-        for part in &self.keys {
-            key.push(0);
-            match part {
-                LimitKey::ClientIp => ip(&mut key),
-                LimitKey::Route => {}
-                LimitKey::Header(h) => {
-                    if let Some(v) = req.headers.get(h.as_str()) {
-                        key.extend_from_slice(v.as_bytes());
-                    }
-                }
-                LimitKey::Claim(path) => {
-                    match token.and_then(|t| crate::auth::claim_at(&t.claims, path)) {
-                        Some(serde_json::Value::String(s)) => key.extend_from_slice(s.as_bytes()),
-                        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
-                            key.extend_from_slice(v.to_string().as_bytes())
-                        }
-                        _ => {
-                            key.extend_from_slice(b"ip:");
-                            ip(&mut key)
-                        }
-                    }
-                }
-            }
-        }
-        key
-    }
-
     /// Checks the request against this limit.
     pub async fn check(
         &self,
         stores: &Stores,
         req: &pingora_http::RequestHeader,
         client_ip: Option<IpAddr>,
-        token: Option<&VerifiedToken>,
+        caller: Option<Caller<'_>>,
     ) -> Outcome {
-        let (gcra, policy_header) = self.gcra_for(token);
-        let key = self.bucket_key(req, client_ip, token);
+        let (gcra, policy_header) = self.gcra_for(caller.map(|c| c.token));
+        let key = bucket_key(
+            &self.route,
+            &self.name,
+            &self.keys,
+            self.ipv6_prefix,
+            req,
+            client_ip,
+            caller,
+        );
         let verdict = match (self.store, &stores.redis) {
             (LimitStore::Redis, Some(redis)) => {
                 // Redis keys are a digest: bounded length, and no user data stored in Redis.
@@ -298,6 +291,84 @@ impl LimitRuntime {
     }
 }
 
+/// The bucket key of a request for one limit: route and limit name, then each key part.
+///
+/// Every part starts with its kind, so values of different kinds never meet in one bucket
+/// (a claim equal to an address text is not that address):
+/// - `ip:<address>`: IPv4 whole, IPv6 as its network (`2001:db8::/64`; an IPv4-mapped address
+///   counts as IPv4), `ip:?` when the address is unknown;
+/// - `route:` (one bucket for everyone on the route);
+/// - `hdr:<name>:` then the value, length-prefixed;
+/// - `claim:<provider>:<path>:` then the value, length-prefixed (strings as they are, numbers
+///   and booleans as JSON text).
+///
+/// A request without the header or claim, or without a caller, gets the `ip:` part instead:
+/// strangers never share one bucket. Parts are separated by a 0 byte; values that the caller
+/// controls are length-prefixed, so no value can forge a separator.
+fn bucket_key(
+    route: &str,
+    limit: &str,
+    parts: &[KeyPart],
+    ipv6_prefix: u8,
+    req: &pingora_http::RequestHeader,
+    client_ip: Option<IpAddr>,
+    caller: Option<Caller<'_>>,
+) -> Vec<u8> {
+    use std::io::Write;
+    fn value(key: &mut Vec<u8>, bytes: &[u8]) {
+        key.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        key.extend_from_slice(bytes);
+    }
+    let mut key = Vec::with_capacity(64);
+    key.extend_from_slice(route.as_bytes());
+    key.push(0);
+    key.extend_from_slice(limit.as_bytes());
+    let ip = |key: &mut Vec<u8>| {
+        key.extend_from_slice(b"ip:");
+        // Writing into a Vec cannot fail.
+        let _ = match client_ip.map(|ip| ip.to_canonical()) {
+            Some(IpAddr::V4(v4)) => write!(key, "{v4}"),
+            Some(IpAddr::V6(v6)) => {
+                let bits = u32::from(ipv6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                let network = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+                write!(key, "{network}/{bits}")
+            }
+            None => write!(key, "?"),
+        };
+    };
+    for part in parts {
+        key.push(0);
+        match part {
+            KeyPart::ClientIp => ip(&mut key),
+            KeyPart::Route => key.extend_from_slice(b"route:"),
+            KeyPart::Header(name) => match req.headers.get(name.as_str()) {
+                Some(v) => {
+                    let _ = write!(key, "hdr:{name}:");
+                    value(&mut key, v.as_bytes());
+                }
+                None => ip(&mut key),
+            },
+            KeyPart::Claim(path) => {
+                let found = caller.and_then(|c| Some((c.provider, path.lookup(&c.token.claims)?)));
+                let mut claim = |provider: &str, text: &[u8]| {
+                    let _ = write!(key, "claim:{provider}:{}:", path.as_str());
+                    value(&mut key, text);
+                };
+                match found {
+                    Some((provider, serde_json::Value::String(s))) => claim(provider, s.as_bytes()),
+                    Some((
+                        provider,
+                        v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)),
+                    )) => claim(provider, v.to_string().as_bytes()),
+                    _ => ip(&mut key),
+                }
+            }
+        }
+    }
+    key
+}
+
 /// A verdict made without a store (Redis unreachable and `on_store_error: allow | deny`).
 fn synthetic(gcra: &Gcra, allowed: bool) -> Verdict {
     Verdict {
@@ -314,5 +385,174 @@ fn synthetic(gcra: &Gcra, allowed: bool) -> Verdict {
         } else {
             Duration::from_secs(1)
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(headers: &[(&str, &str)]) -> pingora_http::RequestHeader {
+        let mut r = pingora_http::RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn token(claims: serde_json::Value) -> VerifiedToken {
+        let secret = [7u8; 32];
+        let key = tollgate_jwt::SigningKey::hmac(&secret, tollgate_jwt::Algorithm::HS256).unwrap();
+        let t = tollgate_jwt::sign(tollgate_jwt::Algorithm::HS256, None, &claims, &key).unwrap();
+        tollgate_jwt::verify_signature(
+            &t,
+            &tollgate_jwt::KeySet::from_hmac_secret(&secret, None, None),
+        )
+        .unwrap()
+    }
+
+    fn claim(path: &str) -> KeyPart {
+        KeyPart::Claim(ClaimPath::parse(path).unwrap())
+    }
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    /// The key for one part, with the default /64.
+    fn key(
+        part: KeyPart,
+        req: &pingora_http::RequestHeader,
+        addr: Option<IpAddr>,
+        caller: Option<Caller<'_>>,
+    ) -> Vec<u8> {
+        bucket_key("r", "l", &[part], 64, req, addr, caller)
+    }
+
+    #[test]
+    fn a_missing_header_falls_back_to_the_client_address() {
+        let part = || KeyPart::Header("x-api-key".into());
+        let none = req(&[]);
+        let a = key(part(), &none, ip("192.0.2.1"), None);
+        let b = key(part(), &none, ip("192.0.2.2"), None);
+        assert_ne!(a, b, "no shared bucket for everyone without the header");
+        assert_eq!(a, key(KeyPart::ClientIp, &none, ip("192.0.2.1"), None));
+        // With the header, its value decides, whatever the address.
+        let with = req(&[("x-api-key", "k1")]);
+        assert_eq!(
+            key(part(), &with, ip("192.0.2.1"), None),
+            key(part(), &with, ip("192.0.2.2"), None)
+        );
+        assert_ne!(key(part(), &with, ip("192.0.2.1"), None), a);
+        assert!(key(part(), &with, None, None).ends_with(b"hdr:x-api-key:\0\0\0\x02k1"));
+    }
+
+    #[test]
+    fn kinds_are_namespaced_so_values_never_collide_with_addresses() {
+        let r = req(&[("x-client", "192.0.2.1"), ("x-other", "192.0.2.1")]);
+        let t = token(json!({"sub": "192.0.2.1", "ip": "ip:192.0.2.1"}));
+        let caller = Some(Caller {
+            provider: "main",
+            token: &t,
+        });
+        let addr = ip("192.0.2.1");
+        let keys = [
+            key(KeyPart::ClientIp, &r, addr, caller),
+            key(KeyPart::Route, &r, addr, caller),
+            key(KeyPart::Header("x-client".into()), &r, addr, caller),
+            key(KeyPart::Header("x-other".into()), &r, addr, caller),
+            key(claim("sub"), &r, addr, caller),
+            key(claim("ip"), &r, addr, caller),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert!(keys[0].ends_with(b"\0ip:192.0.2.1"));
+        assert!(keys[1].ends_with(b"\0route:"));
+    }
+
+    #[test]
+    fn claim_keys_name_the_provider_and_fall_back_to_the_address() {
+        let r = req(&[]);
+        let t = token(json!({"sub": "alice", "https://example.com/tenant": "acme", "n": 7}));
+        let by = |provider| {
+            Some(Caller {
+                provider,
+                token: &t,
+            })
+        };
+        let addr = ip("192.0.2.1");
+        assert_ne!(
+            key(claim("sub"), &r, addr, by("a")),
+            key(claim("sub"), &r, addr, by("b")),
+            "the same sub from two issuers is two callers"
+        );
+        assert_eq!(
+            key(claim("sub"), &r, addr, by("a")),
+            key(claim("sub"), &r, ip("198.51.100.7"), by("a"))
+        );
+        assert!(key(claim("sub"), &r, addr, by("a")).ends_with(b"claim:a:sub:\0\0\0\x05alice"));
+        // A literal dotted claim name is found, as RBAC and identity headers find it.
+        assert!(key(claim("https://example.com/tenant"), &r, addr, by("a")).ends_with(b"\x04acme"));
+        assert!(key(claim("n"), &r, addr, by("a")).ends_with(b"\x017"));
+        // Absent claim, non-scalar claim or anonymous caller: the address.
+        let fallback = key(KeyPart::ClientIp, &r, addr, None);
+        assert_eq!(key(claim("tenant"), &r, addr, by("a")), fallback);
+        assert_eq!(key(claim("sub"), &r, addr, None), fallback);
+    }
+
+    #[test]
+    fn values_cannot_forge_the_separator() {
+        let r = req(&[]);
+        let parts = [claim("a"), claim("b")];
+        let t1 = token(json!({"a": "x\u{0}", "b": "y"}));
+        let t2 = token(json!({"a": "x", "b": "\u{0}y"}));
+        let k = |t| {
+            bucket_key(
+                "r",
+                "l",
+                &parts,
+                64,
+                &r,
+                None,
+                Some(Caller {
+                    provider: "p",
+                    token: t,
+                }),
+            )
+        };
+        assert_ne!(k(&t1), k(&t2));
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_prefix() {
+        let r = req(&[]);
+        let k = |addr: &str, prefix| {
+            bucket_key("r", "l", &[KeyPart::ClientIp], prefix, &r, ip(addr), None)
+        };
+        assert_eq!(k("2001:db8:1:2:aaaa::1", 64), k("2001:db8:1:2:bbbb::9", 64));
+        assert_ne!(k("2001:db8:1:2::1", 64), k("2001:db8:1:3::1", 64));
+        assert!(k("2001:db8:1:2:aaaa::1", 64).ends_with(b"ip:2001:db8:1:2::/64"));
+        assert_eq!(k("2001:db8:1:2::1", 48), k("2001:db8:1:ffff::1", 48));
+        assert_ne!(k("2001:db8::1", 128), k("2001:db8::2", 128));
+        // An IPv4-mapped address is the IPv4 client it stands for.
+        assert_eq!(k("::ffff:192.0.2.1", 64), k("192.0.2.1", 64));
+        assert!(k("192.0.2.1", 64).ends_with(b"ip:192.0.2.1"));
+        // A missing header falls back to the prefix too.
+        let h = |addr: &str| {
+            bucket_key(
+                "r",
+                "l",
+                &[KeyPart::Header("x-k".into())],
+                64,
+                &r,
+                ip(addr),
+                None,
+            )
+        };
+        assert_eq!(h("2001:db8::1"), h("2001:db8::2"));
     }
 }

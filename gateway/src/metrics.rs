@@ -36,6 +36,12 @@ pub struct Metrics {
     pub ratelimit_decisions: IntCounterVec,
     pub ratelimit_store_errors: IntCounterVec,
     pub ratelimit_keys: IntGauge,
+    pub open_connections: IntGauge,
+    pub connections_refused: IntCounterVec,
+    pub header_refusals: IntCounterVec,
+    pub bad_requests: IntCounterVec,
+    pub preauth_refusals: IntCounterVec,
+    pub verifications_in_flight: IntGauge,
 }
 
 /// Process-wide metrics; one registry, created on first use.
@@ -165,8 +171,60 @@ impl Metrics {
             "Keys held by the in-process rate-limit store.",
         )
         .expect("valid metric");
+        let open_connections = IntGauge::new(
+            "tollgate_open_connections",
+            "Client connections open on the proxy listener.",
+        )
+        .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "tollgate_connections_refused_total",
+                "Client connections refused at accept, by limit (listener: \
+                 server.http.max_connections, client: server.http.max_connections_per_client).",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        let header_refusals = IntCounterVec::new(
+            Opts::new(
+                "tollgate_header_refusals_total",
+                "Connections closed while reading a request header block, by reason \
+                 (header_timeout, header_too_large).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let bad_requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_bad_requests_total",
+                "Requests refused before routing (400, 413, 414, 431), by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let preauth_refusals = IntCounterVec::new(
+            Opts::new(
+                "tollgate_preauth_refusals_total",
+                "Uncached tokens refused before any signature check, by reason \
+                 (failed_auth_limit: the client address failed too often; \
+                 verification_budget: too many signature checks in flight).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let verifications_in_flight = IntGauge::new(
+            "tollgate_signature_verifications_in_flight",
+            "Token signature checks running now.",
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(open_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_refused.clone()),
+            Box::new(header_refusals.clone()),
+            Box::new(bad_requests.clone()),
+            Box::new(preauth_refusals.clone()),
+            Box::new(verifications_in_flight.clone()),
+            Box::new(config_reloads.clone()),
             Box::new(rbac_decisions.clone()),
             Box::new(ratelimit_decisions.clone()),
             Box::new(ratelimit_store_errors.clone()),
@@ -205,6 +263,12 @@ impl Metrics {
             ratelimit_decisions,
             ratelimit_store_errors,
             ratelimit_keys,
+            open_connections,
+            connections_refused,
+            header_refusals,
+            bad_requests,
+            preauth_refusals,
+            verifications_in_flight,
         }
     }
 

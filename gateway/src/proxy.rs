@@ -7,6 +7,7 @@
 
 use crate::auth::{self, AuthError};
 use crate::cluster::{Cluster, Outcome};
+use crate::edge::EdgeFacts;
 use crate::limits::Stores;
 use crate::metrics::{RequestCounters, METRICS};
 use crate::respond::Answer;
@@ -23,7 +24,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tollgate_config::{AuthMode, TokenSource};
-use tollgate_router::{is_clean_path, Match};
+use tollgate_router::Match;
 
 /// `tollgate_requests_total{route="unmatched"}`.
 static UNMATCHED: once_cell::sync::Lazy<RequestCounters> =
@@ -53,8 +54,14 @@ pub struct RequestCtx {
     identity: Option<auth::IdentityHeaders>,
     /// The verified token, for RBAC and rate-limit keys.
     token: Option<Arc<tollgate_jwt::VerifiedToken>>,
+    /// The provider that verified `token`: claim rate-limit keys are namespaced by it.
+    provider: Option<Arc<str>>,
     /// `RateLimit-Policy` and `RateLimit` for the response, when the route asks for them.
     ratelimit_headers: Option<(Arc<str>, String)>,
+    /// The client address and forwarding facts established at the edge.
+    edge: EdgeFacts,
+    /// Request body bytes received so far, against the route's `max_body`.
+    body_bytes: u64,
 }
 
 impl RequestCtx {
@@ -88,7 +95,7 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
+fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -183,6 +190,7 @@ impl Gateway {
                 identity.provider.allowed.inc();
                 ctx.identity = Some(identity.headers);
                 ctx.token = Some(identity.token);
+                ctx.provider = Some(identity.provider.name.clone());
                 return Ok(true);
             }
             Ok(None) => {
@@ -301,11 +309,19 @@ impl Gateway {
         ctx: &mut RequestCtx,
         route: &RouteRuntime,
     ) -> Result<bool> {
-        let ip = client_ip(session);
+        let ip = ctx.edge.client_ip;
         let mut tightest: Option<(u32, Arc<str>, String)> = None;
         for limit in &route.limits {
             let outcome = limit
-                .check(&self.stores, session.req_header(), ip, ctx.token.as_deref())
+                .check(
+                    &self.stores,
+                    session.req_header(),
+                    ip,
+                    ctx.provider
+                        .as_deref()
+                        .zip(ctx.token.as_deref())
+                        .map(|(provider, token)| crate::limits::Caller { provider, token }),
+                )
                 .await;
             if !outcome.verdict.allowed {
                 let mut answer = Answer::new(
@@ -354,7 +370,10 @@ impl ProxyHttp for Gateway {
             connected: false,
             identity: None,
             token: None,
+            provider: None,
             ratelimit_headers: None,
+            edge: EdgeFacts::default(),
+            body_bytes: 0,
         }
     }
 
@@ -364,19 +383,33 @@ impl ProxyHttp for Gateway {
             _ => new_request_id(),
         };
         let snapshot = self.snapshot.load_full();
+        let peer = peer_ip(session);
+        let http = &snapshot.http;
+        let prepared = crate::edge::prepare(session.req_header_mut(), peer, http, &snapshot.strip);
+        ctx.edge = match prepared {
+            Ok(facts) => facts,
+            Err(refusal) => {
+                METRICS
+                    .bad_requests
+                    .with_label_values(&[refusal.reason])
+                    .inc();
+                ctx.snapshot = Some(snapshot);
+                let mut answer = Answer::new(refusal.status, "bad_request", refusal.message);
+                answer.reason = Some(refusal.reason);
+                answer
+                    .headers
+                    .push((http::header::CONNECTION, "close".to_owned()));
+                session.set_keepalive(None);
+                answer.send(session, ctx).await?;
+                return Ok(true);
+            }
+        };
+        session.set_keepalive(Some(http.keepalive_timeout.as_secs()));
+        // Pipelined requests are served in order, each decided on its own (RFC 9112 §9.3.2).
+        session.set_pipelining_enabled(true);
         let req = session.req_header();
         let path = req.uri.path();
-        if !is_clean_path(path) {
-            Answer::new(400, "bad_request", "the request path holds a dot segment")
-                .send(session, ctx)
-                .await?;
-            return Ok(true);
-        }
-        let host = req.uri.host().or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
+        let host = ctx.edge.host.as_deref();
         let found = match snapshot.router.find(host, path, req.method.as_str()) {
             Match::Found(route) => Ok(route.clone()),
             Match::MethodNotAllowed(allowed) => Err(Some(allowed.join(", "))),
@@ -404,6 +437,28 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.route = Some(route.clone());
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > route.max_body) {
+            ctx.snapshot = Some(snapshot);
+            METRICS
+                .bad_requests
+                .with_label_values(&["body_too_large"])
+                .inc();
+            session.set_keepalive(None);
+            let mut answer = Answer::new(
+                413,
+                "payload_too_large",
+                "the request body is larger than this route accepts",
+            );
+            answer.reason = Some("body_too_large");
+            answer.send(session, ctx).await?;
+            return Ok(true);
+        }
         let proceed = (route.auth == AuthMode::None
             || self.authenticate(session, ctx, &snapshot, &route).await?)
             && self.authorize(session, ctx, &snapshot, &route).await?
@@ -430,7 +485,9 @@ impl ProxyHttp for Gateway {
                 session.get_header_bytes(name.as_str())
             }
             Some(_) => {
-                ip_key = client_ip(session)
+                ip_key = ctx
+                    .edge
+                    .client_ip
                     .map(|ip| ip.to_string())
                     .unwrap_or_default();
                 ip_key.as_bytes()
@@ -513,19 +570,28 @@ impl ProxyHttp for Gateway {
             upstream.insert_header(name.clone(), value.clone())?;
         }
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
-        if let Some(ip) = client_ip(session) {
-            use std::fmt::Write;
-            let mut xff = String::with_capacity(64);
-            if let Some(Ok(prior)) = upstream.headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
-                if !prior.is_empty() {
-                    xff.push_str(prior);
-                    xff.push_str(", ");
-                }
-            }
-            let _ = write!(xff, "{ip}");
+        // The client's forwarding headers were removed at the edge; these are the gateway's.
+        if let Some(ip) = ctx.edge.client_ip {
+            let peer = peer_ip(session);
+            let xff = match (&ctx.edge.forwarded_for, peer) {
+                (Some(chain), Some(peer)) => format!("{chain}, {peer}"),
+                _ => ip.to_string(),
+            };
             upstream.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+            upstream.insert_header("x-real-ip", ip.to_string())?;
         }
-        upstream.insert_header(X_FORWARDED_PROTO.clone(), "http")?;
+        let proto = ctx.edge.forwarded_proto.as_deref().unwrap_or("http");
+        upstream.insert_header(X_FORWARDED_PROTO.clone(), proto)?;
+        if let Some(host) = &ctx.edge.host {
+            upstream.insert_header("x-forwarded-host", host.as_str())?;
+        }
+        if let Some(port) = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port())
+        {
+            upstream.insert_header("x-forwarded-port", port.to_string())?;
+        }
         if let Some(prefix) = ctx.route.as_ref().and_then(|r| r.strip_prefix.as_deref()) {
             let uri = &upstream.uri;
             let rest = uri.path().strip_prefix(prefix).unwrap_or(uri.path());
@@ -539,6 +605,52 @@ impl ProxyHttp for Gateway {
             })?);
         }
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Content-Length was checked in request_filter; this catches chunked bodies.
+        if let (Some(chunk), Some(route)) = (body.as_ref(), &ctx.route) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > route.max_body {
+                METRICS
+                    .bad_requests
+                    .with_label_values(&["body_too_large"])
+                    .inc();
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than the route's max_body",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Pingora's own error lines name the request with this: method, path and host only,
+    /// never the query string (it may carry a token).
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}, host: {}, request_id: {}",
+            req.method,
+            req.uri.path(),
+            ctx.edge.host.as_deref().unwrap_or("-"),
+            ctx.request_id.to_str().unwrap_or("")
+        )
+    }
+
+    /// A client that goes away mid-request is not an error of the gateway's.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
     }
 
     async fn response_filter(
@@ -567,6 +679,11 @@ impl ProxyHttp for Gateway {
                 503,
                 "no_healthy_backend",
                 "no healthy backend for this route",
+            ),
+            ErrorType::HTTPStatus(413) => (
+                413,
+                "payload_too_large",
+                "the request body is larger than this route accepts",
             ),
             ErrorType::HTTPStatus(code) => {
                 (*code, "upstream_error", "the upstream could not be reached")
@@ -634,7 +751,7 @@ impl ProxyHttp for Gateway {
             tracing::info!(
                 target: "access",
                 request_id = ctx.request_id.to_str().unwrap_or(""),
-                client = %client_ip(session).map(|i| i.to_string()).unwrap_or_default(),
+                client = %ctx.edge.client_ip.map(|i| i.to_string()).unwrap_or_default(),
                 method = req.method.as_str(),
                 path = req.uri.path(),
                 route,

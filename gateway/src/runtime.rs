@@ -34,6 +34,8 @@ pub struct RouteRuntime {
     /// (only for routes with a policy).
     pub rbac_counters: Option<[prometheus::IntCounter; 3]>,
     pub limits: Vec<LimitRuntime>,
+    /// Request body size in bytes; larger → 413.
+    pub max_body: u64,
 }
 
 pub struct RuntimeSnapshot {
@@ -41,6 +43,10 @@ pub struct RuntimeSnapshot {
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
     pub auth: Arc<Authenticator>,
     pub access_log: bool,
+    /// `server.http`: normalisation options and client limits.
+    pub http: tollgate_config::HttpSettings,
+    /// Headers removed from every client request (identity, forwarding, override).
+    pub strip: crate::edge::StripSet,
 }
 
 impl RuntimeSnapshot {
@@ -120,6 +126,7 @@ impl RuntimeSnapshot {
                 providers,
                 token_sources,
                 keep_authorization: r.keep_authorization,
+                max_body: r.max_body,
             };
             let methods: Vec<&str> = r.methods.iter().map(String::as_str).collect();
             router
@@ -132,11 +139,14 @@ impl RuntimeSnapshot {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
+        let strip = crate::edge::strip_set(&auth.identity_headers, &config.server.http);
         Ok(RuntimeSnapshot {
             router,
             clusters,
             auth,
             access_log: config.logging.access_log,
+            http: config.server.http.clone(),
+            strip,
         })
     }
 

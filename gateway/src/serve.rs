@@ -1,6 +1,7 @@
 //! Loading the config and starting Pingora: the proxy service, the metrics listener, and
 //! the background work (health checks, readiness).
 
+use crate::conn::{ConnectionTable, Guarded};
 use crate::echo::EchoApp;
 use crate::limits::Stores;
 use crate::metrics::{MetricsApp, METRICS, READY};
@@ -98,6 +99,8 @@ struct Startup {
     /// The listeners cannot change without new sockets: a reload that changes them is
     /// refused (use a graceful upgrade, `run -u`, instead).
     listen: (SocketAddr, SocketAddr),
+    /// Set on Pingora's HTTP options at start; a reload cannot change it.
+    max_requests_per_connection: u32,
 }
 
 /// Waits until the snapshot's initial keys are loaded; false if shutdown came first or
@@ -128,6 +131,9 @@ impl Startup {
         let (config, snapshot) = load(&self.config_path).map_err(|e| e.to_string())?;
         if (config.listen.http, config.metrics.listen) != self.listen {
             return Err("listen.http and metrics.listen cannot change on reload; use a graceful upgrade (run -u)".into());
+        }
+        if config.server.http.max_requests_per_connection != self.max_requests_per_connection {
+            return Err("server.http.max_requests_per_connection cannot change on reload; use a graceful upgrade (run -u)".into());
         }
         if config.rate_limiting != self.stores.settings {
             return Err(
@@ -240,14 +246,23 @@ pub fn run_gateway(
             return ExitCode::FAILURE;
         }
     };
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+    let mut app = pingora_proxy::http_proxy(
         &server.configuration,
         Gateway {
             snapshot: snapshot.clone(),
             stores: stores.clone(),
         },
-        "tollgate proxy",
     );
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.keepalive_request_limit = Some(config.server.http.max_requests_per_connection);
+    app.server_options = Some(options);
+    // Every connection passes the connection caps and the header guard before Pingora.
+    let guarded = Guarded {
+        inner: Arc::new(app),
+        snapshot: snapshot.clone(),
+        table: Arc::new(ConnectionTable::default()),
+    };
+    let mut proxy = Service::new("tollgate proxy".to_owned(), guarded);
     proxy.add_tcp(&config.listen.http.to_string());
 
     let mut metrics = Service::new("tollgate metrics".to_owned(), MetricsApp);
@@ -261,6 +276,7 @@ pub fn run_gateway(
             stores,
             config_path: config_path.to_owned(),
             listen: (config.listen.http, config.metrics.listen),
+            max_requests_per_connection: config.server.http.max_requests_per_connection,
         },
     );
 

@@ -41,7 +41,11 @@ pub struct VerifyArgs {
     /// Accepted audience; repeat for several (the token's `aud` must contain one).
     #[arg(long = "audience")]
     audiences: Vec<String>,
-    /// The compact JWT.
+    /// Accepted header `typ` (e.g. `at+jwt`); repeat for several. Default: not checked.
+    #[arg(long = "token-type")]
+    token_types: Vec<String>,
+    /// The compact JWT, or `-` to read it from standard input (trailing whitespace removed;
+    /// for tokens too long for a command line, or to keep them out of `ps`).
     token: String,
 }
 
@@ -120,18 +124,43 @@ fn verify(a: VerifyArgs) -> ExitCode {
         Ok(k) => k,
         Err(e) => return usage_error(&e),
     };
+    let token = match read_token(a.token) {
+        Ok(t) => t,
+        Err(e) => return usage_error(&e),
+    };
     let validation = Validation {
         leeway_s: a.leeway,
         issuer: a.issuer,
         audiences: a.audiences,
+        token_types: a.token_types,
     };
-    let result = tollgate_jwt::verify(&a.token, &keys, &validation, a.at.unwrap_or_else(now));
+    let result = tollgate_jwt::verify(&token, &keys, &validation, a.at.unwrap_or_else(now));
     println!("{}", tollgate_jwt::verdict_json(&result));
     if result.is_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The token argument, or standard input for `-`. The verifier refuses anything above
+/// `MAX_TOKEN_BYTES` itself; reading stops a little past that so that the verdict is
+/// `too_large` rather than an out-of-memory on an endless pipe.
+fn read_token(arg: String) -> Result<String, String> {
+    use std::io::Read;
+    if arg != "-" {
+        return Ok(arg);
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(tollgate_jwt::MAX_TOKEN_BYTES as u64 * 4)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the token from standard input: {e}"))?;
+    let mut text =
+        String::from_utf8(bytes).map_err(|_| "the token on standard input is not UTF-8")?;
+    text.truncate(text.trim_end().len());
+    Ok(text)
 }
 
 fn mint(a: MintArgs) -> Result<(), String> {

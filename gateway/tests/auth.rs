@@ -29,6 +29,7 @@ fn gateway(echo: &Echo, key_source: &str, extra_routes: &str) -> Gateway {
     - {{ claim: sub, header: X-Auth-Subject }}
     - {{ claim: roles, header: X-Auth-Roles }}
     - {{ claim: realm_access.roles, header: X-Auth-Realm-Roles }}
+    - {{ claim: \"https://example.com/roles\", header: X-Auth-Ns-Roles }}
 upstreams:
   echo: {{ backends: [{{ addr: \"{}\" }}] }}
 routes:
@@ -70,11 +71,11 @@ fn valid_token_reaches_the_upstream_with_identity_headers() {
     );
     assert_eq!(
         r.upstream_header("x-auth-roles").as_deref(),
-        Some("reader,writer")
+        Some(r#""reader", "writer""#)
     );
     assert_eq!(
         r.upstream_header("x-auth-realm-roles").as_deref(),
-        Some("admin")
+        Some(r#""admin""#)
     );
     assert_eq!(
         r.upstream_header("authorization"),
@@ -398,7 +399,7 @@ fn hmac_secret_from_environment_and_bad_key_config_is_refused() {
     std::fs::write(
         &conf,
         format!(
-            "auth:\n  providers:\n    - {{ name: h, issuer: x, hmac_secret_env: TOLLGATE_TEST_UNSET_SECRET }}\n\
+            "auth:\n  providers:\n    - {{ name: h, issuer: x, audiences: any, hmac_secret_env: TOLLGATE_TEST_UNSET_SECRET }}\n\
              upstreams:\n  e: {{ backends: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: r, path: /, upstream: e }}\n",
             echo.addr()
         ),
@@ -454,4 +455,130 @@ fn token_headers_and_query_parameters_are_not_forwarded() {
         r.upstream_header("x-auth-subject").as_deref(),
         Some("alice")
     );
+}
+
+#[test]
+fn forwarded_arrays_are_unambiguous_and_dotted_claim_names_are_found() {
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k1");
+    let (gw, _dir) = file_gateway(&echo, &[&key]);
+    let token = key.sign(json!({
+        "iss": ISS, "aud": AUD, "sub": "alice",
+        "roles": ["a,admin", "say \"hi\"", "back\\slash"],
+        "https://example.com/roles": ["ns-reader"],
+    }));
+    let r = gw.get("/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // One role containing a comma stays one quoted string; quotes and backslashes are escaped.
+    assert_eq!(
+        r.upstream_header("x-auth-roles").as_deref(),
+        Some(r#""a,admin", "say \"hi\"", "back\\slash""#)
+    );
+    // A claim whose name contains dots is found by the same lookup as RBAC uses.
+    assert_eq!(
+        r.upstream_header("x-auth-ns-roles").as_deref(),
+        Some(r#""ns-reader""#)
+    );
+}
+
+#[test]
+fn token_types_refuse_tokens_of_another_type() {
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k1");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks(&[&key])).unwrap();
+    let source = |types: &str| {
+        format!(
+            "      jwks_file: \"{}\"\n      token_types: {types}",
+            path.display()
+        )
+    };
+    // The test keys sign with `typ: JWT`.
+    let token = key.sign(claims("alice"));
+    let gw = gateway(&echo, &source("[at+jwt]"), "");
+    let r = gw.get("/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (401, Some("typ")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        gw.metric(
+            "tollgate_auth_decisions_total",
+            &[("provider", "main"), ("result", "deny"), ("reason", "typ")]
+        ),
+        1.0
+    );
+    drop(gw);
+    let gw = gateway(&echo, &source("[at+jwt, application/jwt]"), "");
+    let r = gw.get("/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn symmetric_keys_from_a_jwks_uri_are_never_used() {
+    use tollgate_jwt::{codec::b64url_encode, sign, Algorithm, SigningKey};
+    let echo = Echo::start("E");
+    let es = TestKey::es256("es");
+    let secret = [42u8; 32];
+    let mut doc: serde_json::Value = serde_json::from_str(&jwks(&[&es])).unwrap();
+    doc["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "kty": "oct", "kid": "h", "alg": "HS256", "k": b64url_encode(&secret) }));
+    let doc = doc.to_string();
+    let mut hs_claims = claims("mallory");
+    hs_claims["exp"] = json!(4_000_000_000u64);
+    let hs_token = sign(
+        Algorithm::HS256,
+        Some("h"),
+        &hs_claims,
+        &SigningKey::hmac(&secret, Algorithm::HS256).unwrap(),
+    )
+    .unwrap();
+
+    // From a URL: the oct key is skipped, so the HS256 token finds no key.
+    let server = JwksServer::start(&doc);
+    let gw = gateway(&echo, &uri_source(&server, "{ interval: 1h }"), "");
+    let r = gw.get("/api", &[("authorization", &bearer(&hs_token))]);
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (401, Some("unknown_kid")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        gw.metric("tollgate_jwks_keys", &[("provider", "main")]),
+        1.0
+    );
+    let r = gw.get(
+        "/api",
+        &[("authorization", &bearer(&es.sign(claims("alice"))))],
+    );
+    assert_eq!(
+        r.status, 200,
+        "the rest of the document is used: {}",
+        r.body
+    );
+    assert!(
+        gw.proc
+            .log_text()
+            .contains("symmetric (oct) keys in a jwks_uri document are never used"),
+        "the skipped key is logged"
+    );
+    drop(gw);
+
+    // The same document from a local file is trusted with its secret (the control case).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, &doc).unwrap();
+    let gw = gateway(
+        &echo,
+        &format!("      jwks_file: \"{}\"", path.display()),
+        "",
+    );
+    let r = gw.get("/api", &[("authorization", &bearer(&hs_token))]);
+    assert_eq!(r.status, 200, "{}", r.body);
 }

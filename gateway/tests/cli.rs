@@ -1,10 +1,11 @@
 //! `tollgate check` and `tollgate run` on bad configs: every problem, with its path, before
-//! anything is bound.
+//! anything is bound; `tollgate token verify` reading its token from standard input.
 
 mod common;
 
-use common::BIN;
-use std::process::Command;
+use common::{jwks, TestKey, BIN};
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 fn check(yaml: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -93,4 +94,83 @@ fn unreadable_file_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+/// `tollgate token verify --jwks FILE [extra] TOKEN`; with `stdin`, TOKEN is `-` and `stdin` is
+/// written to the process (from a thread: a big token would fill the pipe before the
+/// process reads it). Returns the exit code and stdout.
+fn verify(
+    jwks_file: &std::path::Path,
+    extra: &[&str],
+    token: &str,
+    stdin: Option<&str>,
+) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .args(["token", "verify", "--jwks", jwks_file.to_str().unwrap()])
+        .args(extra)
+        .arg(if stdin.is_some() { "-" } else { token })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.unwrap_or("").to_owned();
+    let writer = std::thread::spawn(move || {
+        // The process may stop reading once it has enough; a broken pipe is not a failure.
+        let _ = pipe.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+#[test]
+fn token_verify_reads_the_token_from_stdin_with_the_same_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let key = TestKey::es256("k1");
+    std::fs::write(&path, jwks(&[&key])).unwrap();
+    let token = key.sign(serde_json::json!({ "sub": "alice", "aud": "api" }));
+
+    let by_arg = verify(&path, &[], &token, None);
+    assert_eq!(by_arg.0, 0, "{}", by_arg.1);
+    assert!(by_arg.1.contains(r#""valid":true"#), "{}", by_arg.1);
+    // Trailing newline and whitespace (as `echo` or a file gives them) are removed.
+    assert_eq!(verify(&path, &[], "", Some(&format!("{token}\n"))), by_arg);
+    assert_eq!(
+        verify(&path, &[], "", Some(&format!("{token} \r\n\t"))),
+        by_arg
+    );
+
+    // A refusal is the same refusal either way.
+    let wrong_aud = ["--audience", "other"];
+    let refused = verify(&path, &wrong_aud, &token, None);
+    assert_eq!(refused.0, 1);
+    assert!(
+        refused.1.contains(r#""reason":"audience""#),
+        "{}",
+        refused.1
+    );
+    assert_eq!(verify(&path, &wrong_aud, "", Some(&token)), refused);
+}
+
+#[test]
+fn token_verify_reads_a_token_too_large_for_a_command_line_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let key = TestKey::es256("k1");
+    std::fs::write(&path, jwks(&[&key])).unwrap();
+    // 200 KB of claims: above Linux's 128 KiB limit on one argument, and above the
+    // verifier's 64 KiB, which must answer rather than a failed read or a truncated token.
+    let token = key.sign(serde_json::json!({ "sub": "alice", "pad": "x".repeat(200 * 1024) }));
+    assert!(token.len() > 200 * 1024);
+    let (code, stdout) = verify(&path, &[], "", Some(&format!("{token}\n")));
+    assert_eq!(code, 1, "{stdout}");
+    let verdict: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(verdict["valid"], false);
+    assert_eq!(verdict["reason"], "too_large");
 }

@@ -14,7 +14,7 @@ fn provider(key: &TestKey, dir: &tempfile::TempDir) -> String {
     let path = dir.path().join("jwks.json");
     std::fs::write(&path, jwks(&[key])).unwrap();
     format!(
-        "auth:\n  providers:\n    - {{ name: main, issuer: \"{ISS}\", jwks_file: \"{}\" }}\n",
+        "auth:\n  providers:\n    - {{ name: main, issuer: \"{ISS}\", audiences: any, jwks_file: \"{}\" }}\n",
         path.display()
     )
 }

@@ -1,9 +1,9 @@
 //! Validation of the `auth` section: providers, their key sources and refresh timing,
 //! token sources, and the claims forwarded as headers.
 
-use crate::raw::{RawAuth, RawProvider, RawRefresh};
+use crate::raw::{RawAudiences, RawAuth, RawProvider, RawRefresh};
 use crate::validate::{duration, header_name, Problems};
-use crate::{Auth, ClaimHeader, KeySource, Provider, Refresh, TokenSource};
+use crate::{Audiences, Auth, ClaimHeader, KeySource, Provider, Refresh, TokenSource};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -126,13 +126,13 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
         sources.push(KeySource::File(path.clone()));
     }
     if let Some(uri) = &p.jwks_uri {
-        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
-            problems.add(
-                format!("{base}.jwks_uri"),
-                "must be an http:// or https:// URL",
-            );
-        }
+        jwks_uri(base, uri, p.insecure_http.unwrap_or(false), problems);
         sources.push(KeySource::Uri(uri.clone()));
+    } else if p.insecure_http.is_some() {
+        problems.add(
+            format!("{base}.insecure_http"),
+            "only applies with an http:// jwks_uri",
+        );
     }
     if let Some(path) = &p.hmac_secret_file {
         sources.push(KeySource::HmacFile {
@@ -208,13 +208,114 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
     Provider {
         name: p.name.clone(),
         issuer: p.issuer.clone(),
-        audiences: p.audiences.clone().unwrap_or_default(),
+        audiences: audiences(base, p.audiences.as_ref(), problems),
+        token_types: token_types(base, p.token_types.as_deref(), problems),
         leeway: leeway(&format!("{base}.leeway"), p, problems),
         require_exp: p.require_exp.unwrap_or(true),
         keys,
         refresh: refresh(&format!("{base}.refresh"), p.refresh.as_ref(), problems),
         token_sources,
     }
+}
+
+/// Keys fetched over plain http can be swapped in transit by anyone on the path, and with
+/// them every token: only https is accepted, but for a loopback host (a sidecar or a test)
+/// or when the provider says `insecure_http: true`.
+fn jwks_uri(base: &str, uri: &str, insecure_http: bool, problems: &mut Problems) {
+    let path = format!("{base}.jwks_uri");
+    if let Some(rest) = uri.strip_prefix("https://") {
+        if host_of(rest).is_empty() {
+            problems.add(path, "has no host");
+        }
+    } else if let Some(rest) = uri.strip_prefix("http://") {
+        let host = host_of(rest);
+        if host.is_empty() {
+            problems.add(path, "has no host");
+        } else if !insecure_http && !is_loopback(host) {
+            problems.add(
+                path,
+                "must be an https:// URL (http:// only on a loopback host, or with insecure_http: true)",
+            );
+        }
+    } else {
+        problems.add(path, "must be an https:// URL");
+    }
+}
+
+/// The host of a URL after its scheme: userinfo and port removed, IPv6 brackets kept off.
+fn host_of(rest: &str) -> &str {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    }
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn audiences(base: &str, raw: Option<&RawAudiences>, problems: &mut Problems) -> Audiences {
+    let path = format!("{base}.audiences");
+    match raw {
+        None => {
+            problems.add(
+                path,
+                "required; list the accepted audiences, or write `audiences: any` to accept every audience",
+            );
+            Audiences::Any
+        }
+        Some(RawAudiences::Word(w)) if w == "any" => Audiences::Any,
+        Some(RawAudiences::Word(w)) => {
+            problems.add(
+                path,
+                format!("expected a list of audiences or `any`, found {w:?} (write [{w}] for one audience)"),
+            );
+            Audiences::Any
+        }
+        Some(RawAudiences::List(list)) => {
+            if list.is_empty() {
+                problems.add(
+                    &path,
+                    "must list at least one audience, or be `any` to accept every audience",
+                );
+            }
+            for (i, a) in list.iter().enumerate() {
+                if a.is_empty() {
+                    problems.add(format!("{path}[{i}]"), "must not be empty");
+                }
+            }
+            Audiences::List(list.clone())
+        }
+    }
+}
+
+/// `typ` values as written, e.g. `at+jwt` or `application/at+jwt`; compared by the verifier.
+fn token_types(base: &str, raw: Option<&[String]>, problems: &mut Problems) -> Vec<String> {
+    let Some(list) = raw else {
+        return Vec::new();
+    };
+    if list.is_empty() {
+        problems.add(
+            format!("{base}.token_types"),
+            "must list at least one type (leave it out to accept any typ)",
+        );
+    }
+    for (i, t) in list.iter().enumerate() {
+        let bad = |c: char| c.is_whitespace() || c.is_control() || c == ',';
+        if t.is_empty() || t.contains(bad) {
+            problems.add(
+                format!("{base}.token_types[{i}]"),
+                format!("expected a media type such as at+jwt, found {t:?}"),
+            );
+        }
+    }
+    list.to_vec()
 }
 
 fn hmac_alg(base: &str, p: &RawProvider, problems: &mut Problems) -> String {

@@ -18,6 +18,7 @@
 //! ```
 
 mod auth;
+mod http;
 mod limits;
 mod raw;
 mod validate;
@@ -26,6 +27,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use http::{HttpSettings, Underscores};
+pub use ipnet::IpNet;
+pub use tollgate_canonical::{EscapedSlashes, PathOptions, PathParams};
 pub use tollgate_router::PathMatch;
 
 /// One thing wrong with a config, at a YAML path such as `routes[2].upstream`.
@@ -125,6 +129,8 @@ pub struct Server {
     pub error_log: Option<String>,
     pub user: Option<String>,
     pub group: Option<String>,
+    /// `server.http`: request normalisation, header hygiene and client limits.
+    pub http: HttpSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +242,8 @@ pub struct Route {
     pub policy: Option<String>,
     /// All must admit a request.
     pub rate_limits: Vec<Limit>,
+    /// Request body size in bytes; larger → 413. Default `server.http.max_body`.
+    pub max_body: u64,
 }
 
 /// The `rate_limiting` section: where limits keep their state.
@@ -245,6 +253,9 @@ pub struct RateLimiting {
     pub max_local_keys: usize,
     /// The shared store for `store: redis` limits.
     pub redis: Option<Redis>,
+    /// IPv6 client addresses share a bucket per prefix of this length (limits may set their
+    /// own). Default 64: one end site's LAN, which a client can rotate through freely.
+    pub ipv6_prefix: u8,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -278,6 +289,8 @@ pub struct Limit {
     pub store: LimitStore,
     /// Send `RateLimit` headers on admitted responses too (429s always carry them).
     pub headers: bool,
+    /// Prefix length IPv6 client addresses are keyed by. Default `rate_limiting.ipv6_prefix`.
+    pub ipv6_prefix: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,7 +298,7 @@ pub enum LimitKey {
     /// A claim by dotted path (requests without it fall back to the client IP).
     Claim(Vec<String>),
     ClientIp,
-    /// A request header, lower-case (absent: empty).
+    /// A request header, lower-case (requests without it fall back to the client IP).
     Header(String),
     /// The route itself: one bucket for everyone.
     Route,
@@ -348,8 +361,12 @@ pub struct Provider {
     pub name: String,
     /// Tokens are routed to a provider by their `iss`, which must equal this exactly.
     pub issuer: String,
-    /// When non-empty, a token's `aud` must contain one of these.
-    pub audiences: Vec<String>,
+    /// Which `aud` values are accepted. Required in the file: a provider accepting every
+    /// audience must say `audiences: any`.
+    pub audiences: Audiences,
+    /// When non-empty, the JOSE header `typ` must be one of these (e.g. `at+jwt`, RFC 9068),
+    /// compared case-insensitively with an `application/` prefix ignored. Default: not checked.
+    pub token_types: Vec<String>,
     /// Clock skew allowed for `exp`, `nbf`, `iat`. Default 30 s.
     pub leeway: Duration,
     /// Refuse tokens without `exp`. Default true.
@@ -360,13 +377,23 @@ pub struct Provider {
     pub token_sources: Vec<TokenSource>,
 }
 
+/// The audiences a provider accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audiences {
+    /// `audiences: any`: `aud` is not checked.
+    Any,
+    /// A token's `aud` must contain one of these (never empty).
+    List(Vec<String>),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// A JWKS document given in the config (as JSON text).
     Inline(String),
     /// A JWKS (or PEM) file, re-read when it changes.
     File(String),
-    /// A JWKS URL (http or https), fetched before ready and refreshed.
+    /// A JWKS URL, fetched before ready and refreshed: https, or http on a loopback host or
+    /// with `insecure_http: true`. Symmetric (`oct`) keys in it are never used.
     Uri(String),
     /// An HMAC secret read from a file.
     HmacFile { path: String, alg: String },

@@ -45,6 +45,26 @@ pub(crate) fn rate_limiting(raw: &RawRateLimiting, problems: &mut Problems) -> R
     RateLimiting {
         max_local_keys: max_local_keys.max(1),
         redis,
+        ipv6_prefix: ipv6_prefix(
+            raw.ipv6_prefix,
+            DEFAULT_IPV6_PREFIX,
+            "rate_limiting.ipv6_prefix",
+            problems,
+        ),
+    }
+}
+
+/// A /64 is what one end site is given: a client that owns one can use 2^64 addresses.
+const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+fn ipv6_prefix(value: Option<u8>, default: u8, path: &str, problems: &mut Problems) -> u8 {
+    match value {
+        None => default,
+        Some(p @ 1..=128) => p,
+        Some(p) => {
+            problems.add(path, format!("must be between 1 and 128, found {p}"));
+            default
+        }
     }
 }
 
@@ -196,6 +216,12 @@ pub(crate) fn route_limits(
                 tiers,
                 store,
                 headers: l.headers.unwrap_or(false),
+                ipv6_prefix: ipv6_prefix(
+                    l.ipv6_prefix,
+                    settings.ipv6_prefix,
+                    &format!("{path}.ipv6_prefix"),
+                    problems,
+                ),
             });
         }
     }

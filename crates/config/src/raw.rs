@@ -43,6 +43,7 @@ pub struct RawServer {
     pub error_log: Option<String>,
     pub user: Option<String>,
     pub group: Option<String>,
+    pub http: Option<crate::http::RawHttp>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,18 +117,45 @@ pub struct RawClaimHeader {
     pub header: String,
 }
 
+/// `audiences: [a, b]` or `audiences: any`. Any other word is kept so that validation can
+/// name it; other shapes get one clear message instead of serde's "no variant matched".
+#[derive(Debug, Clone)]
+pub enum RawAudiences {
+    List(Vec<String>),
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for RawAudiences {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            List(Vec<String>),
+            Word(String),
+        }
+        match Shape::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a list of audiences, or the word any")
+        })? {
+            Shape::List(l) => Ok(RawAudiences::List(l)),
+            Shape::Word(w) => Ok(RawAudiences::Word(w)),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     pub name: String,
     pub issuer: String,
-    pub audiences: Option<Vec<String>>,
+    pub audiences: Option<RawAudiences>,
+    pub token_types: Option<Vec<String>>,
     pub leeway: Option<DurationText>,
     pub require_exp: Option<bool>,
     /// An inline JWKS document, written as YAML.
     pub jwks: Option<serde_yaml::Value>,
     pub jwks_file: Option<String>,
     pub jwks_uri: Option<String>,
+    pub insecure_http: Option<bool>,
     pub hmac_secret_file: Option<String>,
     pub hmac_secret_env: Option<String>,
     pub hmac_alg: Option<String>,
@@ -162,6 +190,7 @@ pub struct RawRoute {
     pub keep_authorization: Option<bool>,
     pub policy: Option<String>,
     pub rate_limits: Option<Vec<RawLimit>>,
+    pub max_body: Option<crate::http::ByteSize>,
 }
 
 /// `key: client_ip` or `key: [claim:tenant, route]`.
@@ -182,6 +211,7 @@ pub struct RawLimit {
     pub tiers: Option<RawTiers>,
     pub store: Option<String>,
     pub headers: Option<bool>,
+    pub ipv6_prefix: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +232,7 @@ pub struct RawTier {
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimiting {
     pub max_local_keys: Option<usize>,
+    pub ipv6_prefix: Option<u8>,
     pub redis: Option<RawRedis>,
 }
 

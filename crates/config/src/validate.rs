@@ -532,6 +532,8 @@ fn route(
         keep_authorization: raw.keep_authorization.unwrap_or(false),
         policy: raw.policy.clone(),
         rate_limits,
+        // Resolved against `server.http.max_body` by `validate`.
+        max_body: crate::http::byte_size(&raw.max_body, &format!("{base}.max_body"), 0, problems),
     }
 }
 
@@ -580,6 +582,7 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
         error_log: s.error_log.clone(),
         user: s.user.clone(),
         group: s.group.clone(),
+        http: crate::http::http(s.http.as_ref().unwrap_or(&Default::default()), problems),
     };
     let listen = Listen {
         http: socket_addr(&raw.listen.http, "listen.http", "0.0.0.0:8080", problems),
@@ -639,7 +642,23 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
     let mut accepted: Vec<usize> = Vec::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (index, r) in &raw.routes {
-        let route = route(*index, r, raw, &auth, &rate_limiting, problems);
+        let mut route = route(*index, r, raw, &auth, &rate_limiting, problems);
+        if route.max_body == 0 {
+            route.max_body = server.http.max_body;
+        }
+        // Requests are matched on their normalised path, so a route path that normalises to
+        // something else could never match as written.
+        match tollgate_canonical::normalize_path(route.path.as_bytes(), &server.http.path) {
+            Ok(normal) if normal == route.path || !route.path.starts_with('/') => {}
+            Ok(normal) => problems.add(
+                format!("routes[{index}].path"),
+                format!("requests are matched on normalised paths: write {normal:?}"),
+            ),
+            Err(e) if tollgate_router::is_clean_path(&route.path) => {
+                problems.add(format!("routes[{index}].path"), e.to_string())
+            }
+            Err(_) => {}
+        }
         if let Some(first) = names.insert(&r.name, *index) {
             problems.add(
                 format!("routes[{index}].name"),

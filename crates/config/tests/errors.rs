@@ -1,6 +1,6 @@
 //! A bad config is refused with every problem and its YAML path, at once.
 
-use tollgate_config::parse;
+use tollgate_config::{parse, Audiences};
 
 fn problems(yaml: &str) -> Vec<String> {
     parse(yaml)
@@ -218,8 +218,8 @@ fn auth_policy_and_limit_problems_have_paths() {
         r#"
 auth:
   providers:
-    - { name: a, issuer: "https://a", jwks_file: a.json, jwks_uri: "https://a/jwks" }
-    - { name: a, issuer: "https://a", token_sources: [bearer, "smoke:signal"] }
+    - { name: a, issuer: "https://a", audiences: [api], jwks_file: a.json, jwks_uri: "https://a/jwks" }
+    - { name: a, issuer: "https://a", audiences: any, token_sources: [bearer, "smoke:signal"] }
   forward_claims:
     - { claim: sub, header: Authorization }
 policies:
@@ -273,7 +273,7 @@ fn routes_default_to_required_auth_when_providers_exist() {
     let c = parse(
         r#"
 auth:
-  providers: [{ name: a, issuer: "https://a", jwks: { keys: [] } }]
+  providers: [{ name: a, issuer: "https://a", audiences: any, jwks: { keys: [] } }]
 policies:
   p: { allow: [{ roles: [admin] }] }
 upstreams:
@@ -300,4 +300,164 @@ routes:
         vec![tollgate_config::LimitKey::ClientIp]
     );
     assert!(c.policies.contains_key("p"));
+    assert_eq!(c.auth.providers[0].audiences, Audiences::Any);
+    assert!(c.auth.providers[0].token_types.is_empty());
+    assert_eq!(c.rate_limiting.ipv6_prefix, 64);
+    assert_eq!(c.routes[0].rate_limits[0].ipv6_prefix, 64);
+}
+
+/// A provider with `yaml` (a flow-mapping body after `name` and `issuer`) and a route.
+fn with_provider(yaml: &str) -> String {
+    format!(
+        "auth:\n  providers:\n    - {{ name: a, issuer: \"https://a\", {yaml} }}\n\
+         upstreams:\n  e: {{ backends: [{{ addr: \"127.0.0.1:9000\" }}] }}\n\
+         routes:\n  - {{ name: r, path: /, upstream: e }}\n"
+    )
+}
+
+#[test]
+fn audiences_are_required_or_explicitly_any() {
+    assert_eq!(
+        problems(&with_provider("jwks: { keys: [] }")),
+        ["auth.providers[0].audiences: required; list the accepted audiences, or write `audiences: any` to accept every audience"]
+    );
+    let any = parse(&with_provider("audiences: any, jwks: { keys: [] }")).unwrap();
+    assert_eq!(any.auth.providers[0].audiences, Audiences::Any);
+    let list = parse(&with_provider(
+        "audiences: [api, \"api://b\"], jwks: { keys: [] }",
+    ))
+    .unwrap();
+    assert_eq!(
+        list.auth.providers[0].audiences,
+        Audiences::List(vec!["api".into(), "api://b".into()])
+    );
+    assert_eq!(
+        problems(&with_provider("audiences: api, jwks: { keys: [] }")),
+        ["auth.providers[0].audiences: expected a list of audiences or `any`, found \"api\" (write [api] for one audience)"]
+    );
+    assert_eq!(
+        problems(&with_provider("audiences: [], jwks: { keys: [] }")),
+        ["auth.providers[0].audiences: must list at least one audience, or be `any` to accept every audience"]
+    );
+    assert_eq!(
+        problems(&with_provider("audiences: [\"\"], jwks: { keys: [] }")),
+        ["auth.providers[0].audiences[0]: must not be empty"]
+    );
+    let shape = problems(&with_provider("audiences: { a: 1 }, jwks: { keys: [] }"));
+    assert_eq!(shape.len(), 1, "{shape:?}");
+    assert!(
+        shape[0].starts_with(
+            "auth.providers[0].audiences: expected a list of audiences, or the word any"
+        ),
+        "{shape:?}"
+    );
+}
+
+#[test]
+fn token_types_are_kept_as_written() {
+    let c = parse(&with_provider(
+        "audiences: any, token_types: [at+jwt, application/JWT], jwks: { keys: [] }",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.auth.providers[0].token_types,
+        ["at+jwt", "application/JWT"]
+    );
+    assert_eq!(
+        problems(&with_provider("audiences: any, token_types: [], jwks: { keys: [] }")),
+        ["auth.providers[0].token_types: must list at least one type (leave it out to accept any typ)"]
+    );
+    assert_eq!(
+        problems(&with_provider("audiences: any, token_types: [\"at jwt\", \"\"], jwks: { keys: [] }")),
+        [
+            "auth.providers[0].token_types[0]: expected a media type such as at+jwt, found \"at jwt\"",
+            "auth.providers[0].token_types[1]: expected a media type such as at+jwt, found \"\"",
+        ]
+    );
+}
+
+#[test]
+fn jwks_uri_must_be_https_except_on_loopback_or_when_insecure_http_is_said() {
+    for ok in [
+        "jwks_uri: \"https://idp.example/jwks\"",
+        "jwks_uri: \"http://127.0.0.1:8080/jwks\"",
+        "jwks_uri: \"http://127.8.9.10/jwks\"",
+        "jwks_uri: \"http://localhost/jwks\"",
+        "jwks_uri: \"http://LOCALHOST:9/jwks\"",
+        "jwks_uri: \"http://[::1]:8080/jwks\"",
+        "jwks_uri: \"http://idp.internal/jwks\", insecure_http: true",
+    ] {
+        let c = parse(&with_provider(&format!("audiences: any, {ok}")));
+        assert!(c.is_ok(), "{ok}: {c:?}");
+    }
+    let https_only =
+        "must be an https:// URL (http:// only on a loopback host, or with insecure_http: true)";
+    for bad in [
+        "jwks_uri: \"http://idp.example/jwks\"",
+        "jwks_uri: \"http://idp.example/jwks\", insecure_http: false",
+        // Look-alikes of a loopback host are not one.
+        "jwks_uri: \"http://localhost.evil.example/jwks\"",
+        "jwks_uri: \"http://127.0.0.1.evil.example/jwks\"",
+        "jwks_uri: \"http://127.0.0.1@evil.example/jwks\"",
+        "jwks_uri: \"http://[::2]/jwks\"",
+    ] {
+        assert_eq!(
+            problems(&with_provider(&format!("audiences: any, {bad}"))),
+            [format!("auth.providers[0].jwks_uri: {https_only}")],
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        problems(&with_provider(
+            "audiences: any, jwks_uri: \"ftp://idp/jwks\""
+        )),
+        ["auth.providers[0].jwks_uri: must be an https:// URL"]
+    );
+    assert_eq!(
+        problems(&with_provider(
+            "audiences: any, jwks_uri: \"https:///jwks\""
+        )),
+        ["auth.providers[0].jwks_uri: has no host"]
+    );
+    assert_eq!(
+        problems(&with_provider(
+            "audiences: any, jwks: { keys: [] }, insecure_http: true"
+        )),
+        ["auth.providers[0].insecure_http: only applies with an http:// jwks_uri"]
+    );
+}
+
+#[test]
+fn ipv6_prefix_is_set_under_rate_limiting_or_per_limit() {
+    let c = parse(
+        r#"
+rate_limiting: { ipv6_prefix: 56 }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - name: r
+    path: /
+    upstream: e
+    rate_limits: [{ name: a, rate: 1/s }, { name: b, rate: 1/s, ipv6_prefix: 128 }]
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.rate_limiting.ipv6_prefix, 56);
+    let limits = &c.routes[0].rate_limits;
+    assert_eq!((limits[0].ipv6_prefix, limits[1].ipv6_prefix), (56, 128));
+    assert_eq!(
+        problems(
+            r#"
+rate_limiting: { ipv6_prefix: 0 }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: e, rate_limits: [{ name: a, rate: 1/s, ipv6_prefix: 129 }] }
+"#
+        ),
+        [
+            "rate_limiting.ipv6_prefix: must be between 1 and 128, found 0",
+            "routes[0].rate_limits[0].ipv6_prefix: must be between 1 and 128, found 129",
+        ]
+    );
 }

@@ -160,6 +160,7 @@ pub struct KeySet {
     by_kid: HashMap<String, Vec<usize>>,
     kidless: Vec<usize>,
     skipped: usize,
+    skipped_symmetric: usize,
 }
 
 impl KeySet {
@@ -176,6 +177,19 @@ impl KeySet {
     /// `kty` or curve. [`KeySet::skipped`] counts them. A key of a supported type that is
     /// malformed fails the whole document, so a broken configuration is noticed.
     pub fn from_jwks(json: &[u8]) -> Result<KeySet, KeyError> {
+        KeySet::parse_jwks(json, true)
+    }
+
+    /// Loads a JWKS document fetched from a URL (`jwks_uri`): like [`KeySet::from_jwks`], but
+    /// symmetric (`oct`) keys are skipped and counted in [`KeySet::skipped`] and
+    /// [`KeySet::skipped_symmetric`], without even decoding them. A secret served at a URL is
+    /// no secret: whoever can read the document, or change it in transit, could mint HS*
+    /// tokens the gateway would accept (RFC 8725 §3.1, §3.2).
+    pub fn from_remote_jwks(json: &[u8]) -> Result<KeySet, KeyError> {
+        KeySet::parse_jwks(json, false)
+    }
+
+    fn parse_jwks(json: &[u8], symmetric: bool) -> Result<KeySet, KeyError> {
         let doc = parse_json_object(json)?;
         let mut set = KeySet::new();
         let mut add = |index: usize, jwk: &Value| -> Result<(), KeyError> {
@@ -184,6 +198,11 @@ impl KeySet {
                 source: Box::new(e),
             };
             let obj = jwk.as_object().ok_or(KeyError::NotAnObject).map_err(wrap)?;
+            if !symmetric && obj.get("kty").and_then(Value::as_str) == Some("oct") {
+                set.skipped += 1;
+                set.skipped_symmetric += 1;
+                return Ok(());
+            }
             match parse_jwk(obj).map_err(wrap)? {
                 Some(k) => set.push(k),
                 None => set.skipped += 1,
@@ -261,6 +280,7 @@ impl KeySet {
     /// Adds all keys of `other` to this set.
     pub fn extend(&mut self, other: KeySet) {
         self.skipped += other.skipped;
+        self.skipped_symmetric += other.skipped_symmetric;
         for k in other.keys {
             self.push_arc(k);
         }
@@ -277,6 +297,12 @@ impl KeySet {
     /// How many JWKS entries were skipped as unusable for JWS verification.
     pub fn skipped(&self) -> usize {
         self.skipped
+    }
+
+    /// How many of the skipped entries were symmetric keys refused by
+    /// [`KeySet::from_remote_jwks`].
+    pub fn skipped_symmetric(&self) -> usize {
+        self.skipped_symmetric
     }
 
     /// The `kid` of each key, in load order (`None` for keys without one).
@@ -327,6 +353,7 @@ impl fmt::Debug for KeySet {
         f.debug_struct("KeySet")
             .field("keys", &self.keys)
             .field("skipped", &self.skipped)
+            .field("skipped_symmetric", &self.skipped_symmetric)
             .finish()
     }
 }
@@ -718,6 +745,27 @@ mod tests {
         assert_eq!(set.len(), 1);
         assert_eq!(set.skipped(), 6);
         assert!(set.contains_kid("h"));
+    }
+
+    #[test]
+    fn remote_jwks_never_yields_a_symmetric_key() {
+        let doc = br#"{"keys":[
+            {"kty":"oct","kid":"h","k":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"},
+            {"kty":"oct","kid":"bad","k":"c2Vj*"},
+            {"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            {"kty":"XYZ"}
+        ]}"#;
+        let set = KeySet::from_remote_jwks(doc).unwrap();
+        assert_eq!(set.kids().collect::<Vec<_>>(), [Some("ed")]);
+        assert_eq!(set.skipped(), 3);
+        assert_eq!(set.skipped_symmetric(), 2);
+        // A single oct JWK is skipped too, leaving an empty set.
+        let single = KeySet::from_remote_jwks(br#"{"kty":"oct","k":"c2VjcmV0"}"#).unwrap();
+        assert!(single.is_empty());
+        assert_eq!(single.skipped_symmetric(), 1);
+        // The same oct key from a local document is used.
+        let local = KeySet::from_jwks(br#"{"kty":"oct","k":"c2VjcmV0"}"#).unwrap();
+        assert_eq!((local.len(), local.skipped_symmetric()), (1, 0));
     }
 
     #[test]

@@ -604,6 +604,7 @@ fn issuer_and_audience() {
         leeway_s: 0,
         issuer: iss.map(str::to_owned),
         audiences: auds.iter().map(|s| s.to_string()).collect(),
+        ..Validation::default()
     };
     assert_eq!(at(&v(Some("https://a.example"), &["y"]), &t, NOW), "ok");
     assert_eq!(at(&v(Some("https://a.example/"), &[]), &t, NOW), "issuer");
@@ -627,11 +628,68 @@ fn claim_rules_follow_their_order() {
         leeway_s: 0,
         issuer: Some("right".into()),
         audiences: vec!["right".into()],
+        ..Validation::default()
     };
     assert_eq!(at(&v, &t, 20), "expired");
     assert_eq!(at(&v, &t, 5), "not_yet_valid");
     let t = timed(json!({"iss": "wrong", "aud": "wrong"}));
     assert_eq!(at(&v, &t, 20), "issuer");
+}
+
+#[test]
+fn token_types_are_checked_only_when_asked() {
+    let k = hmac_key(Algorithm::HS256);
+    let set = hmac_set(None);
+    let typed = |header: &str| {
+        verify_signature(&raw(header, "{}", Some((&k, Algorithm::HS256))), &set).unwrap()
+    };
+    let at_jwt = Validation {
+        token_types: vec!["at+jwt".into()],
+        ..Validation::default()
+    };
+    // Case-insensitive, and `application/` may be written on either side (RFC 7515 §4.1.9).
+    for typ in [
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+        "Application/AT+jwt",
+    ] {
+        let t = typed(&format!(r#"{{"alg":"HS256","typ":"{typ}"}}"#));
+        assert_eq!(at(&at_jwt, &t, NOW), "ok", "{typ}");
+    }
+    let prefixed = Validation {
+        token_types: vec!["application/at+jwt".into(), "JWT".into()],
+        ..Validation::default()
+    };
+    assert_eq!(
+        at(&prefixed, &typed(r#"{"alg":"HS256","typ":"at+jwt"}"#), NOW),
+        "ok"
+    );
+    assert_eq!(
+        at(&prefixed, &typed(r#"{"alg":"HS256","typ":"jwt"}"#), NOW),
+        "ok"
+    );
+    // Missing, another type, a non-string, or a different prefix: refused with `typ`.
+    for header in [
+        r#"{"alg":"HS256"}"#,
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        r#"{"alg":"HS256","typ":"id+jwt"}"#,
+        r#"{"alg":"HS256","typ":5}"#,
+        r#"{"alg":"HS256","typ":"text/at+jwt"}"#,
+        r#"{"alg":"HS256","typ":"application/"}"#,
+    ] {
+        let t = typed(header);
+        assert_eq!(at(&at_jwt, &t, NOW), "typ", "{header}");
+        // Without the option `typ` is not looked at.
+        assert_eq!(at(&Validation::default(), &t, NOW), "ok", "{header}");
+    }
+    assert_eq!(
+        at_jwt
+            .check_claims(&typed(r#"{"alg":"HS256"}"#), NOW)
+            .unwrap_err()
+            .reason,
+        Reason::Type
+    );
 }
 
 // ---- the order of rules 1-11 when several defects meet ----

@@ -32,10 +32,12 @@ pub enum Reason {
     NotYetValid,
     Issuer,
     Audience,
+    /// The header `typ` is missing or not one of [`Validation::token_types`] (RFC 8725 §3.11).
+    Type,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Missing,
         Reason::TooLarge,
         Reason::Malformed,
@@ -48,6 +50,7 @@ impl Reason {
         Reason::NotYetValid,
         Reason::Issuer,
         Reason::Audience,
+        Reason::Type,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Reason {
             Reason::NotYetValid => "not_yet_valid",
             Reason::Issuer => "issuer",
             Reason::Audience => "audience",
+            Reason::Type => "typ",
         }
     }
 }
@@ -87,7 +91,8 @@ fn reject<T>(reason: Reason, detail: &'static str) -> Result<T, Rejection> {
     Err(Rejection { reason, detail })
 }
 
-/// What the claims stage checks beyond signature: time with leeway, issuer and audience.
+/// What the claims stage checks beyond signature: time with leeway, issuer, audience and,
+/// when asked, the header `typ`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Validation {
     /// Allowed clock skew in seconds, applied to `exp`, `nbf` and `iat`.
@@ -96,6 +101,11 @@ pub struct Validation {
     pub issuer: Option<String>,
     /// When non-empty, `aud` must contain at least one of these (exact comparison).
     pub audiences: Vec<String>,
+    /// When non-empty, the header `typ` must be one of these (explicit typing, RFC 8725 §3.11;
+    /// e.g. `at+jwt` for RFC 9068 access tokens). Compared case-insensitively, with an
+    /// `application/` prefix ignored on either side (RFC 7515 §4.1.9). Empty: `typ` is not
+    /// looked at, which is what the conformance corpus expects.
+    pub token_types: Vec<String>,
 }
 
 /// A token whose structure, key selection and signature checked out. Claims are not yet
@@ -105,6 +115,8 @@ pub struct VerifiedToken {
     pub alg: Algorithm,
     /// The `kid` from the token header.
     pub kid: Option<String>,
+    /// The `typ` from the token header, when it is a string.
+    pub typ: Option<String>,
     pub claims: Map<String, Value>,
     pub exp: Option<f64>,
     pub nbf: Option<f64>,
@@ -122,6 +134,7 @@ impl fmt::Debug for VerifiedToken {
         f.debug_struct("VerifiedToken")
             .field("alg", &self.alg)
             .field("kid", &self.kid)
+            .field("typ", &self.typ)
             .field("iss", &self.iss)
             .field("exp", &self.exp)
             .field("nbf", &self.nbf)
@@ -137,6 +150,7 @@ struct Parsed<'t> {
     signature: Vec<u8>,
     alg: Algorithm,
     kid: Option<String>,
+    typ: Option<String>,
     claims: Map<String, Value>,
 }
 
@@ -221,6 +235,9 @@ fn parse(token: &str) -> Result<Parsed<'_>, Rejection> {
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return reject(Reason::Malformed, "kid is not a string"),
     };
+    // Not a rule of the corpus: a `typ` of another type is kept as absent, and only a
+    // validation that asks for token types looks at it.
+    let typ = header.get("typ").and_then(Value::as_str).map(str::to_owned);
     if header.contains_key("crit") {
         return reject(
             Reason::Unsupported,
@@ -235,6 +252,7 @@ fn parse(token: &str) -> Result<Parsed<'_>, Rejection> {
         signature,
         alg,
         kid,
+        typ,
         claims,
     })
 }
@@ -339,16 +357,24 @@ fn verified_token(p: Parsed<'_>) -> VerifiedToken {
         sub: string("sub"),
         aud,
         kid: p.kid,
+        typ: p.typ,
         claims: p.claims,
     }
 }
 
 impl Validation {
-    /// Rules 12-14 on an already verified token, at `now` (unix seconds).
+    /// Rules 12-14 on an already verified token, at `now` (unix seconds), preceded by the
+    /// `typ` check when [`Validation::token_types`] is set.
     ///
     /// Comparisons are in f64 because NumericDate may be fractional; every whole-second time up
     /// to 2^53 is exact there, far beyond any real `now`.
     pub fn check_claims(&self, t: &VerifiedToken, now: u64) -> Result<(), Rejection> {
+        if !self.token_types.is_empty() {
+            let listed = |typ: &str| self.token_types.iter().any(|t| same_media_type(t, typ));
+            if !t.typ.as_deref().is_some_and(listed) {
+                return reject(Reason::Type, "token typ is missing or not accepted");
+            }
+        }
         let now = now as f64;
         let leeway = self.leeway_s as f64;
         if t.exp.is_some_and(|exp| now >= exp + leeway) {
@@ -370,6 +396,18 @@ impl Validation {
         }
         Ok(())
     }
+}
+
+/// Media types compared the way RFC 7515 §4.1.9 allows `typ` to be written: case-insensitively,
+/// with `application/` left out when no other `/` follows (`application/at+jwt` = `AT+JWT`).
+fn same_media_type(a: &str, b: &str) -> bool {
+    fn short(t: &str) -> &str {
+        match t.get(..12) {
+            Some(p) if p.eq_ignore_ascii_case("application/") && !t[12..].contains('/') => &t[12..],
+            _ => t,
+        }
+    }
+    short(a).eq_ignore_ascii_case(short(b))
 }
 
 /// All rules, in order: [`verify_signature`] then [`Validation::check_claims`].
@@ -451,7 +489,8 @@ mod tests {
                 "expired",
                 "not_yet_valid",
                 "issuer",
-                "audience"
+                "audience",
+                "typ"
             ]
         );
     }

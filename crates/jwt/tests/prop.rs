@@ -20,6 +20,7 @@ fn all_entry_points(token: &str, keys: &KeySet) {
         leeway_s: 30,
         issuer: Some("i".into()),
         audiences: vec!["a".into()],
+        token_types: Vec::new(),
     };
     let _ = verify(token, keys, &v, 1_700_000_000);
     let _ = peek_issuer(token);

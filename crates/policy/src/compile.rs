@@ -40,9 +40,11 @@ pub(crate) struct NameSet {
     pub(crate) sorted: Box<[Box<str>]>,
 }
 
-/// A dotted claim path such as `realm_access.roles`.
+/// A dotted claim path such as `realm_access.roles`, split once. The one way claims are
+/// read by path: RBAC here, and the gateway's identity headers and rate-limit keys, so that
+/// all three find the same value (see [`ClaimPath::lookup`]).
 #[derive(Debug, Clone)]
-pub(crate) struct ClaimPath {
+pub struct ClaimPath {
     pub(crate) full: Box<str>,
     pub(crate) segments: Box<[Box<str>]>,
 }
@@ -335,7 +337,7 @@ fn expected(path: &str, raw: &Value, problems: &mut Vec<PolicyProblem>) -> Optio
 
 impl ClaimPath {
     /// `None` when a segment is empty (`a..b`, `.a`, ``).
-    pub(crate) fn parse(text: &str) -> Option<ClaimPath> {
+    pub fn parse(text: &str) -> Option<ClaimPath> {
         let segments: Box<[Box<str>]> = text.split('.').map(Into::into).collect();
         if segments.iter().any(|s| s.is_empty()) {
             return None;
@@ -344,6 +346,11 @@ impl ClaimPath {
             full: text.into(),
             segments,
         })
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.full
     }
 }
 

@@ -343,7 +343,7 @@ impl ClaimPath {
     /// The claim at this path. A claim whose own name contains dots (such as the namespaced
     /// `https://example.com/roles` that Auth0 issues) is found by its full name when the
     /// nested path leads nowhere.
-    pub(crate) fn lookup<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
+    pub fn lookup<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
         let (first, rest) = self.segments.split_first()?;
         let mut v = claims.get(&**first);
         for segment in rest {

@@ -68,6 +68,7 @@ mod eval;
 mod explain;
 mod raw;
 
+pub use compile::ClaimPath;
 pub use error::{PolicyError, PolicyProblem};
 pub use eval::{DecidedBy, Decision, RequestFacts};
 pub use explain::{ConditionTrace, Explanation, RuleTrace};

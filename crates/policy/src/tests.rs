@@ -126,6 +126,29 @@ fn roles_claim_is_a_dotted_path() {
 }
 
 #[test]
+fn claim_path_lookup_is_public_and_reads_literal_dotted_names() {
+    let claims = json!({
+        "https://example.com/roles": ["admin"],
+        "realm_access": {"roles": ["ops"]},
+        "a.b": "literal",
+        "a": {"b": "nested"}
+    });
+    let claims = claims.as_object().unwrap();
+    let at = |path: &str| ClaimPath::parse(path).unwrap().lookup(claims).cloned();
+    assert_eq!(at("https://example.com/roles"), Some(json!(["admin"])));
+    assert_eq!(at("realm_access.roles"), Some(json!(["ops"])));
+    assert_eq!(at("a.b"), Some(json!("nested")), "the nested path wins");
+    assert_eq!(at("nope.x"), None);
+    assert_eq!(
+        ClaimPath::parse("https://example.com/roles")
+            .unwrap()
+            .as_str(),
+        "https://example.com/roles"
+    );
+    assert!(ClaimPath::parse("a..b").is_none());
+}
+
+#[test]
 fn claim_names_containing_dots_are_found_when_the_nested_path_leads_nowhere() {
     let p = policy("roles_claim: https://example.com/roles\nallow: [{ roles: [admin] }]");
     assert!(allows(

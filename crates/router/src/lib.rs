@@ -4,8 +4,12 @@
 //! Hosts are looked up in hash maps (exact first, then `*.suffix` wildcards, then routes
 //! without a host); paths in a trie of `/`-separated segments for prefix routes and a hash
 //! map for exact routes. We wrote this rather than use `matchit`, the usual radix router,
-//! because a gateway needs longest-prefix fallback across routes with different method sets
-//! and a 405 answer, and matchit's catch-all parameters do not give either.
+//! because a gateway needs longest-prefix matching on segment boundaries, method sets per
+//! route and a 405 answer, and matchit's catch-all parameters do not give these.
+//!
+//! The most specific route path decides, whatever the method: a method that route does not
+//! accept is answered 405, never handed to a less specific route (whose policy was written
+//! for other paths).
 //!
 //! ```
 //! use tollgate_router::{Match, PathMatch, RouteSpec, Router};
@@ -16,6 +20,9 @@
 //! assert_eq!(router.find(Some("example.com"), "/api/users", "GET"), Match::Found(&"api"));
 //! assert_eq!(router.find(None, "/api/admin/x", "DELETE"), Match::Found(&"admin"));
 //! assert!(matches!(router.find(None, "/api/users", "POST"), Match::MethodNotAllowed(_)));
+//! // `/api/admin` decides for its paths, so a method it lacks is not retried on `/api`.
+//! router.insert(RouteSpec::new(None, "/api/admin/ro", PathMatch::Prefix, &["GET"]), "ro").unwrap();
+//! assert_eq!(router.find(None, "/api/admin/ro", "POST"), Match::MethodNotAllowed(vec!["GET"]));
 //! assert_eq!(router.find(None, "/other", "GET"), Match::NotFound);
 //! ```
 
@@ -89,7 +96,8 @@ impl std::error::Error for InsertError {}
 #[derive(Debug, PartialEq, Eq)]
 pub enum Match<'a, T> {
     Found(&'a T),
-    /// Some route matches host and path, none the method: the methods that would match.
+    /// The routes that decide for this host and path accept other methods: those methods,
+    /// sorted and without duplicates.
     MethodNotAllowed(Vec<&'a str>),
     NotFound,
 }
@@ -143,10 +151,19 @@ impl<T> Slot<T> {
             .map(|e| &e.value)
     }
 
-    fn methods(&self) -> impl Iterator<Item = &str> {
-        self.entries
+    /// The answer of this slot alone: its route for `method`, else 405 with its methods.
+    fn decide(&self, method: &str) -> Match<'_, T> {
+        if let Some(v) = self.find(method) {
+            return Match::Found(v);
+        }
+        let mut allowed: Vec<&str> = self
+            .entries
             .iter()
             .flat_map(|e| e.methods.iter().map(String::as_str))
+            .collect();
+        allowed.sort_unstable();
+        allowed.dedup();
+        Match::MethodNotAllowed(allowed)
     }
 }
 
@@ -208,38 +225,25 @@ impl<T> PathTable<T> {
         }
     }
 
-    /// The route for `path` and `method`: an exact route, else the deepest prefix route
-    /// that accepts the method. Allocates nothing.
-    fn find(&self, path: &str, method: &str) -> Option<&T> {
-        if let Some(v) = self.exact.get(path).and_then(|slot| slot.find(method)) {
-            return Some(v);
+    /// The slot that decides for `path`, whatever the method: the exact route's, else the
+    /// deepest prefix route's. Allocates nothing.
+    fn slot(&self, path: &str) -> Option<&Slot<T>> {
+        let occupied = |slot: &&Slot<T>| !slot.entries.is_empty();
+        if let Some(slot) = self.exact.get(path).filter(occupied) {
+            return Some(slot);
         }
         let mut node = &self.prefixes;
-        let mut best = node.prefix.as_ref().and_then(|s| s.find(method));
+        let mut best = node.prefix.as_ref().filter(occupied);
         for seg in request_segments(path) {
             match node.children.get(seg) {
                 Some(child) => node = child,
                 None => break,
             }
-            if let Some(v) = node.prefix.as_ref().and_then(|s| s.find(method)) {
-                best = Some(v);
+            if let Some(slot) = node.prefix.as_ref().filter(occupied) {
+                best = Some(slot);
             }
         }
         best
-    }
-
-    /// Every slot that matches `path` whatever the method: the slow path behind a 405.
-    fn path_slots<'a>(&'a self, path: &str, out: &mut Vec<&'a Slot<T>>) {
-        out.extend(self.exact.get(path));
-        let mut node = &self.prefixes;
-        out.extend(node.prefix.as_ref());
-        for seg in request_segments(path) {
-            match node.children.get(seg) {
-                Some(child) => node = child,
-                None => break,
-            }
-            out.extend(node.prefix.as_ref());
-        }
     }
 }
 
@@ -350,8 +354,22 @@ impl<T> Router<T> {
         Ok(())
     }
 
-    /// Finds the route for a request. `host` may carry a port (it is ignored); the most
-    /// specific host table that matches the path wins: exact host, then wildcard, then any.
+    /// Finds the route for a request. `host` may carry a port (it is ignored).
+    ///
+    /// Host and path alone choose the deciding routes: the most specific host table (exact
+    /// host, then `*.suffix` wildcard, then any host) that has a route matching the path, and
+    /// in it the exact route for the path, else the deepest matching prefix route. Only then
+    /// is the method compared (exactly; route methods are upper-case): if none of those routes
+    /// accepts it the answer is [`Match::MethodNotAllowed`] with their methods. A method
+    /// mismatch never falls through to a less specific path or host, since such a route (a
+    /// public `/` catch-all, say) carries a policy written for other paths.
+    ///
+    /// `HEAD` is not implied by `GET`: a route must list `HEAD` to accept it, otherwise the
+    /// answer is 405. That is the safe choice: a method reaches a handler only through a route
+    /// whose policy names it.
+    ///
+    /// Allocates nothing when a route is found and the host is lower-case; a 405 allocates
+    /// its method list.
     pub fn find(&self, host: Option<&str>, path: &str, method: &str) -> Match<'_, T> {
         let host = host.map(strip_port);
         // Most clients send lower-case hosts; only the others pay for a lower-cased copy.
@@ -369,21 +387,11 @@ impl<T> Router<T> {
             Some(&self.any_host),
         ];
         for table in tables.iter().flatten() {
-            if let Some(v) = table.find(path, method) {
-                return Match::Found(v);
+            if let Some(slot) = table.slot(path) {
+                return slot.decide(method);
             }
         }
-        let mut slots = Vec::new();
-        for table in tables.iter().flatten() {
-            table.path_slots(path, &mut slots);
-        }
-        if slots.is_empty() {
-            return Match::NotFound;
-        }
-        let mut allowed: Vec<&str> = slots.iter().flat_map(|s| s.methods()).collect();
-        allowed.sort_unstable();
-        allowed.dedup();
-        Match::MethodNotAllowed(allowed)
+        Match::NotFound
     }
 
     fn wildcard_table(&self, host: &str) -> Option<&PathTable<T>> {
@@ -457,16 +465,121 @@ mod tests {
     }
 
     #[test]
-    fn method_falls_back_to_shorter_prefix_then_405() {
+    fn method_mismatch_does_not_fall_through_to_catch_all() {
+        // The bug: `PATCH /admin` skipped the admin route and reached the public `/`.
+        let r = router(&[
+            (None, "/", PathMatch::Prefix, &[]),
+            (None, "/admin", PathMatch::Prefix, &["GET", "POST"]),
+        ]);
+        assert_eq!(r.find(None, "/admin", "GET"), Match::Found(&1));
+        for path in ["/admin", "/admin/", "/admin/users/1"] {
+            assert_eq!(
+                r.find(None, path, "PATCH"),
+                Match::MethodNotAllowed(vec!["GET", "POST"]),
+                "{path}"
+            );
+        }
+        assert_eq!(r.find(None, "/public", "PATCH"), Match::Found(&0));
+    }
+
+    #[test]
+    fn method_mismatch_does_not_fall_back_to_shorter_prefix() {
         let r = router(&[
             (None, "/api", PathMatch::Prefix, &["GET"]),
             (None, "/api/write", PathMatch::Prefix, &["POST", "PUT"]),
         ]);
         assert_eq!(r.find(None, "/api/write", "POST"), Match::Found(&1));
-        assert_eq!(r.find(None, "/api/write", "GET"), Match::Found(&0));
+        assert_eq!(r.find(None, "/api/other", "GET"), Match::Found(&0));
+        // Only the deciding route's methods are offered, not those of `/api`.
         assert_eq!(
-            r.find(None, "/api/write", "DELETE"),
-            Match::MethodNotAllowed(vec!["GET", "POST", "PUT"])
+            r.find(None, "/api/write", "GET"),
+            Match::MethodNotAllowed(vec!["POST", "PUT"])
+        );
+        assert_eq!(
+            r.find(None, "/api/write/x", "DELETE"),
+            Match::MethodNotAllowed(vec!["POST", "PUT"])
+        );
+    }
+
+    #[test]
+    fn method_mismatch_on_exact_route_does_not_fall_through_to_prefix() {
+        let r = router(&[
+            (None, "/api", PathMatch::Prefix, &[]),
+            (None, "/api/health", PathMatch::Exact, &["GET"]),
+        ]);
+        assert_eq!(
+            r.find(None, "/api/health", "DELETE"),
+            Match::MethodNotAllowed(vec!["GET"])
+        );
+        assert_eq!(r.find(None, "/api/health/x", "DELETE"), Match::Found(&0));
+    }
+
+    #[test]
+    fn method_mismatch_on_host_route_does_not_fall_through_to_other_hosts() {
+        let r = router(&[
+            (
+                Some("secure.example.com"),
+                "/admin",
+                PathMatch::Prefix,
+                &["GET"],
+            ),
+            (Some("*.example.com"), "/", PathMatch::Prefix, &["GET"]),
+            (None, "/", PathMatch::Prefix, &[]),
+        ]);
+        assert_eq!(
+            r.find(Some("secure.example.com"), "/admin/x", "POST"),
+            Match::MethodNotAllowed(vec!["GET"])
+        );
+        assert_eq!(
+            r.find(Some("www.example.com"), "/admin", "POST"),
+            Match::MethodNotAllowed(vec!["GET"])
+        );
+        // A host table without a route for the path still hands over to the next one.
+        assert_eq!(
+            r.find(Some("secure.example.com"), "/other", "GET"),
+            Match::Found(&1)
+        );
+        assert_eq!(r.find(Some("a.org"), "/admin", "POST"), Match::Found(&2));
+    }
+
+    #[test]
+    fn routes_sharing_a_path_decide_together() {
+        let r = router(&[
+            (None, "/", PathMatch::Prefix, &[]),
+            (None, "/api", PathMatch::Prefix, &["GET", "HEAD"]),
+            (None, "/api", PathMatch::Prefix, &["POST"]),
+            (None, "/api/", PathMatch::Prefix, &["DELETE"]),
+        ]);
+        assert_eq!(r.find(None, "/api/x", "HEAD"), Match::Found(&1));
+        assert_eq!(r.find(None, "/api/x", "POST"), Match::Found(&2));
+        assert_eq!(r.find(None, "/api/x", "DELETE"), Match::Found(&3));
+        assert_eq!(
+            r.find(None, "/api/x", "PUT"),
+            Match::MethodNotAllowed(vec!["DELETE", "GET", "HEAD", "POST"])
+        );
+    }
+
+    #[test]
+    fn head_is_not_implied_by_get() {
+        let r = router(&[
+            (None, "/", PathMatch::Prefix, &[]),
+            (None, "/x", PathMatch::Prefix, &["GET"]),
+        ]);
+        assert_eq!(
+            r.find(None, "/x", "HEAD"),
+            Match::MethodNotAllowed(vec!["GET"])
+        );
+    }
+
+    #[test]
+    fn method_comparison_is_exact() {
+        let r = router(&[
+            (None, "/", PathMatch::Prefix, &[]),
+            (None, "/admin", PathMatch::Prefix, &["GET"]),
+        ]);
+        assert_eq!(
+            r.find(None, "/admin", "get"),
+            Match::MethodNotAllowed(vec!["GET"])
         );
     }
 

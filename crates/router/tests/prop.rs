@@ -1,16 +1,26 @@
-//! Property tests: the router agrees with a plain linear reference matcher, and never panics.
+//! Property tests: the router agrees with a plain linear reference matcher (found, 405 with
+//! the deciding routes' methods, or not found), and never panics.
 
 use proptest::prelude::*;
 use tollgate_router::{Match, PathMatch, RouteSpec, Router};
 
-/// The obvious definition: among routes that match host and path, the most specific host
-/// class, then exact before prefix, then the longest prefix, that accepts the method.
+/// What the reference expects from a lookup.
+#[derive(Debug, PartialEq, Eq)]
+enum Expected<'a> {
+    Found(&'a usize),
+    MethodNotAllowed(Vec<&'a str>),
+    NotFound,
+}
+
+/// The obvious definition: among routes that match host and path (whatever the method), the
+/// most specific host class, then exact before prefix, then the longest prefix, decides; of
+/// the routes with that rank, the one accepting the method, else 405 with their methods.
 fn reference<'a>(
     routes: &'a [(RouteSpec, usize)],
     host: Option<&str>,
     path: &str,
     method: &str,
-) -> Option<&'a usize> {
+) -> Expected<'a> {
     let host_rank = |spec: &RouteSpec| match (&spec.host, host) {
         (None, _) => Some(0),
         (Some(h), Some(req)) if h.eq_ignore_ascii_case(req) => Some(2),
@@ -27,12 +37,27 @@ fn reference<'a>(
             (path == p || path.starts_with(&format!("{p}/")) || p.is_empty()).then_some(p.len())
         }
     };
-    routes
+    let ranked: Vec<_> = routes
         .iter()
-        .filter(|(s, _)| s.methods.is_empty() || s.methods.iter().any(|m| m == method))
-        .filter_map(|(s, v)| Some(((host_rank(s)?, path_rank(s)?), v)))
-        .max_by_key(|(rank, _)| *rank)
-        .map(|(_, v)| v)
+        .filter_map(|(s, v)| Some(((host_rank(s)?, path_rank(s)?), s, v)))
+        .collect();
+    let Some(best) = ranked.iter().map(|(rank, _, _)| *rank).max() else {
+        return Expected::NotFound;
+    };
+    let deciding: Vec<_> = ranked.iter().filter(|(rank, _, _)| *rank == best).collect();
+    if let Some((_, _, v)) = deciding
+        .iter()
+        .find(|(_, s, _)| s.methods.is_empty() || s.methods.iter().any(|m| m == method))
+    {
+        return Expected::Found(v);
+    }
+    let mut allowed: Vec<&str> = deciding
+        .iter()
+        .flat_map(|(_, s, _)| s.methods.iter().map(String::as_str))
+        .collect();
+    allowed.sort_unstable();
+    allowed.dedup();
+    Expected::MethodNotAllowed(allowed)
 }
 
 fn segment() -> impl Strategy<Value = String> {
@@ -48,7 +73,7 @@ fn spec() -> impl Strategy<Value = RouteSpec> {
         prop::option::of(prop::sample::select(vec!["x.com", "*.x.com", "a.x.com"])),
         path(),
         prop::bool::ANY,
-        prop::sample::subsequence(vec!["GET", "POST"], 0..=2),
+        prop::sample::subsequence(vec!["GET", "POST", "PUT"], 0..=2),
     )
         .prop_map(|(h, p, exact, m)| {
             let kind = if exact {
@@ -66,7 +91,7 @@ proptest! {
         specs in prop::collection::vec(spec(), 1..12),
         host in prop::option::of(prop::sample::select(vec!["x.com", "a.x.com", "b.x.com", "y.com"])),
         req in path(),
-        method in prop::sample::select(vec!["GET", "POST", "PUT"]),
+        method in prop::sample::select(vec!["GET", "POST", "PUT", "HEAD", "get"]),
     ) {
         let mut router = Router::new();
         let mut accepted = Vec::new();
@@ -76,8 +101,9 @@ proptest! {
             }
         }
         let got = match router.find(host, &req, method) {
-            Match::Found(v) => Some(v),
-            _ => None,
+            Match::Found(v) => Expected::Found(v),
+            Match::MethodNotAllowed(allowed) => Expected::MethodNotAllowed(allowed),
+            Match::NotFound => Expected::NotFound,
         };
         prop_assert_eq!(got, reference(&accepted, host, &req, method));
     }

@@ -153,12 +153,17 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(yaml_without_listeners: &str) -> Gateway {
+        Self::start_with_http("{}", yaml_without_listeners)
+    }
+
+    /// Like `start`, with `server.http` set to `http` (a YAML flow mapping).
+    pub fn start_with_http(http: &str, yaml_without_listeners: &str) -> Gateway {
         let port = free_port();
         let metrics_port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let listeners = format!(
             "listen: {{ http: \"127.0.0.1:{port}\" }}\nmetrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\n\
-             server: {{ threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s }}\n"
+             server: {{ threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s, http: {http} }}\n"
         );
         let conf = dir.path().join("gateway.yaml");
         std::fs::write(&conf, format!("{listeners}{yaml_without_listeners}")).unwrap();

@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
         leeway_s: 60,
         issuer: Some("https://issuer.example".into()),
         audiences: vec!["api".into()],
+        token_types: Vec::new(),
     };
     let _ = verify(&token, keys(), &v, 1_700_000_000);
     let _ = peek_issuer(&token);

@@ -1,0 +1,346 @@
+//! Validation of `server.http`: how the gateway reads a client's request (path
+//! normalisation, header hygiene, trusted proxies) and the limits that make hostile input
+//! cheap to refuse. Every default here is the safe one; README's "Security defaults" lists them.
+
+use crate::raw::DurationText;
+use crate::validate::{duration, header_name, Problems};
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::time::Duration;
+use tollgate_canonical::{EscapedSlashes, PathOptions, PathParams};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub merge_slashes: Option<bool>,
+    pub escaped_slashes: Option<String>,
+    pub path_params: Option<String>,
+    pub underscores_in_headers: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub override_headers: Option<Vec<String>>,
+    pub max_request_line: Option<ByteSize>,
+    pub max_header_bytes: Option<ByteSize>,
+    pub max_headers: Option<usize>,
+    pub max_header_value: Option<ByteSize>,
+    pub header_timeout: Option<DurationText>,
+    pub keepalive_timeout: Option<DurationText>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub max_body: Option<ByteSize>,
+}
+
+/// A size as written: a number of bytes, or a number with `KiB`/`MiB`/`GiB` (`64KiB`).
+#[derive(Debug, Clone)]
+pub struct ByteSize(pub String);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            Text(String),
+            Int(u64),
+        }
+        match Scalar::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a size such as 65536 or \"64KiB\""))?
+        {
+            Scalar::Text(s) => Ok(ByteSize(s)),
+            Scalar::Int(i) => Ok(ByteSize(i.to_string())),
+        }
+    }
+}
+
+/// Parses `65536`, `64KiB`, `1MiB`, `2GiB` (also `KB`/`MB`/`GB` as powers of 1024, as nginx does).
+pub(crate) fn parse_byte_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" | "k" => 1 << 10,
+        "M" | "MB" | "MiB" | "m" => 1 << 20,
+        "G" | "GB" | "GiB" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+pub(crate) fn byte_size(
+    value: &Option<ByteSize>,
+    path: &str,
+    default: u64,
+    problems: &mut Problems,
+) -> u64 {
+    let Some(ByteSize(text)) = value else {
+        return default;
+    };
+    match parse_byte_size(text) {
+        Some(0) => {
+            problems.add(path, "must be greater than zero");
+            default
+        }
+        Some(n) => n,
+        None => {
+            problems.add(
+                path,
+                format!("expected a size such as 65536 or \"64KiB\", found {text:?}"),
+            );
+            default
+        }
+    }
+}
+
+/// What to do with client header names that contain `_`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    /// Remove them before anything reads the request (nginx's default): a server that maps
+    /// `X_Auth_Roles` and `X-Auth-Roles` to the same variable cannot be fooled.
+    Drop,
+    /// Keep them; identity and forwarding headers are still removed in every spelling.
+    Allow,
+}
+
+/// `server.http`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSettings {
+    /// Path normalisation; the route is chosen on, and the upstream receives, its result.
+    pub path: PathOptions,
+    /// Default `Drop`.
+    pub underscores_in_headers: Underscores,
+    /// Proxies whose `X-Forwarded-For` is believed. Default empty: tollgate is the edge,
+    /// and the client's forwarding headers are replaced by its own.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Headers that some frameworks read as a new URL or method; removed from every request.
+    /// Lower case. Default `x-original-url`, `x-rewrite-url`, `x-http-method-override`,
+    /// `x-http-method`, `x-method-override`.
+    pub override_headers: Vec<String>,
+    /// Request line (method, target, version) in bytes; longer → 414. Default 8 KiB.
+    pub max_request_line: usize,
+    /// The whole header block in bytes; larger → 431. Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Header fields per request; more → 431. Default 100.
+    pub max_headers: usize,
+    /// One header field (name and value) in bytes; larger → 431. Default 16 KiB.
+    pub max_header_value: usize,
+    /// From a connection's first byte of a request to the end of its header block; past it
+    /// the connection is closed (slowloris). Default 10 s.
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this. Default 60 s.
+    pub keepalive_timeout: Duration,
+    /// Requests served on one connection before it is closed. Default 1000.
+    pub max_requests_per_connection: u32,
+    /// Open client connections on the listener; more are closed at once. Default 10,000.
+    pub max_connections: usize,
+    /// Open connections from one client address. Default 256.
+    pub max_connections_per_client: usize,
+    /// Request body size in bytes for routes that do not set `max_body`; larger → 413.
+    /// Default 64 MiB.
+    pub max_body: u64,
+}
+
+pub(crate) const DEFAULT_OVERRIDE_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        http(&RawHttp::default(), &mut Problems::default())
+    }
+}
+
+pub(crate) fn http(raw: &RawHttp, problems: &mut Problems) -> HttpSettings {
+    const BASE: &str = "server.http";
+    let escaped_slashes = match raw.escaped_slashes.as_deref() {
+        None | Some("reject") => EscapedSlashes::Reject,
+        Some("keep") => EscapedSlashes::Keep,
+        Some(other) => {
+            problems.add(
+                format!("{BASE}.escaped_slashes"),
+                format!("expected reject or keep, found {other:?}"),
+            );
+            EscapedSlashes::Reject
+        }
+    };
+    let path_params = match raw.path_params.as_deref() {
+        None | Some("reject") => PathParams::Reject,
+        Some("allow") => PathParams::Allow,
+        Some(other) => {
+            problems.add(
+                format!("{BASE}.path_params"),
+                format!("expected reject or allow, found {other:?}"),
+            );
+            PathParams::Reject
+        }
+    };
+    let underscores_in_headers = match raw.underscores_in_headers.as_deref() {
+        None | Some("drop") => Underscores::Drop,
+        Some("allow") => Underscores::Allow,
+        Some(other) => {
+            problems.add(
+                format!("{BASE}.underscores_in_headers"),
+                format!("expected drop or allow, found {other:?}"),
+            );
+            Underscores::Drop
+        }
+    };
+    let mut trusted_proxies = Vec::new();
+    for (i, text) in raw.trusted_proxies.iter().flatten().enumerate() {
+        let parsed = text.parse::<IpNet>().or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(IpNet::from)
+                .map_err(|_| ())
+        });
+        match parsed {
+            Ok(net) => trusted_proxies.push(net.trunc()),
+            Err(()) => problems.add(
+                format!("{BASE}.trusted_proxies[{i}]"),
+                format!("expected an address or CIDR such as 10.0.0.0/8, found {text:?}"),
+            ),
+        }
+    }
+    let override_headers = match &raw.override_headers {
+        None => DEFAULT_OVERRIDE_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, h) in list.iter().enumerate() {
+                match header_name(h) {
+                    Some(h) => out.push(h),
+                    None => problems.add(
+                        format!("{BASE}.override_headers[{i}]"),
+                        format!("{h:?} is not a header name"),
+                    ),
+                }
+            }
+            out
+        }
+    };
+    let size = |v: &Option<ByteSize>, key: &str, default: u64, p: &mut Problems| {
+        byte_size(v, &format!("{BASE}.{key}"), default, p)
+    };
+    let max_request_line = size(&raw.max_request_line, "max_request_line", 8 << 10, problems);
+    let max_header_bytes = size(
+        &raw.max_header_bytes,
+        "max_header_bytes",
+        64 << 10,
+        problems,
+    );
+    // Pingora refuses a header block over 1 MiB by itself; a larger limit would never apply.
+    if max_header_bytes > (1 << 20) - 1 {
+        problems.add(
+            format!("{BASE}.max_header_bytes"),
+            "must be less than 1MiB (Pingora's own ceiling)",
+        );
+    }
+    let max_header_value = size(
+        &raw.max_header_value,
+        "max_header_value",
+        16 << 10,
+        problems,
+    );
+    let max_headers = raw.max_headers.unwrap_or(100);
+    if max_headers == 0 || max_headers > 256 {
+        problems.add(
+            format!("{BASE}.max_headers"),
+            "must be between 1 and 256 (Pingora parses at most 256 header fields)",
+        );
+    }
+    let max_body = size(&raw.max_body, "max_body", 64 << 20, problems);
+    let max_connections = raw.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        problems.add(format!("{BASE}.max_connections"), "must be at least 1");
+    }
+    let max_connections_per_client = raw.max_connections_per_client.unwrap_or(256);
+    if max_connections_per_client == 0 {
+        problems.add(
+            format!("{BASE}.max_connections_per_client"),
+            "must be at least 1",
+        );
+    }
+    let max_requests_per_connection = raw.max_requests_per_connection.unwrap_or(1000);
+    if max_requests_per_connection == 0 {
+        problems.add(
+            format!("{BASE}.max_requests_per_connection"),
+            "must be at least 1",
+        );
+    }
+    let header_timeout = duration(
+        &raw.header_timeout,
+        &format!("{BASE}.header_timeout"),
+        Duration::from_secs(10),
+        problems,
+    );
+    if header_timeout.is_zero() {
+        problems.add(
+            format!("{BASE}.header_timeout"),
+            "must be greater than zero",
+        );
+    }
+    let keepalive_timeout = duration(
+        &raw.keepalive_timeout,
+        &format!("{BASE}.keepalive_timeout"),
+        Duration::from_secs(60),
+        problems,
+    );
+    if keepalive_timeout < Duration::from_secs(1) {
+        problems.add(
+            format!("{BASE}.keepalive_timeout"),
+            "must be at least 1s (Pingora counts it in whole seconds)",
+        );
+    }
+    HttpSettings {
+        path: PathOptions {
+            merge_slashes: raw.merge_slashes.unwrap_or(true),
+            escaped_slashes,
+            path_params,
+        },
+        underscores_in_headers,
+        trusted_proxies,
+        override_headers,
+        max_request_line: max_request_line as usize,
+        max_header_bytes: max_header_bytes as usize,
+        max_headers,
+        max_header_value: max_header_value as usize,
+        header_timeout,
+        keepalive_timeout,
+        max_requests_per_connection,
+        max_connections,
+        max_connections_per_client,
+        max_body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_with_binary_units() {
+        assert_eq!(parse_byte_size("65536"), Some(65536));
+        assert_eq!(parse_byte_size("64KiB"), Some(64 << 10));
+        assert_eq!(parse_byte_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_byte_size("2GB"), Some(2 << 30));
+        assert_eq!(parse_byte_size("lots"), None);
+        assert_eq!(parse_byte_size("12XB"), None);
+    }
+
+    #[test]
+    fn defaults_are_the_safe_ones() {
+        let s = HttpSettings::default();
+        assert!(s.path.merge_slashes);
+        assert_eq!(s.path.escaped_slashes, EscapedSlashes::Reject);
+        assert_eq!(s.path.path_params, PathParams::Reject);
+        assert_eq!(s.underscores_in_headers, Underscores::Drop);
+        assert!(s.trusted_proxies.is_empty());
+        assert!(s.max_header_bytes <= 64 << 10);
+        assert!(s.header_timeout <= Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,535 @@
+//! Client connections before Pingora sees them: a cap on open connections per listener and
+//! per client address, and a deadline and size cap on each request's header block.
+//!
+//! Pingora 0.9 times out each header *read* (60 s) but not the whole header block, and lets
+//! a header block grow to a compile-time 1 MiB. Rather than patch pingora-core, tollgate wraps
+//! every accepted stream ([`GuardedStream`]) and watches the bytes Pingora reads: from the
+//! first byte of a request until the blank line that ends its header block, reads must finish
+//! within `server.http.header_timeout` and total at most `server.http.max_header_bytes`.
+//! Past either, the guard writes a small canned answer (408 or 431, `Connection: close`) and
+//! fails the read, so Pingora closes the connection. Together with the connection caps this
+//! bounds what slow or oversized headers can hold.
+
+use crate::metrics::METRICS;
+use crate::runtime::RuntimeSnapshot;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora_core::server::ShutdownWatch;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Sleep;
+
+/// The limits one connection is held to, read from the snapshot when it is accepted.
+#[derive(Debug, Clone, Copy)]
+struct HeaderLimits {
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+/// Open connections: in total and per client address (IPv6 by /64).
+#[derive(Debug, Default)]
+pub struct ConnectionTable {
+    total: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Holds a connection's place in the [`ConnectionTable`] until dropped.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    table: Arc<ConnectionTable>,
+    client: Option<IpAddr>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.table.total.fetch_sub(1, Ordering::Relaxed);
+        METRICS.open_connections.dec();
+        if let Some(ip) = self.client {
+            let mut map = self
+                .table
+                .per_client
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    Listener,
+    Client,
+}
+
+/// The key a client address is counted under: itself, or its /64 for IPv6 (one host
+/// usually holds a whole /64).
+pub fn client_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+    }
+}
+
+impl ConnectionTable {
+    /// Takes a place for a connection from `client` (None when the address is unknown or is a
+    /// trusted proxy, which carries many clients).
+    pub fn admit(
+        self: &Arc<Self>,
+        client: Option<IpAddr>,
+        max_total: usize,
+        max_per_client: usize,
+    ) -> Result<ConnectionPermit, ConnectionRefusal> {
+        if self.total.fetch_add(1, Ordering::Relaxed) >= max_total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(ConnectionRefusal::Listener);
+        }
+        let client = client.map(client_bucket);
+        if let Some(ip) = client {
+            let mut map = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+            let n = map.entry(ip).or_insert(0);
+            if *n >= max_per_client {
+                drop(map);
+                self.total.fetch_sub(1, Ordering::Relaxed);
+                return Err(ConnectionRefusal::Client);
+            }
+            *n += 1;
+        }
+        METRICS.open_connections.inc();
+        Ok(ConnectionPermit {
+            table: self.clone(),
+            client,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// Wraps the proxy application: admits or refuses each connection, and guards its stream.
+pub struct Guarded<A> {
+    pub inner: Arc<A>,
+    pub snapshot: Arc<ArcSwap<RuntimeSnapshot>>,
+    pub table: Arc<ConnectionTable>,
+}
+
+/// A canned answer written straight to the socket, for refusals that happen before Pingora
+/// has parsed a request.
+fn canned(status: &str, error: &str, message: &str, retry_after: bool) -> Vec<u8> {
+    let body = format!("{{\"error\":\"{error}\",\"message\":\"{message}\"}}");
+    let retry = if retry_after {
+        "retry-after: 1\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let snapshot = self.snapshot.load();
+        let http = &snapshot.http;
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // A trusted proxy multiplexes many clients: it is held only to the listener's cap.
+        let counted = peer.filter(|ip| !http.trusted_proxies.iter().any(|n| n.contains(ip)));
+        let permit = match self.table.admit(
+            counted,
+            http.max_connections,
+            http.max_connections_per_client,
+        ) {
+            Ok(p) => p,
+            Err(refusal) => {
+                let (label, message) = match refusal {
+                    ConnectionRefusal::Listener => {
+                        ("listener", "too many open connections; retry later")
+                    }
+                    ConnectionRefusal::Client => (
+                        "client",
+                        "too many open connections from this address; retry later",
+                    ),
+                };
+                METRICS
+                    .connections_refused
+                    .with_label_values(&[label])
+                    .inc();
+                let answer = canned("503 Service Unavailable", "overloaded", message, true);
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = stream.write_all(&answer).await;
+                    let _ = stream.flush().await;
+                })
+                .await;
+                return None;
+            }
+        };
+        let limits = HeaderLimits {
+            timeout: http.header_timeout,
+            max_bytes: http.max_header_bytes,
+        };
+        drop(snapshot);
+        let mut next: Option<Stream> = Some(Box::new(GuardedStream::new(stream, limits, permit)));
+        // Pingora hands a kept-alive connection back; serving it here keeps the permit (and
+        // the guard's state) for the connection's whole life.
+        while let Some(s) = next {
+            next = self.inner.process_new(s, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// Where a connection is in its request/response cycle, as far as the guard can tell from
+/// the bytes: it needs no HTTP parsing beyond finding the end of a header block and the
+/// status line of a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a header block (or waiting for the first byte of one).
+    Header,
+    /// The header block is complete; body bytes and the response follow.
+    Request,
+    /// A final response has begun; the next read starts a new request.
+    Responded,
+    /// `101 Switching Protocols`: no more HTTP on this connection.
+    Tunnel,
+}
+
+/// A client stream under the header deadline and size cap (see the module docs).
+pub struct GuardedStream {
+    inner: Stream,
+    limits: HeaderLimits,
+    phase: Phase,
+    /// Armed from the first byte of a header block (from accept for the first request).
+    deadline: Option<Pin<Box<Sleep>>>,
+    header_bytes: usize,
+    /// The last bytes seen, to find a blank line split across reads.
+    tail: [u8; 3],
+    /// Set once a canned refusal was queued; every later read fails.
+    refusal: Option<(Vec<u8>, usize)>,
+    _permit: ConnectionPermit,
+}
+
+impl std::fmt::Debug for GuardedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedStream")
+            .field("phase", &self.phase)
+            .field("header_bytes", &self.header_bytes)
+            .finish()
+    }
+}
+
+impl GuardedStream {
+    fn new(inner: Stream, limits: HeaderLimits, permit: ConnectionPermit) -> Self {
+        GuardedStream {
+            inner,
+            limits,
+            phase: Phase::Header,
+            deadline: Some(Box::pin(tokio::time::sleep(limits.timeout))),
+            header_bytes: 0,
+            tail: [0; 3],
+            refusal: None,
+            _permit: permit,
+        }
+    }
+
+    /// Scans newly read header bytes; true once the blank line ending the block is seen
+    /// (`\r\n\r\n`, or `\n\n` which httparse also accepts).
+    fn scan(&mut self, bytes: &[u8]) -> bool {
+        let mut window = self.tail;
+        for &b in bytes {
+            if b == b'\n' && (window[2] == b'\n' || (window[2] == b'\r' && window[1] == b'\n')) {
+                return true;
+            }
+            window = [window[1], window[2], b];
+        }
+        self.tail = window;
+        false
+    }
+
+    /// Queues a canned answer and fails this and every later read.
+    fn refuse(&mut self, cx: &mut Context<'_>, reason: &'static str) -> Poll<io::Result<()>> {
+        if self.refusal.is_none() {
+            METRICS.header_refusals.with_label_values(&[reason]).inc();
+            let answer = match reason {
+                "header_timeout" => canned(
+                    "408 Request Timeout",
+                    "request_timeout",
+                    "the request header was not received in time",
+                    false,
+                ),
+                _ => canned(
+                    "431 Request Header Fields Too Large",
+                    "header_too_large",
+                    "the request header block is too large",
+                    false,
+                ),
+            };
+            self.refusal = Some((answer, 0));
+        }
+        // Best effort: the answer is small and the socket's send buffer is empty here.
+        if let Some((answer, written)) = &mut self.refusal {
+            while *written < answer.len() {
+                match Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => *written += n,
+                    _ => break,
+                }
+            }
+            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        let kind = if reason == "header_timeout" {
+            io::ErrorKind::TimedOut
+        } else {
+            io::ErrorKind::InvalidData
+        };
+        Poll::Ready(Err(io::Error::new(kind, reason)))
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some((_, _)) = &this.refusal {
+            return Poll::Ready(Err(io::Error::other("request refused")));
+        }
+        if this.phase == Phase::Responded {
+            // A new request: its deadline starts with its first byte (idle time between
+            // requests is the keep-alive timeout's business).
+            this.phase = Phase::Header;
+            this.deadline = None;
+            this.header_bytes = 0;
+            this.tail = [0; 3];
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if this.phase != Phase::Header {
+                    return Poll::Ready(Ok(()));
+                }
+                let filled = buf.filled().len() - before;
+                if filled == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                if this.deadline.is_none() {
+                    this.deadline = Some(Box::pin(tokio::time::sleep(this.limits.timeout)));
+                }
+                if this.scan(&buf.filled()[before..]) {
+                    this.phase = Phase::Request;
+                    this.deadline = None;
+                    return Poll::Ready(Ok(()));
+                }
+                this.header_bytes += filled;
+                if this.header_bytes > this.limits.max_bytes {
+                    return this.refuse(cx, "header_too_large");
+                }
+                if this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+                {
+                    return this.refuse(cx, "header_timeout");
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if this.phase == Phase::Header
+                    && this
+                        .deadline
+                        .as_mut()
+                        .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+                {
+                    return this.refuse(cx, "header_timeout");
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if matches!(this.phase, Phase::Header | Phase::Request) && data.starts_with(b"HTTP/1.") {
+            // "HTTP/1.1 101", "HTTP/1.1 100": the status digits are at 9..12.
+            match data.get(9..12) {
+                Some(b"101") => this.phase = Phase::Tunnel,
+                Some([b'1', _, _]) => {}
+                _ => {
+                    this.phase = Phase::Responded;
+                    this.deadline = None;
+                }
+            }
+        }
+        Pin::new(&mut this.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            // Route through poll_write's phase tracking for the first non-empty slice.
+            let first: &[u8] = first;
+            return self.poll_write(cx, first);
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(self.inner.as_mut()).await
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<pingora_core::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for GuardedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_bucket(a), client_bucket(b));
+        assert_ne!(client_bucket(a), client_bucket(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_bucket(v4), v4);
+    }
+
+    #[test]
+    fn the_connection_past_the_per_client_cap_is_refused_and_a_closed_one_frees_its_place() {
+        let table = Arc::new(ConnectionTable::default());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = table.admit(Some(ip), 10, 2).unwrap();
+        let _second = table.admit(Some(ip), 10, 2).unwrap();
+        assert_eq!(
+            table.admit(Some(ip), 10, 2).unwrap_err(),
+            ConnectionRefusal::Client
+        );
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let _third = table.admit(Some(other), 10, 2).unwrap();
+        drop(first);
+        assert!(table.admit(Some(ip), 10, 2).is_ok());
+    }
+
+    #[test]
+    fn the_listener_cap_counts_every_client() {
+        let table = Arc::new(ConnectionTable::default());
+        let _a = table.admit(None, 2, 1).unwrap();
+        let _b = table.admit(None, 2, 1).unwrap();
+        assert_eq!(
+            table.admit(None, 2, 1).unwrap_err(),
+            ConnectionRefusal::Listener
+        );
+        assert_eq!(table.open(), 2);
+    }
+}

@@ -1,0 +1,300 @@
+//! The edge of the request: before anything decides, the client's request is checked against
+//! the size limits, rewritten in place into its canonical form (`tollgate-canonical`), and
+//! cleaned of headers a client must not set. Routing, auth, RBAC, limits and the upstream all
+//! read this one rewritten request, so the gateway decides on exactly what the upstream gets.
+
+use http::header::{HeaderName, HeaderValue, HOST};
+use ipnet::IpNet;
+use pingora_http::RequestHeader;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use tollgate_config::{HttpSettings, Underscores};
+
+/// Forwarding headers: a client's copies are never believed unless it is a trusted proxy,
+/// and the gateway sets its own.
+pub const FORWARDING_HEADERS: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// A refusal before routing: status, reason label (metrics, JSON `reason`), message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeRefusal {
+    pub status: u16,
+    pub reason: &'static str,
+    pub message: &'static str,
+}
+
+impl EdgeRefusal {
+    const fn new(status: u16, reason: &'static str, message: &'static str) -> Self {
+        EdgeRefusal {
+            status,
+            reason,
+            message,
+        }
+    }
+}
+
+/// Header names removed from every request, compared after lower-casing and reading `_` as
+/// `-` (the spellings a CGI/WSGI server folds together).
+#[derive(Debug, Default)]
+pub struct StripSet {
+    names: HashSet<String>,
+}
+
+/// `X_Auth_Roles` → `x-auth-roles`.
+fn folded(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' => '-',
+            b => b.to_ascii_lowercase() as char,
+        })
+        .collect()
+}
+
+impl StripSet {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> StripSet {
+        StripSet {
+            names: names.into_iter().map(folded).collect(),
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        if name.contains('_') {
+            self.names.contains(&folded(name))
+        } else {
+            // Header names from the http crate are already lower case.
+            self.names.contains(name)
+        }
+    }
+}
+
+/// What the edge learned about the request, for the later phases.
+#[derive(Debug, Default)]
+pub struct EdgeFacts {
+    /// The client: the peer, or behind trusted proxies the first untrusted hop of
+    /// `X-Forwarded-For` read right to left. Rate limits, logs and hashing use it.
+    pub client_ip: Option<IpAddr>,
+    /// The `X-Forwarded-For` chain received from a trusted proxy, to extend upstream.
+    pub forwarded_for: Option<String>,
+    /// `X-Forwarded-Proto` received from a trusted proxy.
+    pub forwarded_proto: Option<String>,
+    /// The host the route is chosen on (normalised, without port).
+    pub host: Option<String>,
+}
+
+fn refusal_for(r: tollgate_canonical::Refusal) -> EdgeRefusal {
+    // Messages are fixed text: a refusal never echoes the request.
+    EdgeRefusal::new(400, r.reason(), "the request is malformed or ambiguous")
+}
+
+/// Checks the header limits (414/431).
+fn check_limits(req: &RequestHeader, http: &HttpSettings) -> Result<(), EdgeRefusal> {
+    // method SP target SP HTTP/1.1
+    if req.method.as_str().len() + req.raw_path().len() + 10 > http.max_request_line {
+        return Err(EdgeRefusal::new(
+            414,
+            "request_line_too_long",
+            "the request line is too long",
+        ));
+    }
+    if req.headers.len() > http.max_headers {
+        return Err(EdgeRefusal::new(
+            431,
+            "too_many_headers",
+            "the request has too many header fields",
+        ));
+    }
+    let mut total = 0;
+    for (name, value) in req.headers.iter() {
+        let field = name.as_str().len() + value.len();
+        if field > http.max_header_value {
+            return Err(EdgeRefusal::new(
+                431,
+                "header_too_large",
+                "a request header field is too large",
+            ));
+        }
+        total += field + 4;
+    }
+    if total > http.max_header_bytes {
+        return Err(EdgeRefusal::new(
+            431,
+            "header_too_large",
+            "the request header block is too large",
+        ));
+    }
+    Ok(())
+}
+
+/// The client behind trusted proxies: `X-Forwarded-For` read right to left, skipping
+/// trusted hops; the first other address is the client. An unreadable entry stops the walk
+/// at the last trusted hop (it cannot be believed, and neither can anything left of it).
+pub fn client_behind(peer: IpAddr, xff: &[&str], trusted: &[IpNet]) -> IpAddr {
+    let mut client = peer;
+    for value in xff.iter().rev() {
+        for hop in value.rsplit(',') {
+            if !trusted.iter().any(|n| n.contains(&client)) {
+                return client;
+            }
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => client = ip,
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
+/// Rewrites `req` into the canonical request and removes the headers a client must not set.
+/// After this the request is what routing decides on and what the upstream receives.
+pub fn prepare(
+    req: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    http: &HttpSettings,
+    strip: &StripSet,
+) -> Result<EdgeFacts, EdgeRefusal> {
+    check_limits(req, http)?;
+    let canonical = {
+        let hosts: Vec<&[u8]> = req
+            .headers
+            .get_all(HOST)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        let http11 = req.version != http::Version::HTTP_10 && req.version != http::Version::HTTP_09;
+        tollgate_canonical::canonicalize(
+            req.method.as_str().as_bytes(),
+            req.raw_path(),
+            &hosts,
+            http11,
+            &http.path,
+        )
+        .map_err(refusal_for)?
+    };
+    let target: http::Uri = canonical
+        .target()
+        .parse()
+        .map_err(|_| EdgeRefusal::new(400, "invalid_target", "the request target is malformed"))?;
+    req.set_uri(target);
+    match canonical.host_header() {
+        Some(h) => {
+            let value = HeaderValue::from_str(&h)
+                .map_err(|_| EdgeRefusal::new(400, "invalid_host", "the host is malformed"))?;
+            req.insert_header(HOST, value)
+                .map_err(|_| EdgeRefusal::new(400, "invalid_host", "the host is malformed"))?;
+        }
+        None => {
+            req.remove_header(&HOST);
+        }
+    }
+
+    let mut facts = EdgeFacts {
+        client_ip: peer,
+        host: canonical.host.clone(),
+        ..EdgeFacts::default()
+    };
+    if let Some(peer) = peer.filter(|p| http.trusted_proxies.iter().any(|n| n.contains(p))) {
+        let xff: Vec<&str> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        facts.client_ip = Some(client_behind(peer, &xff, &http.trusted_proxies));
+        if !xff.is_empty() {
+            facts.forwarded_for = Some(xff.join(", "));
+        }
+        facts.forwarded_proto = req
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| matches!(*v, "http" | "https"))
+            .map(str::to_owned);
+    }
+
+    let doomed: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            (n.contains('_') && http.underscores_in_headers == Underscores::Drop)
+                || strip.contains(n)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        req.remove_header(&name);
+    }
+    Ok(facts)
+}
+
+/// The set removed from every request: identity headers, forwarding headers and the
+/// configured override headers.
+pub fn strip_set(identity: &[HeaderName], http: &HttpSettings) -> StripSet {
+    StripSet::new(
+        identity
+            .iter()
+            .map(HeaderName::as_str)
+            .chain(FORWARDING_HEADERS.iter().copied())
+            .chain(http.override_headers.iter().map(String::as_str)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn underscore_and_case_spellings_of_identity_headers_are_one_name() {
+        let set = StripSet::new(["x-auth-roles"]);
+        assert!(set.contains("x-auth-roles"));
+        assert!(set.contains("x_auth_roles"));
+        assert!(set.contains("x-auth_roles"));
+        assert!(!set.contains("x-auth-role"));
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_forwards() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        // client_behind is only called for trusted peers; an untrusted one stops at once.
+        assert_eq!(client_behind(peer, &["1.2.3.4"], &trusted), peer);
+    }
+
+    #[test]
+    fn forwarded_for_is_read_right_to_left_skipping_trusted_hops() {
+        let trusted = nets(&["10.0.0.0/8", "192.168.1.1/32"]);
+        let peer: IpAddr = "10.1.1.1".parse().unwrap();
+        let xff = ["6.6.6.6, 198.51.100.7", "192.168.1.1"];
+        assert_eq!(
+            client_behind(peer, &xff, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn an_unreadable_forwarded_for_entry_stops_at_the_last_trusted_hop() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.1.1.1".parse().unwrap();
+        assert_eq!(client_behind(peer, &["1.1.1.1, junk"], &trusted), peer);
+    }
+
+    #[test]
+    fn a_chain_of_only_trusted_hops_ends_at_its_leftmost_address() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.1.1.1".parse().unwrap();
+        assert_eq!(
+            client_behind(peer, &["10.2.2.2"], &trusted),
+            "10.2.2.2".parse::<IpAddr>().unwrap()
+        );
+    }
+}
