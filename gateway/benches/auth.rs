@@ -56,7 +56,7 @@ fn auth_paths(c: &mut Criterion) {
     let providers: Vec<Arc<_>> = auth.providers.clone();
     // The hit path never awaits; a minimal executor runs it.
     let verify = |t: &str| {
-        futures::executor::block_on(auth.verify(t, &providers, SystemTime::now()))
+        futures::executor::block_on(auth.verify(t, &providers, SystemTime::now(), None))
             .ok()
             .unwrap()
     };

@@ -362,6 +362,8 @@ pub enum AuthError {
     },
     /// 400: more than one token in the request (RFC 6750 §2).
     MultipleTokens,
+    /// 429 or 503 before any signature check (see [`crate::preauth`]).
+    PreAuth(crate::preauth::PreAuthRefusal),
 }
 
 /// The gateway's authentication state for one snapshot.
@@ -378,6 +380,22 @@ pub struct Authenticator {
     forged: moka::sync::Cache<[u8; 32], (usize, u64)>,
     pub realm: String,
     connector: Arc<Connector>,
+    /// `auth.failed_auth_limit` and `auth.max_verifications_in_flight`.
+    pub brakes: crate::preauth::Brakes,
+}
+
+/// Why `verify` gave no identity.
+pub enum VerifyError {
+    /// The token was checked and refused (401), by this provider when one was chosen.
+    Rejected(Option<Arc<Provider>>, Rejection),
+    /// The token was not in the cache and was not checked (429/503): see [`crate::preauth`].
+    Refused(crate::preauth::PreAuthRefusal),
+}
+
+impl From<(Option<Arc<Provider>>, Rejection)> for VerifyError {
+    fn from((p, r): (Option<Arc<Provider>>, Rejection)) -> Self {
+        VerifyError::Rejected(p, r)
+    }
 }
 
 /// A verified caller.
@@ -424,6 +442,10 @@ impl Authenticator {
                 .build(),
             realm: auth.realm.clone(),
             connector: Arc::new(Connector::new(None)),
+            brakes: crate::preauth::Brakes {
+                failed_auth_limit: auth.failed_auth_limit,
+                max_in_flight: auth.max_verifications_in_flight,
+            },
         })
     }
 
@@ -442,13 +464,16 @@ impl Authenticator {
         self.providers.iter().all(|p| p.is_ready())
     }
 
-    /// Verifies `token` for one of `providers` (chosen by the token's `iss`) at `now`.
+    /// Verifies `token` for one of `providers` (chosen by the token's `iss`) at `now`, for a
+    /// caller at `client`. A token not in the verified-token cache passes the pre-auth
+    /// brakes first ([`crate::preauth`]).
     pub async fn verify(
         &self,
         token: &str,
         providers: &[Arc<Provider>],
         now: SystemTime,
-    ) -> Result<Identity, (Option<Arc<Provider>>, Rejection)> {
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Identity, VerifyError> {
         let now_s = now
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
@@ -466,13 +491,16 @@ impl Authenticator {
                 (provider, entry.token.clone(), entry.headers.clone())
             }
             None => {
+                let _permit = crate::preauth::PREAUTH
+                    .admit(client, &self.brakes, crate::limits::now_ns())
+                    .map_err(VerifyError::Refused)?;
                 let seen_forged = self.forged.get(&key).and_then(|(index, generation)| {
                     let p = providers.iter().find(|p| p.index == index)?;
                     (p.keys().generation == generation).then(|| p.clone())
                 });
                 if let Some(provider) = seen_forged {
                     METRICS.token_cache_forged.inc();
-                    return Err((Some(provider), FORGED));
+                    return Err((Some(provider), FORGED).into());
                 }
                 METRICS.token_cache_miss.inc();
                 let provider = choose_provider(token, providers)?;
@@ -507,7 +535,7 @@ impl Authenticator {
             }
         };
         if let Err(r) = provider.validation.check_claims(&verified, now_s) {
-            return Err((Some(provider), r));
+            return Err((Some(provider), r).into());
         }
         if provider.require_exp && verified.exp.is_none() {
             return Err((
@@ -516,7 +544,8 @@ impl Authenticator {
                     reason: Reason::Malformed,
                     detail: "token has no exp and the provider requires one",
                 },
-            ));
+            )
+                .into());
         }
         Ok(Identity {
             provider,

@@ -76,7 +76,7 @@ async fn explain(snapshot: &RuntimeSnapshot, a: &ExplainArgs<'_>) -> ExitCode {
             }
             match snapshot
                 .auth
-                .verify(token, &route.providers, SystemTime::now())
+                .verify(token, &route.providers, SystemTime::now(), None)
                 .await
             {
                 Ok(identity) => {
@@ -86,7 +86,12 @@ async fn explain(snapshot: &RuntimeSnapshot, a: &ExplainArgs<'_>) -> ExitCode {
                     );
                     claims = Some(identity.token.claims.clone());
                 }
-                Err((_, r)) => {
+                Err(crate::auth::VerifyError::Refused(r)) => {
+                    println!("auth:    not checked: {} (pre-auth brake)", r.label());
+                    println!("verdict: refused");
+                    return ExitCode::FAILURE;
+                }
+                Err(crate::auth::VerifyError::Rejected(_, r)) => {
                     println!("auth:    refused: {} ({})", r.reason.as_str(), r.detail);
                     println!("verdict: refused (401)");
                     return ExitCode::FAILURE;

@@ -11,6 +11,7 @@ pub mod explain;
 pub mod jwks;
 pub mod limits;
 pub mod metrics;
+pub mod preauth;
 pub mod proxy;
 pub mod respond;
 pub mod runtime;

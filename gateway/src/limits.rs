@@ -20,7 +20,7 @@ use tollgate_ratelimit::{Gcra, LocalStore, Verdict, REDIS_GCRA_SCRIPT};
 /// The local store's clock: nanoseconds since the process started (monotonic).
 static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     EPOCH.elapsed().as_nanos() as u64
 }
 

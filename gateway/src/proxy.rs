@@ -10,6 +10,7 @@ use crate::cluster::{Cluster, Outcome};
 use crate::edge::EdgeFacts;
 use crate::limits::Stores;
 use crate::metrics::{RequestCounters, METRICS};
+use crate::preauth::{PreAuthRefusal, PREAUTH};
 use crate::respond::Answer;
 use crate::runtime::{RouteRuntime, RuntimeSnapshot};
 use arc_swap::ArcSwap;
@@ -171,11 +172,17 @@ impl Gateway {
                 },
             )),
             Ok(Some(token)) => match authenticator
-                .verify(token, &route.providers, SystemTime::now())
+                .verify(
+                    token,
+                    &route.providers,
+                    SystemTime::now(),
+                    ctx.edge.client_ip,
+                )
                 .await
             {
                 Ok(identity) => Ok(Some(identity)),
-                Err((provider, r)) => Err((
+                Err(auth::VerifyError::Refused(r)) => Err((None, AuthError::PreAuth(r))),
+                Err(auth::VerifyError::Rejected(provider, r)) => Err((
                     provider,
                     AuthError::Unauthorized {
                         reason: r.reason,
@@ -205,6 +212,27 @@ impl Gateway {
         let provider_label = provider.as_ref().map(|p| &*p.name).unwrap_or("none");
         let realm = &authenticator.realm;
         let answer = match error {
+            AuthError::PreAuth(refusal) => {
+                let (status, error, message, retry) = match refusal {
+                    PreAuthRefusal::FailedAuthLimit { retry_after_secs } => (
+                        429,
+                        "too_many_failed_attempts",
+                        "too many failed authentications from this address; retry later",
+                        retry_after_secs,
+                    ),
+                    PreAuthRefusal::Busy => (
+                        503,
+                        "overloaded",
+                        "too many tokens are being verified; retry later",
+                        1,
+                    ),
+                };
+                let mut a = Answer::new(status, error, message);
+                a.reason = Some(refusal.label());
+                a.headers
+                    .push((HeaderName::from_static("retry-after"), retry.to_string()));
+                a
+            }
             AuthError::MultipleTokens => {
                 METRICS
                     .auth_decisions
@@ -224,6 +252,13 @@ impl Gateway {
                 detail,
                 presented,
             } => {
+                if presented {
+                    PREAUTH.record_failure(
+                        ctx.edge.client_ip,
+                        &authenticator.brakes,
+                        crate::limits::now_ns(),
+                    );
+                }
                 METRICS
                     .auth_decisions
                     .with_label_values(&[provider_label, "deny", reason.as_str()])

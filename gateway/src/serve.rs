@@ -55,17 +55,62 @@ pub fn load(path: &Path) -> Result<(Config, RuntimeSnapshot), LoadError> {
     Ok((config, snapshot))
 }
 
+/// Drops Pingora's ERROR lines for failures that are the client's, not the gateway's: a
+/// client that closes or stalls mid-header, or whose header tollgate's guard refused. Each
+/// of these is counted in a metric (`tollgate_header_refusals_total`, ...) instead.
+struct ClientFailures;
+
+impl<S> tracing_subscriber::layer::Filter<S> for ClientFailures {
+    fn enabled(
+        &self,
+        _meta: &tracing::Metadata<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}").starts_with("Fail to proxy: Downstream");
+                }
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    self.0 = value.starts_with("Fail to proxy: Downstream");
+                }
+            }
+        }
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        let mut m = Message(false);
+        event.record(&mut m);
+        !m.0
+    }
+}
+
 fn init_logging(level: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let layer = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(false)
-        .with_env_filter(filter)
         .with_writer(std::io::stdout)
-        .try_init();
+        .with_filter(filter)
+        .with_filter(ClientFailures);
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 fn server_conf(c: &Config) -> ServerConf {

@@ -295,6 +295,11 @@ impl Setup {
 
 /// `/admin` needs the admin role; `secure.example.com` needs any token; `/` is public.
 fn start(http: &str) -> Setup {
+    start_with(http, "")
+}
+
+/// Like `start`, with more keys in the `auth` section (two-space indented lines).
+fn start_with(http: &str, auth_extra: &str) -> Setup {
     let up = RecordingUpstream::start();
     let key = TestKey::es256("k1");
     let dir = tempfile::tempdir().unwrap();
@@ -307,7 +312,7 @@ fn start(http: &str) -> Setup {
   forward_claims:
     - {{ claim: sub, header: X-Auth-Subject }}
     - {{ claim: roles, header: X-Auth-Roles }}
-policies:
+{auth_extra}policies:
   admins:
     allow:
       - {{ roles: [admin] }}
@@ -868,4 +873,104 @@ fn a_large_upload_streams_through_without_buffering() {
         growth_mib < 64.0,
         "RSS grew {growth_mib:.1} MiB during a 200 MiB upload"
     );
+}
+
+#[test]
+fn a_client_over_its_failed_auth_limit_is_refused_before_any_signature_check() {
+    let t = start_with("{}", "  failed_auth_limit: { rate: 1/min, burst: 3 }\n");
+    let early = t.token("early", &["user"]);
+    let get = |tok: &str| {
+        send(
+            &t.gw,
+            format!("GET /x HTTP/1.1\r\nHost: secure.example.com\r\nAuthorization: Bearer {tok}\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    assert_eq!(get(&early).status, 200, "verified before the flood");
+    t.up.clear();
+    // Forged tokens, each different: a new signature check every time until the brake.
+    let forged = |i: usize| {
+        let tok = t.token(&format!("mallory-{i}"), &["admin"]);
+        let (head, _) = tok.rsplit_once('.').unwrap();
+        let other = t.token(&format!("x-{i}"), &[]);
+        format!("{head}.{}", other.rsplit('.').next().unwrap())
+    };
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        statuses.push(get(&forged(i)).status);
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 401],
+        "the burst of failures is answered 401"
+    );
+    let misses =
+        t.gw.metric("tollgate_token_cache_total", &[("result", "miss")]);
+    let a = get(&forged(10));
+    assert_eq!(a.status, 429, "{a:?}");
+    assert_eq!(a.json()["reason"], "failed_auth_limit");
+    assert!(a.header("retry-after").is_some());
+    let fresh = t.token("fresh", &["user"]);
+    assert_eq!(get(&fresh).status, 429, "an uncached valid token waits too");
+    assert_eq!(
+        t.gw.metric("tollgate_token_cache_total", &[("result", "miss")]),
+        misses,
+        "no signature was checked for the refused tokens"
+    );
+    t.upstream_got_nothing("refused before verification");
+    assert_eq!(
+        get(&early).status,
+        200,
+        "a token verified before still passes"
+    );
+    assert!(
+        t.gw.metric(
+            "tollgate_preauth_refusals_total",
+            &[("reason", "failed_auth_limit")]
+        ) >= 2.0
+    );
+}
+
+#[test]
+fn ten_reloads_under_load_answer_every_request() {
+    let t = start("{}");
+    let yaml = std::fs::read_to_string(t.gw.conf_path()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            let url = t.gw.url("/x");
+            std::thread::spawn(move || {
+                let (mut ok, mut bad) = (0u32, Vec::new());
+                // Bounded: at most 60 s or 200,000 requests, whichever comes first.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Acquire) && Instant::now() < deadline && ok < 200_000 {
+                    let r = request(&url, "GET", &[("host", "app.test")]);
+                    if r.status == 200 {
+                        ok += 1;
+                    } else {
+                        bad.push(r.status);
+                    }
+                }
+                (ok, bad)
+            })
+        })
+        .collect();
+    for i in 1..=10 {
+        t.gw.reload_file(&yaml);
+        wait_for(&format!("reload {i}"), Duration::from_secs(20), || {
+            let n =
+                t.gw.metric("tollgate_config_reloads_total", &[("result", "success")]);
+            (n >= i as f64).then_some(())
+        });
+    }
+    stop.store(true, Ordering::Release);
+    let mut total = 0;
+    for c in clients {
+        let (ok, bad) = c.join().unwrap();
+        assert!(bad.is_empty(), "requests failed during reloads: {bad:?}");
+        total += ok;
+    }
+    assert!(total > 0);
+    eprintln!("{total} requests through 10 reloads, 0 errors");
 }

@@ -93,7 +93,30 @@ pub(crate) fn auth(
         }
     }
     let cache_size = raw.cache_size.unwrap_or(100_000);
+    let failed_auth_limit = match &raw.failed_auth_limit {
+        None => default_failed_limit(),
+        Some(l) => {
+            let rate = tollgate_ratelimit::Rate::parse(&l.rate).map_err(|e| {
+                problems.add("auth.failed_auth_limit.rate", e.to_string());
+            });
+            let burst = l.burst.unwrap_or(50);
+            match rate.map(|r| tollgate_ratelimit::Gcra::new(r, burst)) {
+                Ok(Ok(g)) => g,
+                Ok(Err(e)) => {
+                    problems.add("auth.failed_auth_limit.burst", e.to_string());
+                    default_failed_limit()
+                }
+                Err(()) => default_failed_limit(),
+            }
+        }
+    };
+    let max_verifications_in_flight = raw.max_verifications_in_flight.unwrap_or(256);
+    if max_verifications_in_flight == 0 {
+        problems.add("auth.max_verifications_in_flight", "must be at least 1");
+    }
     Auth {
+        failed_auth_limit,
+        max_verifications_in_flight,
         providers: out,
         forward_claims,
         cache_size,
@@ -109,6 +132,14 @@ pub(crate) fn auth(
             None => "tollgate".to_owned(),
         },
     }
+}
+
+fn default_failed_limit() -> tollgate_ratelimit::Gcra {
+    tollgate_ratelimit::Gcra::new(
+        tollgate_ratelimit::Rate::parse("5/s").expect("a valid rate"),
+        50,
+    )
+    .expect("a valid limit")
 }
 
 fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {

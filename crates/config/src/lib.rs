@@ -335,7 +335,7 @@ pub enum AuthMode {
 }
 
 /// The `auth` section.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Auth {
     pub providers: Vec<Provider>,
     /// Claims copied into upstream request headers. Incoming headers with these names are
@@ -345,6 +345,14 @@ pub struct Auth {
     pub cache_size: u64,
     /// The `realm` of `WWW-Authenticate`. Default `tollgate`.
     pub realm: String,
+    /// Failed authentications allowed per client address (IPv6 by /64). Once a client is
+    /// over it, a token not already in the verified-token cache is refused with 429 before
+    /// any signature check. Default 5/s with a burst of 50; `failed_auth_limit: off` is not
+    /// offered, set a high rate instead.
+    pub failed_auth_limit: tollgate_ratelimit::Gcra,
+    /// Signature checks running at once (including those waiting for an unknown-kid key
+    /// refetch); past it, uncached tokens get 503 with `Retry-After`. Default 256.
+    pub max_verifications_in_flight: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -108,6 +108,16 @@ pub struct RawAuth {
     pub forward_claims: Option<Vec<RawClaimHeader>>,
     pub cache_size: Option<u64>,
     pub realm: Option<String>,
+    pub failed_auth_limit: Option<RawFailedAuthLimit>,
+    pub max_verifications_in_flight: Option<usize>,
+}
+
+/// `auth.failed_auth_limit`: failed authentications allowed per client address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailedAuthLimit {
+    pub rate: String,
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -204,6 +204,21 @@ impl Gateway {
         assert!(status.success());
     }
 
+    /// The config file the gateway was started with (listeners included).
+    pub fn conf_path(&self) -> &std::path::Path {
+        &self.conf
+    }
+
+    /// Writes `full_yaml` (listeners included) to the config file and sends SIGHUP.
+    pub fn reload_file(&self, full_yaml: &str) {
+        std::fs::write(&self.conf, full_yaml).unwrap();
+        let status = Command::new("kill")
+            .args(["-HUP", &self.proc.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
