@@ -10,6 +10,11 @@
 --   LT_HOST    Host header value (default 127.0.0.1)
 --   LT_COUNT   "1": count responses by status (defines response(), which costs wrk some
 --              CPU per response, so it is only used by the scenarios that need the counts)
+--   LT_SPLIT   "1": valid and forged requests come from different clients, as a proxy in
+--              front would say: `X-Forwarded-For: 192.0.2.10` on valid ones, one of 16
+--              addresses in 198.51.100.0/24 on forged ones (tollgate trusts 127.0.0.1 as a
+--              proxy in the load test, so its per-client brakes can tell them apart; wrk
+--              cannot choose its source address)
 --
 -- With LT_COUNT=1 each request also carries `X-Request-Id: lt-v` (a valid token) or `lt-f`
 -- (a forged one); tollgate returns the client's request id on every answer, and the HAProxy
@@ -23,6 +28,7 @@ local token_file = os.getenv("LT_TOKENS") or ""
 local path = os.getenv("LT_PATH") or "/api/item"
 local host = os.getenv("LT_HOST") or "127.0.0.1"
 local counting = os.getenv("LT_COUNT") == "1"
+local split = os.getenv("LT_SPLIT") == "1"
 
 local threads = {}
 
@@ -63,6 +69,18 @@ if counting then
    forged_prefix = prefix .. "X-Request-Id: lt-f\r\nAuthorization: Bearer "
 end
 local suffix = "\r\n\r\n"
+local forged_prefixes = { forged_prefix }
+if split then
+   -- After the request line and Host (both in `prefix`), before the rest.
+   local function client(p, addr)
+      return prefix .. "X-Forwarded-For: " .. addr .. "\r\n" .. string.sub(p, #prefix + 1)
+   end
+   valid_prefix = client(valid_prefix, "192.0.2.10")
+   forged_prefixes = {}
+   for k = 1, 16 do
+      forged_prefixes[k] = client(forged_prefix, "198.51.100." .. k)
+   end
+end
 
 function init(args)
    if token_file ~= "" then
@@ -98,7 +116,7 @@ function request()
       return valid_prefix .. tokens[idx] .. suffix
    end
    sent_forged = sent_forged + 1
-   return forged_prefix .. tokens[idx] .. suffix
+   return forged_prefixes[(sent_forged % #forged_prefixes) + 1] .. tokens[idx] .. suffix
 end
 
 if counting then

@@ -14,7 +14,8 @@ use crate::metrics::METRICS;
 use crate::runtime::RuntimeSnapshot;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
@@ -155,7 +156,7 @@ fn canned(status: &str, error: &str, message: &str, retry_after: bool) -> Vec<u8
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
@@ -201,12 +202,48 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             timeout: http.header_timeout,
             max_bytes: http.max_header_bytes,
         };
+        let idle = http.keepalive_timeout;
         drop(snapshot);
-        let mut next: Option<Stream> = Some(Box::new(GuardedStream::new(stream, limits, permit)));
-        // Pingora hands a kept-alive connection back; serving it here keeps the permit (and
-        // the guard's state) for the connection's whole life.
-        while let Some(s) = next {
-            next = self.inner.process_new(s, shutdown).await;
+        let stream: Stream = Box::new(GuardedStream::new(stream, limits, permit));
+        let options = self.inner.server_options();
+        if stream.get_ssl_digest().is_some() || options.is_some_and(|o| o.h2c) {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        // HTTP/1.1, as Pingora's own loop does it, except for the wait between requests: a
+        // kept-alive connection waits for its next request's first byte here, in this small
+        // future, instead of inside Pingora's per-request state (tens of KiB per connection).
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(idle.as_secs())
+        });
+        session.set_keepalive_reuses_remaining(options.and_then(|o| o.keepalive_request_limit));
+        let mut result = self.inner.process_new_http(session, shutdown).await;
+        while let Some(reused) = result {
+            let (mut stream, settings) = reused.consume();
+            // Pingora keeps bytes read past the last request (a pipelined one) in the settings
+            // and offers no accessor; with such bytes the next request is already here.
+            let pipelined = settings
+                .as_ref()
+                .is_some_and(|s| !format!("{s:?}").contains("pipelined_prefix: None"));
+            if !pipelined {
+                let mut byte = [0u8; 1];
+                let mut stop = shutdown.clone();
+                let next = tokio::select! {
+                    r = stream.try_peek(&mut byte) => matches!(r, Ok(true)),
+                    _ = tokio::time::sleep(idle) => false,
+                    _ = stop.changed() => false,
+                };
+                if !next {
+                    return None;
+                }
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            result = self.inner.process_new_http(session, shutdown).await;
         }
         None
     }
@@ -531,5 +568,23 @@ mod tests {
             ConnectionRefusal::Listener
         );
         assert_eq!(table.open(), 2);
+    }
+}
+
+#[cfg(test)]
+mod pingora_assumptions {
+    use pingora_core::apps::HttpPersistentSettings;
+    use pingora_core::protocols::http::ServerSession;
+
+    /// `Guarded` reads whether Pingora kept pipelined bytes from the settings' `Debug` text
+    /// (there is no accessor); this fails if a Pingora upgrade changes that text.
+    #[test]
+    fn persistent_settings_show_whether_pipelined_bytes_are_kept() {
+        let (a, _b) = tokio::io::duplex(64);
+        let session = ServerSession::new_http1(Box::new(a));
+        let mut settings = HttpPersistentSettings::for_session(&session);
+        assert!(format!("{settings:?}").contains("pipelined_prefix: None"));
+        settings.set_pipelined_prefix(bytes::BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
+        assert!(!format!("{settings:?}").contains("pipelined_prefix: None"));
     }
 }

@@ -44,7 +44,37 @@ async fn explain(snapshot: &RuntimeSnapshot, a: &ExplainArgs<'_>) -> ExitCode {
         a.host.map(|h| format!("//{h}")).unwrap_or_default(),
         a.path
     );
-    let route = match snapshot.router.find(a.host, a.path, &method) {
+    // The proxy routes the canonical request; so does explain.
+    let hosts: Vec<&[u8]> = a.host.iter().map(|h| h.as_bytes()).collect();
+    let canonical = match tollgate_canonical::canonicalize(
+        method.as_bytes(),
+        a.path.as_bytes(),
+        &hosts,
+        a.host.is_some(),
+        &snapshot.http.path,
+    ) {
+        Ok(c) => c,
+        Err(r) => {
+            println!("request: refused before routing: {r} ({})", r.reason());
+            println!("verdict: refused (400)");
+            return ExitCode::FAILURE;
+        }
+    };
+    if canonical.target() != a.path || canonical.host.as_deref() != a.host {
+        println!(
+            "normalised: {method} {}{}",
+            canonical
+                .host
+                .as_deref()
+                .map(|h| format!("//{h}"))
+                .unwrap_or_default(),
+            canonical.target()
+        );
+    }
+    let route = match snapshot
+        .router
+        .find(canonical.host.as_deref(), &canonical.path, &method)
+    {
         Match::Found(r) => r.clone(),
         Match::MethodNotAllowed(allowed) => {
             println!(

@@ -144,8 +144,9 @@ struct Startup {
     /// The listeners cannot change without new sockets: a reload that changes them is
     /// refused (use a graceful upgrade, `run -u`, instead).
     listen: (SocketAddr, SocketAddr),
-    /// Set on Pingora's HTTP options at start; a reload cannot change it.
-    max_requests_per_connection: u32,
+    /// `server.http.max_requests_per_connection` and `read_buffer`: set on Pingora's HTTP
+    /// options and listener at start; a reload cannot change them.
+    fixed_http: (u32, usize),
 }
 
 /// Waits until the snapshot's initial keys are loaded; false if shutdown came first or
@@ -177,8 +178,12 @@ impl Startup {
         if (config.listen.http, config.metrics.listen) != self.listen {
             return Err("listen.http and metrics.listen cannot change on reload; use a graceful upgrade (run -u)".into());
         }
-        if config.server.http.max_requests_per_connection != self.max_requests_per_connection {
-            return Err("server.http.max_requests_per_connection cannot change on reload; use a graceful upgrade (run -u)".into());
+        if (
+            config.server.http.max_requests_per_connection,
+            config.server.http.read_buffer,
+        ) != self.fixed_http
+        {
+            return Err("server.http.max_requests_per_connection and read_buffer cannot change on reload; use a graceful upgrade (run -u)".into());
         }
         if config.rate_limiting != self.stores.settings {
             return Err(
@@ -308,7 +313,12 @@ pub fn run_gateway(
         table: Arc::new(ConnectionTable::default()),
     };
     let mut proxy = Service::new("tollgate proxy".to_owned(), guarded);
-    proxy.add_tcp(&config.listen.http.to_string());
+    proxy.add_listener(
+        pingora_core::listeners::ListenerConfig::tcp(config.listen.http.to_string()).l4_buffer(
+            pingora_core::protocols::l4::stream::L4BufferSettings::default()
+                .read(config.server.http.read_buffer),
+        ),
+    );
 
     let mut metrics = Service::new("tollgate metrics".to_owned(), MetricsApp);
     metrics.add_tcp(&config.metrics.listen.to_string());
@@ -321,7 +331,10 @@ pub fn run_gateway(
             stores,
             config_path: config_path.to_owned(),
             listen: (config.listen.http, config.metrics.listen),
-            max_requests_per_connection: config.server.http.max_requests_per_connection,
+            fixed_http: (
+                config.server.http.max_requests_per_connection,
+                config.server.http.read_buffer,
+            ),
         },
     );
 

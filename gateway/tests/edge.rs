@@ -974,3 +974,26 @@ fn ten_reloads_under_load_answer_every_request() {
     assert!(total > 0);
     eprintln!("{total} requests through 10 reloads, 0 errors");
 }
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
+    let t = start("{ keepalive_timeout: 1s }");
+    let (mut s, mut r) = connect(&t.gw);
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut r, false).unwrap().status, 200);
+    // A second request on the same connection is served: it is kept alive...
+    s.write_all(b"GET /y HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut r, false).unwrap().status, 200);
+    // ...until it has been idle for the timeout: then the gateway closes it (EOF).
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "no stray bytes: {rest:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "closed by the idle timeout"
+    );
+    assert_eq!(t.up.received().len(), 2);
+}

@@ -28,6 +28,7 @@ pub struct RawHttp {
     pub max_connections: Option<usize>,
     pub max_connections_per_client: Option<usize>,
     pub max_body: Option<ByteSize>,
+    pub read_buffer: Option<ByteSize>,
 }
 
 /// A size as written: a number of bytes, or a number with `KiB`/`MiB`/`GiB` (`64KiB`).
@@ -138,6 +139,10 @@ pub struct HttpSettings {
     /// Request body size in bytes for routes that do not set `max_body`; larger → 413.
     /// Default 64 MiB.
     pub max_body: u64,
+    /// Read buffer of each client connection, in bytes; `0` reads straight from the socket.
+    /// Pingora's default is 64 KiB, held for the connection's whole life, idle or not.
+    /// Default 4 KiB. Set when the listener starts (a reload cannot change it).
+    pub read_buffer: usize,
 }
 
 pub(crate) const DEFAULT_OVERRIDE_HEADERS: &[&str] = &[
@@ -254,6 +259,20 @@ pub(crate) fn http(raw: &RawHttp, problems: &mut Problems) -> HttpSettings {
         );
     }
     let max_body = size(&raw.max_body, "max_body", 64 << 20, problems);
+    // Zero is meaningful here (unbuffered), so it is not read through `byte_size`.
+    let read_buffer = match &raw.read_buffer {
+        None => 4 << 10,
+        Some(ByteSize(text)) => match parse_byte_size(text) {
+            Some(n) if n <= 1 << 20 => n as usize,
+            _ => {
+                problems.add(
+                    format!("{BASE}.read_buffer"),
+                    format!("expected a size from 0 to 1MiB such as \"4KiB\", found {text:?}"),
+                );
+                4 << 10
+            }
+        },
+    };
     let max_connections = raw.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         problems.add(format!("{BASE}.max_connections"), "must be at least 1");
@@ -315,6 +334,7 @@ pub(crate) fn http(raw: &RawHttp, problems: &mut Problems) -> HttpSettings {
         max_connections,
         max_connections_per_client,
         max_body,
+        read_buffer,
     }
 }
 
