@@ -651,6 +651,37 @@ fn choose_provider(
 
 /// Finds the token in a request, looking at `sources`. `Ok(None)` when there is none;
 /// `Err` when there are several (RFC 6750 §2: a client must use only one method).
+/// Whether a query parameter's name as written (`access%5Ftoken`, `access_token`) is `name`
+/// once decoded as an upstream's form parser decodes it (percent escapes, `+` as space): the
+/// gateway must read, and strip, every spelling an upstream would take for the token.
+pub fn query_name_is(raw: &str, name: &str) -> bool {
+    let raw = raw.as_bytes();
+    if !raw.contains(&b'%') && !raw.contains(&b'+') {
+        return raw == name.as_bytes();
+    }
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'%' if i + 2 < raw.len() => {
+                let hex = |b: u8| char::from(b).to_digit(16);
+                match (hex(raw[i + 1]), hex(raw[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        decoded.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => decoded.push(b'%'),
+                }
+            }
+            b'+' => decoded.push(b' '),
+            b => decoded.push(b),
+        }
+        i += 1;
+    }
+    decoded == name.as_bytes()
+}
+
 pub fn extract_token<'a>(
     req: &'a RequestHeader,
     sources: &[TokenSource],
@@ -687,8 +718,9 @@ pub fn extract_token<'a>(
                     let Ok(v) = v.to_str() else { continue };
                     for pair in v.split(';') {
                         if let Some((k, val)) = pair.trim().split_once('=') {
-                            if k == name {
-                                add(val)?;
+                            // `tok =x` is `tok` to most cookie parsers (RFC 6265 §5.2 trims).
+                            if k.trim() == name {
+                                add(val.trim())?;
                             }
                         }
                     }
@@ -697,7 +729,7 @@ pub fn extract_token<'a>(
             TokenSource::Query(name) => {
                 for pair in req.uri.query().unwrap_or("").split('&') {
                     if let Some((k, val)) = pair.split_once('=') {
-                        if k == name {
+                        if query_name_is(k, name) {
                             add(val)?;
                         }
                     }
@@ -718,6 +750,36 @@ mod tests {
             r.append_header(k.to_string(), *v).unwrap();
         }
         r
+    }
+
+    #[test]
+    fn query_names_are_compared_as_an_upstream_decodes_them() {
+        assert!(query_name_is("access_token", "access_token"));
+        assert!(query_name_is("access%5Ftoken", "access_token"));
+        assert!(query_name_is("access%5ftoken", "access_token"));
+        assert!(query_name_is("a+b", "a b"));
+        assert!(!query_name_is("access_tokens", "access_token"));
+        assert!(!query_name_is("access%5", "access_token"));
+        let r = req("/x?access_token=a.b.c&access%5Ftoken=d.e.f", &[]);
+        assert!(matches!(
+            extract_token(&r, &[TokenSource::Query("access_token".into())]),
+            Err(AuthError::MultipleTokens)
+        ));
+    }
+
+    #[test]
+    fn cookie_names_are_trimmed_as_cookie_parsers_trim_them() {
+        let r = req(
+            "/x",
+            &[("authorization", "Bearer a.b.c"), ("cookie", "tok =d.e.f")],
+        );
+        assert!(matches!(
+            extract_token(
+                &r,
+                &[TokenSource::Bearer, TokenSource::Cookie("tok".into())]
+            ),
+            Err(AuthError::MultipleTokens)
+        ));
     }
 
     #[test]

@@ -209,47 +209,66 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         if stream.get_ssl_digest().is_some() || options.is_some_and(|o| o.h2c) {
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
-        // HTTP/1.1, as Pingora's own loop does it, except for the wait between requests: a
-        // kept-alive connection waits for its next request's first byte here, in this small
-        // future, instead of inside Pingora's per-request state (tens of KiB per connection).
-        let mut session = ServerSession::new_http1(stream);
-        session.set_keepalive(if *shutdown.borrow() {
-            None
-        } else {
-            Some(idle.as_secs())
-        });
-        session.set_keepalive_reuses_remaining(options.and_then(|o| o.keepalive_request_limit));
-        let mut result = self.inner.process_new_http(session, shutdown).await;
-        while let Some(reused) = result {
-            let (mut stream, settings) = reused.consume();
-            // Pingora keeps bytes read past the last request (a pipelined one) in the settings
-            // and offers no accessor; with such bytes the next request is already here.
-            let pipelined = settings
-                .as_ref()
-                .is_some_and(|s| !format!("{s:?}").contains("pipelined_prefix: None"));
-            if !pipelined {
-                let mut byte = [0u8; 1];
-                let mut stop = shutdown.clone();
-                let next = tokio::select! {
-                    r = stream.try_peek(&mut byte) => matches!(r, Ok(true)),
-                    _ = tokio::time::sleep(idle) => false,
-                    _ = stop.changed() => false,
-                };
-                if !next {
-                    return None;
-                }
-            }
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
-            result = self.inner.process_new_http(session, shutdown).await;
-        }
+        // HTTP/1.1 is served by a task of our own, so that the task Pingora spawned for the
+        // accept (sized for a TLS handshake state, about 8.6 KiB) ends now instead of living as
+        // long as the connection.
+        tokio::spawn(serve_h1(
+            self.inner.clone(),
+            stream,
+            idle,
+            options.and_then(|o| o.keepalive_request_limit),
+            shutdown.clone(),
+        ));
         None
     }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
+    }
+}
+
+/// An HTTP/1.1 connection, served as Pingora's own loop serves it, except for the wait
+/// between requests: a kept-alive connection waits for its next request's first byte here,
+/// in this small future, instead of inside Pingora's per-request state (tens of KiB).
+async fn serve_h1<A: HttpServerApp + Send + Sync + 'static>(
+    app: Arc<A>,
+    stream: Stream,
+    idle: Duration,
+    request_limit: Option<u32>,
+    shutdown: ShutdownWatch,
+) {
+    let mut session = ServerSession::new_http1(stream);
+    session.set_keepalive(if *shutdown.borrow() {
+        None
+    } else {
+        Some(idle.as_secs())
+    });
+    session.set_keepalive_reuses_remaining(request_limit);
+    let mut result = app.process_new_http(session, &shutdown).await;
+    while let Some(reused) = result {
+        let (mut stream, settings) = reused.consume();
+        // Pingora keeps bytes read past the last request (a pipelined one) in the settings
+        // and offers no accessor; with such bytes the next request is already here.
+        let pipelined = settings
+            .as_ref()
+            .is_some_and(|s| !format!("{s:?}").contains("pipelined_prefix: None"));
+        if !pipelined {
+            let mut byte = [0u8; 1];
+            let mut stop = shutdown.clone();
+            let next = tokio::select! {
+                r = stream.try_peek(&mut byte) => matches!(r, Ok(true)),
+                _ = tokio::time::sleep(idle) => false,
+                _ = stop.changed() => false,
+            };
+            if !next {
+                return;
+            }
+        }
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(settings) = settings {
+            settings.apply_to_session(&mut session);
+        }
+        result = app.process_new_http(session, &shutdown).await;
     }
 }
 
@@ -278,6 +297,9 @@ pub struct GuardedStream {
     header_bytes: usize,
     /// The last bytes seen, to find a blank line split across reads.
     tail: [u8; 3],
+    /// Whether the request line has begun: empty lines before it are skipped by the HTTP
+    /// parser (RFC 9112 §2.2), so they must not read as the end of a header block.
+    started: bool,
     /// Set once a canned refusal was queued; every later read fails.
     refusal: Option<(Vec<u8>, usize)>,
     _permit: ConnectionPermit,
@@ -301,6 +323,7 @@ impl GuardedStream {
             deadline: Some(Box::pin(tokio::time::sleep(limits.timeout))),
             header_bytes: 0,
             tail: [0; 3],
+            started: false,
             refusal: None,
             _permit: permit,
         }
@@ -311,6 +334,12 @@ impl GuardedStream {
     fn scan(&mut self, bytes: &[u8]) -> bool {
         let mut window = self.tail;
         for &b in bytes {
+            if !self.started {
+                if b == b'\r' || b == b'\n' {
+                    continue;
+                }
+                self.started = true;
+            }
             if b == b'\n' && (window[2] == b'\n' || (window[2] == b'\r' && window[1] == b'\n')) {
                 return true;
             }
@@ -376,6 +405,7 @@ impl AsyncRead for GuardedStream {
             this.deadline = None;
             this.header_bytes = 0;
             this.tail = [0; 3];
+            this.started = false;
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {

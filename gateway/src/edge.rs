@@ -166,12 +166,13 @@ pub fn prepare(
             .iter()
             .map(HeaderValue::as_bytes)
             .collect();
-        let http11 = req.version != http::Version::HTTP_10 && req.version != http::Version::HTTP_09;
+        // A host is required of HTTP/1.0 too: the upstream request is HTTP/1.1, which must
+        // carry one, and a vhost-based upstream must not pick its default host for it.
         tollgate_canonical::canonicalize(
             req.method.as_str().as_bytes(),
             req.raw_path(),
             &hosts,
-            http11,
+            true,
             &http.path,
         )
         .map_err(refusal_for)?
@@ -192,6 +193,8 @@ pub fn prepare(
             req.remove_header(&HOST);
         }
     }
+
+    single_content_length(req)?;
 
     let mut facts = EdgeFacts {
         client_ip: peer,
@@ -231,6 +234,46 @@ pub fn prepare(
         req.remove_header(&name);
     }
     Ok(facts)
+}
+
+/// `Content-Length: 5, 5` (or two identical fields) is one length (RFC 9110 §8.6), but an
+/// upstream that reads only the first digits, or the first field, could frame the body
+/// differently: the upstream gets a single plain value. Differing values → 400.
+fn single_content_length(req: &mut RequestHeader) -> Result<(), EdgeRefusal> {
+    let values: Vec<&[u8]> = req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if values.is_empty() || (values.len() == 1 && values[0].iter().all(u8::is_ascii_digit)) {
+        return Ok(());
+    }
+    let bad = EdgeRefusal::new(
+        400,
+        "invalid_content_length",
+        "the Content-Length is invalid",
+    );
+    let mut length: Option<u64> = None;
+    for part in values
+        .iter()
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|p| p.trim_ascii())
+    {
+        let n = std::str::from_utf8(part)
+            .ok()
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u64>().ok())
+            .ok_or(bad)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(bad);
+        }
+        length = Some(n);
+    }
+    let length = length.ok_or(bad)?;
+    req.insert_header(http::header::CONTENT_LENGTH, length)
+        .map_err(|_| bad)?;
+    Ok(())
 }
 
 /// The set removed from every request: identity headers, forwarding headers and the

@@ -118,7 +118,9 @@ fn strip_credentials(upstream: &mut RequestHeader, sources: &[TokenSource]) -> R
                 let Some(query) = uri.query() else { continue };
                 let kept: Vec<&str> = query
                     .split('&')
-                    .filter(|pair| pair.split('=').next() != Some(param.as_str()))
+                    .filter(|pair| {
+                        !auth::query_name_is(pair.split('=').next().unwrap_or(""), param)
+                    })
                     .collect();
                 if kept.len() == query.split('&').count() {
                     continue;
@@ -440,6 +442,8 @@ impl ProxyHttp for Gateway {
             }
         };
         session.set_keepalive(Some(http.keepalive_timeout.as_secs()));
+        session.set_read_timeout(Some(http.body_timeout));
+        session.set_write_timeout(Some(http.send_timeout));
         // Pipelined requests are served in order, each decided on its own (RFC 9112 §9.3.2).
         session.set_pipelining_enabled(true);
         let req = session.req_header();
@@ -732,6 +736,11 @@ impl ProxyHttp for Gateway {
                 (502, "upstream_error", "the upstream failed")
             }
             _ if e.esource() == &ErrorSource::Downstream => match e.etype() {
+                ErrorType::ReadTimedout => (
+                    408,
+                    "request_timeout",
+                    "the request body was not received in time",
+                ),
                 // The client is gone: nothing to answer.
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                     (0, "", "")

@@ -997,3 +997,140 @@ fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
     );
     assert_eq!(t.up.received().len(), 2);
 }
+
+/// Attack review: `\r\n\r\n` before the request line read as the end of a header block and
+/// switched the header deadline off (the HTTP parser skips such empty lines).
+#[test]
+fn empty_lines_before_the_request_line_do_not_switch_off_the_header_deadline() {
+    let t = start("{ header_timeout: 1s }");
+    let (mut s, mut r) = connect(&t.gw);
+    s.write_all(b"\r\n\r\n\n\nGET /x HTTP/1.1\r\nHost: app.test\r\n")
+        .unwrap();
+    let trickler = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..150 {
+                if s.write_all(b"X").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let started = Instant::now();
+    let a = read_answer(&mut r, false).expect("an answer before the close");
+    assert_eq!(a.status, 408);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let _ = s.shutdown(Shutdown::Both);
+    trickler.join().unwrap();
+    t.upstream_got_nothing("trickled header after empty lines");
+}
+
+/// Attack review: with `merge_slashes: false` `//admin` went upstream unmerged through the
+/// catch-all, with `escaped_slashes: keep` `/admin%2Fusers` did, and with
+/// `path_params: allow` `/admin;x` did; upstreams served each as an admin path. The options
+/// now refuse, decode or strip, so the route is chosen on what the upstream receives.
+#[test]
+fn non_default_path_options_still_route_what_the_upstream_receives() {
+    let t = start("{ merge_slashes: false, escaped_slashes: decode, path_params: strip }");
+    for target in ["//admin", "/%2Fadmin"] {
+        let a = send(
+            &t.gw,
+            format!("GET {target} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(a.status, 400, "{target}");
+        assert_eq!(a.json()["reason"], "empty_segment", "{target}");
+    }
+    for target in ["/admin%2Fusers", "/admin;x=1", "/admin;x/users"] {
+        let a = send(
+            &t.gw,
+            format!("GET {target} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(a.status, 401, "{target} is the admin route: {a:?}");
+    }
+    t.upstream_got_nothing("admin paths without a token");
+    let admin = t.token("root", &["admin"]);
+    let a = send(
+        &t.gw,
+        format!("GET /admin%2Fusers;v=2 HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {admin}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(t.only_request().request_line(), "GET /admin/users HTTP/1.1");
+}
+
+/// Attack review: a request body trickled one byte every 20 s held an upstream connection
+/// for minutes.
+#[test]
+fn a_trickled_request_body_is_cut_by_the_body_timeout() {
+    let t = start("{ body_timeout: 1s }");
+    let (mut s, mut r) = connect(&t.gw);
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n\r\nsome")
+        .unwrap();
+    let started = Instant::now();
+    let a = read_answer(&mut r, false);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the body timeout ended it"
+    );
+    if let Some(a) = a {
+        assert!(a.status == 408 || a.status == 502, "{a:?}");
+    }
+    // Whatever the upstream got, it was never a complete body.
+    assert!(t.up.received().is_empty());
+}
+
+/// Attack review: HTTP/1.0 without Host went upstream as HTTP/1.1 without Host.
+#[test]
+fn http10_without_a_host_is_refused() {
+    let t = start("{}");
+    let a = send(&t.gw, b"GET /x HTTP/1.0\r\n\r\n");
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["reason"], "missing_host");
+    let a = send(&t.gw, b"GET /x HTTP/1.0\r\nHost: app.test\r\n\r\n");
+    assert_eq!(a.status, 200);
+    assert_eq!(t.only_request().header("host"), ["app.test"]);
+}
+
+/// Attack review: `Content-Length: 5, 5` was forwarded as written.
+#[test]
+fn a_content_length_list_goes_upstream_as_one_value() {
+    let t = start("{}");
+    let a = send(
+        &t.gw,
+        b"POST /x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5, 5\r\n\r\nhello",
+    );
+    if a.status == 200 {
+        let got = t.only_request();
+        assert_eq!(got.header("content-length"), ["5"]);
+        assert_eq!(got.body, b"hello");
+    } else {
+        assert_eq!(a.status, 400, "{a:?}");
+        t.upstream_got_nothing("a Content-Length list");
+    }
+}
+
+/// Attack review: headers that upstream frameworks read as a client address, host or path
+/// prefix passed through.
+#[test]
+fn client_address_and_prefix_headers_are_removed() {
+    let t = start("{}");
+    let a = send(
+        &t.gw,
+        b"GET /x HTTP/1.1\r\nHost: app.test\r\nTrue-Client-IP: 6.6.6.6\r\nCF-Connecting-IP: 6.6.6.6\r\n\
+          X-Client-IP: 6.6.6.6\r\nX-Forwarded-Prefix: /admin\r\nX-Original-Host: admin.test\r\n\
+          X-Envoy-Original-Path: /admin\r\n\r\n",
+    );
+    assert_eq!(a.status, 200);
+    let got = t.only_request();
+    for gone in [
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-client-ip",
+        "x-forwarded-prefix",
+        "x-original-host",
+        "x-envoy-original-path",
+    ] {
+        assert!(got.header(gone).is_empty(), "{gone} passed: {got:?}");
+    }
+}

@@ -5,34 +5,43 @@
 
 use crate::Refusal;
 
-/// What to do with `%2F` and `%5C` (an encoded `/` or `\`) in a path.
+/// What to do with `%2F` (an encoded `/`) in a path. `%5C` (an encoded `\`) is refused
+/// either way, as a raw `\` is.
+///
+/// There is no mode that forwards `%2F` as it is: the router would see one segment where an
+/// upstream that decodes it (Werkzeug, many others) sees two, so `/admin%2Fusers` would be
+/// routed by a catch-all and served as `/admin/users`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EscapedSlashes {
     /// Refuse the request ([`Refusal::EncodedSlash`]): upstreams disagree on whether `%2F`
     /// separates segments.
     #[default]
     Reject,
-    /// Keep them encoded (upper-cased) as part of their segment. For the dot-segment and
-    /// path-parameter checks they still count as separators, so `..%2F` is refused.
-    Keep,
+    /// Decode `%2F` to `/` (then merged and checked like any `/`), as Envoy's
+    /// `UNESCAPE_AND_FORWARD`: router and upstream both see the separator.
+    Decode,
 }
 
 /// What to do with `;` (path parameters, as in `/api/..;/admin`) in a path.
+///
+/// There is no mode that forwards them: Java servers strip `;...` from a segment, so
+/// `/admin;x` routed by a catch-all would be served as `/admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PathParams {
-    /// Refuse the request ([`Refusal::PathParameter`]): Java servers strip `;...` from a
-    /// segment, so `..;` becomes `..` behind the gateway.
+    /// Refuse the request ([`Refusal::PathParameter`]).
     #[default]
     Reject,
-    /// Keep `;` as a plain character; a segment whose part before the first `;` is `.` or
-    /// `..` is still a dot segment and refused.
-    Allow,
+    /// Remove `;...` from every segment, as those servers do, before the dot-segment check:
+    /// `/admin;x/y` is routed and forwarded as `/admin/y`, `/a/..;x/b` is refused.
+    Strip,
 }
 
 /// Options from `server.http` in the config; `Default` gives the safe defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathOptions {
-    /// Merge runs of `/` into one. Default true.
+    /// Merge runs of `/` into one. Default true. `false` refuses them
+    /// ([`Refusal::EmptySegment`]) rather than forwarding them: Python's `http.server` (and so
+    /// Werkzeug and wsgiref) reads a leading `//admin` as `/admin`.
     pub merge_slashes: bool,
     /// What to do with `%2F`, `%5C` (encoded slash/backslash). Default `Reject`.
     pub escaped_slashes: EscapedSlashes,
@@ -81,11 +90,18 @@ pub fn normalize_path(path: &[u8], opts: &PathOptions) -> Result<String, Refusal
                 if value < 0x20 || value == 0x7f {
                     return Err(Refusal::ControlCharacter);
                 }
-                if value == b'/' || value == b'\\' {
+                if value == b'\\' {
+                    return Err(Refusal::EncodedSlash);
+                }
+                if value == b'/' {
                     if opts.escaped_slashes == EscapedSlashes::Reject {
                         return Err(Refusal::EncodedSlash);
                     }
-                    push_escape(&mut out, value);
+                    if !out.ends_with('/') {
+                        out.push('/');
+                    } else if !opts.merge_slashes {
+                        return Err(Refusal::EmptySegment);
+                    }
                 } else if is_unreserved(value) {
                     out.push(char::from(value));
                 } else {
@@ -93,9 +109,11 @@ pub fn normalize_path(path: &[u8], opts: &PathOptions) -> Result<String, Refusal
                 }
             }
             b'/' => {
-                // Only raw slashes end up as `/` in `out`, so this merges exactly the runs.
-                if !(opts.merge_slashes && out.ends_with('/')) {
+                // Only slashes end up as `/` in `out`, so this finds exactly the runs.
+                if !out.ends_with('/') {
                     out.push('/');
+                } else if !opts.merge_slashes {
+                    return Err(Refusal::EmptySegment);
                 }
             }
             b'\\' => return Err(Refusal::Backslash),
@@ -104,21 +122,28 @@ pub fn normalize_path(path: &[u8], opts: &PathOptions) -> Result<String, Refusal
             b => out.push(char::from(b)),
         }
     }
+    if opts.path_params == PathParams::Strip && out.contains(';') {
+        out = out
+            .split('/')
+            .map(|segment| segment.split(';').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/");
+        // `/a;x/;y/b` leaves an empty segment: merge it as a raw `//` would be.
+        while out.contains("//") {
+            if !opts.merge_slashes {
+                return Err(Refusal::EmptySegment);
+            }
+            out = out.replace("//", "/");
+        }
+    }
     for segment in out.split('/') {
         check_segment(segment, opts)?;
-        if opts.escaped_slashes == EscapedSlashes::Keep {
-            // An upstream may decode `%2F` into a separator after we routed: check the
-            // pieces it would see as segments too.
-            for piece in segment.split("%2F").flat_map(|s| s.split("%5C")) {
-                check_segment(piece, opts)?;
-            }
-        }
     }
     Ok(out)
 }
 
-/// Refuses a `.`/`..` segment (also `..;x`) and, unless allowed, any `;`.
-fn check_segment(segment: &str, opts: &PathOptions) -> Result<(), Refusal> {
+/// Refuses a `.`/`..` segment (also `..;x`) and any `;` left (none is left when stripped).
+fn check_segment(segment: &str, _opts: &PathOptions) -> Result<(), Refusal> {
     let (name, params) = match segment.split_once(';') {
         Some((name, _)) => (name, true),
         None => (segment, false),
@@ -126,7 +151,7 @@ fn check_segment(segment: &str, opts: &PathOptions) -> Result<(), Refusal> {
     if name == "." || name == ".." {
         return Err(Refusal::DotSegment);
     }
-    if params && opts.path_params == PathParams::Reject {
+    if params {
         return Err(Refusal::PathParameter);
     }
     Ok(())
@@ -168,16 +193,16 @@ mod tests {
         normalize_path(path.as_bytes(), &PathOptions::default())
     }
 
-    fn keep_slashes() -> PathOptions {
+    fn decode_slashes() -> PathOptions {
         PathOptions {
-            escaped_slashes: EscapedSlashes::Keep,
+            escaped_slashes: EscapedSlashes::Decode,
             ..PathOptions::default()
         }
     }
 
-    fn allow_params() -> PathOptions {
+    fn strip_params() -> PathOptions {
         PathOptions {
-            path_params: PathParams::Allow,
+            path_params: PathParams::Strip,
             ..PathOptions::default()
         }
     }
@@ -240,7 +265,7 @@ mod tests {
     fn raw_backslash_is_refused() {
         assert_eq!(norm("/api\\..\\admin"), Err(Refusal::Backslash));
         assert_eq!(
-            normalize_path(b"/a\\b", &keep_slashes()),
+            normalize_path(b"/a\\b", &decode_slashes()),
             Err(Refusal::Backslash)
         );
     }
@@ -253,28 +278,25 @@ mod tests {
     }
 
     #[test]
-    fn encoded_slash_is_kept_upper_cased_when_configured() {
-        let opts = keep_slashes();
+    fn encoded_slash_is_decoded_to_a_separator_when_configured() {
+        let opts = decode_slashes();
+        // The router and the upstream both see `/admin/users`: no catch-all can take it.
         assert_eq!(
-            normalize_path(b"/a%2fb%5cc", &opts).as_deref(),
-            Ok("/a%2Fb%5Cc")
+            normalize_path(b"/admin%2fusers", &opts).as_deref(),
+            Ok("/admin/users")
         );
-        // Not a separator for merging either.
+        assert_eq!(normalize_path(b"/%2Fadmin", &opts).as_deref(), Ok("/admin"));
         assert_eq!(
-            normalize_path(b"/a/%2F/b", &opts).as_deref(),
-            Ok("/a/%2F/b")
+            normalize_path(b"/a%5cb", &opts),
+            Err(Refusal::EncodedSlash),
+            "an encoded backslash is refused in every mode"
         );
     }
 
     #[test]
-    fn kept_encoded_slash_still_cannot_hide_a_dot_segment() {
-        let opts = keep_slashes();
-        for bad in [
-            "/api/..%2Fadmin",
-            "/api%2F..%2Fadmin",
-            "/a/.%5c",
-            "/a%2F%2e%2e",
-        ] {
+    fn decoded_encoded_slash_cannot_hide_a_dot_segment() {
+        let opts = decode_slashes();
+        for bad in ["/api/..%2Fadmin", "/api%2F..%2Fadmin", "/a%2F%2e%2e"] {
             assert_eq!(
                 normalize_path(bad.as_bytes(), &opts),
                 Err(Refusal::DotSegment),
@@ -291,12 +313,19 @@ mod tests {
     }
 
     #[test]
-    fn slash_runs_are_kept_when_merging_is_off() {
+    fn slash_runs_are_refused_when_merging_is_off() {
         let opts = PathOptions {
             merge_slashes: false,
             ..PathOptions::default()
         };
-        assert_eq!(normalize_path(b"//admin", &opts).as_deref(), Ok("//admin"));
+        // Forwarding `//admin` unmerged would let a catch-all route it while Python's
+        // http.server serves `/admin`.
+        assert_eq!(
+            normalize_path(b"//admin", &opts),
+            Err(Refusal::EmptySegment)
+        );
+        assert_eq!(normalize_path(b"/a//b", &opts), Err(Refusal::EmptySegment));
+        assert_eq!(normalize_path(b"/a/b/", &opts).as_deref(), Ok("/a/b/"));
     }
 
     #[test]
@@ -333,7 +362,7 @@ mod tests {
         assert_eq!(norm("/api/..;/admin"), Err(Refusal::DotSegment));
         for bad in ["/api/..;/admin", "/api/.;x/admin", "/api/%2e%2e;x/admin"] {
             assert_eq!(
-                normalize_path(bad.as_bytes(), &allow_params()),
+                normalize_path(bad.as_bytes(), &strip_params()),
                 Err(Refusal::DotSegment),
                 "{bad}"
             );
@@ -348,10 +377,15 @@ mod tests {
     }
 
     #[test]
-    fn path_parameters_are_kept_when_allowed() {
+    fn path_parameters_are_stripped_when_configured() {
+        // As Java servers read it: the gateway routes, and forwards, `/admin/b`.
         assert_eq!(
-            normalize_path(b"/a;v=1/b;", &allow_params()).as_deref(),
-            Ok("/a;v=1/b;")
+            normalize_path(b"/admin;v=1/b;", &strip_params()).as_deref(),
+            Ok("/admin/b")
+        );
+        assert_eq!(
+            normalize_path(b"/a/;x/b", &strip_params()).as_deref(),
+            Ok("/a/b")
         );
         // `%3B` is not a parameter separator; it stays encoded.
         assert_eq!(norm("/a%3bb").as_deref(), Ok("/a%3Bb"));

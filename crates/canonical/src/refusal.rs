@@ -35,6 +35,9 @@ pub enum Refusal {
     /// `%2F` or `%5C` (encoded `/` or `\`) while they are refused.
     #[error("request path holds an encoded slash or backslash")]
     EncodedSlash,
+    /// `//` in the path while runs of slashes are not merged.
+    #[error("request path holds an empty segment")]
+    EmptySegment,
     /// A raw `\`, which some servers treat as `/`.
     #[error("request path holds a backslash")]
     Backslash,
@@ -65,6 +68,7 @@ impl Refusal {
             Refusal::ConflictingHost => "conflicting_host",
             Refusal::InvalidEscape => "invalid_escape",
             Refusal::EncodedSlash => "encoded_slash",
+            Refusal::EmptySegment => "empty_segment",
             Refusal::Backslash => "backslash",
             Refusal::ControlCharacter => "control_character",
             Refusal::DotSegment => "dot_segment",
@@ -78,7 +82,8 @@ impl Refusal {
 mod tests {
     use super::*;
 
-    const ALL: [Refusal; 14] = [
+    const ALL: [Refusal; 15] = [
+        Refusal::EmptySegment,
         Refusal::InvalidMethod,
         Refusal::MethodCase,
         Refusal::InvalidTarget,

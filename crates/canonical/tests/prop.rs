@@ -42,12 +42,12 @@ fn options() -> impl Strategy<Value = PathOptions> {
         PathOptions {
             merge_slashes: merge,
             escaped_slashes: if keep {
-                EscapedSlashes::Keep
+                EscapedSlashes::Decode
             } else {
                 EscapedSlashes::Reject
             },
             path_params: if allow {
-                PathParams::Allow
+                PathParams::Strip
             } else {
                 PathParams::Reject
             },
@@ -233,8 +233,8 @@ proptest! {
     ) {
         let opts = PathOptions {
             merge_slashes: true,
-            escaped_slashes: if keep { EscapedSlashes::Keep } else { EscapedSlashes::Reject },
-            path_params: if allow { PathParams::Allow } else { PathParams::Reject },
+            escaped_slashes: if keep { EscapedSlashes::Decode } else { EscapedSlashes::Reject },
+            path_params: if allow { PathParams::Strip } else { PathParams::Reject },
         };
         if let Ok(p) = normalize_path(path.as_bytes(), &opts) {
             prop_assert!(p.starts_with('/'), "{}", p);
