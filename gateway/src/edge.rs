@@ -160,34 +160,44 @@ pub fn prepare(
 ) -> Result<EdgeFacts, EdgeRefusal> {
     check_limits(req, http)?;
     let canonical = {
-        let hosts: Vec<&[u8]> = req
-            .headers
-            .get_all(HOST)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
+        // Zero, one or (refused) more `Host` fields, without allocating for the usual one.
+        let mut fields = req.headers.get_all(HOST).iter().map(HeaderValue::as_bytes);
+        let pair = [fields.next(), fields.next()];
+        let hosts: &[&[u8]] = match pair {
+            [None, _] => &[],
+            [Some(a), None] => &[a][..],
+            [Some(a), Some(b)] => &[a, b][..],
+        };
         // A host is required of HTTP/1.0 too: the upstream request is HTTP/1.1, which must
         // carry one, and a vhost-based upstream must not pick its default host for it.
         tollgate_canonical::canonicalize(
             req.method.as_str().as_bytes(),
             req.raw_path(),
-            &hosts,
+            hosts,
             true,
             &http.path,
         )
         .map_err(refusal_for)?
     };
-    let target: http::Uri = canonical
-        .target()
-        .parse()
-        .map_err(|_| EdgeRefusal::new(400, "invalid_target", "the request target is malformed"))?;
-    req.set_uri(target);
+    // Most requests are canonical already: rewrite only what differs.
+    let target = canonical.target();
+    if req.raw_path() != target.as_bytes() || req.uri.scheme().is_some() {
+        let uri: http::Uri = target.parse().map_err(|_| {
+            EdgeRefusal::new(400, "invalid_target", "the request target is malformed")
+        })?;
+        req.set_uri(uri);
+    }
     match canonical.host_header() {
         Some(h) => {
-            let value = HeaderValue::from_str(&h)
-                .map_err(|_| EdgeRefusal::new(400, "invalid_host", "the host is malformed"))?;
-            req.insert_header(HOST, value)
-                .map_err(|_| EdgeRefusal::new(400, "invalid_host", "the host is malformed"))?;
+            let mut hosts = req.headers.get_all(HOST).iter();
+            let same = hosts.next().is_some_and(|v| v.as_bytes() == h.as_bytes())
+                && hosts.next().is_none();
+            if !same {
+                let value = HeaderValue::from_str(&h)
+                    .map_err(|_| EdgeRefusal::new(400, "invalid_host", "the host is malformed"))?;
+                req.insert_header(HOST, value)
+                    .map_err(|_| EdgeRefusal::new(400, "invalid_host", "the host is malformed"))?;
+            }
         }
         None => {
             req.remove_header(&HOST);

@@ -34,11 +34,16 @@ static UNMATCHED: once_cell::sync::Lazy<RequestCounters> =
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 pub struct Gateway {
     pub snapshot: Arc<ArcSwap<RuntimeSnapshot>>,
     /// Rate-limit state; lives as long as the process, across reloads.
     pub stores: Arc<Stores>,
+    /// `X-Forwarded-Port`: the proxy listener's port (listeners do not change on reload).
+    pub listen_port: Option<HeaderValue>,
 }
 
 /// Per-request state, carried across the phases.
@@ -610,26 +615,30 @@ impl ProxyHttp for Gateway {
         }
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         // The client's forwarding headers were removed at the edge; these are the gateway's.
+        // Values are shared (`HeaderValue` clones are reference counts) where they can be.
         if let Some(ip) = ctx.edge.client_ip {
-            let peer = peer_ip(session);
-            let xff = match (&ctx.edge.forwarded_for, peer) {
-                (Some(chain), Some(peer)) => format!("{chain}, {peer}"),
-                _ => ip.to_string(),
+            let client = HeaderValue::from_str(&ip.to_string())
+                .map_err(|_| Error::explain(ErrorType::InternalError, "address as a header"))?;
+            let xff = match (&ctx.edge.forwarded_for, peer_ip(session)) {
+                (Some(chain), Some(peer)) => HeaderValue::from_str(&format!("{chain}, {peer}"))
+                    .map_err(|_| {
+                        Error::explain(ErrorType::InternalError, "forwarded-for as a header")
+                    })?,
+                _ => client.clone(),
             };
             upstream.insert_header(X_FORWARDED_FOR.clone(), xff)?;
-            upstream.insert_header("x-real-ip", ip.to_string())?;
+            upstream.insert_header(X_REAL_IP.clone(), client)?;
         }
-        let proto = ctx.edge.forwarded_proto.as_deref().unwrap_or("http");
+        let proto = match ctx.edge.forwarded_proto.as_deref() {
+            Some("https") => HeaderValue::from_static("https"),
+            _ => HeaderValue::from_static("http"),
+        };
         upstream.insert_header(X_FORWARDED_PROTO.clone(), proto)?;
-        if let Some(host) = &ctx.edge.host {
-            upstream.insert_header("x-forwarded-host", host.as_str())?;
+        if let Some(host) = upstream.headers.get(http::header::HOST).cloned() {
+            upstream.insert_header(X_FORWARDED_HOST.clone(), host)?;
         }
-        if let Some(port) = session
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.port())
-        {
-            upstream.insert_header("x-forwarded-port", port.to_string())?;
+        if let Some(port) = &self.listen_port {
+            upstream.insert_header(X_FORWARDED_PORT.clone(), port.clone())?;
         }
         if let Some(prefix) = ctx.route.as_ref().and_then(|r| r.strip_prefix.as_deref()) {
             let uri = &upstream.uri;

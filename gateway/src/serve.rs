@@ -58,7 +58,11 @@ pub fn load(path: &Path) -> Result<(Config, RuntimeSnapshot), LoadError> {
 /// Drops Pingora's ERROR lines for failures that are the client's, not the gateway's: a
 /// client that closes or stalls mid-header, or whose header tollgate's guard refused. Each
 /// of these is counted in a metric (`tollgate_header_refusals_total`, ...) instead.
-struct ClientFailures;
+struct ClientFailures {
+    /// The level filter's hint, passed on: without it `log` records (Pingora's `debug!`s)
+    /// would all be built and dispatched before being dropped, on every request.
+    hint: Option<tracing_subscriber::filter::LevelFilter>,
+}
 
 impl<S> tracing_subscriber::layer::Filter<S> for ClientFailures {
     fn enabled(
@@ -67,6 +71,10 @@ impl<S> tracing_subscriber::layer::Filter<S> for ClientFailures {
         _cx: &tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
         true
+    }
+
+    fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {
+        self.hint
     }
 
     fn event_enabled(
@@ -103,13 +111,16 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let hint = <tracing_subscriber::EnvFilter as tracing_subscriber::layer::Filter<
+        tracing_subscriber::Registry,
+    >>::max_level_hint(&filter);
     let layer = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_writer(std::io::stdout)
         .with_filter(filter)
-        .with_filter(ClientFailures);
+        .with_filter(ClientFailures { hint });
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
@@ -301,6 +312,7 @@ pub fn run_gateway(
         Gateway {
             snapshot: snapshot.clone(),
             stores: stores.clone(),
+            listen_port: Some(config.listen.http.port().into()),
         },
     );
     let mut options = pingora_core::apps::HttpServerOptions::default();

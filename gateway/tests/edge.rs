@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ struct RecordingUpstream {
 
 impl RecordingUpstream {
     fn start() -> RecordingUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = listen_on_free_port();
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));

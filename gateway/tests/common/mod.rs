@@ -17,6 +17,17 @@ const READY_WITHIN: Duration = Duration::from_secs(20);
 /// A port that was free a moment ago and that this test process has not handed out before:
 /// the OS may give the same ephemeral port to two `bind(0)` calls in a row once the first
 /// socket is closed, so the ports already returned are remembered.
+/// A listener on a port from [`free_port`]: test servers must not take ports with
+/// `bind(0)`, or the OS may hand one to a server that [`free_port`] just promised to a gateway
+/// (which then, retrying its bind, leaves its clients talking to the wrong server).
+pub fn listen_on_free_port() -> TcpListener {
+    loop {
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", free_port())) {
+            return l;
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap();
@@ -373,7 +384,7 @@ struct JwksState {
 impl JwksServer {
     pub fn start(body: &str) -> JwksServer {
         use std::sync::atomic::Ordering;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = listen_on_free_port();
         let port = listener.local_addr().unwrap().port();
         let state = std::sync::Arc::new(JwksState {
             body: std::sync::Mutex::new(body.to_owned()),
