@@ -266,6 +266,20 @@ fn send(gw: &Gateway, bytes: &[u8]) -> Answer {
         .unwrap_or_else(|| panic!("no answer to {:?}", String::from_utf8_lossy(bytes)))
 }
 
+/// Writes one header byte every 200 ms for up to 30 s (never a complete header block), until
+/// the gateway closes the connection.
+fn trickle(s: &TcpStream) -> std::thread::JoinHandle<()> {
+    let mut s = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..150 {
+            if s.write_all(b"X").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+}
+
 struct Setup {
     gw: Gateway,
     up: RecordingUpstream,
@@ -696,18 +710,7 @@ fn a_trickled_header_is_closed_by_the_header_deadline() {
     s.write_all(b"GET /x HTTP/1.1\r\nHost: app.test\r\n")
         .unwrap();
     let started = Instant::now();
-    let trickler = {
-        let mut s = s.try_clone().unwrap();
-        std::thread::spawn(move || {
-            // One byte every 200 ms for up to 30 s: never a complete header block.
-            for _ in 0..150 {
-                if s.write_all(b"X").is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-    };
+    let trickler = trickle(&s);
     let a = read_answer(&mut r, false).expect("an answer before the close");
     assert_eq!(a.status, 408);
     assert!(
@@ -1006,17 +1009,7 @@ fn empty_lines_before_the_request_line_do_not_switch_off_the_header_deadline() {
     let (mut s, mut r) = connect(&t.gw);
     s.write_all(b"\r\n\r\n\n\nGET /x HTTP/1.1\r\nHost: app.test\r\n")
         .unwrap();
-    let trickler = {
-        let mut s = s.try_clone().unwrap();
-        std::thread::spawn(move || {
-            for _ in 0..150 {
-                if s.write_all(b"X").is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-    };
+    let trickler = trickle(&s);
     let started = Instant::now();
     let a = read_answer(&mut r, false).expect("an answer before the close");
     assert_eq!(a.status, 408);

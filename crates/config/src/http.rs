@@ -185,41 +185,54 @@ impl Default for HttpSettings {
     }
 }
 
+/// One of two words for `server.http.KEY`; the first is the default (and the safe one).
+fn choice<T: Copy>(
+    value: &Option<String>,
+    key: &str,
+    options: [(&str, T); 2],
+    problems: &mut Problems,
+) -> T {
+    let Some(word) = value.as_deref() else {
+        return options[0].1;
+    };
+    match options.iter().find(|(w, _)| *w == word) {
+        Some((_, v)) => *v,
+        None => {
+            problems.add(
+                format!("server.http.{key}"),
+                format!(
+                    "expected {} or {}, found {word:?}",
+                    options[0].0, options[1].0
+                ),
+            );
+            options[0].1
+        }
+    }
+}
+
 pub(crate) fn http(raw: &RawHttp, problems: &mut Problems) -> HttpSettings {
     const BASE: &str = "server.http";
-    let escaped_slashes = match raw.escaped_slashes.as_deref() {
-        None | Some("reject") => EscapedSlashes::Reject,
-        Some("decode") => EscapedSlashes::Decode,
-        Some(other) => {
-            problems.add(
-                format!("{BASE}.escaped_slashes"),
-                format!("expected reject or decode, found {other:?}"),
-            );
-            EscapedSlashes::Reject
-        }
-    };
-    let path_params = match raw.path_params.as_deref() {
-        None | Some("reject") => PathParams::Reject,
-        Some("strip") => PathParams::Strip,
-        Some(other) => {
-            problems.add(
-                format!("{BASE}.path_params"),
-                format!("expected reject or strip, found {other:?}"),
-            );
-            PathParams::Reject
-        }
-    };
-    let underscores_in_headers = match raw.underscores_in_headers.as_deref() {
-        None | Some("drop") => Underscores::Drop,
-        Some("allow") => Underscores::Allow,
-        Some(other) => {
-            problems.add(
-                format!("{BASE}.underscores_in_headers"),
-                format!("expected drop or allow, found {other:?}"),
-            );
-            Underscores::Drop
-        }
-    };
+    let escaped_slashes = choice(
+        &raw.escaped_slashes,
+        "escaped_slashes",
+        [
+            ("reject", EscapedSlashes::Reject),
+            ("decode", EscapedSlashes::Decode),
+        ],
+        problems,
+    );
+    let path_params = choice(
+        &raw.path_params,
+        "path_params",
+        [("reject", PathParams::Reject), ("strip", PathParams::Strip)],
+        problems,
+    );
+    let underscores_in_headers = choice(
+        &raw.underscores_in_headers,
+        "underscores_in_headers",
+        [("drop", Underscores::Drop), ("allow", Underscores::Allow)],
+        problems,
+    );
     let mut trusted_proxies = Vec::new();
     for (i, text) in raw.trusted_proxies.iter().flatten().enumerate() {
         let parsed = text.parse::<IpNet>().or_else(|_| {

@@ -461,3 +461,53 @@ routes:
         ]
     );
 }
+
+#[test]
+fn server_http_problems_are_reported_with_their_paths_at_once() {
+    let yaml = r#"
+server:
+  http: { escaped_slashes: keep, path_params: allow, body_timeout: 0s, trusted_proxies: [10.0.0.0/33], max_header_bytes: 2MiB, max_headers: 300 }
+upstreams:
+  echo: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: a, path: "/a//b", upstream: echo, max_body: lots }
+  - { name: b, path: "/%61pi", upstream: echo }
+"#;
+    assert_eq!(
+        problems(yaml),
+        [
+            "server.http.escaped_slashes: expected reject or decode, found \"keep\"",
+            "server.http.path_params: expected reject or strip, found \"allow\"",
+            "server.http.trusted_proxies[0]: expected an address or CIDR such as 10.0.0.0/8, found \"10.0.0.0/33\"",
+            "server.http.max_header_bytes: must be less than 1MiB (Pingora's own ceiling)",
+            "server.http.max_headers: must be between 1 and 256 (Pingora parses at most 256 header fields)",
+            "server.http.body_timeout: must be greater than zero",
+            "routes[0].max_body: expected a size such as 65536 or \"64KiB\", found \"lots\"",
+            "routes[0].path: requests are matched on normalised paths: write \"/a/b\"",
+            "routes[1].path: requests are matched on normalised paths: write \"/api\"",
+        ]
+    );
+}
+
+#[test]
+fn server_http_defaults_are_the_safe_ones_and_options_are_read() {
+    let c = parse(GOOD).unwrap();
+    let h = &c.server.http;
+    assert!(h.trusted_proxies.is_empty());
+    assert_eq!(h.max_header_bytes, 64 << 10);
+    assert_eq!(h.header_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(c.routes[0].max_body, 64 << 20);
+    let yaml = GOOD.replace(
+        "listen:",
+        "server: { http: { escaped_slashes: decode, path_params: strip, merge_slashes: false, trusted_proxies: [10.0.0.0/8, 192.0.2.1] } }\nlisten:",
+    );
+    let c = parse(&yaml).unwrap();
+    let h = &c.server.http;
+    assert_eq!(
+        h.path.escaped_slashes,
+        tollgate_config::EscapedSlashes::Decode
+    );
+    assert_eq!(h.path.path_params, tollgate_config::PathParams::Strip);
+    assert!(!h.path.merge_slashes);
+    assert_eq!(h.trusted_proxies.len(), 2);
+}
