@@ -599,12 +599,9 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Identity headers come only from a verified token, never from the client.
-        if let Some(snapshot) = &ctx.snapshot {
-            for name in &snapshot.auth.identity_headers {
-                upstream.remove_header(name);
-            }
-        }
+        // `upstream` is a copy of the request `edge::prepare` cleaned in request_filter (every
+        // spelling of the identity, forwarding and override headers already removed, from the
+        // same snapshot), so identity headers here come only from the verified token.
         if let Some(route) = &ctx.route {
             if route.auth != AuthMode::None && !route.keep_authorization {
                 strip_credentials(upstream, &route.token_sources)?;
