@@ -508,10 +508,10 @@ impl Authenticator {
                 let mut generation = keys.generation;
                 let mut result = tollgate_jwt::verify_signature(token, &keys.set);
                 drop(keys);
+                // Boxed: the fetch's future is several KiB, and every call of `verify`
+                // (cache hits included) would otherwise carry and move it.
                 if matches!(result, Err(r) if r.reason == Reason::UnknownKid)
-                    && provider
-                        .refetch_for_unknown_kid(&self.connector, generation)
-                        .await
+                    && Box::pin(provider.refetch_for_unknown_kid(&self.connector, generation)).await
                 {
                     let keys = provider.keys();
                     generation = keys.generation;

@@ -127,7 +127,8 @@ impl ConnectionTable {
         })
     }
 
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
 }
@@ -204,17 +205,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         };
         let idle = http.keepalive_timeout;
         drop(snapshot);
-        let stream: Stream = Box::new(GuardedStream::new(stream, limits, permit));
+        let guard = Box::new(GuardedStream::new(stream, limits, permit));
         let options = self.inner.server_options();
-        if stream.get_ssl_digest().is_some() || options.is_some_and(|o| o.h2c) {
-            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        if guard.get_ssl_digest().is_some() || options.is_some_and(|o| o.h2c) {
+            return ServerApp::process_new(&self.inner, guard, shutdown).await;
         }
         // HTTP/1.1 is served by a task of our own, so that the task Pingora spawned for the
         // accept (sized for a TLS handshake state, about 8.6 KiB) ends now instead of living as
         // long as the connection.
         tokio::spawn(serve_h1(
             self.inner.clone(),
-            stream,
+            guard,
             idle,
             options.and_then(|o| o.keepalive_request_limit),
             shutdown.clone(),
@@ -232,37 +233,36 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 /// in this small future, instead of inside Pingora's per-request state (tens of KiB).
 async fn serve_h1<A: HttpServerApp + Send + Sync + 'static>(
     app: Arc<A>,
-    stream: Stream,
+    guard: Box<GuardedStream>,
     idle: Duration,
     request_limit: Option<u32>,
     shutdown: ShutdownWatch,
 ) {
-    let mut session = ServerSession::new_http1(stream);
+    let mut session = ServerSession::new_http1(guard);
     session.set_keepalive(if *shutdown.borrow() {
         None
     } else {
         Some(idle.as_secs())
     });
     session.set_keepalive_reuses_remaining(request_limit);
+    let mut stop = shutdown.clone();
     let mut result = app.process_new_http(session, &shutdown).await;
     while let Some(reused) = result {
-        let (mut stream, settings) = reused.consume();
+        let (stream, settings) = reused.consume();
+        // Pingora hands back the stream it was given; the box is reused as it is.
+        let Ok(mut guard) = stream.into_any().downcast::<GuardedStream>() else {
+            debug_assert!(false, "Pingora returned a stream tollgate did not give it");
+            return;
+        };
         // Pingora keeps bytes read past the last request (a pipelined one) in the settings
-        // and offers no accessor; with such bytes the next request is already here.
-        let pipelined = settings.as_ref().is_some_and(keeps_pipelined_bytes);
-        if !pipelined {
-            let mut byte = [0u8; 1];
-            let mut stop = shutdown.clone();
-            let next = tokio::select! {
-                r = stream.try_peek(&mut byte) => matches!(r, Ok(true)),
-                _ = tokio::time::sleep(idle) => false,
-                _ = stop.changed() => false,
-            };
-            if !next {
-                return;
-            }
+        // and offers no accessor; with such bytes the next request is already here. Only a
+        // request whose reads went past its header block can have left any.
+        let pipelined =
+            guard.read_past_header && settings.as_ref().is_some_and(keeps_pipelined_bytes);
+        if !pipelined && !guard.next_request(idle, &mut stop).await {
+            return;
         }
-        let mut session = ServerSession::new_http1(stream);
+        let mut session = ServerSession::new_http1(guard);
         if let Some(settings) = settings {
             settings.apply_to_session(&mut session);
         }
@@ -306,6 +306,47 @@ fn keeps_pipelined_bytes(settings: &pingora_core::apps::HttpPersistentSettings) 
     probe.answer.unwrap_or(true)
 }
 
+/// The JSON answer for one of Pingora's own error answers, which have no body: Pingora
+/// answers a request it cannot parse (obs-fold, conflicting `Content-Length`, a malformed
+/// request line or header) with 400, and `CONNECT` with 405, before tollgate sees the request.
+/// They are recognised by what only they carry together: `Server: Pingora`,
+/// `Content-Length: 0` and `Cache-Control: private, no-store` (tollgate's own refusals always
+/// have a JSON body, and upstream answers do not name Pingora as their server).
+fn pingora_canned_error(data: &[u8]) -> Option<Vec<u8>> {
+    let head = data
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| data.strip_prefix(b"HTTP/1.0 "))?;
+    let status = head.get(..3)?;
+    let has = |line: &[u8]| {
+        data.windows(line.len())
+            .any(|w| w.eq_ignore_ascii_case(line))
+    };
+    if !(status[0] == b'4' || status[0] == b'5')
+        || !has(b"\r\nServer: Pingora\r\n")
+        || !has(b"\r\nContent-Length: 0\r\n")
+        || !has(b"\r\nCache-Control: private, no-store\r\n")
+    {
+        return None;
+    }
+    let (line, error, reason, message) = match status {
+        b"400" => (
+            "400 Bad Request",
+            "bad_request",
+            "unparseable",
+            "the request could not be parsed",
+        ),
+        b"405" => (
+            "405 Method Not Allowed",
+            "method_not_allowed",
+            "method_connect",
+            "this method is not supported",
+        ),
+        _ => return None,
+    };
+    METRICS.bad_requests.with_label_values(&[reason]).inc();
+    Some(canned(line, error, message, false))
+}
+
 /// Where a connection is in its request/response cycle, as far as the guard can tell from
 /// the bytes: it needs no HTTP parsing beyond finding the end of a header block and the
 /// status line of a response.
@@ -336,10 +377,16 @@ pub struct GuardedStream {
     /// Whether the request line has begun: empty lines before it are skipped by the HTTP
     /// parser (RFC 9112 §2.2), so they must not read as the end of a header block.
     started: bool,
-    /// A byte read by `try_peek`, returned by the next read.
+    /// A byte read by `try_peek` or `next_request`, returned by the next read.
     held: Option<u8>,
+    /// Whether this request's reads went past the end of its header block (a body, or a
+    /// pipelined request read along with it).
+    read_past_header: bool,
     /// Set once a canned refusal was queued; every later read fails.
     refusal: Option<(Vec<u8>, usize)>,
+    /// A JSON answer written in place of one of Pingora's bodyless error answers (see
+    /// [`pingora_canned_error`]), and how much of it is written; later writes are dropped.
+    replaced: Option<(Vec<u8>, usize)>,
     _permit: ConnectionPermit,
 }
 
@@ -364,22 +411,27 @@ impl GuardedStream {
             tail: [0; 3],
             started: false,
             held: None,
+            read_past_header: false,
             refusal: None,
+            replaced: None,
             _permit: permit,
         }
     }
 
-    /// Scans newly read header bytes; true once the blank line ending the block is seen
-    /// (`\r\n\r\n`, or `\n\n` which httparse also accepts).
-    fn scan(&mut self, mut bytes: &[u8]) -> bool {
+    /// Scans newly read header bytes. Once the blank line ending the block is seen
+    /// (`\r\n\r\n`, or `\n\n` which httparse also accepts), returns how many of `read`'s
+    /// bytes belong to the header block.
+    fn scan(&mut self, read: &[u8]) -> Option<usize> {
+        let mut bytes = read;
+        let mut skip = 0;
         if !self.started {
-            let skip = bytes
+            skip = bytes
                 .iter()
                 .position(|&b| b != b'\r' && b != b'\n')
                 .unwrap_or(bytes.len());
             bytes = &bytes[skip..];
             if bytes.is_empty() {
-                return false;
+                return None;
             }
             self.started = true;
         }
@@ -393,12 +445,63 @@ impl GuardedStream {
         };
         for i in memchr::memchr_iter(b'\n', bytes) {
             if before(i, 1) == b'\n' || (before(i, 1) == b'\r' && before(i, 2) == b'\n') {
-                return true;
+                return Some(skip + i + 1);
             }
         }
         let n = bytes.len();
         self.tail = [before(n, 3), before(n, 2), before(n, 1)];
-        false
+        None
+    }
+
+    /// Writes what is left of a replacement answer; Ready(Ok) when nothing is left.
+    fn drain_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some((answer, written)) = &mut self.replaced else {
+            return Poll::Ready(Ok(()));
+        };
+        while *written < answer.len() {
+            match std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[*written..])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => *written += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Waits between requests for the next one's first byte (held for the next read).
+    /// False when the connection closed, `idle` passed or the server is shutting down.
+    /// The wait reuses the connection's deadline timer and allocates nothing.
+    async fn next_request(&mut self, idle: Duration, stop: &mut ShutdownWatch) -> bool {
+        if self.held.is_some() {
+            return true;
+        }
+        // Between requests nothing is armed: the header deadline starts with the first byte.
+        self.armed = false;
+        let deadline = tokio::time::Instant::now() + idle;
+        self.deadline.as_mut().reset(deadline);
+        let changed = stop.changed();
+        tokio::pin!(changed);
+        std::future::poll_fn(|cx| {
+            if changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            let mut one = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut one);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    self.held = Some(one[0]);
+                    return Poll::Ready(true);
+                }
+                Poll::Ready(_) => return Poll::Ready(false),
+                Poll::Pending => {}
+            }
+            if self.deadline.as_mut().poll(cx).is_ready() {
+                Poll::Ready(false)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Queues a canned answer and fails this and every later read.
@@ -458,6 +561,7 @@ impl AsyncRead for GuardedStream {
             this.header_bytes = 0;
             this.tail = [0; 3];
             this.started = false;
+            this.read_past_header = false;
         }
         let before = buf.filled().len();
         let result = match this.held.take() {
@@ -477,10 +581,11 @@ impl AsyncRead for GuardedStream {
         };
         match result {
             Poll::Ready(Ok(())) => {
+                let filled = buf.filled().len() - before;
                 if this.phase != Phase::Header {
+                    this.read_past_header |= filled > 0;
                     return Poll::Ready(Ok(()));
                 }
-                let filled = buf.filled().len() - before;
                 if filled == 0 {
                     return Poll::Ready(Ok(()));
                 }
@@ -489,9 +594,10 @@ impl AsyncRead for GuardedStream {
                     this.deadline.as_mut().reset(at);
                     this.armed = true;
                 }
-                if this.scan(&buf.filled()[before..]) {
+                if let Some(header) = this.scan(&buf.filled()[before..]) {
                     this.phase = Phase::Request;
                     this.armed = false;
+                    this.read_past_header = header < filled;
                     return Poll::Ready(Ok(()));
                 }
                 this.header_bytes += filled;
@@ -524,6 +630,24 @@ impl AsyncWrite for GuardedStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.replaced.is_some() {
+            // The connection ends with the replacement; what Pingora writes after it (an
+            // empty body) is dropped.
+            return match this.drain_replacement(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Ready(Ok(data.len())),
+            };
+        }
+        if matches!(this.phase, Phase::Header | Phase::Request) {
+            if let Some(answer) = pingora_canned_error(data) {
+                this.replaced = Some((answer, 0));
+                this.phase = Phase::Responded;
+                return match this.drain_replacement(cx) {
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    _ => Poll::Ready(Ok(data.len())),
+                };
+            }
+        }
         if matches!(this.phase, Phase::Header | Phase::Request) && data.starts_with(b"HTTP/1.") {
             // "HTTP/1.1 101", "HTTP/1.1 100": the status digits are at 9..12.
             match data.get(9..12) {
@@ -539,10 +663,12 @@ impl AsyncWrite for GuardedStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.drain_replacement(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.drain_replacement(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -637,6 +763,29 @@ impl Peek for GuardedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_pingoras_bodyless_error_answers_are_replaced() {
+        let pingora = b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\nDate: Wed, 02 Dec 2026 10:00:00 GMT\r\nContent-Length: 0\r\nCache-Control: private, no-store\r\n\r\n";
+        let answer = pingora_canned_error(pingora).expect("Pingora's 400 is replaced");
+        let text = String::from_utf8(answer).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], "bad_request");
+        let connect =
+            String::from_utf8_lossy(pingora).replace("400 Bad Request", "405 Method Not Allowed");
+        assert!(pingora_canned_error(connect.as_bytes()).is_some());
+        // An upstream's own answers pass unchanged: another server, a body, or a success.
+        let nginx = String::from_utf8_lossy(pingora).replace("Pingora", "nginx");
+        assert!(pingora_canned_error(nginx.as_bytes()).is_none());
+        let with_body =
+            String::from_utf8_lossy(pingora).replace("Content-Length: 0", "Content-Length: 5");
+        assert!(pingora_canned_error(with_body.as_bytes()).is_none());
+        let ok = String::from_utf8_lossy(pingora).replace("400 Bad Request", "200 OK");
+        assert!(pingora_canned_error(ok.as_bytes()).is_none());
+    }
 
     #[test]
     fn ipv6_clients_are_counted_by_their_64() {

@@ -180,27 +180,30 @@ pub fn prepare(
         .map_err(refusal_for)?
     };
     // Most requests are canonical already: rewrite only what differs.
-    let target = canonical.target();
-    if req.raw_path() != target.as_bytes() || req.uri.scheme().is_some() {
-        let uri: http::Uri = target.parse().map_err(|_| {
+    if !canonical.target_matches(req.raw_path()) || req.uri.scheme().is_some() {
+        let uri: http::Uri = canonical.target().parse().map_err(|_| {
             EdgeRefusal::new(400, "invalid_target", "the request target is malformed")
         })?;
         req.set_uri(uri);
     }
-    match canonical.host_header() {
-        Some(h) => {
-            let mut hosts = req.headers.get_all(HOST).iter();
-            let same = hosts.next().is_some_and(|v| v.as_bytes() == h.as_bytes())
-                && hosts.next().is_none();
-            if !same {
+    let same_host = {
+        let mut hosts = req.headers.get_all(HOST).iter();
+        hosts
+            .next()
+            .is_some_and(|v| canonical.host_header_matches(v.as_bytes()))
+            && hosts.next().is_none()
+    };
+    if !same_host {
+        match canonical.host_header() {
+            Some(h) => {
                 let value = HeaderValue::from_str(&h)
                     .map_err(|_| EdgeRefusal::new(400, "invalid_host", "the host is malformed"))?;
                 req.insert_header(HOST, value)
                     .map_err(|_| EdgeRefusal::new(400, "invalid_host", "the host is malformed"))?;
             }
-        }
-        None => {
-            req.remove_header(&HOST);
+            None => {
+                req.remove_header(&HOST);
+            }
         }
     }
 
@@ -208,13 +211,13 @@ pub fn prepare(
 
     let mut facts = EdgeFacts {
         client_ip: peer,
-        host: canonical.host.clone(),
+        host: canonical.host,
         ..EdgeFacts::default()
     };
     if let Some(peer) = peer.filter(|p| http.trusted_proxies.iter().any(|n| n.contains(p))) {
         let xff: Vec<&str> = req
             .headers
-            .get_all("x-forwarded-for")
+            .get_all(&crate::proxy::X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -224,7 +227,7 @@ pub fn prepare(
         }
         facts.forwarded_proto = req
             .headers
-            .get("x-forwarded-proto")
+            .get(&crate::proxy::X_FORWARDED_PROTO)
             .and_then(|v| v.to_str().ok())
             .filter(|v| matches!(*v, "http" | "https"))
             .map(str::to_owned);

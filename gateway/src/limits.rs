@@ -127,8 +127,7 @@ impl Stores {
 enum KeyPart {
     ClientIp,
     Route,
-    /// A lower-case header name.
-    Header(String),
+    Header(http::HeaderName),
     Claim(ClaimPath),
 }
 
@@ -206,13 +205,18 @@ impl LimitRuntime {
             keys: l
                 .keys
                 .iter()
-                .map(|k| match k {
-                    LimitKey::ClientIp => KeyPart::ClientIp,
-                    LimitKey::Route => KeyPart::Route,
-                    LimitKey::Header(h) => KeyPart::Header(h.clone()),
-                    LimitKey::Claim(path) => KeyPart::Claim(crate::auth::claim_path(path)),
+                .map(|k| {
+                    Ok(match k {
+                        LimitKey::ClientIp => KeyPart::ClientIp,
+                        LimitKey::Route => KeyPart::Route,
+                        LimitKey::Header(h) => KeyPart::Header(
+                            http::HeaderName::from_bytes(h.as_bytes())
+                                .map_err(|e| e.to_string())?,
+                        ),
+                        LimitKey::Claim(path) => KeyPart::Claim(crate::auth::claim_path(path)),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, String>>()?,
             ipv6_prefix: l.ipv6_prefix,
             gcra,
             tier_claim,
@@ -342,9 +346,9 @@ fn bucket_key(
         match part {
             KeyPart::ClientIp => ip(&mut key),
             KeyPart::Route => key.extend_from_slice(b"route:"),
-            KeyPart::Header(name) => match req.headers.get(name.as_str()) {
+            KeyPart::Header(name) => match req.headers.get(name) {
                 Some(v) => {
-                    let _ = write!(key, "hdr:{name}:");
+                    let _ = write!(key, "hdr:{}:", name.as_str());
                     value(&mut key, v.as_bytes());
                 }
                 None => ip(&mut key),
@@ -432,7 +436,7 @@ mod tests {
 
     #[test]
     fn a_missing_header_falls_back_to_the_client_address() {
-        let part = || KeyPart::Header("x-api-key".into());
+        let part = || KeyPart::Header(http::HeaderName::from_static("x-api-key"));
         let none = req(&[]);
         let a = key(part(), &none, ip("192.0.2.1"), None);
         let b = key(part(), &none, ip("192.0.2.2"), None);
@@ -460,8 +464,18 @@ mod tests {
         let keys = [
             key(KeyPart::ClientIp, &r, addr, caller),
             key(KeyPart::Route, &r, addr, caller),
-            key(KeyPart::Header("x-client".into()), &r, addr, caller),
-            key(KeyPart::Header("x-other".into()), &r, addr, caller),
+            key(
+                KeyPart::Header(http::HeaderName::from_static("x-client")),
+                &r,
+                addr,
+                caller,
+            ),
+            key(
+                KeyPart::Header(http::HeaderName::from_static("x-other")),
+                &r,
+                addr,
+                caller,
+            ),
             key(claim("sub"), &r, addr, caller),
             key(claim("ip"), &r, addr, caller),
         ];
@@ -546,7 +560,7 @@ mod tests {
             bucket_key(
                 "r",
                 "l",
-                &[KeyPart::Header("x-k".into())],
+                &[KeyPart::Header(http::HeaderName::from_static("x-k"))],
                 64,
                 &r,
                 ip(addr),

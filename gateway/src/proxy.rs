@@ -31,9 +31,15 @@ use tollgate_router::Match;
 static UNMATCHED: once_cell::sync::Lazy<RequestCounters> =
     once_cell::sync::Lazy::new(|| RequestCounters::new("unmatched".into()));
 
+/// The 413 answer's `error` and message, whether `Content-Length` or a chunked body told.
+const TOO_LARGE: (&str, &str) = (
+    "payload_too_large",
+    "the request body is larger than this route accepts",
+);
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -494,11 +500,8 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&["body_too_large"])
                 .inc();
             session.set_keepalive(None);
-            let mut answer = Answer::new(
-                413,
-                "payload_too_large",
-                "the request body is larger than this route accepts",
-            );
+            let (error, message) = TOO_LARGE;
+            let mut answer = Answer::new(413, error, message);
             answer.reason = Some("body_too_large");
             answer.send(session, ctx).await?;
             return Ok(true);
@@ -637,9 +640,17 @@ impl ProxyHttp for Gateway {
         if let Some(port) = &self.listen_port {
             upstream.insert_header(X_FORWARDED_PORT.clone(), port.clone())?;
         }
-        if let Some(prefix) = ctx.route.as_ref().and_then(|r| r.strip_prefix.as_deref()) {
+        if let Some(route) = ctx.route.as_ref().filter(|r| r.strip_prefix.is_some()) {
+            let prefix = route.strip_prefix.as_deref().unwrap_or_default();
             let uri = &upstream.uri;
-            let rest = uri.path().strip_prefix(prefix).unwrap_or(uri.path());
+            let path = uri.path();
+            let rest = match path.get(..prefix.len()) {
+                Some(head) if head == prefix => &path[prefix.len()..],
+                Some(head) if route.case_insensitive && head.eq_ignore_ascii_case(prefix) => {
+                    &path[prefix.len()..]
+                }
+                _ => path,
+            };
             let rest = if rest.starts_with('/') { rest } else { "/" };
             let new = match uri.query() {
                 Some(q) => format!("{rest}?{q}"),
@@ -725,11 +736,7 @@ impl ProxyHttp for Gateway {
                 "no_healthy_backend",
                 "no healthy backend for this route",
             ),
-            ErrorType::HTTPStatus(413) => (
-                413,
-                "payload_too_large",
-                "the request body is larger than this route accepts",
-            ),
+            ErrorType::HTTPStatus(413) => (413, TOO_LARGE.0, TOO_LARGE.1),
             ErrorType::HTTPStatus(code) => {
                 (*code, "upstream_error", "the upstream could not be reached")
             }

@@ -20,6 +20,9 @@ pub struct RouteRuntime {
     pub cluster: Arc<Cluster>,
     /// The prefix removed from the path sent upstream (without a trailing `/`).
     pub strip_prefix: Option<Box<str>>,
+    /// `path_case: insensitive`: the route matched the path ignoring letter case, and
+    /// `strip_prefix` removes its prefix in whatever case the request wrote it.
+    pub case_insensitive: bool,
     /// `tollgate_request_duration_seconds{route}`, resolved once.
     pub duration: Histogram,
     pub requests: RequestCounters,
@@ -120,6 +123,7 @@ impl RuntimeSnapshot {
                 cluster,
                 strip_prefix: (r.strip_prefix && r.path_match == PathMatch::Prefix)
                     .then(|| r.path.trim_end_matches('/').into()),
+                case_insensitive: r.case_insensitive,
                 duration: METRICS.request_duration.with_label_values(&[&r.name]),
                 requests: RequestCounters::new(r.name.as_str().into()),
                 auth: r.auth,
@@ -131,7 +135,8 @@ impl RuntimeSnapshot {
             let methods: Vec<&str> = r.methods.iter().map(String::as_str).collect();
             router
                 .insert(
-                    RouteSpec::new(r.host.as_deref(), &r.path, r.path_match, &methods),
+                    RouteSpec::new(r.host.as_deref(), &r.path, r.path_match, &methods)
+                        .case_insensitive(r.case_insensitive),
                     Arc::new(route),
                 )
                 .expect("routes were validated against the same router");

@@ -8,7 +8,7 @@ use common::*;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,12 +52,17 @@ impl Received {
 }
 
 /// An HTTP/1.1 upstream on a raw socket that records the bytes of every request it gets and
-/// answers `200 ok` (or `101` and an echo, for a WebSocket upgrade).
+/// answers `200 ok` (or `101` and an echo, for a WebSocket upgrade; or, for `GET /big`, a
+/// body of [`BIG`] bytes, counting the answers it could not finish).
 struct RecordingUpstream {
     port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     stop: Arc<AtomicBool>,
+    cut: Arc<AtomicUsize>,
 }
+
+/// The body of `GET /big`: more than every socket buffer on the way can hold.
+const BIG: usize = 256 << 20;
 
 impl RecordingUpstream {
     fn start() -> RecordingUpstream {
@@ -65,21 +70,23 @@ impl RecordingUpstream {
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (received.clone(), stop.clone());
+        let cut = Arc::new(AtomicUsize::new(0));
+        let (r, s, c) = (received.clone(), stop.clone(), cut.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Acquire) {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let r = r.clone();
-                std::thread::spawn(move || serve(conn, r));
+                let (r, c) = (r.clone(), c.clone());
+                std::thread::spawn(move || serve(conn, r, c));
             }
         });
         RecordingUpstream {
             port,
             received,
             stop,
+            cut,
         }
     }
 
@@ -103,7 +110,7 @@ impl Drop for RecordingUpstream {
     }
 }
 
-fn serve(conn: TcpStream, log: Arc<Mutex<Vec<Received>>>) {
+fn serve(conn: TcpStream, log: Arc<Mutex<Vec<Received>>>, cut: Arc<AtomicUsize>) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut out = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
@@ -166,6 +173,7 @@ fn serve(conn: TcpStream, log: Arc<Mutex<Vec<Received>>>) {
             }
         }
         let upgrade = lower.contains("upgrade: websocket");
+        let big = head.starts_with("GET /big ");
         log.lock().unwrap().push(Received {
             head,
             body,
@@ -186,6 +194,17 @@ fn serve(conn: TcpStream, log: Arc<Mutex<Vec<Received>>>) {
                     }
                 }
             }
+        }
+        if big {
+            let chunk = vec![b'x'; 64 << 10];
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+            let finished = out.write_all(head.as_bytes()).is_ok()
+                && (0..BIG / chunk.len()).all(|_| out.write_all(&chunk).is_ok());
+            if !finished {
+                cut.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+            continue;
         }
         if out
             .write_all(
@@ -338,6 +357,7 @@ routes:
   - {{ name: secure, host: secure.example.com, path: /, upstream: app }}
   - {{ name: dead, path: /dead, upstream: dead }}
   - {{ name: upload, path: /upload, upstream: app, auth: none, max_body: 1GiB }}
+  - {{ name: legacy, path: /legacy/admin, upstream: app, policy: admins, path_case: insensitive, strip_prefix: true }}
   - {{ name: public, path: /, upstream: app, auth: none }}
 ",
         jwks_path.display(),
@@ -638,13 +658,51 @@ fn request_framing_attacks_are_refused_or_forwarded_unambiguously() {
         b"POST /x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
     );
     assert_eq!(a.status, 400, "duplicate Content-Length: {a:?}");
+    assert_eq!(a.json()["error"], "bad_request", "{a:?}");
     t.upstream_got_nothing("duplicate Content-Length");
     let a = send(
         &t.gw,
         b"GET /x HTTP/1.1\r\nHost: app.test\r\nX-A: 1\r\n folded\r\n\r\n",
     );
     assert_eq!(a.status, 400, "obs-fold: {a:?}");
+    assert_eq!(a.json()["error"], "bad_request", "{a:?}");
     t.upstream_got_nothing("obs-fold");
+}
+
+/// Requests Pingora refuses before tollgate sees them (it cannot parse them) still get a JSON
+/// body, like every other refusal, and the connection is closed.
+#[test]
+fn requests_that_cannot_be_parsed_get_a_json_400() {
+    let t = start("{}");
+    for raw in [
+        &b"GET /x HTTP/1.1\r\nHost: app.test\r\nBad Header\r\n\r\n"[..],
+        b"GET /x HTTP/1.1\r\nHost: app.test\r\nX-A: a\x01b\r\n\r\n",
+        b"GET /x HTTP/1.1 trailing\r\nHost: app.test\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    ] {
+        let (mut s, mut r) = connect(&t.gw);
+        s.write_all(raw).unwrap();
+        let a = read_answer(&mut r, false)
+            .unwrap_or_else(|| panic!("no answer to {:?}", String::from_utf8_lossy(raw)));
+        assert_eq!(a.status, 400, "{a:?}");
+        assert_eq!(
+            a.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(a.json()["error"], "bad_request", "{a:?}");
+        assert!(
+            read_answer(&mut r, false).is_none(),
+            "the connection is closed"
+        );
+    }
+    t.upstream_got_nothing("unparseable requests");
+    let (mut s, mut r) = connect(&t.gw);
+    s.write_all(b"CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n")
+        .unwrap();
+    let a = read_answer(&mut r, false).expect("an answer to CONNECT");
+    assert!(a.status == 400 || a.status == 405, "{a:?}");
+    assert!(a.json()["error"].is_string(), "{a:?}");
+    t.upstream_got_nothing("CONNECT");
 }
 
 #[test]
@@ -1071,6 +1129,63 @@ fn a_trickled_request_body_is_cut_by_the_body_timeout() {
     }
     // Whatever the upstream got, it was never a complete body.
     assert!(t.up.received().is_empty());
+}
+
+/// `path_case: insensitive`, for an upstream that ignores case (IIS, say): every spelling of
+/// the path is the protected route, never the public catch-all, and `strip_prefix` removes
+/// the prefix in whatever case the request wrote it.
+#[test]
+fn a_case_insensitive_route_protects_every_spelling_of_its_path() {
+    let t = start("{}");
+    for target in ["/LEGACY/Admin/x", "/legacy/ADMIN/x", "/Legacy/admin"] {
+        let a = send(
+            &t.gw,
+            format!("GET {target} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(a.status, 401, "{target}: {a:?}");
+    }
+    t.upstream_got_nothing("unauthenticated spellings of a case-insensitive route");
+    let a = send(
+        &t.gw,
+        format!(
+            "GET /LEGACY/Admin/x?y=1 HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {}\r\n\r\n",
+            t.token("root", &["admin"])
+        )
+        .as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(t.only_request().request_line(), "GET /x?y=1 HTTP/1.1");
+}
+
+/// A client that stops reading a large answer is cut off once a write to it has waited
+/// `send_timeout`, and the upstream connection behind it is closed too.
+#[test]
+fn a_client_that_stops_reading_is_cut_off_by_the_send_timeout() {
+    let t = start("{ send_timeout: 1s }");
+    let (mut s, mut r) = connect(&t.gw);
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .unwrap();
+    // Read nothing until the gateway has given up on this client: the upstream sees its
+    // answer cut (the default send_timeout, 30 s, would miss this deadline).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.up.cut.load(Ordering::Acquire) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway still waits on a client that does not read"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let a = read_answer(&mut r, true).expect("the answer's head was sent");
+    assert_eq!(a.status, 200);
+    let mut got = 0usize;
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < BIG, "the body was cut short ({got} of {BIG} bytes)");
 }
 
 /// Attack review: HTTP/1.0 without Host went upstream as HTTP/1.1 without Host.

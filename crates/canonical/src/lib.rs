@@ -104,6 +104,43 @@ impl CanonicalRequest {
             None => host.to_owned(),
         })
     }
+
+    /// Whether `raw` is exactly [`Self::target`], so the request needs no rewrite (most
+    /// requests: this saves building the target).
+    pub fn target_matches(&self, raw: &[u8]) -> bool {
+        let path = self.path.as_bytes();
+        match &self.query {
+            None => raw == path,
+            Some(query) => {
+                raw.len() == path.len() + 1 + query.len()
+                    && raw.starts_with(path)
+                    && raw[path.len()] == b'?'
+                    && raw.ends_with(query.as_bytes())
+            }
+        }
+    }
+
+    /// Whether `value` is exactly [`Self::host_header`] (false when there is no host).
+    pub fn host_header_matches(&self, value: &[u8]) -> bool {
+        let Some(host) = &self.host else {
+            return false;
+        };
+        match self.port {
+            None => value == host.as_bytes(),
+            Some(port) => value
+                .strip_prefix(host.as_bytes())
+                .and_then(|rest| rest.strip_prefix(b":"))
+                .is_some_and(|digits| {
+                    // The port as `u16` prints it: no sign, no leading zero.
+                    (digits.first() != Some(&b'0') || digits == b"0")
+                        && std::str::from_utf8(digits)
+                            .ok()
+                            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                            .and_then(|d| d.parse::<u16>().ok())
+                            == Some(port)
+                }),
+        }
+    }
 }
 
 /// Methods that must be written upper-case (RFC 9110 §9 and RFC 5789).

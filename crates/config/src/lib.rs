@@ -226,6 +226,9 @@ pub struct Route {
     pub host: Option<String>,
     pub path: String,
     pub path_match: PathMatch,
+    /// `path_case: insensitive`: the path is matched ignoring ASCII letter case, for an
+    /// upstream that does so itself (default: `sensitive`).
+    pub case_insensitive: bool,
     /// Upper case; empty means every method.
     pub methods: Vec<String>,
     /// Name of an upstream that exists.

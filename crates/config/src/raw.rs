@@ -192,6 +192,7 @@ pub struct RawRoute {
     pub host: Option<String>,
     pub path: String,
     pub path_match: Option<String>,
+    pub path_case: Option<String>,
     pub methods: Option<Vec<String>>,
     pub upstream: String,
     pub strip_prefix: Option<bool>,

@@ -436,6 +436,17 @@ fn route(
             PathMatch::Prefix
         }
     };
+    let case_insensitive = match raw.path_case.as_deref() {
+        None | Some("sensitive") => false,
+        Some("insensitive") => true,
+        Some(other) => {
+            problems.add(
+                format!("{base}.path_case"),
+                format!("expected sensitive or insensitive, found {other:?}"),
+            );
+            false
+        }
+    };
     let strip_prefix = raw.strip_prefix.unwrap_or(false);
     if strip_prefix && path_match == PathMatch::Exact {
         problems.add(
@@ -524,6 +535,7 @@ fn route(
         host: raw.host.clone(),
         path: raw.path.clone(),
         path_match,
+        case_insensitive,
         methods,
         upstream: raw.upstream.clone(),
         strip_prefix,
@@ -674,7 +686,8 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
             &route.path,
             route.path_match,
             &methods,
-        );
+        )
+        .case_insensitive(route.case_insensitive);
         match router.insert(spec, *index) {
             Ok(()) => accepted.push(*index),
             Err(tollgate_router::InsertError::Conflict { existing }) => {
@@ -684,6 +697,16 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
                     format!("routes[{index}]"),
                     format!(
                         "duplicate route: routes[{first}] already matches the same host, path and methods"
+                    ),
+                );
+            }
+            Err(tollgate_router::InsertError::CaseConflict { existing }) => {
+                let first = accepted[existing];
+                problems.add(
+                    format!("routes[{index}].path"),
+                    format!(
+                        "routes[{first}] has the same host and a path that differs only in letter \
+                         case, and one of the two has path_case: insensitive"
                     ),
                 );
             }

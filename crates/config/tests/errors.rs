@@ -511,3 +511,33 @@ fn server_http_defaults_are_the_safe_ones_and_options_are_read() {
     assert!(!h.path.merge_slashes);
     assert_eq!(h.trusted_proxies.len(), 2);
 }
+
+#[test]
+fn path_case_is_read_and_checked() {
+    let yaml = GOOD.replace(
+        "  - { name: root, path: /, upstream: echo }",
+        "  - { name: root, path: /, upstream: echo }
+  - { name: legacy, path: /Legacy, upstream: echo, path_case: insensitive }
+  - { name: plain, path: /plain, upstream: echo, path_case: sensitive }",
+    );
+    let c = parse(&yaml).unwrap();
+    assert!(!c.routes[0].case_insensitive);
+    assert!(c.routes[2].case_insensitive);
+    assert!(!c.routes[3].case_insensitive);
+
+    let p = problems(&GOOD.replace(
+        "  - { name: root, path: /, upstream: echo }",
+        "  - { name: root, path: /, upstream: echo, path_case: lower }
+  - { name: other, path: /legacy, upstream: echo }
+  - { name: legacy, path: /LEGACY/, upstream: echo, path_case: insensitive }",
+    ));
+    assert_eq!(
+        p,
+        [
+            "routes[1].path_case: expected sensitive or insensitive, found \"lower\"",
+            "routes[3].path: routes[2] has the same host and a path that differs only in letter \
+             case, and one of the two has path_case: insensitive",
+        ],
+        "{p:#?}"
+    );
+}

@@ -48,6 +48,9 @@ pub struct RouteSpec {
     pub path_match: PathMatch,
     /// Upper-case method names; empty matches every method.
     pub methods: Vec<String>,
+    /// Compare the path ignoring ASCII letter case (`/Admin` matches a route `/admin`), for
+    /// upstreams that do so themselves.
+    pub case_insensitive: bool,
 }
 
 impl RouteSpec {
@@ -57,7 +60,14 @@ impl RouteSpec {
             path: path.to_owned(),
             path_match,
             methods: methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            case_insensitive: false,
         }
+    }
+
+    /// The same route, its path compared ignoring ASCII letter case when `yes`.
+    pub fn case_insensitive(mut self, yes: bool) -> Self {
+        self.case_insensitive = yes;
+        self
     }
 }
 
@@ -71,6 +81,9 @@ pub enum InsertError {
     /// Another route has the same host, path and match kind, and shares a method with this one.
     /// Carries the index (insertion order) of that route.
     Conflict { existing: usize },
+    /// One of the two routes compares paths ignoring case, and the two paths differ only in
+    /// case: neither would be the more specific for a request matching both.
+    CaseConflict { existing: usize },
 }
 
 impl fmt::Display for InsertError {
@@ -85,6 +98,11 @@ impl fmt::Display for InsertError {
             InsertError::Conflict { existing } => write!(
                 f,
                 "route {existing} already matches the same host, path and methods"
+            ),
+            InsertError::CaseConflict { existing } => write!(
+                f,
+                "route {existing} has the same host and a path that differs only in letter case, \
+                 and one of the two ignores case"
             ),
         }
     }
@@ -182,11 +200,16 @@ impl<T> Default for Node<T> {
     }
 }
 
-/// The routes of one host.
+/// The routes of one host: those comparing paths as they are, and those ignoring case
+/// (`path_case: insensitive`), kept under their lower-cased paths.
 #[derive(Debug)]
 struct PathTable<T> {
     exact: HashMap<Box<str>, Slot<T>>,
     prefixes: Node<T>,
+    folded: Option<Box<PathTable<T>>>,
+    /// Every route's lower-cased path (prefixes without a trailing `/`) and kind → its index:
+    /// finds routes that differ only in case when one of them ignores case.
+    by_folded_path: HashMap<(PathMatch, Box<str>), (usize, bool)>,
 }
 
 impl<T> Default for PathTable<T> {
@@ -194,11 +217,76 @@ impl<T> Default for PathTable<T> {
         PathTable {
             exact: HashMap::new(),
             prefixes: Node::default(),
+            folded: None,
+            by_folded_path: HashMap::new(),
         }
     }
 }
 
+/// How specific a match is: an exact route beats every prefix, a deeper prefix a shallower.
+type Specificity = usize;
+const EXACT: Specificity = usize::MAX;
+
 impl<T> PathTable<T> {
+    /// Adds a route, to the folded table when it ignores case.
+    fn add(
+        &mut self,
+        spec: &RouteSpec,
+        methods: Vec<String>,
+        index: usize,
+        value: T,
+    ) -> Result<(), InsertError> {
+        let folded_path = spec.path.to_ascii_lowercase();
+        let key_path = match spec.path_match {
+            PathMatch::Exact => folded_path.as_str(),
+            PathMatch::Prefix => match folded_path.trim_end_matches('/') {
+                "" => "/",
+                trimmed => trimmed,
+            },
+        };
+        let key = (spec.path_match, Box::<str>::from(key_path));
+        if let Some(&(existing, other_insensitive)) = self.by_folded_path.get(&key) {
+            if other_insensitive != spec.case_insensitive {
+                return Err(InsertError::CaseConflict { existing });
+            }
+        }
+        if spec.case_insensitive {
+            self.folded.get_or_insert_with(Box::default).insert(
+                &folded_path,
+                spec.path_match,
+                methods,
+                index,
+                value,
+            )?;
+        } else {
+            self.insert(&spec.path, spec.path_match, methods, index, value)?;
+        }
+        self.by_folded_path
+            .entry(key)
+            .or_insert((index, spec.case_insensitive));
+        Ok(())
+    }
+
+    /// The slot that decides for `path`: the more specific of the case-sensitive routes'
+    /// and the case-insensitive routes' (which see the path lower-cased). The lower-cased
+    /// copy is made only when this host has case-insensitive routes and the path has an
+    /// upper-case letter.
+    fn decide_slot(&self, path: &str) -> Option<&Slot<T>> {
+        let sensitive = self.slot(path);
+        let Some(folded) = &self.folded else {
+            return sensitive.map(|(slot, _)| slot);
+        };
+        let insensitive = if path.bytes().any(|b| b.is_ascii_uppercase()) {
+            folded.slot(&path.to_ascii_lowercase())
+        } else {
+            folded.slot(path)
+        };
+        match (sensitive, insensitive) {
+            (Some((s, a)), Some((i, b))) => Some(if b > a { i } else { s }),
+            (s, i) => s.or(i).map(|(slot, _)| slot),
+        }
+    }
+
     fn insert(
         &mut self,
         path: &str,
@@ -225,22 +313,22 @@ impl<T> PathTable<T> {
         }
     }
 
-    /// The slot that decides for `path`, whatever the method: the exact route's, else the
-    /// deepest prefix route's. Allocates nothing.
-    fn slot(&self, path: &str) -> Option<&Slot<T>> {
+    /// The slot that decides for `path`, whatever the method, and how specific it is: the
+    /// exact route's, else the deepest prefix route's. Allocates nothing.
+    fn slot(&self, path: &str) -> Option<(&Slot<T>, Specificity)> {
         let occupied = |slot: &&Slot<T>| !slot.entries.is_empty();
         if let Some(slot) = self.exact.get(path).filter(occupied) {
-            return Some(slot);
+            return Some((slot, EXACT));
         }
         let mut node = &self.prefixes;
-        let mut best = node.prefix.as_ref().filter(occupied);
-        for seg in request_segments(path) {
+        let mut best = node.prefix.as_ref().filter(occupied).map(|s| (s, 0));
+        for (depth, seg) in request_segments(path).enumerate() {
             match node.children.get(seg) {
                 Some(child) => node = child,
                 None => break,
             }
             if let Some(slot) = node.prefix.as_ref().filter(occupied) {
-                best = Some(slot);
+                best = Some((slot, depth + 1));
             }
         }
         best
@@ -349,7 +437,7 @@ impl<T> Router<T> {
             .iter()
             .map(|m| m.to_ascii_uppercase())
             .collect();
-        table.insert(&spec.path, spec.path_match, methods, self.len, value)?;
+        table.add(&spec, methods, self.len, value)?;
         self.len += 1;
         Ok(())
     }
@@ -387,7 +475,7 @@ impl<T> Router<T> {
             Some(&self.any_host),
         ];
         for table in tables.iter().flatten() {
-            if let Some(slot) = table.slot(path) {
+            if let Some(slot) = table.decide_slot(path) {
                 return slot.decide(method);
             }
         }
@@ -620,6 +708,79 @@ mod tests {
         ]);
         assert_eq!(r.find(Some("a.com"), "/only/1", "GET"), Match::Found(&0));
         assert_eq!(r.find(Some("a.com"), "/else", "GET"), Match::Found(&1));
+    }
+
+    fn insensitive(path: &str, kind: PathMatch, methods: &[&str]) -> RouteSpec {
+        RouteSpec::new(None, path, kind, methods).case_insensitive(true)
+    }
+
+    #[test]
+    fn a_case_insensitive_route_matches_the_path_in_any_case() {
+        let mut r = Router::new();
+        r.insert(RouteSpec::new(None, "/", PathMatch::Prefix, &[]), 0)
+            .unwrap();
+        r.insert(insensitive("/Admin", PathMatch::Prefix, &["GET"]), 1)
+            .unwrap();
+        r.insert(RouteSpec::new(None, "/api", PathMatch::Prefix, &[]), 2)
+            .unwrap();
+        for path in ["/admin", "/ADMIN", "/aDmIn/users", "/Admin/"] {
+            assert_eq!(r.find(None, path, "GET"), Match::Found(&1), "{path}");
+        }
+        // The method still decides without falling through to the catch-all.
+        assert_eq!(
+            r.find(None, "/ADMIN", "POST"),
+            Match::MethodNotAllowed(vec!["GET"])
+        );
+        // Case-sensitive routes keep comparing exactly.
+        assert_eq!(r.find(None, "/api/x", "GET"), Match::Found(&2));
+        assert_eq!(r.find(None, "/API/x", "GET"), Match::Found(&0));
+    }
+
+    #[test]
+    fn the_most_specific_route_decides_across_case_sensitive_and_insensitive_routes() {
+        let mut r = Router::new();
+        r.insert(RouteSpec::new(None, "/api", PathMatch::Prefix, &[]), 0)
+            .unwrap();
+        r.insert(insensitive("/api/admin", PathMatch::Prefix, &[]), 1)
+            .unwrap();
+        r.insert(
+            RouteSpec::new(None, "/api/admin/open", PathMatch::Exact, &[]),
+            2,
+        )
+        .unwrap();
+        r.insert(insensitive("/API", PathMatch::Exact, &[]), 3)
+            .unwrap();
+        assert_eq!(r.find(None, "/api/ADMIN/x", "GET"), Match::Found(&1));
+        assert_eq!(r.find(None, "/api/admin/open", "GET"), Match::Found(&2));
+        assert_eq!(r.find(None, "/api/Admin/open", "GET"), Match::Found(&1));
+        assert_eq!(r.find(None, "/Api", "GET"), Match::Found(&3));
+        assert_eq!(r.find(None, "/api/other", "GET"), Match::Found(&0));
+    }
+
+    #[test]
+    fn paths_differing_only_in_case_conflict_when_one_route_ignores_case() {
+        let mut r = Router::new();
+        r.insert(
+            RouteSpec::new(None, "/Admin", PathMatch::Prefix, &["GET"]),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            r.insert(insensitive("/admin/", PathMatch::Prefix, &["POST"]), 1),
+            Err(InsertError::CaseConflict { existing: 0 })
+        );
+        // Two case-sensitive routes may differ only in case, and another kind never conflicts.
+        r.insert(RouteSpec::new(None, "/admin", PathMatch::Prefix, &[]), 1)
+            .unwrap();
+        r.insert(insensitive("/ADMIN", PathMatch::Exact, &[]), 2)
+            .unwrap();
+        assert_eq!(
+            r.insert(
+                RouteSpec::new(None, "/admin", PathMatch::Exact, &["PUT"]),
+                3
+            ),
+            Err(InsertError::CaseConflict { existing: 2 })
+        );
     }
 
     #[test]
