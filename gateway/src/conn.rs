@@ -255,12 +255,23 @@ async fn serve_h1<A: HttpServerApp + Send + Sync + 'static>(
             return;
         };
         // Pingora keeps bytes read past the last request (a pipelined one) in the settings
-        // and offers no accessor; with such bytes the next request is already here. Only a
-        // request whose reads went past its header block can have left any.
-        let pipelined =
-            guard.read_past_header && settings.as_ref().is_some_and(keeps_pipelined_bytes);
-        if !pipelined && !guard.next_request(idle, &mut stop).await {
-            return;
+        // and offers no accessor; with such bytes the next request is (partly) here already,
+        // and the guard must see them as the start of its header block. Only a request whose
+        // reads went past its header block can have left any.
+        let kept = match &settings {
+            Some(settings) if guard.read_past_header => pipelined_prefix(settings),
+            _ => Kept::Nothing,
+        };
+        match kept {
+            Kept::Bytes(prefix) => guard.begin_with(&prefix),
+            // Unreadable: go on at once (Pingora then waits inside its own state), so that a
+            // pipelined request is never left waiting for bytes that will not come.
+            Kept::Unknown => {}
+            Kept::Nothing => {
+                if !guard.next_request(idle, &mut stop).await {
+                    return;
+                }
+            }
         }
         let mut session = ServerSession::new_http1(guard);
         if let Some(settings) = settings {
@@ -270,40 +281,72 @@ async fn serve_h1<A: HttpServerApp + Send + Sync + 'static>(
     }
 }
 
-/// Whether Pingora kept bytes read past the last request (a pipelined one) for the next.
-/// `HttpPersistentSettings` has no accessor for it, so this reads its `Debug` text, without
-/// allocating and stopping as soon as the field is seen (checked by a test below, so a
-/// Pingora upgrade that changes the text fails the build's tests, not production).
-fn keeps_pipelined_bytes(settings: &pingora_core::apps::HttpPersistentSettings) -> bool {
-    use std::fmt::Write;
-    const FIELD: &str = "pipelined_prefix: ";
-    struct Probe {
-        matched: usize,
-        answer: Option<bool>,
+/// What Pingora kept of the bytes read past the last request.
+#[derive(Debug, PartialEq, Eq)]
+enum Kept {
+    Nothing,
+    /// The start of the next request (a pipelined one), which Pingora parses first.
+    Bytes(Vec<u8>),
+    /// The settings' text was not what this reads.
+    Unknown,
+}
+
+/// The bytes Pingora kept for the next request. `HttpPersistentSettings` has no accessor for
+/// them, so this reads its `Debug` text (`pipelined_prefix: Some(b"GET / HTTP/1.1\r\n")`, the
+/// escapes of `bytes`' `Debug`); a unit test below pins that text, so a Pingora upgrade that
+/// changes it fails the tests, not production. Called only when a request read past its
+/// header block.
+fn pipelined_prefix(settings: &pingora_core::apps::HttpPersistentSettings) -> Kept {
+    let text = format!("{settings:?}");
+    let Some(at) = text.find("pipelined_prefix: ") else {
+        return Kept::Unknown;
+    };
+    let rest = &text.as_bytes()[at + "pipelined_prefix: ".len()..];
+    if rest.starts_with(b"None") {
+        return Kept::Nothing;
     }
-    impl Write for Probe {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            for c in s.bytes() {
-                if self.matched == FIELD.len() {
-                    self.answer = Some(c != b'N');
-                    return Err(std::fmt::Error);
-                }
-                self.matched = if c == FIELD.as_bytes()[self.matched] {
-                    self.matched + 1
-                } else {
-                    usize::from(c == FIELD.as_bytes()[0])
-                };
+    let Some(mut rest) = rest.strip_prefix(b"Some(b\"") else {
+        return Kept::Unknown;
+    };
+    let mut bytes = Vec::with_capacity(rest.len());
+    loop {
+        match rest {
+            [b'"', ..] => return Kept::Bytes(bytes),
+            [b'\\', b'n', tail @ ..] => {
+                bytes.push(b'\n');
+                rest = tail;
             }
-            Ok(())
+            [b'\\', b'r', tail @ ..] => {
+                bytes.push(b'\r');
+                rest = tail;
+            }
+            [b'\\', b't', tail @ ..] => {
+                bytes.push(b'\t');
+                rest = tail;
+            }
+            [b'\\', b'0', tail @ ..] => {
+                bytes.push(0);
+                rest = tail;
+            }
+            [b'\\', b @ (b'\\' | b'"'), tail @ ..] => {
+                bytes.push(*b);
+                rest = tail;
+            }
+            [b'\\', b'x', hi, lo, tail @ ..] => {
+                let hex = |c: &u8| char::from(*c).to_digit(16);
+                let (Some(hi), Some(lo)) = (hex(hi), hex(lo)) else {
+                    return Kept::Unknown;
+                };
+                bytes.push((hi * 16 + lo) as u8);
+                rest = tail;
+            }
+            [b'\\', ..] | [] => return Kept::Unknown,
+            [b, tail @ ..] => {
+                bytes.push(*b);
+                rest = tail;
+            }
         }
     }
-    let mut probe = Probe {
-        matched: 0,
-        answer: None,
-    };
-    let _ = write!(probe, "{settings:?}");
-    // Unreadable: assume bytes are kept, so the next request is read at once, never lost.
-    probe.answer.unwrap_or(true)
 }
 
 /// The JSON answer for one of Pingora's own error answers, which have no body: Pingora
@@ -451,6 +494,29 @@ impl GuardedStream {
         let n = bytes.len();
         self.tail = [before(n, 3), before(n, 2), before(n, 1)];
         None
+    }
+
+    /// Starts the next request's cycle with `prefix`, the bytes of it Pingora already read
+    /// (and parses before reading the socket again): the header deadline runs from now, and
+    /// the rest of the header block is scanned as its continuation.
+    fn begin_with(&mut self, prefix: &[u8]) {
+        self.phase = Phase::Header;
+        self.header_bytes = 0;
+        self.tail = [0; 3];
+        self.started = false;
+        self.read_past_header = false;
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.limits.timeout);
+        self.armed = true;
+        match self.scan(prefix) {
+            Some(header) => {
+                self.phase = Phase::Request;
+                self.armed = false;
+                self.read_past_header = header < prefix.len();
+            }
+            None => self.header_bytes = prefix.len(),
+        }
     }
 
     /// Writes what is left of a replacement answer; Ready(Ok) when nothing is left.
@@ -832,17 +898,21 @@ mod pingora_assumptions {
     use pingora_core::apps::HttpPersistentSettings;
     use pingora_core::protocols::http::ServerSession;
 
-    /// `Guarded` reads whether Pingora kept pipelined bytes from the settings' `Debug` text
-    /// (there is no accessor); this fails if a Pingora upgrade changes that text.
+    /// `serve_h1` reads the bytes Pingora kept for a pipelined request from the settings'
+    /// `Debug` text (there is no accessor); this fails if a Pingora upgrade changes that text.
     #[test]
-    fn persistent_settings_show_whether_pipelined_bytes_are_kept() {
+    fn persistent_settings_show_the_pipelined_bytes_they_keep() {
+        use super::{pipelined_prefix, Kept};
         let (a, _b) = tokio::io::duplex(64);
         let session = ServerSession::new_http1(Box::new(a));
         let mut settings = HttpPersistentSettings::for_session(&session);
-        assert!(format!("{settings:?}").contains("pipelined_prefix: None"));
-        assert!(!super::keeps_pipelined_bytes(&settings));
-        settings.set_pipelined_prefix(bytes::BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
-        assert!(!format!("{settings:?}").contains("pipelined_prefix: None"));
-        assert!(super::keeps_pipelined_bytes(&settings));
+        assert_eq!(pipelined_prefix(&settings), Kept::Nothing);
+        let every_byte: Vec<u8> = (0..=255u8).collect();
+        settings.set_pipelined_prefix(bytes::BytesMut::from(&every_byte[..]));
+        assert_eq!(pipelined_prefix(&settings), Kept::Bytes(every_byte));
+        let mut settings = HttpPersistentSettings::for_session(&session);
+        let request = b"GET /a?b=\"c\\d\" HTTP/1.1\r\nHost: x\r\n\tfolded\r\n";
+        settings.set_pipelined_prefix(bytes::BytesMut::from(&request[..]));
+        assert_eq!(pipelined_prefix(&settings), Kept::Bytes(request.to_vec()));
     }
 }

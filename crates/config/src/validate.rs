@@ -653,8 +653,30 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
     let mut router: Router<usize> = Router::new();
     let mut accepted: Vec<usize> = Vec::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
+    // An upstream ignores letter case in paths or it does not: its first route says which.
+    let mut case_of_upstream: HashMap<&str, (usize, bool)> = HashMap::new();
     for (index, r) in &raw.routes {
         let mut route = route(*index, r, raw, &auth, &rate_limiting, problems);
+        let (first, insensitive) = *case_of_upstream
+            .entry(r.upstream.as_str())
+            .or_insert((*index, route.case_insensitive));
+        if insensitive != route.case_insensitive {
+            problems.add(
+                format!("routes[{index}].path_case"),
+                format!(
+                    "routes[{first}] sends upstream {:?} paths with path_case: {}; an upstream \
+                     ignores letter case or does not, so every route to it must say the same \
+                     (or a route compared case-sensitively would reach what another protects \
+                     under a different case)",
+                    r.upstream,
+                    if insensitive {
+                        "insensitive"
+                    } else {
+                        "sensitive"
+                    }
+                ),
+            );
+        }
         if route.max_body == 0 {
             route.max_body = server.http.max_body;
         }
@@ -705,8 +727,9 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
                 problems.add(
                     format!("routes[{index}].path"),
                     format!(
-                        "routes[{first}] has the same host and a path that differs only in letter \
-                         case, and one of the two has path_case: insensitive"
+                        "routes[{first}] has the same host and the same path but for letter case \
+                         (or a trailing / or the match kind), and one of the two has path_case: \
+                         insensitive"
                     ),
                 );
             }

@@ -514,29 +514,41 @@ fn server_http_defaults_are_the_safe_ones_and_options_are_read() {
 
 #[test]
 fn path_case_is_read_and_checked() {
-    let yaml = GOOD.replace(
-        "  - { name: root, path: /, upstream: echo }",
+    let with_iis = |routes: &str| {
+        GOOD.replace(
+            "routes:\n",
+            "  iis: { backends: [{ addr: \"127.0.0.1:9002\" }] }\nroutes:\n",
+        )
+        .replace("  - { name: root, path: /, upstream: echo }", routes)
+    };
+    let c = parse(&with_iis(
         "  - { name: root, path: /, upstream: echo }
-  - { name: legacy, path: /Legacy, upstream: echo, path_case: insensitive }
+  - { name: legacy, path: /Legacy, upstream: iis, path_case: insensitive }
   - { name: plain, path: /plain, upstream: echo, path_case: sensitive }",
-    );
-    let c = parse(&yaml).unwrap();
+    ))
+    .unwrap();
     assert!(!c.routes[0].case_insensitive);
     assert!(c.routes[2].case_insensitive);
     assert!(!c.routes[3].case_insensitive);
 
-    let p = problems(&GOOD.replace(
-        "  - { name: root, path: /, upstream: echo }",
+    let p = problems(&with_iis(
         "  - { name: root, path: /, upstream: echo, path_case: lower }
-  - { name: other, path: /legacy, upstream: echo }
-  - { name: legacy, path: /LEGACY/, upstream: echo, path_case: insensitive }",
+  - { name: legacy, path: /LEGACY/, upstream: iis, path_case: insensitive }
+  - { name: other, path: /legacy, upstream: iis }
+  - { name: exact, host: api.example.com, path: /API, path_match: exact, upstream: iis, path_case: insensitive }",
     ));
     assert_eq!(
         p,
         [
             "routes[1].path_case: expected sensitive or insensitive, found \"lower\"",
-            "routes[3].path: routes[2] has the same host and a path that differs only in letter \
-             case, and one of the two has path_case: insensitive",
+            "routes[3].path_case: routes[2] sends upstream \"iis\" paths with path_case: \
+             insensitive; an upstream ignores letter case or does not, so every route to it must \
+             say the same (or a route compared case-sensitively would reach what another \
+             protects under a different case)",
+            "routes[3].path: routes[2] has the same host and the same path but for letter case \
+             (or a trailing / or the match kind), and one of the two has path_case: insensitive",
+            "routes[4].path: routes[0] has the same host and the same path but for letter case \
+             (or a trailing / or the match kind), and one of the two has path_case: insensitive",
         ],
         "{p:#?}"
     );

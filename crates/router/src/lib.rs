@@ -82,7 +82,8 @@ pub enum InsertError {
     /// Carries the index (insertion order) of that route.
     Conflict { existing: usize },
     /// One of the two routes compares paths ignoring case, and the two paths differ only in
-    /// case: neither would be the more specific for a request matching both.
+    /// case (or in a trailing `/`, or in match kind): for a request matching both, the choice
+    /// between them would turn on the letter case the client wrote.
     CaseConflict { existing: usize },
 }
 
@@ -207,9 +208,10 @@ struct PathTable<T> {
     exact: HashMap<Box<str>, Slot<T>>,
     prefixes: Node<T>,
     folded: Option<Box<PathTable<T>>>,
-    /// Every route's lower-cased path (prefixes without a trailing `/`) and kind → its index:
-    /// finds routes that differ only in case when one of them ignores case.
-    by_folded_path: HashMap<(PathMatch, Box<str>), (usize, bool)>,
+    /// Every route's lower-cased path without a trailing `/` → the first such route's index
+    /// and whether it ignores case: finds routes whose paths differ only in case (or in a
+    /// trailing `/`, or in match kind) when one of them ignores case.
+    by_folded_path: HashMap<Box<str>, (usize, bool)>,
 }
 
 impl<T> Default for PathTable<T> {
@@ -237,14 +239,12 @@ impl<T> PathTable<T> {
         value: T,
     ) -> Result<(), InsertError> {
         let folded_path = spec.path.to_ascii_lowercase();
-        let key_path = match spec.path_match {
-            PathMatch::Exact => folded_path.as_str(),
-            PathMatch::Prefix => match folded_path.trim_end_matches('/') {
-                "" => "/",
-                trimmed => trimmed,
-            },
-        };
-        let key = (spec.path_match, Box::<str>::from(key_path));
+        // Whatever the kinds: an exact `/ADMIN` ignoring case would beat a case-sensitive
+        // prefix `/admin` on the request `/admin` itself.
+        let key = Box::<str>::from(match folded_path.trim_end_matches('/') {
+            "" => "/",
+            trimmed => trimmed,
+        });
         if let Some(&(existing, other_insensitive)) = self.by_folded_path.get(&key) {
             if other_insensitive != spec.case_insensitive {
                 return Err(InsertError::CaseConflict { existing });
@@ -748,12 +748,12 @@ mod tests {
             2,
         )
         .unwrap();
-        r.insert(insensitive("/API", PathMatch::Exact, &[]), 3)
+        r.insert(insensitive("/Docs", PathMatch::Exact, &[]), 3)
             .unwrap();
         assert_eq!(r.find(None, "/api/ADMIN/x", "GET"), Match::Found(&1));
         assert_eq!(r.find(None, "/api/admin/open", "GET"), Match::Found(&2));
         assert_eq!(r.find(None, "/api/Admin/open", "GET"), Match::Found(&1));
-        assert_eq!(r.find(None, "/Api", "GET"), Match::Found(&3));
+        assert_eq!(r.find(None, "/dOCS", "GET"), Match::Found(&3));
         assert_eq!(r.find(None, "/api/other", "GET"), Match::Found(&0));
     }
 
@@ -769,14 +769,19 @@ mod tests {
             r.insert(insensitive("/admin/", PathMatch::Prefix, &["POST"]), 1),
             Err(InsertError::CaseConflict { existing: 0 })
         );
-        // Two case-sensitive routes may differ only in case, and another kind never conflicts.
+        // Whatever the match kinds: an exact route ignoring case would beat the prefix.
+        assert_eq!(
+            r.insert(insensitive("/ADMIN", PathMatch::Exact, &[]), 1),
+            Err(InsertError::CaseConflict { existing: 0 })
+        );
+        // Two case-sensitive routes may differ only in case.
         r.insert(RouteSpec::new(None, "/admin", PathMatch::Prefix, &[]), 1)
             .unwrap();
-        r.insert(insensitive("/ADMIN", PathMatch::Exact, &[]), 2)
+        r.insert(insensitive("/other/", PathMatch::Prefix, &[]), 2)
             .unwrap();
         assert_eq!(
             r.insert(
-                RouteSpec::new(None, "/admin", PathMatch::Exact, &["PUT"]),
+                RouteSpec::new(None, "/Other", PathMatch::Exact, &["PUT"]),
                 3
             ),
             Err(InsertError::CaseConflict { existing: 2 })
