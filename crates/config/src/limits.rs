@@ -13,10 +13,16 @@ pub(crate) fn rate_limiting(raw: &RawRateLimiting, problems: &mut Problems) -> R
         problems.add("rate_limiting.max_local_keys", "must be at least 1");
     }
     let redis = raw.redis.as_ref().map(|r| {
+        // The gateway opens the store with this same parser (`redis::Client::open`).
         if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
             problems.add(
                 "rate_limiting.redis.url",
                 "must be a redis:// or rediss:// URL",
+            );
+        } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(r.url.as_str()) {
+            problems.add(
+                "rate_limiting.redis.url",
+                format!("not a usable Redis URL: {e}"),
             );
         }
         let on_store_error = match r.on_store_error.as_deref() {

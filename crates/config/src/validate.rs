@@ -345,8 +345,19 @@ fn health_check(base: &str, raw: &RawHealthCheck, problems: &mut Problems) -> He
         }
         "http" => {
             let path = raw.path.clone().unwrap_or_else(|| "/".to_owned());
-            if !path.starts_with('/') {
-                problems.add(format!("{base}.path"), "must start with '/'");
+            // Parsed as the health checker will parse it.
+            if !path.starts_with('/') || path.parse::<::http::uri::PathAndQuery>().is_err() {
+                problems.add(
+                    format!("{base}.path"),
+                    "must be an absolute path (and query) without spaces or control characters",
+                );
+            }
+            let host = raw.host.clone().unwrap_or_else(|| "localhost".to_owned());
+            if tollgate_canonical::normalize_host(host.as_bytes()).is_err() {
+                problems.add(
+                    format!("{base}.host"),
+                    "must be a host name or IP literal, with an optional port",
+                );
             }
             let expected_status = raw.expected_status.unwrap_or(200);
             if !(100..=599).contains(&expected_status) {
@@ -357,7 +368,7 @@ fn health_check(base: &str, raw: &RawHealthCheck, problems: &mut Problems) -> He
             }
             HealthCheckKind::Http {
                 path,
-                host: raw.host.clone().unwrap_or_else(|| "localhost".to_owned()),
+                host,
                 expected_status,
             }
         }

@@ -553,3 +553,42 @@ fn path_case_is_read_and_checked() {
         "{p:#?}"
     );
 }
+
+/// Attack review of `check` against `run`: these passed `check` and then panicked (health
+/// checks) or failed (Redis) when the gateway started.
+#[test]
+fn health_check_paths_and_hosts_and_redis_urls_are_read_as_the_gateway_reads_them() {
+    let p = problems(
+        r#"
+listen: { http: "127.0.0.1:8080" }
+rate_limiting:
+  redis: { url: "redis://h:abc/" }
+upstreams:
+  a: { backends: [{ addr: "127.0.0.1:9000" }], health_check: { type: http, path: "/a b" } }
+  b: { backends: [{ addr: "127.0.0.1:9001" }], health_check: { type: http, host: "bad host\u0001" } }
+  c: { backends: [{ addr: "127.0.0.1:9002" }], health_check: { type: http, path: "/healthz?full=1", host: "app.internal:8080" } }
+routes:
+  - { name: a, path: /a, upstream: a }
+  - { name: b, path: /b, upstream: b }
+  - { name: c, path: /c, upstream: c }
+"#,
+    );
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("rate_limiting.redis.url: not a usable Redis URL")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter().any(|m| m
+            == "upstreams.a.health_check.path: must be an absolute path (and query) without \
+                spaces or control characters"),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter().any(|m| m
+            == "upstreams.b.health_check.host: must be a host name or IP literal, with an \
+                optional port"),
+        "{p:#?}"
+    );
+}
