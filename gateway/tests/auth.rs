@@ -417,6 +417,48 @@ fn hmac_secret_from_environment_and_bad_key_config_is_refused() {
         ),
         "{stderr}"
     );
+
+    // With the variable set (in the gateway's environment only), its value is the secret:
+    // tokens signed with it pass, tokens signed with another secret do not.
+    use tollgate_jwt::{sign, Algorithm, SigningKey};
+    let secret = "an environment secret of at least 32 bytes";
+    let gw = Gateway::start_with_env(
+        &[("TOLLGATE_TEST_ENV_SECRET", secret)],
+        &format!(
+            "auth:\n  providers:\n    - {{ name: h, issuer: \"{ISS}\", audiences: [\"{AUD}\"], hmac_secret_env: TOLLGATE_TEST_ENV_SECRET }}\n  \
+             forward_claims:\n    - {{ claim: sub, header: X-Auth-Subject }}\n\
+             upstreams:\n  e: {{ backends: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: r, path: /, upstream: e }}\n",
+            echo.addr()
+        ),
+    );
+    let mut c = claims("henry");
+    c["exp"] = json!(4_000_000_000u64);
+    let with = |key: &[u8]| {
+        sign(
+            Algorithm::HS256,
+            None,
+            &c,
+            &SigningKey::hmac(key, Algorithm::HS256).unwrap(),
+        )
+        .unwrap()
+    };
+    let r = gw.get(
+        "/x",
+        &[("authorization", &bearer(&with(secret.as_bytes())))],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("henry")
+    );
+    let r = gw.get(
+        "/x",
+        &[(
+            "authorization",
+            &bearer(&with(b"another secret of at least 32 bytes!")),
+        )],
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
 }
 
 #[test]

@@ -71,18 +71,50 @@ routes:
 
 #[test]
 fn run_refuses_a_bad_config_before_binding() {
+    // Both listeners' ports are held here: had `run` tried to bind either before refusing the
+    // config, it would have failed on the address instead, and said so.
+    let proxy = common::listen_on_free_port();
+    let metrics = common::listen_on_free_port();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
-    std::fs::write(&path, "routes: []\nlisten: { http: \"127.0.0.1:1\" }\n").unwrap();
-    let out = Command::new(BIN)
+    std::fs::write(
+        &path,
+        format!(
+            "routes: []\nlisten: {{ http: \"{}\" }}\nmetrics: {{ listen: \"{}\" }}\n",
+            proxy.local_addr().unwrap(),
+            metrics.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
         .args(["run", "-c", path.to_str().unwrap()])
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A gateway that bound first would retry the held ports instead of exiting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("run did not refuse the config at once");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("routes: at least one route is required"),
         "{stderr}"
+    );
+    let lower = stderr.to_ascii_lowercase();
+    assert!(
+        !lower.contains("in use") && !lower.contains("bind"),
+        "it tried to bind: {stderr}"
     );
 }
 

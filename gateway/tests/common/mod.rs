@@ -63,10 +63,11 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(args: &[&str], log: PathBuf) -> Proc {
+    fn spawn(args: &[&str], log: PathBuf, env: &[(&str, &str)]) -> Proc {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -138,7 +139,7 @@ impl Echo {
     pub fn restart(&mut self) {
         let addr = self.addr();
         let log = self.dir.path().join("echo.log");
-        let mut p = Proc::spawn(&["echo", "--listen", &addr, "--name", &self.name], log);
+        let mut p = Proc::spawn(&["echo", "--listen", &addr, "--name", &self.name], log, &[]);
         wait_for(
             &format!("echo {} on {addr}", self.name),
             READY_WITHIN,
@@ -169,6 +170,15 @@ impl Gateway {
 
     /// Like `start`, with `server.http` set to `http` (a YAML flow mapping).
     pub fn start_with_http(http: &str, yaml_without_listeners: &str) -> Gateway {
+        Self::launch(http, yaml_without_listeners, &[])
+    }
+
+    /// Like `start`, with these variables in the gateway's environment.
+    pub fn start_with_env(env: &[(&str, &str)], yaml_without_listeners: &str) -> Gateway {
+        Self::launch("{}", yaml_without_listeners, env)
+    }
+
+    fn launch(http: &str, yaml_without_listeners: &str, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let metrics_port = free_port();
         let dir = tempfile::tempdir().unwrap();
@@ -181,6 +191,7 @@ impl Gateway {
         let mut proc = Proc::spawn(
             &["run", "-c", conf.to_str().unwrap()],
             dir.path().join("gateway.log"),
+            env,
         );
         wait_for("gateway /readyz", READY_WITHIN, || {
             assert!(!proc.exited(), "gateway exited: {}", proc.log_text());
