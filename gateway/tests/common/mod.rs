@@ -567,6 +567,23 @@ impl RedisServer {
         });
     }
 
+    /// How many keys the server holds (`DBSIZE`): a store-side view of what gateways wrote.
+    pub fn keys(&self) -> u64 {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(b"DBSIZE\r\n").unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            reply.push(byte[0]);
+        }
+        let text = String::from_utf8(reply).unwrap();
+        text.trim()
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("DBSIZE answered {text:?}"))
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.proc.take() {
             let _ = c.kill();
