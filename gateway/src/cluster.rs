@@ -114,7 +114,11 @@ impl Cluster {
         }
         let mut view = Backends::new(Static::new(backends));
         if let Some(hc) = &u.health_check {
-            view.set_health_check(health_check(&u.name, hc, infos.clone()));
+            view.set_health_check(Box::new(Counted {
+                inner: health_check(&u.name, hc, infos.clone()),
+                upstream: u.name.clone(),
+                infos: infos.clone(),
+            }));
         }
         let selector = match &u.lb {
             LoadBalancing::RoundRobin => Selector::RoundRobin(static_lb(view)),
@@ -235,6 +239,41 @@ impl HealthObserve for HealthGauge {
             healthy,
             "backend health changed"
         );
+    }
+}
+
+/// A health check whose every verdict is counted in `tollgate_upstream_health_checks_total`.
+struct Counted {
+    inner: Box<dyn HealthCheck + Send + Sync>,
+    upstream: String,
+    infos: BackendInfos,
+}
+
+#[async_trait]
+impl HealthCheck for Counted {
+    async fn check(&self, target: &Backend) -> pingora_core::Result<()> {
+        let verdict = self.inner.check(target).await;
+        METRICS
+            .health_checks
+            .with_label_values(&[
+                self.upstream.as_str(),
+                self.infos.label(target),
+                if verdict.is_ok() { "pass" } else { "fail" },
+            ])
+            .inc();
+        verdict
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.inner.health_status_change(target, healthy).await
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        self.inner.backend_summary(target)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.inner.health_threshold(success)
     }
 }
 

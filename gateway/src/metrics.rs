@@ -24,6 +24,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_requests: IntCounterVec,
     pub backend_healthy: IntGaugeVec,
+    pub health_checks: IntCounterVec,
     pub auth_decisions: IntCounterVec,
     pub jwks_fetch: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
@@ -85,6 +86,14 @@ impl Metrics {
                 "1 when the backend passes its health checks, else 0.",
             ),
             &["upstream", "backend"],
+        )
+        .expect("valid metric");
+        let health_checks = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_health_checks_total",
+                "Active health checks by verdict (pass or fail).",
+            ),
+            &["upstream", "backend", "result"],
         )
         .expect("valid metric");
         let build_info = IntGaugeVec::new(
@@ -238,6 +247,7 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(upstream_requests.clone()),
             Box::new(backend_healthy.clone()),
+            Box::new(health_checks.clone()),
             Box::new(build_info.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -251,6 +261,7 @@ impl Metrics {
             request_duration,
             upstream_requests,
             backend_healthy,
+            health_checks,
             auth_decisions,
             jwks_fetch,
             jwks_keys,
