@@ -390,6 +390,23 @@ fn pingora_canned_error(data: &[u8]) -> Option<Vec<u8>> {
     Some(canned(line, error, message, false))
 }
 
+/// Writes what is left of a queued answer (its bytes and how many are written); Ready(Ok)
+/// once all are.
+fn write_queued(
+    inner: &mut Stream,
+    (answer, written): &mut (Vec<u8>, usize),
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while *written < answer.len() {
+        match std::task::ready!(Pin::new(&mut *inner).poll_write(cx, &answer[*written..])) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => *written += n,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
 /// Where a connection is in its request/response cycle, as far as the guard can tell from
 /// the bytes: it needs no HTTP parsing beyond finding the end of a header block and the
 /// status line of a response.
@@ -496,15 +513,20 @@ impl GuardedStream {
         None
     }
 
-    /// Starts the next request's cycle with `prefix`, the bytes of it Pingora already read
-    /// (and parses before reading the socket again): the header deadline runs from now, and
-    /// the rest of the header block is scanned as its continuation.
-    fn begin_with(&mut self, prefix: &[u8]) {
+    /// Forgets the last request: the next bytes begin a new header block.
+    fn start_request(&mut self) {
         self.phase = Phase::Header;
         self.header_bytes = 0;
         self.tail = [0; 3];
         self.started = false;
         self.read_past_header = false;
+    }
+
+    /// Starts the next request's cycle with `prefix`, the bytes of it Pingora already read
+    /// (and parses before reading the socket again): the header deadline runs from now, and
+    /// the rest of the header block is scanned as its continuation.
+    fn begin_with(&mut self, prefix: &[u8]) {
+        self.start_request();
         self.deadline
             .as_mut()
             .reset(tokio::time::Instant::now() + self.limits.timeout);
@@ -521,17 +543,10 @@ impl GuardedStream {
 
     /// Writes what is left of a replacement answer; Ready(Ok) when nothing is left.
     fn drain_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some((answer, written)) = &mut self.replaced else {
-            return Poll::Ready(Ok(()));
-        };
-        while *written < answer.len() {
-            match std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[*written..])) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => *written += n,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        match &mut self.replaced {
+            Some(queued) => write_queued(&mut self.inner, queued, cx),
+            None => Poll::Ready(Ok(())),
         }
-        Poll::Ready(Ok(()))
     }
 
     /// Waits between requests for the next one's first byte (held for the next read).
@@ -591,13 +606,8 @@ impl GuardedStream {
             self.refusal = Some((answer, 0));
         }
         // Best effort: the answer is small and the socket's send buffer is empty here.
-        if let Some((answer, written)) = &mut self.refusal {
-            while *written < answer.len() {
-                match Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]) {
-                    Poll::Ready(Ok(n)) if n > 0 => *written += n,
-                    _ => break,
-                }
-            }
+        if let Some(queued) = &mut self.refusal {
+            let _ = write_queued(&mut self.inner, queued, cx);
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
         }
         let kind = if reason == "header_timeout" {
@@ -622,12 +632,8 @@ impl AsyncRead for GuardedStream {
         if this.phase == Phase::Responded {
             // A new request: its deadline starts with its first byte (idle time between
             // requests is the keep-alive timeout's business).
-            this.phase = Phase::Header;
+            this.start_request();
             this.armed = false;
-            this.header_bytes = 0;
-            this.tail = [0; 3];
-            this.started = false;
-            this.read_past_header = false;
         }
         let before = buf.filled().len();
         let result = match this.held.take() {
@@ -808,8 +814,8 @@ impl GetSocketDigest for GuardedStream {
 #[async_trait]
 impl Peek for GuardedStream {
     /// Waits for the next byte and holds it (the next read returns it first, followed by
-    /// whatever else the socket or its buffer has ready): `serve_h1` waits for a request
-    /// with this, at the cost of no allocation and no extra read by the HTTP parser.
+    /// whatever else the socket or its buffer has ready), at the cost of no extra read by the
+    /// HTTP parser. (`serve_h1` waits with `next_request`, which does not allocate.)
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         use tokio::io::AsyncReadExt;
         if self.held.is_none() {

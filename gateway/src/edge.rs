@@ -21,6 +21,11 @@ pub const FORWARDING_HEADERS: &[&str] = &[
     "x-real-ip",
 ];
 
+/// `X-Forwarded-For`, read here from trusted proxies and written by the proxy upstream.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`, likewise.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// A refusal before routing: status, reason label (metrics, JSON `reason`), message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeRefusal {
@@ -217,7 +222,7 @@ pub fn prepare(
     if let Some(peer) = peer.filter(|p| http.trusted_proxies.iter().any(|n| n.contains(p))) {
         let xff: Vec<&str> = req
             .headers
-            .get_all(&crate::proxy::X_FORWARDED_FOR)
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -227,7 +232,7 @@ pub fn prepare(
         }
         facts.forwarded_proto = req
             .headers
-            .get(&crate::proxy::X_FORWARDED_PROTO)
+            .get(&X_FORWARDED_PROTO)
             .and_then(|v| v.to_str().ok())
             .filter(|v| matches!(*v, "http" | "https"))
             .map(str::to_owned);

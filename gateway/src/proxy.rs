@@ -7,7 +7,7 @@
 
 use crate::auth::{self, AuthError};
 use crate::cluster::{Cluster, Outcome};
-use crate::edge::EdgeFacts;
+use crate::edge::{EdgeFacts, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::limits::Stores;
 use crate::metrics::{RequestCounters, METRICS};
 use crate::preauth::{PreAuthRefusal, PREAUTH};
@@ -38,8 +38,6 @@ const TOO_LARGE: (&str, &str) = (
 );
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
