@@ -3,11 +3,11 @@
 //! remember verified tokens, and turn claims into identity headers for the upstream.
 
 use crate::jwks;
+use crate::limits::Claims;
 use crate::metrics::METRICS;
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
 use pingora_core::connectors::http::Connector;
-use pingora_http::RequestHeader;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -351,21 +351,6 @@ impl moka::Expiry<[u8; 32], Arc<CacheEntry>> for ExpireAtTokenExp {
     }
 }
 
-/// Why a request was not authenticated.
-#[derive(Debug, Clone, Copy)]
-pub enum AuthError {
-    /// 401 with a reason; `presented` tells whether a token was there (RFC 6750 §3).
-    Unauthorized {
-        reason: Reason,
-        detail: &'static str,
-        presented: bool,
-    },
-    /// 400: more than one token in the request (RFC 6750 §2).
-    MultipleTokens,
-    /// 429 or 503 before any signature check (see [`crate::preauth`]).
-    PreAuth(crate::preauth::PreAuthRefusal),
-}
-
 /// The gateway's authentication state for one snapshot.
 pub struct Authenticator {
     pub providers: Vec<Arc<Provider>>,
@@ -521,7 +506,7 @@ impl Authenticator {
                     self.forged.insert(key, (provider.index, generation));
                 }
                 let token_v = Arc::new(result.map_err(|r| (Some(provider.clone()), r))?);
-                let headers: IdentityHeaders = self.identity_headers(&token_v).into();
+                let headers: IdentityHeaders = self.identity_headers(&token_v.claims).into();
                 self.cache.insert(
                     key,
                     Arc::new(CacheEntry {
@@ -556,10 +541,10 @@ impl Authenticator {
 
     /// The identity headers for a verified token: each configured claim that is present and
     /// can be written unambiguously (see [`claim_header_value`]).
-    pub fn identity_headers(&self, token: &VerifiedToken) -> Vec<(HeaderName, HeaderValue)> {
+    pub fn identity_headers(&self, claims: &Claims) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(self.forward.len());
         for (path, header) in &self.forward {
-            if let Some(v) = path.lookup(&token.claims).and_then(claim_header_value) {
+            if let Some(v) = path.lookup(claims).and_then(claim_header_value) {
                 out.push((header.clone(), v));
             }
         }
@@ -649,190 +634,9 @@ fn choose_provider(
     ))
 }
 
-/// Finds the token in a request, looking at `sources`. `Ok(None)` when there is none;
-/// `Err` when there are several (RFC 6750 §2: a client must use only one method).
-/// Whether a query parameter's name as written (`access%5Ftoken`, `access_token`) is `name`
-/// once decoded as an upstream's form parser decodes it (percent escapes, `+` as space): the
-/// gateway must read, and strip, every spelling an upstream would take for the token.
-pub fn query_name_is(raw: &str, name: &str) -> bool {
-    let raw = raw.as_bytes();
-    if !raw.contains(&b'%') && !raw.contains(&b'+') {
-        return raw == name.as_bytes();
-    }
-    let mut decoded = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'%' if i + 2 < raw.len() => {
-                let hex = |b: u8| char::from(b).to_digit(16);
-                match (hex(raw[i + 1]), hex(raw[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        decoded.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => decoded.push(b'%'),
-                }
-            }
-            b'+' => decoded.push(b' '),
-            b => decoded.push(b),
-        }
-        i += 1;
-    }
-    decoded == name.as_bytes()
-}
-
-pub fn extract_token<'a>(
-    req: &'a RequestHeader,
-    sources: &[TokenSource],
-) -> Result<Option<&'a str>, AuthError> {
-    let mut found: Option<&str> = None;
-    let mut add = |t: &'a str| -> Result<(), AuthError> {
-        if found.is_some() {
-            return Err(AuthError::MultipleTokens);
-        }
-        found = Some(t);
-        Ok(())
-    };
-    for source in sources {
-        match source {
-            TokenSource::Bearer => {
-                for v in req.headers.get_all(http::header::AUTHORIZATION) {
-                    let Ok(v) = v.to_str() else { continue };
-                    if let Some((scheme, token)) = v.split_once(' ') {
-                        if scheme.eq_ignore_ascii_case("bearer") {
-                            add(token.trim())?;
-                        }
-                    }
-                }
-            }
-            TokenSource::Header(name) => {
-                for v in req.headers.get_all(name.as_str()) {
-                    if let Ok(v) = v.to_str() {
-                        add(v.trim())?;
-                    }
-                }
-            }
-            TokenSource::Cookie(name) => {
-                for v in req.headers.get_all(http::header::COOKIE) {
-                    let Ok(v) = v.to_str() else { continue };
-                    for pair in v.split(';') {
-                        if let Some((k, val)) = pair.trim().split_once('=') {
-                            // `tok =x` is `tok` to most cookie parsers (RFC 6265 §5.2 trims).
-                            if k.trim() == name {
-                                add(val.trim())?;
-                            }
-                        }
-                    }
-                }
-            }
-            TokenSource::Query(name) => {
-                for pair in req.uri.query().unwrap_or("").split('&') {
-                    if let Some((k, val)) = pair.split_once('=') {
-                        if query_name_is(k, name) {
-                            add(val)?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(found.filter(|t| !t.is_empty()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).unwrap();
-        }
-        r
-    }
-
-    #[test]
-    fn query_names_are_compared_as_an_upstream_decodes_them() {
-        assert!(query_name_is("access_token", "access_token"));
-        assert!(query_name_is("access%5Ftoken", "access_token"));
-        assert!(query_name_is("access%5ftoken", "access_token"));
-        assert!(query_name_is("a+b", "a b"));
-        assert!(!query_name_is("access_tokens", "access_token"));
-        assert!(!query_name_is("access%5", "access_token"));
-        let r = req("/x?access_token=a.b.c&access%5Ftoken=d.e.f", &[]);
-        assert!(matches!(
-            extract_token(&r, &[TokenSource::Query("access_token".into())]),
-            Err(AuthError::MultipleTokens)
-        ));
-    }
-
-    #[test]
-    fn cookie_names_are_trimmed_as_cookie_parsers_trim_them() {
-        let r = req(
-            "/x",
-            &[("authorization", "Bearer a.b.c"), ("cookie", "tok =d.e.f")],
-        );
-        assert!(matches!(
-            extract_token(
-                &r,
-                &[TokenSource::Bearer, TokenSource::Cookie("tok".into())]
-            ),
-            Err(AuthError::MultipleTokens)
-        ));
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive() {
-        let r = req("/", &[("authorization", "bEaReR abc.def.ghi")]);
-        assert_eq!(
-            extract_token(&r, &[TokenSource::Bearer]).unwrap(),
-            Some("abc.def.ghi")
-        );
-        let r = req("/", &[("authorization", "Basic Zm9v")]);
-        assert_eq!(extract_token(&r, &[TokenSource::Bearer]).unwrap(), None);
-    }
-
-    #[test]
-    fn every_source_kind_is_read() {
-        let r = req(
-            "/?a=1&access_token=q.q.q",
-            &[("cookie", "x=1; session=c.c.c"), ("x-token", "h.h.h")],
-        );
-        assert_eq!(
-            extract_token(&r, &[TokenSource::Query("access_token".into())]).unwrap(),
-            Some("q.q.q")
-        );
-        assert_eq!(
-            extract_token(&r, &[TokenSource::Cookie("session".into())]).unwrap(),
-            Some("c.c.c")
-        );
-        assert_eq!(
-            extract_token(&r, &[TokenSource::Header("x-token".into())]).unwrap(),
-            Some("h.h.h")
-        );
-    }
-
-    #[test]
-    fn two_tokens_are_refused() {
-        let r = req("/?access_token=q", &[("authorization", "Bearer b")]);
-        let sources = [
-            TokenSource::Bearer,
-            TokenSource::Query("access_token".into()),
-        ];
-        assert!(matches!(
-            extract_token(&r, &sources),
-            Err(AuthError::MultipleTokens)
-        ));
-        let r = req(
-            "/",
-            &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
-        );
-        assert!(matches!(
-            extract_token(&r, &[TokenSource::Bearer]),
-            Err(AuthError::MultipleTokens)
-        ));
-    }
 
     fn claims(json: &str) -> serde_json::Map<String, Value> {
         serde_json::from_str(json).unwrap()

@@ -167,6 +167,29 @@ impl Cluster {
         }
     }
 
+    /// Picks a healthy backend not in `tried` for a request: with consistent hashing, by
+    /// the configured header when the request has it, else by the client's address.
+    pub fn select_for(
+        &self,
+        req: &pingora_http::RequestHeader,
+        client_ip: Option<std::net::IpAddr>,
+        tried: &[Backend],
+    ) -> Option<Backend> {
+        let ip_key;
+        let key: &[u8] = match &self.hash_on {
+            None => b"",
+            Some(HashOn::Header(name)) if req.headers.contains_key(name.as_str()) => req
+                .headers
+                .get(name.as_str())
+                .map_or(&b""[..], |v| v.as_bytes()),
+            Some(_) => {
+                ip_key = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+                ip_key.as_bytes()
+            }
+        };
+        self.select(key, tried)
+    }
+
     /// The configured address and counters of one of this cluster's backends.
     pub fn info(&self, b: &Backend) -> Option<&Arc<BackendInfo>> {
         self.infos.get(b)

@@ -11,6 +11,7 @@
 //! bounds what slow or oversized headers can hold.
 
 use crate::metrics::METRICS;
+use crate::respond::Refusal;
 use crate::runtime::RuntimeSnapshot;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -140,20 +141,10 @@ pub struct Guarded<A> {
     pub table: Arc<ConnectionTable>,
 }
 
-/// A canned answer written straight to the socket, for refusals that happen before Pingora
-/// has parsed a request.
-fn canned(status: &str, error: &str, message: &str, retry_after: bool) -> Vec<u8> {
-    let body = format!("{{\"error\":\"{error}\",\"message\":\"{message}\"}}");
-    let retry = if retry_after {
-        "retry-after: 1\r\n"
-    } else {
-        ""
-    };
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+/// A refusal written straight to the socket, before Pingora has parsed a request (so there
+/// is no realm to challenge with and no request id).
+fn canned(refusal: Refusal) -> Vec<u8> {
+    refusal.answer("").to_http1()
 }
 
 #[async_trait]
@@ -177,7 +168,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         ) {
             Ok(p) => p,
             Err(refusal) => {
-                let (label, message) = match refusal {
+                let (reason, message) = match refusal {
                     ConnectionRefusal::Listener => {
                         ("listener", "too many open connections; retry later")
                     }
@@ -188,9 +179,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 };
                 METRICS
                     .connections_refused
-                    .with_label_values(&[label])
+                    .with_label_values(&[reason])
                     .inc();
-                let answer = canned("503 Service Unavailable", "overloaded", message, true);
+                let answer = canned(Refusal::Overloaded {
+                    reason,
+                    message,
+                    retry_after_secs: 1,
+                });
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
                     let _ = stream.write_all(&answer).await;
                     let _ = stream.flush().await;
@@ -371,23 +366,21 @@ fn pingora_canned_error(data: &[u8]) -> Option<Vec<u8>> {
     {
         return None;
     }
-    let (line, error, reason, message) = match status {
-        b"400" => (
-            "400 Bad Request",
-            "bad_request",
-            "unparseable",
-            "the request could not be parsed",
-        ),
-        b"405" => (
-            "405 Method Not Allowed",
-            "method_not_allowed",
-            "method_connect",
-            "this method is not supported",
-        ),
+    let refusal = match status {
+        b"400" => Refusal::Malformed {
+            status: 400,
+            reason: "unparseable",
+            message: "the request could not be parsed",
+        },
+        b"405" => Refusal::MethodNotSupported,
         _ => return None,
     };
+    let reason = match &refusal {
+        Refusal::Malformed { reason, .. } => reason,
+        _ => "method_connect",
+    };
     METRICS.bad_requests.with_label_values(&[reason]).inc();
-    Some(canned(line, error, message, false))
+    Some(canned(refusal))
 }
 
 /// Writes what is left of a queued answer (its bytes and how many are written); Ready(Ok)
@@ -589,20 +582,14 @@ impl GuardedStream {
     fn refuse(&mut self, cx: &mut Context<'_>, reason: &'static str) -> Poll<io::Result<()>> {
         if self.refusal.is_none() {
             METRICS.header_refusals.with_label_values(&[reason]).inc();
-            let answer = match reason {
-                "header_timeout" => canned(
-                    "408 Request Timeout",
-                    "request_timeout",
-                    "the request header was not received in time",
-                    false,
-                ),
-                _ => canned(
-                    "431 Request Header Fields Too Large",
-                    "header_too_large",
-                    "the request header block is too large",
-                    false,
-                ),
-            };
+            let answer = canned(match reason {
+                "header_timeout" => Refusal::RequestTimeout { reason },
+                _ => Refusal::Malformed {
+                    status: 431,
+                    reason,
+                    message: "the request header block is too large",
+                },
+            });
             self.refusal = Some((answer, 0));
         }
         // Best effort: the answer is small and the socket's send buffer is empty here.

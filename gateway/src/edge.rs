@@ -3,6 +3,7 @@
 //! cleaned of headers a client must not set. Routing, auth, RBAC, limits and the upstream all
 //! read this one rewritten request, so the gateway decides on exactly what the upstream gets.
 
+use crate::respond::Refusal;
 use http::header::{HeaderName, HeaderValue, HOST};
 use ipnet::IpNet;
 use pingora_http::RequestHeader;
@@ -21,26 +22,17 @@ pub const FORWARDING_HEADERS: &[&str] = &[
     "x-real-ip",
 ];
 
-/// `X-Forwarded-For`, read here from trusted proxies and written by the proxy upstream.
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-For`, read from trusted proxies and written upstream.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`, likewise.
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// A refusal before routing: status, reason label (metrics, JSON `reason`), message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EdgeRefusal {
-    pub status: u16,
-    pub reason: &'static str,
-    pub message: &'static str,
-}
-
-impl EdgeRefusal {
-    const fn new(status: u16, reason: &'static str, message: &'static str) -> Self {
-        EdgeRefusal {
-            status,
-            reason,
-            message,
-        }
+/// A refusal at the edge: status, reason label (metrics, JSON `reason`) and fixed message.
+const fn malformed(status: u16, reason: &'static str, message: &'static str) -> Refusal {
+    Refusal::Malformed {
+        status,
+        reason,
+        message,
     }
 }
 
@@ -92,23 +84,18 @@ pub struct EdgeFacts {
     pub host: Option<String>,
 }
 
-fn refusal_for(r: tollgate_canonical::Refusal) -> EdgeRefusal {
-    // Messages are fixed text: a refusal never echoes the request.
-    EdgeRefusal::new(400, r.reason(), "the request is malformed or ambiguous")
-}
-
 /// Checks the header limits (414/431).
-fn check_limits(req: &RequestHeader, http: &HttpSettings) -> Result<(), EdgeRefusal> {
+fn check_limits(req: &RequestHeader, http: &HttpSettings) -> Result<(), Refusal> {
     // method SP target SP HTTP/1.1
     if req.method.as_str().len() + req.raw_path().len() + 10 > http.max_request_line {
-        return Err(EdgeRefusal::new(
+        return Err(malformed(
             414,
             "request_line_too_long",
             "the request line is too long",
         ));
     }
     if req.headers.len() > http.max_headers {
-        return Err(EdgeRefusal::new(
+        return Err(malformed(
             431,
             "too_many_headers",
             "the request has too many header fields",
@@ -118,7 +105,7 @@ fn check_limits(req: &RequestHeader, http: &HttpSettings) -> Result<(), EdgeRefu
     for (name, value) in req.headers.iter() {
         let field = name.as_str().len() + value.len();
         if field > http.max_header_value {
-            return Err(EdgeRefusal::new(
+            return Err(malformed(
                 431,
                 "header_too_large",
                 "a request header field is too large",
@@ -127,7 +114,7 @@ fn check_limits(req: &RequestHeader, http: &HttpSettings) -> Result<(), EdgeRefu
         total += field + 4;
     }
     if total > http.max_header_bytes {
-        return Err(EdgeRefusal::new(
+        return Err(malformed(
             431,
             "header_too_large",
             "the request header block is too large",
@@ -162,7 +149,7 @@ pub fn prepare(
     peer: Option<IpAddr>,
     http: &HttpSettings,
     strip: &StripSet,
-) -> Result<EdgeFacts, EdgeRefusal> {
+) -> Result<EdgeFacts, Refusal> {
     check_limits(req, http)?;
     let canonical = {
         // Zero, one or (refused) more `Host` fields, without allocating for the usual one.
@@ -182,13 +169,14 @@ pub fn prepare(
             true,
             &http.path,
         )
-        .map_err(refusal_for)?
+        .map_err(Refusal::from_canonical)?
     };
     // Most requests are canonical already: rewrite only what differs.
     if !canonical.target_matches(req.raw_path()) || req.uri.scheme().is_some() {
-        let uri: http::Uri = canonical.target().parse().map_err(|_| {
-            EdgeRefusal::new(400, "invalid_target", "the request target is malformed")
-        })?;
+        let uri: http::Uri = canonical
+            .target()
+            .parse()
+            .map_err(|_| malformed(400, "invalid_target", "the request target is malformed"))?;
         req.set_uri(uri);
     }
     let same_host = {
@@ -202,9 +190,9 @@ pub fn prepare(
         match canonical.host_header() {
             Some(h) => {
                 let value = HeaderValue::from_str(&h)
-                    .map_err(|_| EdgeRefusal::new(400, "invalid_host", "the host is malformed"))?;
+                    .map_err(|_| malformed(400, "invalid_host", "the host is malformed"))?;
                 req.insert_header(HOST, value)
-                    .map_err(|_| EdgeRefusal::new(400, "invalid_host", "the host is malformed"))?;
+                    .map_err(|_| malformed(400, "invalid_host", "the host is malformed"))?;
             }
             None => {
                 req.remove_header(&HOST);
@@ -257,7 +245,7 @@ pub fn prepare(
 /// `Content-Length: 5, 5` (or two identical fields) is one length (RFC 9110 §8.6), but an
 /// upstream that reads only the first digits, or the first field, could frame the body
 /// differently: the upstream gets a single plain value. Differing values → 400.
-fn single_content_length(req: &mut RequestHeader) -> Result<(), EdgeRefusal> {
+fn single_content_length(req: &mut RequestHeader) -> Result<(), Refusal> {
     let values: Vec<&[u8]> = req
         .headers
         .get_all(http::header::CONTENT_LENGTH)
@@ -267,7 +255,7 @@ fn single_content_length(req: &mut RequestHeader) -> Result<(), EdgeRefusal> {
     if values.is_empty() || (values.len() == 1 && values[0].iter().all(u8::is_ascii_digit)) {
         return Ok(());
     }
-    let bad = EdgeRefusal::new(
+    const BAD: Refusal = malformed(
         400,
         "invalid_content_length",
         "the Content-Length is invalid",
@@ -282,15 +270,65 @@ fn single_content_length(req: &mut RequestHeader) -> Result<(), EdgeRefusal> {
             .ok()
             .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|p| p.parse::<u64>().ok())
-            .ok_or(bad)?;
+            .ok_or(BAD)?;
         if length.is_some_and(|l| l != n) {
-            return Err(bad);
+            return Err(BAD);
         }
         length = Some(n);
     }
-    let length = length.ok_or(bad)?;
+    let length = length.ok_or(BAD)?;
     req.insert_header(http::header::CONTENT_LENGTH, length)
-        .map_err(|_| bad)?;
+        .map_err(|_| BAD)?;
+    Ok(())
+}
+
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Where the forwarding headers of an upstream request come from.
+pub struct ForwardFrom<'a> {
+    pub facts: &'a EdgeFacts,
+    /// The connection's peer (the last hop of `X-Forwarded-For`).
+    pub peer: Option<IpAddr>,
+    /// The proxy listener's port.
+    pub listen_port: Option<&'a HeaderValue>,
+}
+
+/// Writes the gateway's forwarding headers on the upstream request: `X-Forwarded-For`
+/// (a trusted proxy's chain extended by the peer, else the client), `X-Real-IP`,
+/// `X-Forwarded-Proto`, `-Host` and `-Port`. The client's own copies were removed by
+/// [`prepare`].
+pub fn forward(upstream: &mut RequestHeader, from: &ForwardFrom<'_>) -> pingora_core::Result<()> {
+    let facts = from.facts;
+    let invalid = |_| {
+        pingora_core::Error::explain(
+            pingora_core::ErrorType::InternalError,
+            "address as a header value",
+        )
+    };
+    if let Some(ip) = facts.client_ip {
+        let client = HeaderValue::from_str(&ip.to_string()).map_err(invalid)?;
+        let xff = match (&facts.forwarded_for, from.peer) {
+            (Some(chain), Some(peer)) => {
+                HeaderValue::from_str(&format!("{chain}, {peer}")).map_err(invalid)?
+            }
+            _ => client.clone(),
+        };
+        upstream.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+        upstream.insert_header(X_REAL_IP.clone(), client)?;
+    }
+    let proto = match facts.forwarded_proto.as_deref() {
+        Some("https") => HeaderValue::from_static("https"),
+        _ => HeaderValue::from_static("http"),
+    };
+    upstream.insert_header(X_FORWARDED_PROTO.clone(), proto)?;
+    if let Some(host) = upstream.headers.get(HOST).cloned() {
+        upstream.insert_header(X_FORWARDED_HOST.clone(), host)?;
+    }
+    if let Some(port) = from.listen_port {
+        upstream.insert_header(X_FORWARDED_PORT.clone(), port.clone())?;
+    }
     Ok(())
 }
 

@@ -1,32 +1,54 @@
-//! `tollgate explain`: what the gateway would decide for a request, and why: the route that
-//! matches, the authentication result, every RBAC rule with pass/fail, and the verdict.
+//! `tollgate explain`: what the gateway would decide for a request, and why.
 //!
-//! It runs the proxy's own code: the same router, the same `Authenticator::verify`, the same
-//! `Policy` (whose `explain` shares its condition checks with `evaluate`).
+//! It builds the request from the command line and runs the proxy's own
+//! [`crate::pipeline`] on it in [`Mode::DryRun`]: the same admission and canonical form,
+//! router, verifier, policy and limits (looked at, not spent), so explain and the proxy
+//! cannot disagree. It then prints each step and, for a policy, every rule with pass/fail.
 
+use crate::limits::Stores;
+use crate::pipeline::{Mode, Passage, Pipeline};
+use crate::respond::Refusal;
 use crate::runtime::RuntimeSnapshot;
+use http::header::HeaderValue;
+use pingora_http::RequestHeader;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
-use tollgate_config::AuthMode;
-use tollgate_router::Match;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub struct ExplainArgs<'a> {
     pub config: &'a Path,
     pub method: &'a str,
+    /// The request target as a client writes it (`/a?b=c`, or absolute-form).
     pub path: &'a str,
+    /// The `Host` header; without one, the proxy listener's address (what a client
+    /// connecting to it would send).
     pub host: Option<&'a str>,
+    /// A JWT, sent as `Authorization: Bearer`.
     pub token: Option<&'a str>,
+    /// Claims taken as verified instead of a token.
     pub claims: Option<&'a str>,
+    /// More request headers, `Name: value`.
+    pub headers: &'a [String],
+    /// The client's address (rate-limit keys, trusted proxies).
+    pub client: Option<IpAddr>,
 }
 
 /// Prints the explanation; exit 0 when the request would be let through, 1 when refused,
 /// 2 when the config or arguments are unusable.
 pub fn run(a: ExplainArgs<'_>) -> ExitCode {
-    let (_, snapshot) = match crate::serve::load(a.config) {
+    let (config, snapshot) = match crate::serve::load(a.config) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stores = match Stores::new(&config.rate_limiting) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rate_limiting.redis.url: {e}");
             return ExitCode::from(2);
         }
     };
@@ -34,147 +56,193 @@ pub fn run(a: ExplainArgs<'_>) -> ExitCode {
         .enable_all()
         .build()
         .expect("a current-thread runtime starts");
-    runtime.block_on(explain(&snapshot, &a))
+    let listen = config.listen.http.to_string();
+    runtime.block_on(async {
+        let stores = Arc::new(stores);
+        if let Some(redis) = &stores.redis {
+            redis.connect_in_background();
+            redis.wait_connected(Duration::from_secs(2)).await;
+        }
+        match explain(&snapshot, &stores, &a, &listen).await {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(_)) => ExitCode::FAILURE,
+            Err(usage) => {
+                eprintln!("{usage}");
+                ExitCode::from(2)
+            }
+        }
+    })
 }
 
-async fn explain(snapshot: &RuntimeSnapshot, a: &ExplainArgs<'_>) -> ExitCode {
-    let method = a.method.to_ascii_uppercase();
-    println!(
-        "request: {method} {}{}",
-        a.host.map(|h| format!("//{h}")).unwrap_or_default(),
-        a.path
-    );
-    // The proxy routes the canonical request; so does explain.
-    let hosts: Vec<&[u8]> = a.host.iter().map(|h| h.as_bytes()).collect();
-    let canonical = match tollgate_canonical::canonicalize(
-        method.as_bytes(),
-        a.path.as_bytes(),
-        &hosts,
-        a.host.is_some(),
-        &snapshot.http.path,
-    ) {
-        Ok(c) => c,
-        Err(r) => {
-            println!("request: refused before routing: {r} ({})", r.reason());
-            println!("verdict: refused (400)");
-            return ExitCode::FAILURE;
-        }
+/// The request the arguments describe, as the proxy would have parsed it; `Err(None)` when
+/// the proxy could not have parsed it at all (Pingora answers 400 itself).
+fn build_request(a: &ExplainArgs<'_>, listen: &str) -> Result<RequestHeader, Option<String>> {
+    let mut req = RequestHeader::build(a.method, a.path.as_bytes(), None).map_err(|_| None)?;
+    let mut add = |name: &str, value: &str| -> Result<(), Option<String>> {
+        let value = HeaderValue::from_str(value).map_err(|_| None)?;
+        req.append_header(name.to_owned(), value)
+            .map_err(|_| None)?;
+        Ok(())
     };
-    if canonical.target() != a.path || canonical.host.as_deref() != a.host {
-        println!(
-            "normalised: {method} {}{}",
-            canonical
-                .host
-                .as_deref()
-                .map(|h| format!("//{h}"))
-                .unwrap_or_default(),
-            canonical.target()
-        );
+    add("host", a.host.unwrap_or(listen))?;
+    if let Some(token) = a.token {
+        add("authorization", &format!("Bearer {token}"))?;
     }
-    let route = match snapshot
-        .router
-        .find(canonical.host.as_deref(), &canonical.path, &method)
-    {
-        Match::Found(r) => r.clone(),
-        Match::MethodNotAllowed(allowed) => {
-            println!(
-                "route:   none for this method (405; allowed: {})",
-                allowed.join(", ")
-            );
-            println!("verdict: refused (405)");
-            return ExitCode::FAILURE;
-        }
-        Match::NotFound => {
-            println!("route:   none (404)");
-            println!("verdict: refused (404)");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("route:   {} -> upstream {}", route.name, route.cluster.name);
+    for h in a.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| Some(format!("--header {h:?}: expected `Name: value`")))?;
+        add(name.trim(), value.trim())?;
+    }
+    Ok(req)
+}
 
-    let claims: Option<serde_json::Map<String, serde_json::Value>>;
-    match (route.auth, a.token, a.claims) {
-        (AuthMode::None, _, _) => {
-            println!("auth:    none on this route");
-            claims = None;
-        }
-        (_, Some(token), _) => {
-            snapshot.spawn_background();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !snapshot.auth.ready() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            match snapshot
-                .auth
-                .verify(token, &route.providers, SystemTime::now(), None)
-                .await
-            {
-                Ok(identity) => {
-                    println!(
-                        "auth:    valid token from provider {}",
-                        identity.provider.name
-                    );
-                    claims = Some(identity.token.claims.clone());
-                }
-                Err(crate::auth::VerifyError::Refused(r)) => {
-                    println!("auth:    not checked: {} (pre-auth brake)", r.label());
-                    println!("verdict: refused");
-                    return ExitCode::FAILURE;
-                }
-                Err(crate::auth::VerifyError::Rejected(_, r)) => {
-                    println!("auth:    refused: {} ({})", r.reason.as_str(), r.detail);
-                    println!("verdict: refused (401)");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-        (_, None, Some(json)) => match serde_json::from_str::<serde_json::Value>(json) {
-            Ok(serde_json::Value::Object(map)) => {
-                println!("auth:    claims given on the command line (not verified)");
-                claims = Some(map);
-            }
-            _ => {
-                eprintln!("--claims must be a JSON object");
-                return ExitCode::from(2);
-            }
+/// Runs the pipeline and prints what it decided: `Ok(Ok)` allowed, `Ok(Err)` refused,
+/// `Err` unusable arguments.
+pub async fn explain(
+    snapshot: &RuntimeSnapshot,
+    stores: &Stores,
+    a: &ExplainArgs<'_>,
+    listen: &str,
+) -> Result<Result<(), Refusal>, String> {
+    let claims = match a.claims {
+        None => None,
+        Some(json) => match serde_json::from_str::<serde_json::Value>(json) {
+            Ok(serde_json::Value::Object(map)) => Some(Arc::new(map)),
+            _ => return Err("--claims must be a JSON object".into()),
         },
-        (AuthMode::Optional, None, None) => {
-            println!("auth:    optional; anonymous caller");
-            claims = None;
-        }
-        (AuthMode::Required, None, None) => {
-            println!("auth:    refused: missing (no --token or --claims)");
-            println!("verdict: refused (401)");
-            return ExitCode::FAILURE;
-        }
-    }
-
-    let allowed = match &route.policy {
-        None => {
-            println!("policy:  none (any caller that passed auth)");
-            true
-        }
-        Some(policy) => {
-            let facts = tollgate_policy::RequestFacts::new(&method, claims.as_ref());
-            let explanation = policy.explain(&facts);
-            println!("policy:");
-            for line in explanation.to_string().lines() {
-                println!("  {line}");
-            }
-            explanation.decision.effective_allow()
+    };
+    println!(
+        "request: {} {} (host {})",
+        a.method,
+        a.path,
+        a.host.unwrap_or(listen)
+    );
+    let mut req = match build_request(a, listen) {
+        Ok(req) => req,
+        Err(Some(usage)) => return Err(usage),
+        Err(None) => {
+            let refusal = Refusal::Malformed {
+                status: 400,
+                reason: "unparseable",
+                message: "the request could not be parsed",
+            };
+            return Ok(Err(verdict(refusal, snapshot)));
         }
     };
-    for l in &route.limits {
+    if a.token.is_some() {
+        // Keys from a jwks_uri are fetched before the proxy reports ready; so here.
+        snapshot.spawn_background();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !snapshot.auth.ready() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let request_id = HeaderValue::from_static("explain");
+    let pipeline = Pipeline {
+        snapshot,
+        stores,
+        mode: Mode::DryRun { claims },
+        request_id: &request_id,
+    };
+    let original_target = req.raw_path().to_vec();
+    let mut passage = Passage::default();
+    let decided = pipeline.decide(&mut req, a.client, &mut passage).await;
+    let admitted = !matches!(decided, Err(Refusal::Malformed { .. }));
+    if admitted && req.raw_path() != original_target.as_slice() {
         println!(
-            "limit:   {} (checked per request; not evaluated here)",
-            l.name
+            "normalised: {} {}",
+            req.method,
+            String::from_utf8_lossy(req.raw_path())
         );
     }
-    if allowed {
-        println!("verdict: allowed");
-        ExitCode::SUCCESS
-    } else {
-        println!("verdict: refused (403)");
-        ExitCode::FAILURE
+    if let Err(Refusal::Malformed { reason, .. }) = &decided {
+        println!("request: refused before routing: {reason}");
     }
+    match &passage.route {
+        None => {}
+        Some(route) => {
+            println!("route:   {} -> upstream {}", route.name, route.cluster.name);
+            print_auth(route, &passage, &decided);
+            match &route.policy {
+                None => println!("policy:  none (any caller that passed auth)"),
+                Some(policy) if passage.caller.is_some() || decided.is_ok() || is_403(&decided) => {
+                    let facts = tollgate_policy::RequestFacts::new(
+                        req.method.as_str(),
+                        passage.caller.as_ref().map(|c| c.claims()),
+                    );
+                    println!("policy:");
+                    for line in policy.explain(&facts).to_string().lines() {
+                        println!("  {line}");
+                    }
+                }
+                Some(_) => println!("policy:  not reached"),
+            }
+            for (name, v) in &passage.limits_seen {
+                println!(
+                    "limit:   {name}: {} ({} of {} left; dry run, nothing spent)",
+                    if v.allowed { "allows" } else { "refuses" },
+                    v.remaining,
+                    v.limit
+                );
+            }
+        }
+    }
+    match decided {
+        Ok(()) => {
+            println!("verdict: allowed");
+            Ok(Ok(()))
+        }
+        Err(refusal) => Ok(Err(verdict(refusal, snapshot))),
+    }
+}
+
+fn is_403(decided: &Result<(), Refusal>) -> bool {
+    matches!(decided, Err(Refusal::Forbidden { .. }))
+}
+
+fn print_auth(
+    route: &crate::runtime::RouteRuntime,
+    passage: &Passage,
+    decided: &Result<(), Refusal>,
+) {
+    use tollgate_config::AuthMode;
+    match (&passage.caller, route.auth, decided) {
+        (_, AuthMode::None, _) => println!("auth:    none on this route"),
+        (Some(c), _, _) if &*c.provider == "command-line" => {
+            println!("auth:    claims given on the command line (not verified)")
+        }
+        (Some(c), _, _) => println!("auth:    valid token from provider {}", c.provider),
+        (None, _, Err(Refusal::Unauthorized { reason, detail, .. })) => {
+            println!("auth:    refused: {} ({detail})", reason.as_str())
+        }
+        (None, _, Err(Refusal::MultipleTokens)) => {
+            println!("auth:    refused: more than one token in the request")
+        }
+        (None, _, Err(Refusal::TooManyFailedAttempts { .. } | Refusal::Overloaded { .. })) => {
+            println!("auth:    not checked (pre-auth brake)")
+        }
+        (None, AuthMode::Optional, Ok(()) | Err(_)) => {
+            println!("auth:    optional; anonymous caller")
+        }
+        (None, _, _) => println!("auth:    not reached"),
+    }
+}
+
+/// Prints the verdict line: `verdict: refused (STATUS error[/reason])`.
+fn verdict(refusal: Refusal, snapshot: &RuntimeSnapshot) -> Refusal {
+    {
+        let answer = refusal.answer(&snapshot.auth.realm);
+        let detail = answer
+            .reason
+            .or(answer.policy)
+            .or(answer.limit)
+            .map(|r| format!("/{r}"))
+            .unwrap_or_default();
+        println!(
+            "verdict: refused ({} {}{detail})",
+            answer.status, answer.error
+        );
+    }
+    refusal
 }

@@ -5,12 +5,14 @@
 pub mod auth;
 pub mod cluster;
 pub mod conn;
+pub mod credentials;
 pub mod echo;
 pub mod edge;
 pub mod explain;
 pub mod jwks;
 pub mod limits;
 pub mod metrics;
+pub mod pipeline;
 pub mod preauth;
 pub mod proxy;
 pub mod respond;

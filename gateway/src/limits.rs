@@ -13,8 +13,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_config::{Limit, LimitKey, LimitStore, OnStoreError};
-use tollgate_jwt::VerifiedToken;
 use tollgate_policy::ClaimPath;
+
+/// A token's claims.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
 use tollgate_ratelimit::{Gcra, LocalStore, Verdict, REDIS_GCRA_SCRIPT};
 
 /// The local store's clock: nanoseconds since the process started (monotonic).
@@ -84,12 +86,28 @@ impl RedisStore {
         });
     }
 
-    async fn check(&self, key: &[u8], gcra: &Gcra) -> Result<Verdict, String> {
+    /// Waits until the background connection is up, at most `within`; whether it is.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.conn.load().is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    async fn check(&self, key: &[u8], gcra: &Gcra, consume: bool) -> Result<Verdict, String> {
         let conn = self.conn.load_full().ok_or("not connected")?;
         let mut conn = (*conn).clone();
         let [interval_us, burst, margin] = gcra.redis_argv(REDIS_TTL_MARGIN);
         let mut invocation = self.script.key(key);
-        invocation.arg(interval_us).arg(burst).arg(margin);
+        invocation
+            .arg(interval_us)
+            .arg(burst)
+            .arg(margin)
+            .arg(if consume { "0" } else { "1" });
         let reply: Vec<i64> =
             tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
                 .await
@@ -135,7 +153,7 @@ enum KeyPart {
 #[derive(Clone, Copy)]
 pub struct Caller<'a> {
     pub provider: &'a str,
-    pub token: &'a VerifiedToken,
+    pub claims: &'a Claims,
 }
 
 /// A limit of a route, ready for requests.
@@ -229,11 +247,11 @@ impl LimitRuntime {
     }
 
     /// The GCRA for this caller: its tier's, else the limit's own.
-    fn gcra_for(&self, token: Option<&VerifiedToken>) -> &(Gcra, Arc<str>) {
-        let (Some(claim), Some(token)) = (&self.tier_claim, token) else {
+    fn gcra_for(&self, claims: Option<&Claims>) -> &(Gcra, Arc<str>) {
+        let (Some(claim), Some(claims)) = (&self.tier_claim, claims) else {
             return &self.gcra;
         };
-        let value = match claim.lookup(&token.claims) {
+        let value = match claim.lookup(claims) {
             Some(serde_json::Value::String(s)) => s.as_str(),
             _ => return &self.gcra,
         };
@@ -244,15 +262,24 @@ impl LimitRuntime {
             .unwrap_or(&self.gcra)
     }
 
-    /// Checks the request against this limit.
+    /// Checks the request against this limit; unless `consume`, only says what a check
+    /// would decide (a dry run: nothing is recorded or counted).
     pub async fn check(
         &self,
         stores: &Stores,
         req: &pingora_http::RequestHeader,
         client_ip: Option<IpAddr>,
         caller: Option<Caller<'_>>,
+        consume: bool,
     ) -> Outcome {
-        let (gcra, policy_header) = self.gcra_for(caller.map(|c| c.token));
+        let local = |key: &[u8], gcra| {
+            if consume {
+                stores.local.check(key, gcra, now_ns())
+            } else {
+                stores.local.peek(key, gcra, now_ns())
+            }
+        };
+        let (gcra, policy_header) = self.gcra_for(caller.map(|c| c.claims));
         let key = bucket_key(
             &self.route,
             &self.name,
@@ -268,25 +295,27 @@ impl LimitRuntime {
                 let digest = ring::digest::digest(&ring::digest::SHA256, &key);
                 let mut rkey = b"tollgate:rl:".to_vec();
                 rkey.extend_from_slice(digest.as_ref());
-                match redis.check(&rkey, gcra).await {
+                match redis.check(&rkey, gcra, consume).await {
                     Ok(v) => v,
                     Err(e) => {
-                        redis.errors.inc();
+                        if consume {
+                            redis.errors.inc();
+                        }
                         tracing::debug!(limit = %self.name, error = %e, "redis rate-limit check failed");
                         match redis.on_error {
-                            OnStoreError::Local => stores.local.check(&key, gcra, now_ns()),
+                            OnStoreError::Local => local(&key, gcra),
                             OnStoreError::Allow => synthetic(gcra, true),
                             OnStoreError::Deny => synthetic(gcra, false),
                         }
                     }
                 }
             }
-            _ => stores.local.check(&key, gcra, now_ns()),
+            _ => local(&key, gcra),
         };
-        if verdict.allowed {
-            self.allowed.inc();
-        } else {
-            self.denied.inc();
+        match (consume, verdict.allowed) {
+            (false, _) => {}
+            (true, true) => self.allowed.inc(),
+            (true, false) => self.denied.inc(),
         }
         Outcome {
             verdict,
@@ -354,7 +383,7 @@ fn bucket_key(
                 None => ip(&mut key),
             },
             KeyPart::Claim(path) => {
-                let found = caller.and_then(|c| Some((c.provider, path.lookup(&c.token.claims)?)));
+                let found = caller.and_then(|c| Some((c.provider, path.lookup(c.claims)?)));
                 let mut claim = |provider: &str, text: &[u8]| {
                     let _ = write!(key, "claim:{provider}:{}:", path.as_str());
                     value(&mut key, text);
@@ -405,15 +434,8 @@ mod tests {
         r
     }
 
-    fn token(claims: serde_json::Value) -> VerifiedToken {
-        let secret = [7u8; 32];
-        let key = tollgate_jwt::SigningKey::hmac(&secret, tollgate_jwt::Algorithm::HS256).unwrap();
-        let t = tollgate_jwt::sign(tollgate_jwt::Algorithm::HS256, None, &claims, &key).unwrap();
-        tollgate_jwt::verify_signature(
-            &t,
-            &tollgate_jwt::KeySet::from_hmac_secret(&secret, None, None),
-        )
-        .unwrap()
+    fn token(claims: serde_json::Value) -> Claims {
+        claims.as_object().expect("claims are an object").clone()
     }
 
     fn claim(path: &str) -> KeyPart {
@@ -458,7 +480,7 @@ mod tests {
         let t = token(json!({"sub": "192.0.2.1", "ip": "ip:192.0.2.1"}));
         let caller = Some(Caller {
             provider: "main",
-            token: &t,
+            claims: &t,
         });
         let addr = ip("192.0.2.1");
         let keys = [
@@ -495,7 +517,7 @@ mod tests {
         let by = |provider| {
             Some(Caller {
                 provider,
-                token: &t,
+                claims: &t,
             })
         };
         let addr = ip("192.0.2.1");
@@ -534,7 +556,7 @@ mod tests {
                 None,
                 Some(Caller {
                     provider: "p",
-                    token: t,
+                    claims: t,
                 }),
             )
         };

@@ -67,6 +67,12 @@ enum Command {
         /// Claims as a JSON object, taken as verified.
         #[arg(long)]
         claims: Option<String>,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// The client's address (rate-limit keys, trusted proxies).
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
     },
     /// Verify, mint or inspect JWTs.
     Token {
@@ -118,6 +124,8 @@ fn main() -> ExitCode {
             host,
             token,
             claims,
+            headers,
+            client,
         } => explain::run(explain::ExplainArgs {
             config: &config,
             method: &method,
@@ -125,6 +133,8 @@ fn main() -> ExitCode {
             host: host.as_deref(),
             token: token.as_deref(),
             claims: claims.as_deref(),
+            headers: &headers,
+            client,
         }),
         Command::Token { command } => token::run(*command),
     }

@@ -1,21 +1,25 @@
-//! The Pingora `ProxyHttp` implementation: a request's path through the gateway.
+//! The Pingora `ProxyHttp` implementation. Each phase is a few lines; what they call:
 //!
-//! `request_filter` matches the route (and answers 400/404/405 itself); `upstream_peer`
-//! picks a healthy backend of the route's cluster; `fail_to_connect` retries on another
-//! backend; the header filters add forwarding headers and remove the upstream `Server`;
-//! `fail_to_proxy` answers 502/503/504 with a JSON body; `logging` counts and logs.
+//! - `request_filter`: [`crate::pipeline`] decides (admit → route → authenticate →
+//!   authorize → limit); a refusal is answered through the one mapping in
+//!   [`crate::respond`];
+//! - `upstream_peer` / `fail_to_connect`: the route's [`Cluster`] picks a healthy backend
+//!   and retries connect failures on another;
+//! - `upstream_request_filter`: credentials out ([`crate::credentials`]), identity and
+//!   forwarding headers in ([`crate::edge::forward`]), the route's prefix stripped;
+//! - `response_filter`: request id and `RateLimit` headers on the upstream's answer;
+//! - `fail_to_proxy`: a Pingora error as a [`Refusal`]; `logging`: counters and the access log.
 
-use crate::auth::{self, AuthError};
 use crate::cluster::{Cluster, Outcome};
-use crate::edge::{EdgeFacts, X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use crate::edge::ForwardFrom;
 use crate::limits::Stores;
 use crate::metrics::{RequestCounters, METRICS};
-use crate::preauth::{PreAuthRefusal, PREAUTH};
-use crate::respond::Answer;
-use crate::runtime::{RouteRuntime, RuntimeSnapshot};
+use crate::pipeline::{Mode, Passage, Pipeline};
+use crate::respond::{Refusal, X_REQUEST_ID};
+use crate::runtime::RuntimeSnapshot;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -23,24 +27,12 @@ use pingora_load_balancing::Backend;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
-use tollgate_config::{AuthMode, TokenSource};
-use tollgate_router::Match;
+use std::time::Instant;
+use tollgate_config::AuthMode;
 
 /// `tollgate_requests_total{route="unmatched"}`.
 static UNMATCHED: once_cell::sync::Lazy<RequestCounters> =
     once_cell::sync::Lazy::new(|| RequestCounters::new("unmatched".into()));
-
-/// The 413 answer's `error` and message, whether `Content-Length` or a chunked body told.
-const TOO_LARGE: (&str, &str) = (
-    "payload_too_large",
-    "the request body is larger than this route accepts",
-);
-
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 pub struct Gateway {
     pub snapshot: Arc<ArcSwap<RuntimeSnapshot>>,
@@ -54,33 +46,21 @@ pub struct Gateway {
 pub struct RequestCtx {
     started: Instant,
     request_id: HeaderValue,
+    /// The snapshot the request was decided on; kept to its end across reloads.
     snapshot: Option<Arc<RuntimeSnapshot>>,
-    route: Option<Arc<RouteRuntime>>,
+    /// What the pipeline established: edge facts, route, caller, `RateLimit` headers.
+    passage: Passage,
     /// Backends already attempted, in order; the last is the current one.
     tried: Vec<Backend>,
     /// Whether the current attempt got a connection (so its failure is not a connect error).
     connected: bool,
-    /// Headers that carry the verified identity upstream.
-    identity: Option<auth::IdentityHeaders>,
-    /// The verified token, for RBAC and rate-limit keys.
-    token: Option<Arc<tollgate_jwt::VerifiedToken>>,
-    /// The provider that verified `token`: claim rate-limit keys are namespaced by it.
-    provider: Option<Arc<str>>,
-    /// `RateLimit-Policy` and `RateLimit` for the response, when the route asks for them.
-    ratelimit_headers: Option<(Arc<str>, String)>,
-    /// The client address and forwarding facts established at the edge.
-    edge: EdgeFacts,
     /// Request body bytes received so far, against the route's `max_body`.
     body_bytes: u64,
 }
 
 impl RequestCtx {
-    pub fn request_id(&self) -> &HeaderValue {
-        &self.request_id
-    }
-
     fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.route.as_ref().map(|r| &r.cluster)
+        self.passage.route.as_ref().map(|r| &r.cluster)
     }
 }
 
@@ -112,47 +92,6 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// Removes the credentials the route reads tokens from, so a token does not travel on to
-/// the upstream: `Authorization`, token headers, and token query parameters. (Cookies are
-/// left alone: the Cookie header usually carries more than the token.)
-fn strip_credentials(upstream: &mut RequestHeader, sources: &[TokenSource]) -> Result<()> {
-    upstream.remove_header(&http::header::AUTHORIZATION);
-    for source in sources {
-        match source {
-            TokenSource::Header(name) => {
-                upstream.remove_header(name.as_str());
-            }
-            TokenSource::Query(param) => {
-                let uri = &upstream.uri;
-                let Some(query) = uri.query() else { continue };
-                let kept: Vec<&str> = query
-                    .split('&')
-                    .filter(|pair| {
-                        !auth::query_name_is(pair.split('=').next().unwrap_or(""), param)
-                    })
-                    .collect();
-                if kept.len() == query.split('&').count() {
-                    continue;
-                }
-                let new = if kept.is_empty() {
-                    uri.path().to_owned()
-                } else {
-                    format!("{}?{}", uri.path(), kept.join("&"))
-                };
-                let new = new.parse().map_err(|_| {
-                    Error::explain(
-                        ErrorType::InternalError,
-                        "query without the token is not a valid URI",
-                    )
-                })?;
-                upstream.set_uri(new);
-            }
-            TokenSource::Bearer | TokenSource::Cookie(_) => {}
-        }
-    }
-    Ok(())
-}
-
 fn is_timeout(e: &Error) -> bool {
     matches!(
         e.etype(),
@@ -160,245 +99,43 @@ fn is_timeout(e: &Error) -> bool {
     )
 }
 
+fn internal(what: &'static str) -> impl FnOnce(http::Error) -> Box<Error> {
+    move |_| Error::explain(ErrorType::InternalError, what)
+}
+
+/// What to answer for a proxying error, if anything (`None`: the client is gone).
+fn refusal_for(e: &Error) -> Option<Refusal> {
+    Some(match (e.esource(), e.etype()) {
+        (_, ErrorType::HTTPStatus(503)) => Refusal::NoHealthyBackend,
+        (_, ErrorType::HTTPStatus(413)) => Refusal::BodyTooLarge,
+        (_, ErrorType::HTTPStatus(_)) => Refusal::UpstreamFailed,
+        (ErrorSource::Upstream, _) if is_timeout(e) => Refusal::UpstreamTimeout,
+        (ErrorSource::Upstream, _) => Refusal::UpstreamFailed,
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => Refusal::RequestTimeout {
+            reason: "body_timeout",
+        },
+        (
+            ErrorSource::Downstream,
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+        ) => return None,
+        (ErrorSource::Downstream, _) => Refusal::Unreadable,
+        _ => Refusal::Internal,
+    })
+}
+
 impl Gateway {
-    /// Authenticates the request for `route`; answers 400/401 itself and returns false when
-    /// the request must not go on.
-    async fn authenticate(
+    /// Answers `refusal` on the session, in the realm of the request's snapshot.
+    async fn refuse(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
-        snapshot: &RuntimeSnapshot,
-        route: &RouteRuntime,
-    ) -> Result<bool> {
-        let authenticator = &snapshot.auth;
-        let outcome = match auth::extract_token(session.req_header(), &route.token_sources) {
-            Err(e) => Err((None, e)),
-            Ok(None) if route.auth == AuthMode::Optional => Ok(None),
-            Ok(None) => Err((
-                None,
-                AuthError::Unauthorized {
-                    reason: tollgate_jwt::Reason::Missing,
-                    detail: "a bearer token is required",
-                    presented: false,
-                },
-            )),
-            Ok(Some(token)) => match authenticator
-                .verify(
-                    token,
-                    &route.providers,
-                    SystemTime::now(),
-                    ctx.edge.client_ip,
-                )
-                .await
-            {
-                Ok(identity) => Ok(Some(identity)),
-                Err(auth::VerifyError::Refused(r)) => Err((None, AuthError::PreAuth(r))),
-                Err(auth::VerifyError::Rejected(provider, r)) => Err((
-                    provider,
-                    AuthError::Unauthorized {
-                        reason: r.reason,
-                        detail: r.detail,
-                        presented: true,
-                    },
-                )),
-            },
-        };
-        let (provider, error) = match outcome {
-            Ok(Some(identity)) => {
-                identity.provider.allowed.inc();
-                ctx.identity = Some(identity.headers);
-                ctx.token = Some(identity.token);
-                ctx.provider = Some(identity.provider.name.clone());
-                return Ok(true);
-            }
-            Ok(None) => {
-                METRICS
-                    .auth_decisions
-                    .with_label_values(&["none", "anonymous", "missing"])
-                    .inc();
-                return Ok(true);
-            }
-            Err(e) => e,
-        };
-        let provider_label = provider.as_ref().map(|p| &*p.name).unwrap_or("none");
-        let realm = &authenticator.realm;
-        let answer = match error {
-            AuthError::PreAuth(refusal) => {
-                let (status, error, message, retry) = match refusal {
-                    PreAuthRefusal::FailedAuthLimit { retry_after_secs } => (
-                        429,
-                        "too_many_failed_attempts",
-                        "too many failed authentications from this address; retry later",
-                        retry_after_secs,
-                    ),
-                    PreAuthRefusal::Busy => (
-                        503,
-                        "overloaded",
-                        "too many tokens are being verified; retry later",
-                        1,
-                    ),
-                };
-                let mut a = Answer::new(status, error, message);
-                a.reason = Some(refusal.label());
-                a.headers
-                    .push((HeaderName::from_static("retry-after"), retry.to_string()));
-                a
-            }
-            AuthError::MultipleTokens => {
-                METRICS
-                    .auth_decisions
-                    .with_label_values(&[provider_label, "deny", "malformed"])
-                    .inc();
-                let mut a =
-                    Answer::new(400, "invalid_request", "more than one token in the request");
-                a.reason = Some("malformed");
-                a.headers.push((
-                    http::header::WWW_AUTHENTICATE,
-                    format!("Bearer realm=\"{realm}\", error=\"invalid_request\""),
-                ));
-                a
-            }
-            AuthError::Unauthorized {
-                reason,
-                detail,
-                presented,
-            } => {
-                if presented {
-                    PREAUTH.record_failure(
-                        ctx.edge.client_ip,
-                        &authenticator.brakes,
-                        crate::limits::now_ns(),
-                    );
-                }
-                METRICS
-                    .auth_decisions
-                    .with_label_values(&[provider_label, "deny", reason.as_str()])
-                    .inc();
-                let challenge = if presented {
-                    format!(
-                        "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
-                        reason.as_str()
-                    )
-                } else {
-                    format!("Bearer realm=\"{realm}\"")
-                };
-                let mut a = Answer::new(401, "unauthorized", detail);
-                a.reason = Some(reason.as_str());
-                a.headers.push((http::header::WWW_AUTHENTICATE, challenge));
-                a
-            }
-        };
-        answer.send(session, ctx).await?;
-        Ok(false)
-    }
-
-    /// Applies the route's RBAC policy; answers 403 itself and returns false on a denial.
-    async fn authorize(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        snapshot: &RuntimeSnapshot,
-        route: &RouteRuntime,
-    ) -> Result<bool> {
-        let Some(policy) = &route.policy else {
-            return Ok(true);
-        };
-        let facts = tollgate_policy::RequestFacts::new(
-            session.req_header().method.as_str(),
-            ctx.token.as_ref().map(|t| &t.claims),
-        );
-        let decision = policy.evaluate(&facts);
-        if let Some(counters) = &route.rbac_counters {
-            match decision.outcome() {
-                "allow" => &counters[0],
-                "deny" => &counters[1],
-                _ => &counters[2],
-            }
-            .inc();
+        ctx: &RequestCtx,
+        refusal: &Refusal,
+    ) -> Result<()> {
+        if refusal.closes_connection() {
+            session.set_keepalive(None);
         }
-        if decision.allowed {
-            return Ok(true);
-        }
-        tracing::info!(
-            request_id = ctx.request_id.to_str().unwrap_or(""),
-            route = %route.name,
-            policy = decision.policy,
-            rule = %decision.decided_by,
-            outcome = decision.outcome(),
-            "rbac denied"
-        );
-        if decision.effective_allow() {
-            return Ok(true);
-        }
-        let realm = &snapshot.auth.realm;
-        let mut challenge = format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"");
-        if !decision.required_scopes.is_empty() {
-            challenge.push_str(&format!(", scope=\"{}\"", decision.required_scopes));
-        }
-        let mut answer = Answer::new(
-            403,
-            "forbidden",
-            "the policy of this route does not allow this request",
-        );
-        answer.policy = Some(decision.policy);
-        answer
-            .headers
-            .push((http::header::WWW_AUTHENTICATE, challenge));
-        answer.send(session, ctx).await?;
-        Ok(false)
-    }
-
-    /// Checks every limit of the route; answers 429 itself and returns false when one refuses.
-    async fn rate_limit(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        route: &RouteRuntime,
-    ) -> Result<bool> {
-        let ip = ctx.edge.client_ip;
-        let mut tightest: Option<(u32, Arc<str>, String)> = None;
-        for limit in &route.limits {
-            let outcome = limit
-                .check(
-                    &self.stores,
-                    session.req_header(),
-                    ip,
-                    ctx.provider
-                        .as_deref()
-                        .zip(ctx.token.as_deref())
-                        .map(|(provider, token)| crate::limits::Caller { provider, token }),
-                )
-                .await;
-            if !outcome.verdict.allowed {
-                let mut answer = Answer::new(
-                    429,
-                    "rate_limited",
-                    "too many requests; retry after the time in Retry-After",
-                );
-                answer.limit = Some(&limit.name);
-                answer.headers.push((
-                    HeaderName::from_static("retry-after"),
-                    outcome.verdict.retry_after_secs().max(1).to_string(),
-                ));
-                answer.headers.push((
-                    HeaderName::from_static("ratelimit-policy"),
-                    outcome.policy_header.to_string(),
-                ));
-                answer.headers.push((
-                    HeaderName::from_static("ratelimit"),
-                    outcome.ratelimit_header(&limit.name),
-                ));
-                answer.send(session, ctx).await?;
-                return Ok(false);
-            }
-            let remaining = outcome.verdict.remaining;
-            if limit.headers && tightest.as_ref().is_none_or(|(r, _, _)| remaining < *r) {
-                let value = outcome.ratelimit_header(&limit.name);
-                tightest = Some((remaining, outcome.policy_header, value));
-            }
-        }
-        ctx.ratelimit_headers = tightest.map(|(_, policy, value)| (policy, value));
-        Ok(true)
+        let realm = ctx.snapshot.as_ref().map_or("", |s| s.auth.realm.as_str());
+        refusal.answer(realm).send(session, &ctx.request_id).await
     }
 }
 
@@ -411,14 +148,9 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             request_id: HeaderValue::from_static(""),
             snapshot: None,
-            route: None,
+            passage: Passage::default(),
             tried: Vec::new(),
             connected: false,
-            identity: None,
-            token: None,
-            provider: None,
-            ratelimit_headers: None,
-            edge: EdgeFacts::default(),
             body_bytes: 0,
         }
     }
@@ -429,87 +161,30 @@ impl ProxyHttp for Gateway {
             _ => new_request_id(),
         };
         let snapshot = self.snapshot.load_full();
-        let peer = peer_ip(session);
         let http = &snapshot.http;
-        let prepared = crate::edge::prepare(session.req_header_mut(), peer, http, &snapshot.strip);
-        ctx.edge = match prepared {
-            Ok(facts) => facts,
-            Err(refusal) => {
-                METRICS
-                    .bad_requests
-                    .with_label_values(&[refusal.reason])
-                    .inc();
-                ctx.snapshot = Some(snapshot);
-                let mut answer = Answer::new(refusal.status, "bad_request", refusal.message);
-                answer.reason = Some(refusal.reason);
-                answer
-                    .headers
-                    .push((http::header::CONNECTION, "close".to_owned()));
-                session.set_keepalive(None);
-                answer.send(session, ctx).await?;
-                return Ok(true);
-            }
-        };
         session.set_keepalive(Some(http.keepalive_timeout.as_secs()));
         session.set_read_timeout(Some(http.body_timeout));
         session.set_write_timeout(Some(http.send_timeout));
         // Pipelined requests are served in order, each decided on its own (RFC 9112 §9.3.2).
         session.set_pipelining_enabled(true);
-        let req = session.req_header();
-        let path = req.uri.path();
-        let host = ctx.edge.host.as_deref();
-        let found = match snapshot.router.find(host, path, req.method.as_str()) {
-            Match::Found(route) => Ok(route.clone()),
-            Match::MethodNotAllowed(allowed) => Err(Some(allowed.join(", "))),
-            Match::NotFound => Err(None),
+        let peer = peer_ip(session);
+        let pipeline = Pipeline {
+            snapshot: &snapshot,
+            stores: &self.stores,
+            mode: Mode::Enforce,
+            request_id: &ctx.request_id,
         };
-        let route = match found {
-            Ok(route) => route,
-            Err(None) => {
-                ctx.snapshot = Some(snapshot);
-                Answer::new(404, "not_found", "no route matches this request")
-                    .send(session, ctx)
-                    .await?;
-                return Ok(true);
-            }
-            Err(Some(allow)) => {
-                ctx.snapshot = Some(snapshot);
-                let mut answer = Answer::new(
-                    405,
-                    "method_not_allowed",
-                    "the route does not accept this method",
-                );
-                answer.headers.push((http::header::ALLOW, allow));
-                answer.send(session, ctx).await?;
-                return Ok(true);
-            }
-        };
-        ctx.route = Some(route.clone());
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > route.max_body) {
-            ctx.snapshot = Some(snapshot);
-            METRICS
-                .bad_requests
-                .with_label_values(&["body_too_large"])
-                .inc();
-            session.set_keepalive(None);
-            let (error, message) = TOO_LARGE;
-            let mut answer = Answer::new(413, error, message);
-            answer.reason = Some("body_too_large");
-            answer.send(session, ctx).await?;
-            return Ok(true);
-        }
-        let proceed = (route.auth == AuthMode::None
-            || self.authenticate(session, ctx, &snapshot, &route).await?)
-            && self.authorize(session, ctx, &snapshot, &route).await?
-            && self.rate_limit(session, ctx, &route).await?;
+        let decided = pipeline
+            .decide(session.req_header_mut(), peer, &mut ctx.passage)
+            .await;
         ctx.snapshot = Some(snapshot);
-        Ok(!proceed)
+        match decided {
+            Ok(()) => Ok(false),
+            Err(refusal) => {
+                self.refuse(session, ctx, &refusal).await?;
+                Ok(true)
+            }
+        }
     }
 
     async fn upstream_peer(
@@ -521,24 +196,9 @@ impl ProxyHttp for Gateway {
             .cluster()
             .cloned()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
-        let ip_key;
-        let key: &[u8] = match &cluster.hash_on {
-            None => b"",
-            Some(tollgate_config::HashOn::Header(name))
-                if session.get_header(name.as_str()).is_some() =>
-            {
-                session.get_header_bytes(name.as_str())
-            }
-            Some(_) => {
-                ip_key = ctx
-                    .edge
-                    .client_ip
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default();
-                ip_key.as_bytes()
-            }
-        };
-        match cluster.select(key, &ctx.tried) {
+        let backend =
+            cluster.select_for(session.req_header(), ctx.passage.edge.client_ip, &ctx.tried);
+        match backend {
             Some(backend) => {
                 let peer = cluster.peer(&backend);
                 ctx.tried.push(backend);
@@ -600,63 +260,32 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // `upstream` is a copy of the request `edge::prepare` cleaned in request_filter (every
-        // spelling of the identity, forwarding and override headers already removed, from the
-        // same snapshot), so identity headers here come only from the verified token.
-        if let Some(route) = &ctx.route {
+        // `upstream` is a copy of the request the pipeline decided on (every spelling of the
+        // identity, forwarding and override headers already removed, from the same
+        // snapshot), so identity headers here come only from the verified token.
+        let passage = &ctx.passage;
+        if let Some(route) = &passage.route {
             if route.auth != AuthMode::None && !route.keep_authorization {
-                strip_credentials(upstream, &route.token_sources)?;
+                crate::credentials::strip(upstream, &route.token_sources)
+                    .map_err(internal("query without the token is not a valid URI"))?;
             }
         }
-        for (name, value) in ctx.identity.iter().flat_map(|h| h.iter()) {
+        for (name, value) in passage.caller.iter().flat_map(|c| c.headers.iter()) {
             upstream.insert_header(name.clone(), value.clone())?;
         }
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
-        // The client's forwarding headers were removed at the edge; these are the gateway's.
-        // Values are shared (`HeaderValue` clones are reference counts) where they can be.
-        if let Some(ip) = ctx.edge.client_ip {
-            let client = HeaderValue::from_str(&ip.to_string())
-                .map_err(|_| Error::explain(ErrorType::InternalError, "address as a header"))?;
-            let xff = match (&ctx.edge.forwarded_for, peer_ip(session)) {
-                (Some(chain), Some(peer)) => HeaderValue::from_str(&format!("{chain}, {peer}"))
-                    .map_err(|_| {
-                        Error::explain(ErrorType::InternalError, "forwarded-for as a header")
-                    })?,
-                _ => client.clone(),
-            };
-            upstream.insert_header(X_FORWARDED_FOR.clone(), xff)?;
-            upstream.insert_header(X_REAL_IP.clone(), client)?;
-        }
-        let proto = match ctx.edge.forwarded_proto.as_deref() {
-            Some("https") => HeaderValue::from_static("https"),
-            _ => HeaderValue::from_static("http"),
-        };
-        upstream.insert_header(X_FORWARDED_PROTO.clone(), proto)?;
-        if let Some(host) = upstream.headers.get(http::header::HOST).cloned() {
-            upstream.insert_header(X_FORWARDED_HOST.clone(), host)?;
-        }
-        if let Some(port) = &self.listen_port {
-            upstream.insert_header(X_FORWARDED_PORT.clone(), port.clone())?;
-        }
-        if let Some(route) = ctx.route.as_ref().filter(|r| r.strip_prefix.is_some()) {
-            let prefix = route.strip_prefix.as_deref().unwrap_or_default();
-            let uri = &upstream.uri;
-            let path = uri.path();
-            let rest = match path.get(..prefix.len()) {
-                Some(head) if head == prefix => &path[prefix.len()..],
-                Some(head) if route.case_insensitive && head.eq_ignore_ascii_case(prefix) => {
-                    &path[prefix.len()..]
-                }
-                _ => path,
-            };
-            let rest = if rest.starts_with('/') { rest } else { "/" };
-            let new = match uri.query() {
-                Some(q) => format!("{rest}?{q}"),
-                None => rest.to_owned(),
-            };
-            upstream.set_uri(new.parse().map_err(|_| {
-                Error::explain(ErrorType::InternalError, "stripped path is not a valid URI")
-            })?);
+        crate::edge::forward(
+            upstream,
+            &ForwardFrom {
+                facts: &passage.edge,
+                peer: peer_ip(session),
+                listen_port: self.listen_port.as_ref(),
+            },
+        )?;
+        if let Some(route) = &passage.route {
+            route
+                .strip_prefix_from(upstream)
+                .map_err(internal("stripped path is not a valid URI"))?;
         }
         Ok(())
     }
@@ -668,8 +297,8 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Content-Length was checked in request_filter; this catches chunked bodies.
-        if let (Some(chunk), Some(route)) = (body.as_ref(), &ctx.route) {
+        // A declared Content-Length was checked by the pipeline; this counts chunked bodies.
+        if let (Some(chunk), Some(route)) = (body.as_ref(), &ctx.passage.route) {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > route.max_body {
                 METRICS
@@ -693,7 +322,7 @@ impl ProxyHttp for Gateway {
             "{} {}, host: {}, request_id: {}",
             req.method,
             req.uri.path(),
-            ctx.edge.host.as_deref().unwrap_or("-"),
+            ctx.passage.edge.host.as_deref().unwrap_or("-"),
             ctx.request_id.to_str().unwrap_or("")
         )
     }
@@ -715,7 +344,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         upstream_response.remove_header(&http::header::SERVER);
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
-        if let Some((policy, value)) = ctx.ratelimit_headers.take() {
+        if let Some((policy, value)) = ctx.passage.ratelimit_headers.take() {
             upstream_response.insert_header("ratelimit-policy", &*policy)?;
             upstream_response.insert_header("ratelimit", value)?;
         }
@@ -728,45 +357,17 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (code, error, message) = match e.etype() {
-            ErrorType::HTTPStatus(503) => (
-                503,
-                "no_healthy_backend",
-                "no healthy backend for this route",
-            ),
-            ErrorType::HTTPStatus(413) => (413, TOO_LARGE.0, TOO_LARGE.1),
-            ErrorType::HTTPStatus(code) => {
-                (*code, "upstream_error", "the upstream could not be reached")
-            }
-            _ if e.esource() == &ErrorSource::Upstream && is_timeout(e) => (
-                504,
-                "upstream_timeout",
-                "the upstream did not answer in time",
-            ),
-            _ if e.esource() == &ErrorSource::Upstream => {
-                (502, "upstream_error", "the upstream failed")
-            }
-            _ if e.esource() == &ErrorSource::Downstream => match e.etype() {
-                ErrorType::ReadTimedout => (
-                    408,
-                    "request_timeout",
-                    "the request body was not received in time",
-                ),
-                // The client is gone: nothing to answer.
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
-                    (0, "", "")
-                }
-                _ => (400, "bad_request", "the request could not be read"),
-            },
-            _ => (500, "internal_error", "internal error"),
-        };
-        if code > 0 && session.response_written().is_none() {
-            if let Err(err) = Answer::new(code, error, message).send(session, ctx).await {
+        let refusal = refusal_for(e);
+        if let Some(refusal) = refusal
+            .as_ref()
+            .filter(|_| session.response_written().is_none())
+        {
+            if let Err(err) = self.refuse(session, ctx, refusal).await {
                 tracing::debug!(error = %err, "could not send the error response");
             }
         }
         FailToProxy {
-            error_code: code,
+            error_code: refusal.map_or(0, |r| r.status()),
             can_reuse_downstream: false,
         }
     }
@@ -776,14 +377,14 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let route = ctx.route.as_ref().map(|r| &*r.name).unwrap_or("unmatched");
+        let route = ctx.passage.route.as_ref();
         let method = &session.req_header().method;
-        match &ctx.route {
+        match route {
             Some(r) => r.requests.inc(method, status),
             None => UNMATCHED.inc(method, status),
         }
         let elapsed = ctx.started.elapsed();
-        if let Some(r) = &ctx.route {
+        if let Some(r) = route {
             r.duration.observe(elapsed.as_secs_f64());
         }
         if let (Some(cluster), Some(backend), true) =
@@ -806,10 +407,10 @@ impl ProxyHttp for Gateway {
             tracing::info!(
                 target: "access",
                 request_id = ctx.request_id.to_str().unwrap_or(""),
-                client = %ctx.edge.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+                client = %ctx.passage.edge.client_ip.map(|i| i.to_string()).unwrap_or_default(),
                 method = req.method.as_str(),
                 path = req.uri.path(),
-                route,
+                route = route.map_or("unmatched", |r| &*r.name),
                 status,
                 backend = ctx
                     .cluster()

@@ -1,21 +1,268 @@
-//! Answers the gateway writes itself (routing, auth and upstream failures): a JSON body, the
-//! request id, and a `Content-Length`, since these bypass `response_filter`.
+//! Every answer the gateway writes itself, and the one place where a refusal becomes a
+//! response: [`Refusal`] names why a request is not proxied (or why proxying failed), and
+//! [`Refusal::answer`] gives its status, JSON body and headers. The proxy sends answers on
+//! the Pingora session ([`Answer::send`]); the connection guard writes the few that happen
+//! before Pingora parses a request straight to the socket ([`Answer::to_http1`]).
+//!
+//! Bodies are `{"error": .., "reason": .., "policy": .., "limit": .., "message": ..,
+//! "request_id": ..}` (only `error` and `message` always present). Messages are fixed text:
+//! an answer never echoes request data, tokens or keys.
 
-use crate::proxy::{RequestCtx, X_REQUEST_ID};
 use bytes::Bytes;
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use std::sync::Arc;
+use tollgate_jwt::Reason;
 
-/// An error answer: `{"error": .., "reason": .. (when set), "message": .., "request_id": ..}`.
+/// `X-Request-Id`: kept from a well-formed client value or generated, sent both ways.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Why the gateway answers a request itself instead of passing on the upstream's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400, 414 or 431: the request is malformed, ambiguous or too large to read; `reason`
+    /// is the label of `tollgate_bad_requests_total` and of the JSON `reason`.
+    Malformed {
+        status: u16,
+        reason: &'static str,
+        message: &'static str,
+    },
+    /// 405 for a method the gateway never proxies (`CONNECT`), answered by Pingora itself.
+    MethodNotSupported,
+    /// 408: the request header (`header_timeout`) or body (`body_timeout`) did not arrive
+    /// in time.
+    RequestTimeout { reason: &'static str },
+    /// 413: the body is larger than the route's `max_body`.
+    BodyTooLarge,
+    /// 404: no route matches host and path.
+    NotFound,
+    /// 405: a route matches the path but not the method; `allow` lists the methods that do.
+    MethodNotAllowed { allow: String },
+    /// 400: more than one token in the request (RFC 6750 §2).
+    MultipleTokens,
+    /// 401; `presented` tells whether a token was there, which decides the challenge
+    /// (RFC 6750 §3).
+    Unauthorized {
+        reason: Reason,
+        detail: &'static str,
+        presented: bool,
+    },
+    /// 403 from the route's RBAC policy; `scopes` are the scopes that would have allowed it.
+    Forbidden { policy: Arc<str>, scopes: Arc<str> },
+    /// 429 from a rate limit, with its `RateLimit` headers.
+    RateLimited {
+        limit: Arc<str>,
+        retry_after_secs: u64,
+        policy_header: Arc<str>,
+        ratelimit_header: String,
+    },
+    /// 429 before any signature check: this client failed authentication too often.
+    TooManyFailedAttempts { retry_after_secs: u64 },
+    /// 503 with `Retry-After`: too many signature checks (`verification_budget`) or
+    /// connections (`listener`, `client`) at once.
+    Overloaded {
+        reason: &'static str,
+        message: &'static str,
+        retry_after_secs: u64,
+    },
+    /// 503: the route's cluster has no healthy backend.
+    NoHealthyBackend,
+    /// 502: the upstream could not be reached or failed mid-answer.
+    UpstreamFailed,
+    /// 504: the upstream did not answer in time.
+    UpstreamTimeout,
+    /// 400: the request could not be read after its header.
+    Unreadable,
+    /// 500: the gateway's own failure.
+    Internal,
+}
+
+impl Refusal {
+    /// A refusal before routing, from the canonical-request rules.
+    pub fn from_canonical(r: tollgate_canonical::Refusal) -> Refusal {
+        Refusal::Malformed {
+            status: 400,
+            reason: r.reason(),
+            message: "the request is malformed or ambiguous",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Malformed { status, .. } => *status,
+            Refusal::MethodNotSupported | Refusal::MethodNotAllowed { .. } => 405,
+            Refusal::RequestTimeout { .. } => 408,
+            Refusal::BodyTooLarge => 413,
+            Refusal::NotFound => 404,
+            Refusal::MultipleTokens | Refusal::Unreadable => 400,
+            Refusal::Unauthorized { .. } => 401,
+            Refusal::Forbidden { .. } => 403,
+            Refusal::RateLimited { .. } | Refusal::TooManyFailedAttempts { .. } => 429,
+            Refusal::Overloaded { .. } | Refusal::NoHealthyBackend => 503,
+            Refusal::UpstreamFailed => 502,
+            Refusal::UpstreamTimeout => 504,
+            Refusal::Internal => 500,
+        }
+    }
+
+    /// Whether the connection must end after this answer: the request's framing or size
+    /// cannot be trusted, so nothing after it on the connection can be either.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Malformed { .. }
+                | Refusal::MethodNotSupported
+                | Refusal::RequestTimeout { .. }
+                | Refusal::BodyTooLarge
+                | Refusal::Unreadable
+                | Refusal::Overloaded {
+                    reason: "listener" | "client",
+                    ..
+                }
+        )
+    }
+
+    /// The one mapping from a refusal to its answer. `realm` is the Bearer realm of
+    /// `WWW-Authenticate` challenges.
+    pub fn answer(&self, realm: &str) -> Answer<'_> {
+        let mut a = match self {
+            Refusal::Malformed {
+                status,
+                reason,
+                message,
+            } => Answer::new(*status, "bad_request", message).reason(reason),
+            Refusal::MethodNotSupported => {
+                Answer::new(405, "method_not_allowed", "this method is not supported")
+                    .reason("method_connect")
+            }
+            Refusal::RequestTimeout { reason } => Answer::new(
+                408,
+                "request_timeout",
+                match *reason {
+                    "header_timeout" => "the request header was not received in time",
+                    _ => "the request body was not received in time",
+                },
+            )
+            .reason(reason),
+            Refusal::BodyTooLarge => Answer::new(
+                413,
+                "payload_too_large",
+                "the request body is larger than this route accepts",
+            )
+            .reason("body_too_large"),
+            Refusal::NotFound => Answer::new(404, "not_found", "no route matches this request"),
+            Refusal::MethodNotAllowed { allow } => Answer::new(
+                405,
+                "method_not_allowed",
+                "the route does not accept this method",
+            )
+            .header(http::header::ALLOW, allow.clone()),
+            Refusal::MultipleTokens => {
+                Answer::new(400, "invalid_request", "more than one token in the request")
+                    .reason("malformed")
+                    .header(
+                        http::header::WWW_AUTHENTICATE,
+                        format!("Bearer realm=\"{realm}\", error=\"invalid_request\""),
+                    )
+            }
+            Refusal::Unauthorized {
+                reason,
+                detail,
+                presented,
+            } => {
+                let challenge = if *presented {
+                    format!(
+                        "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                        reason.as_str()
+                    )
+                } else {
+                    format!("Bearer realm=\"{realm}\"")
+                };
+                Answer::new(401, "unauthorized", detail)
+                    .reason(reason.as_str())
+                    .header(http::header::WWW_AUTHENTICATE, challenge)
+            }
+            Refusal::Forbidden { policy, scopes } => {
+                let mut challenge =
+                    format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"");
+                if !scopes.is_empty() {
+                    challenge.push_str(&format!(", scope=\"{scopes}\""));
+                }
+                let mut a = Answer::new(
+                    403,
+                    "forbidden",
+                    "the policy of this route does not allow this request",
+                )
+                .header(http::header::WWW_AUTHENTICATE, challenge);
+                a.policy = Some(policy);
+                a
+            }
+            Refusal::RateLimited {
+                limit,
+                retry_after_secs,
+                policy_header,
+                ratelimit_header,
+            } => {
+                let mut a = Answer::new(
+                    429,
+                    "rate_limited",
+                    "too many requests; retry after the time in Retry-After",
+                )
+                .header(RETRY_AFTER.clone(), retry_after_secs.to_string())
+                .header(RATELIMIT_POLICY.clone(), policy_header.to_string())
+                .header(RATELIMIT.clone(), ratelimit_header.clone());
+                a.limit = Some(limit);
+                a
+            }
+            Refusal::TooManyFailedAttempts { retry_after_secs } => Answer::new(
+                429,
+                "too_many_failed_attempts",
+                "too many failed authentications from this address; retry later",
+            )
+            .reason("failed_auth_limit")
+            .header(RETRY_AFTER.clone(), retry_after_secs.to_string()),
+            Refusal::Overloaded {
+                reason,
+                message,
+                retry_after_secs,
+            } => Answer::new(503, "overloaded", message)
+                .reason(reason)
+                .header(RETRY_AFTER.clone(), retry_after_secs.to_string()),
+            Refusal::NoHealthyBackend => Answer::new(
+                503,
+                "no_healthy_backend",
+                "no healthy backend for this route",
+            ),
+            Refusal::UpstreamFailed => {
+                Answer::new(502, "upstream_error", "the upstream could not be reached")
+            }
+            Refusal::UpstreamTimeout => Answer::new(
+                504,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            ),
+            Refusal::Unreadable => Answer::new(400, "bad_request", "the request could not be read"),
+            Refusal::Internal => Answer::new(500, "internal_error", "internal error"),
+        };
+        if self.closes_connection() {
+            a = a.header(http::header::CONNECTION, "close".to_owned());
+        }
+        a
+    }
+}
+
+/// An answer ready to write: status, JSON body fields and extra headers.
 pub struct Answer<'a> {
     pub status: u16,
     /// A stable machine-readable code, e.g. `not_found`, `unauthorized`.
     pub error: &'a str,
-    /// For auth refusals: the reason from the fixed set (`expired`, `signature`, ...).
+    /// The reason from a fixed set (`expired`, `signature`, `empty_segment`, ...).
     pub reason: Option<&'a str>,
-    /// Fixed text for people; never echoes request data, tokens or keys.
     pub message: &'a str,
     /// For 403: the policy that denied.
     pub policy: Option<&'a str>,
@@ -25,7 +272,7 @@ pub struct Answer<'a> {
 }
 
 impl<'a> Answer<'a> {
-    pub fn new(status: u16, error: &'a str, message: &'a str) -> Answer<'a> {
+    fn new(status: u16, error: &'a str, message: &'a str) -> Answer<'a> {
         Answer {
             status,
             error,
@@ -37,7 +284,19 @@ impl<'a> Answer<'a> {
         }
     }
 
-    pub fn body(&self, request_id: &str) -> Vec<u8> {
+    fn reason(mut self, reason: &'a str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    fn header(mut self, name: HeaderName, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The JSON body; `request_id` is left out when there is none (answers written before
+    /// a request was parsed).
+    pub fn body(&self, request_id: Option<&str>) -> Vec<u8> {
         let mut body = serde_json::Map::new();
         body.insert("error".into(), self.error.into());
         if let Some(r) = self.reason {
@@ -50,16 +309,20 @@ impl<'a> Answer<'a> {
             body.insert("limit".into(), l.into());
         }
         body.insert("message".into(), self.message.into());
-        body.insert("request_id".into(), request_id.into());
+        if let Some(id) = request_id {
+            body.insert("request_id".into(), id.into());
+        }
         serde_json::to_vec(&body).expect("a JSON object of strings serialises")
     }
 
-    pub async fn send(self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
-        let body = self.body(ctx.request_id().to_str().unwrap_or(""));
+    /// Writes the answer on the session, with `Content-Length` and the request id (these
+    /// answers bypass `response_filter`); a `HEAD` request gets the header only.
+    pub async fn send(self, session: &mut Session, request_id: &HeaderValue) -> Result<()> {
+        let body = self.body(Some(request_id.to_str().unwrap_or("")));
         let mut resp = ResponseHeader::build(self.status, Some(4 + self.headers.len()))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id().clone())?;
+        resp.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         for (name, value) in self.headers {
             resp.insert_header(name, value)?;
@@ -74,5 +337,77 @@ impl<'a> Answer<'a> {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The answer as HTTP/1.1 bytes, for the connection guard, which answers before Pingora
+    /// has a session (and so before there is a request id).
+    pub fn to_http1(&self) -> Vec<u8> {
+        let body = self.body(None);
+        let status =
+            http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::BAD_REQUEST);
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&body);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_that_end_the_connection_say_so() {
+        let r = Refusal::Malformed {
+            status: 431,
+            reason: "too_many_headers",
+            message: "m",
+        };
+        let raw = String::from_utf8(r.answer("r").to_http1()).unwrap();
+        assert!(
+            raw.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{raw}"
+        );
+        assert!(raw.contains("\r\nconnection: close\r\n"), "{raw}");
+        let body: serde_json::Value =
+            serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "bad_request", "reason": "too_many_headers", "message": "m"})
+        );
+        assert!(!Refusal::NotFound
+            .answer("r")
+            .headers
+            .iter()
+            .any(|(n, _)| n == http::header::CONNECTION));
+    }
+
+    #[test]
+    fn the_challenge_names_the_reason_only_when_a_token_was_presented() {
+        let challenge = |presented| {
+            Refusal::Unauthorized {
+                reason: Reason::Expired,
+                detail: "d",
+                presented,
+            }
+            .answer("api")
+            .headers[0]
+                .1
+                .clone()
+        };
+        assert_eq!(challenge(false), "Bearer realm=\"api\"");
+        assert_eq!(
+            challenge(true),
+            "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"expired\""
+        );
     }
 }

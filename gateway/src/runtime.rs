@@ -8,6 +8,7 @@ use crate::auth::{Authenticator, Provider};
 use crate::cluster::Cluster;
 use crate::limits::LimitRuntime;
 use crate::metrics::{RequestCounters, METRICS};
+use pingora_http::RequestHeader;
 use prometheus::Histogram;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +40,33 @@ pub struct RouteRuntime {
     pub limits: Vec<LimitRuntime>,
     /// Request body size in bytes; larger → 413.
     pub max_body: u64,
+}
+
+impl RouteRuntime {
+    /// Removes the route's `strip_prefix` from the upstream request's path (in any letter
+    /// case when the route ignores case), keeping the query; the rest starts with `/`.
+    pub fn strip_prefix_from(&self, upstream: &mut RequestHeader) -> Result<(), http::Error> {
+        let Some(prefix) = self.strip_prefix.as_deref() else {
+            return Ok(());
+        };
+        let uri = &upstream.uri;
+        let path = uri.path();
+        let rest = match path.get(..prefix.len()) {
+            Some(head) if head == prefix => &path[prefix.len()..],
+            Some(head) if self.case_insensitive && head.eq_ignore_ascii_case(prefix) => {
+                &path[prefix.len()..]
+            }
+            _ => path,
+        };
+        let rest = if rest.starts_with('/') { rest } else { "/" };
+        let new = match uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_owned(),
+        };
+        let new: http::Uri = new.parse().map_err(http::Error::from)?;
+        upstream.set_uri(new);
+        Ok(())
+    }
 }
 
 pub struct RuntimeSnapshot {

@@ -146,6 +146,15 @@ impl LocalStore {
         shard.lock().check(hash, gcra, now_ns, self.shard_capacity)
     }
 
+    /// What [`LocalStore::check`] would decide for `key` at `now_ns`, without recording
+    /// anything (a dry run: `tollgate explain`).
+    pub fn peek(&self, key: &[u8], gcra: &Gcra, now_ns: u64) -> Verdict {
+        let hash = self.hasher.hash_one(key);
+        let shard = &self.shards[((hash >> SHARD_SHIFT) & self.shard_mask) as usize];
+        let tat = shard.lock().by_hash.get(&hash).copied();
+        gcra.check(tat, now_ns).verdict
+    }
+
     /// Keys currently remembered (for the `tollgate_ratelimit_keys` gauge). Locks each shard in
     /// turn, so it is a snapshot only when nothing else runs; meant for scrapes, not hot paths.
     pub fn len(&self) -> usize {
@@ -297,6 +306,23 @@ mod tests {
         assert!(store.check(b"a", &g, T0 + 100 * MS).allowed);
         assert_eq!(store.len(), 2);
         assert!(!store.is_empty());
+    }
+
+    #[test]
+    fn a_peek_decides_as_a_check_would_and_records_nothing() {
+        let g = gcra("10/s", 2);
+        let store = LocalStore::new(1_000);
+        assert_eq!(store.peek(b"a", &g, T0), store.check(b"a", &g, T0));
+        // One request was recorded by the check; peeking again and again spends nothing.
+        for _ in 0..5 {
+            let v = store.peek(b"a", &g, T0);
+            assert!(v.allowed);
+            assert_eq!(v.remaining, 0);
+        }
+        assert!(store.check(b"a", &g, T0).allowed);
+        assert!(!store.peek(b"a", &g, T0).allowed);
+        assert!(store.peek(b"new", &g, T0).allowed);
+        assert_eq!(store.len(), 1);
     }
 
     #[test]

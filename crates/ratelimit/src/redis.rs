@@ -27,6 +27,8 @@ pub const REDIS_GCRA_SCRIPT: &str = r#"
 local emission_interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local ttl_margin_ms = tonumber(ARGV[3])
+-- ARGV[4] = '1': a dry run, which decides without recording (`tollgate explain`).
+local dry_run = ARGV[4] == '1'
 local burst_window = emission_interval * burst
 
 local time = redis.call('TIME')
@@ -46,7 +48,9 @@ if new_tat - now <= burst_window then
   local remaining = math.floor((burst_window - reset_after) / emission_interval)
   -- The key may vanish once its bucket is full again: absent and full are the same.
   local ttl_ms = math.ceil(reset_after / 1000) + ttl_margin_ms
-  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl_ms)
+  if not dry_run then
+    redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl_ms)
+  end
   return {1, remaining, reset_after, 0}
 end
 
@@ -67,7 +71,7 @@ mod tests {
         assert_eq!(REDIS_GCRA_SCRIPT.matches("redis.call('SET'").count(), 1);
         assert!(REDIS_GCRA_SCRIPT.contains("'PX', ttl_ms"));
         assert!(REDIS_GCRA_SCRIPT.contains("KEYS[1]"));
-        for arg in ["ARGV[1]", "ARGV[2]", "ARGV[3]"] {
+        for arg in ["ARGV[1]", "ARGV[2]", "ARGV[3]", "ARGV[4]"] {
             assert!(REDIS_GCRA_SCRIPT.contains(arg), "{arg}");
         }
     }

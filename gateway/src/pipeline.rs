@@ -1,0 +1,347 @@
+//! The decision pipeline: every check a request passes before it is proxied, in order, on
+//! the request exactly as the upstream will receive it.
+//!
+//! ```text
+//! admit ──> route ──> authenticate ──> authorize ──> limit ──> proxied
+//!   │         │            │               │           │
+//!   └─────────┴────────────┴───────────────┴───────────┴──> Refusal (one mapping: respond.rs)
+//! ```
+//!
+//! - **admit** ([`crate::edge::prepare`]): size limits, the canonical form of target and
+//!   `Host` written back into the request, headers a client must not set removed: 400/414/431;
+//! - **route**: the router on the canonical host, path and method (404/405), then the
+//!   route's `max_body` against a declared `Content-Length` (413);
+//! - **authenticate**: the token from the route's sources, verified by the provider its
+//!   `iss` names (400 for two tokens, 401, or 429/503 from the pre-auth brakes);
+//! - **authorize**: the route's RBAC policy on the method and the verified claims (403);
+//! - **limit**: every rate limit of the route (429), keeping the tightest for the
+//!   `RateLimit` headers of the answer.
+//!
+//! The proxy runs it in [`Mode::Enforce`]; `tollgate explain` runs the very same steps in
+//! [`Mode::DryRun`], where limits are looked at but not spent, so the two cannot drift.
+
+use crate::auth::{Identity, IdentityHeaders, VerifyError};
+use crate::limits::{Claims, Stores};
+use crate::metrics::METRICS;
+use crate::preauth::{PreAuthRefusal, PREAUTH};
+use crate::respond::Refusal;
+use crate::runtime::{RouteRuntime, RuntimeSnapshot};
+use http::header::HeaderValue;
+use pingora_http::RequestHeader;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tollgate_config::AuthMode;
+use tollgate_jwt::{Reason, VerifiedToken};
+use tollgate_ratelimit::Verdict;
+use tollgate_router::Match;
+
+/// How the pipeline treats state it would change.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// The proxy: limits are spent, failed authentications counted, metrics kept.
+    Enforce,
+    /// `tollgate explain`: limits are only looked at, nothing is recorded or counted.
+    /// `claims`, when given, stand in for a verified token (the command line's `--claims`).
+    DryRun { claims: Option<Arc<Claims>> },
+}
+
+impl Mode {
+    fn enforces(&self) -> bool {
+        matches!(self, Mode::Enforce)
+    }
+}
+
+/// Who is calling, once authenticated.
+pub struct Caller {
+    /// The provider that verified the token (`--claims` in a dry run: `command-line`).
+    pub provider: Arc<str>,
+    claims: CallerClaims,
+    /// The identity headers the upstream receives.
+    pub headers: IdentityHeaders,
+}
+
+enum CallerClaims {
+    Verified(Arc<VerifiedToken>),
+    Given(Arc<Claims>),
+}
+
+impl Caller {
+    pub fn claims(&self) -> &Claims {
+        match &self.claims {
+            CallerClaims::Verified(token) => &token.claims,
+            CallerClaims::Given(claims) => claims,
+        }
+    }
+}
+
+/// What the pipeline established about a request, step by step. What a step established
+/// stays when a later step refuses (logs and metrics name the route of a 401).
+#[derive(Default)]
+pub struct Passage {
+    /// The client address and forwarding facts from the edge.
+    pub edge: crate::edge::EdgeFacts,
+    pub route: Option<Arc<RouteRuntime>>,
+    /// `None` for anonymous callers (routes with `auth: none` or `optional`).
+    pub caller: Option<Caller>,
+    /// `RateLimit-Policy` and `RateLimit` for the answer, when the route asks for them.
+    pub ratelimit_headers: Option<(Arc<str>, String)>,
+    /// In a dry run: each limit looked at, with its verdict.
+    pub limits_seen: Vec<(Arc<str>, Verdict)>,
+}
+
+/// The checks of one snapshot, for one request.
+pub struct Pipeline<'a> {
+    pub snapshot: &'a RuntimeSnapshot,
+    pub stores: &'a Stores,
+    pub mode: Mode,
+    /// Named in the log line of an RBAC denial.
+    pub request_id: &'a HeaderValue,
+}
+
+impl Pipeline<'_> {
+    /// Runs every step on `req` (rewritten in place into its canonical form) from a client
+    /// at `peer`. `Ok` means the request goes to the upstream.
+    pub async fn decide(
+        &self,
+        req: &mut RequestHeader,
+        peer: Option<IpAddr>,
+        passage: &mut Passage,
+    ) -> Result<(), Refusal> {
+        passage.edge = self.admit(req, peer)?;
+        let route = self.route(req, passage.edge.host.as_deref())?;
+        passage.route = Some(route.clone());
+        self.declared_body(req, &route)?;
+        passage.caller = self
+            .authenticate(req, &route, passage.edge.client_ip)
+            .await?;
+        self.authorize(req, &route, passage.caller.as_ref())?;
+        passage.ratelimit_headers = self
+            .limit(
+                req,
+                &route,
+                passage.edge.client_ip,
+                passage.caller.as_ref(),
+                &mut passage.limits_seen,
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn admit(
+        &self,
+        req: &mut RequestHeader,
+        peer: Option<IpAddr>,
+    ) -> Result<crate::edge::EdgeFacts, Refusal> {
+        let snapshot = self.snapshot;
+        crate::edge::prepare(req, peer, &snapshot.http, &snapshot.strip).inspect_err(|r| {
+            if let (Refusal::Malformed { reason, .. }, true) = (r, self.mode.enforces()) {
+                METRICS.bad_requests.with_label_values(&[reason]).inc();
+            }
+        })
+    }
+
+    fn route(&self, req: &RequestHeader, host: Option<&str>) -> Result<Arc<RouteRuntime>, Refusal> {
+        match self
+            .snapshot
+            .router
+            .find(host, req.uri.path(), req.method.as_str())
+        {
+            Match::Found(route) => Ok(route.clone()),
+            Match::MethodNotAllowed(allowed) => Err(Refusal::MethodNotAllowed {
+                allow: allowed.join(", "),
+            }),
+            Match::NotFound => Err(Refusal::NotFound),
+        }
+    }
+
+    /// A declared `Content-Length` over the route's `max_body` is refused before anything
+    /// is read or verified (a chunked body is counted as it arrives, by the proxy).
+    fn declared_body(&self, req: &RequestHeader, route: &RouteRuntime) -> Result<(), Refusal> {
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > route.max_body) {
+            if self.mode.enforces() {
+                METRICS
+                    .bad_requests
+                    .with_label_values(&["body_too_large"])
+                    .inc();
+            }
+            return Err(Refusal::BodyTooLarge);
+        }
+        Ok(())
+    }
+
+    async fn authenticate(
+        &self,
+        req: &RequestHeader,
+        route: &RouteRuntime,
+        client: Option<IpAddr>,
+    ) -> Result<Option<Caller>, Refusal> {
+        if route.auth == AuthMode::None {
+            return Ok(None);
+        }
+        let auth = &self.snapshot.auth;
+        if let Mode::DryRun {
+            claims: Some(claims),
+        } = &self.mode
+        {
+            return Ok(Some(Caller {
+                provider: "command-line".into(),
+                headers: auth.identity_headers(claims).into(),
+                claims: CallerClaims::Given(claims.clone()),
+            }));
+        }
+        let count = |provider: &str, result: &str, reason: &str| {
+            if self.mode.enforces() {
+                METRICS
+                    .auth_decisions
+                    .with_label_values(&[provider, result, reason])
+                    .inc();
+            }
+        };
+        let token = match crate::credentials::find_token(req, &route.token_sources) {
+            Ok(Some(token)) => token,
+            Ok(None) if route.auth == AuthMode::Optional => {
+                count("none", "anonymous", "missing");
+                return Ok(None);
+            }
+            Ok(None) => {
+                count("none", "deny", Reason::Missing.as_str());
+                return Err(Refusal::Unauthorized {
+                    reason: Reason::Missing,
+                    detail: "a bearer token is required",
+                    presented: false,
+                });
+            }
+            Err(refusal) => {
+                count("none", "deny", "malformed");
+                return Err(refusal);
+            }
+        };
+        match auth
+            .verify(token, &route.providers, SystemTime::now(), client)
+            .await
+        {
+            Ok(Identity {
+                provider,
+                token,
+                headers,
+            }) => {
+                if self.mode.enforces() {
+                    provider.allowed.inc();
+                }
+                Ok(Some(Caller {
+                    provider: provider.name.clone(),
+                    claims: CallerClaims::Verified(token),
+                    headers,
+                }))
+            }
+            Err(VerifyError::Refused(PreAuthRefusal::FailedAuthLimit { retry_after_secs })) => {
+                Err(Refusal::TooManyFailedAttempts { retry_after_secs })
+            }
+            Err(VerifyError::Refused(PreAuthRefusal::Busy)) => Err(Refusal::Overloaded {
+                reason: "verification_budget",
+                message: "too many tokens are being verified; retry later",
+                retry_after_secs: 1,
+            }),
+            Err(VerifyError::Rejected(provider, rejection)) => {
+                if self.mode.enforces() {
+                    PREAUTH.record_failure(client, &auth.brakes, crate::limits::now_ns());
+                }
+                let provider = provider.as_ref().map_or("none", |p| &*p.name);
+                count(provider, "deny", rejection.reason.as_str());
+                Err(Refusal::Unauthorized {
+                    reason: rejection.reason,
+                    detail: rejection.detail,
+                    presented: true,
+                })
+            }
+        }
+    }
+
+    fn authorize(
+        &self,
+        req: &RequestHeader,
+        route: &RouteRuntime,
+        caller: Option<&Caller>,
+    ) -> Result<(), Refusal> {
+        let Some(policy) = &route.policy else {
+            return Ok(());
+        };
+        let facts =
+            tollgate_policy::RequestFacts::new(req.method.as_str(), caller.map(Caller::claims));
+        let decision = policy.evaluate(&facts);
+        if let (Some(counters), true) = (&route.rbac_counters, self.mode.enforces()) {
+            match decision.outcome() {
+                "allow" => &counters[0],
+                "deny" => &counters[1],
+                _ => &counters[2],
+            }
+            .inc();
+        }
+        if decision.allowed {
+            return Ok(());
+        }
+        if self.mode.enforces() {
+            tracing::info!(
+                request_id = self.request_id.to_str().unwrap_or(""),
+                route = %route.name,
+                policy = decision.policy,
+                rule = %decision.decided_by,
+                outcome = decision.outcome(),
+                "rbac denied"
+            );
+        }
+        if decision.effective_allow() {
+            return Ok(());
+        }
+        Err(Refusal::Forbidden {
+            policy: decision.policy.into(),
+            scopes: decision.required_scopes.into(),
+        })
+    }
+
+    /// Checks every limit; the first that refuses decides. Returns the `RateLimit` headers
+    /// of the limit with the fewest requests left among those that send headers.
+    async fn limit(
+        &self,
+        req: &RequestHeader,
+        route: &RouteRuntime,
+        client_ip: Option<IpAddr>,
+        caller: Option<&Caller>,
+        seen: &mut Vec<(Arc<str>, Verdict)>,
+    ) -> Result<Option<(Arc<str>, String)>, Refusal> {
+        let caller = caller.map(|c| crate::limits::Caller {
+            provider: &c.provider,
+            claims: c.claims(),
+        });
+        let consume = self.mode.enforces();
+        let mut tightest: Option<(u32, Arc<str>, String)> = None;
+        for limit in &route.limits {
+            let outcome = limit
+                .check(self.stores, req, client_ip, caller, consume)
+                .await;
+            if !consume {
+                seen.push((limit.name.clone(), outcome.verdict));
+            }
+            if !outcome.verdict.allowed {
+                return Err(Refusal::RateLimited {
+                    limit: limit.name.clone(),
+                    retry_after_secs: outcome.verdict.retry_after_secs().max(1),
+                    ratelimit_header: outcome.ratelimit_header(&limit.name),
+                    policy_header: outcome.policy_header,
+                });
+            }
+            let remaining = outcome.verdict.remaining;
+            if limit.headers && tightest.as_ref().is_none_or(|(r, _, _)| remaining < *r) {
+                let value = outcome.ratelimit_header(&limit.name);
+                tightest = Some((remaining, outcome.policy_header, value));
+            }
+        }
+        Ok(tightest.map(|(_, policy, value)| (policy, value)))
+    }
+}
