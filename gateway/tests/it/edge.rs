@@ -2,9 +2,7 @@
 //! the client got **and** what a raw-socket upstream received — nothing, or exactly the
 //! normalised request the route was chosen on. Named after the attacks of the first release.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};

@@ -1,9 +1,7 @@
 //! JWT authentication through the real proxy: verdicts and their answers, identity headers,
 //! spoofing, key rotation through a JWKS endpoint on loopback, and single-flight refetch.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::time::Duration;
 

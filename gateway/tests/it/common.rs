@@ -1,6 +1,5 @@
 //! Test harness: starts the real `tollgate` binary and real upstreams (`tollgate echo`) on
 //! 127.0.0.1 with ephemeral ports, waits for readiness by polling, and stops them on drop.
-#![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

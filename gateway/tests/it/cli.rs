@@ -1,9 +1,7 @@
 //! `tollgate check` and `tollgate run` on bad configs: every problem, with its path, before
 //! anything is bound; `tollgate token verify` reading its token from standard input.
 
-mod common;
-
-use common::{jwks, TestKey, BIN};
+use crate::common::{jwks, TestKey, BIN};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -73,8 +71,8 @@ routes:
 fn run_refuses_a_bad_config_before_binding() {
     // Both listeners' ports are held here: had `run` tried to bind either before refusing the
     // config, it would have failed on the address instead, and said so.
-    let proxy = common::listen_on_free_port();
-    let metrics = common::listen_on_free_port();
+    let proxy = crate::common::listen_on_free_port();
+    let metrics = crate::common::listen_on_free_port();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(

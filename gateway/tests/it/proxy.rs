@@ -1,9 +1,7 @@
 //! The proxy path through the real binary: routing, load balancing, health checks,
 //! retries, error answers, forwarding headers and metrics.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::HashMap;
 use std::time::Duration;
 

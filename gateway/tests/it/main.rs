@@ -1,0 +1,11 @@
+//! The gateway's integration tests, in one binary (one link instead of one per file): each
+//! module starts the real `tollgate` binary on 127.0.0.1 with real upstreams, JWKS servers
+//! and Redis, and checks what the client and the upstream saw.
+
+mod auth;
+mod cli;
+mod common;
+mod edge;
+mod explain;
+mod policy;
+mod proxy;
