@@ -3,7 +3,6 @@
 //! remember verified tokens, and turn claims into identity headers for the upstream.
 
 use crate::jwks;
-use crate::limits::Claims;
 use crate::metrics::METRICS;
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
@@ -12,7 +11,7 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tollgate_config::{Audiences, KeySource, Refresh, TokenSource};
+use tollgate_config::{Audiences, KeySource, Problem, Refresh, TokenSource};
 use tollgate_jwt::{KeySet, Reason, Rejection, Validation, VerifiedToken};
 use tollgate_policy::ClaimPath;
 
@@ -391,13 +390,17 @@ pub struct Identity {
 }
 
 impl Authenticator {
-    pub fn build(auth: &tollgate_config::Auth) -> Result<Authenticator, Vec<(String, String)>> {
+    /// Builds the providers (reading key files and secrets: the I/O validation leaves).
+    pub fn build(auth: &tollgate_config::Auth) -> Result<Authenticator, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut providers = Vec::new();
         for (i, p) in auth.providers.iter().enumerate() {
             match Provider::build(i, p) {
                 Ok(p) => providers.push(Arc::new(p)),
-                Err(e) => problems.push((format!("auth.providers[{i}]"), e)),
+                Err(message) => problems.push(Problem {
+                    path: format!("auth.providers[{i}]"),
+                    message,
+                }),
             }
         }
         if !problems.is_empty() {
@@ -406,12 +409,7 @@ impl Authenticator {
         let forward: Vec<(ClaimPath, HeaderName)> = auth
             .forward_claims
             .iter()
-            .map(|c| {
-                (
-                    claim_path(&c.claim),
-                    HeaderName::from_bytes(c.header.as_bytes()).expect("validated header name"),
-                )
-            })
+            .map(|c| (c.claim.clone(), c.header.clone()))
             .collect();
         Ok(Authenticator {
             identity_headers: forward.iter().map(|(_, h)| h.clone()).collect(),
@@ -477,7 +475,7 @@ impl Authenticator {
             }
             None => {
                 let _permit = crate::preauth::PREAUTH
-                    .admit(client, &self.brakes, crate::limits::now_ns())
+                    .admit(client, &self.brakes, crate::clock::now_ns())
                     .map_err(VerifyError::Refused)?;
                 let seen_forged = self.forged.get(&key).and_then(|(index, generation)| {
                     let p = providers.iter().find(|p| p.index == index)?;
@@ -541,7 +539,10 @@ impl Authenticator {
 
     /// The identity headers for a verified token: each configured claim that is present and
     /// can be written unambiguously (see [`claim_header_value`]).
-    pub fn identity_headers(&self, claims: &Claims) -> Vec<(HeaderName, HeaderValue)> {
+    pub fn identity_headers(
+        &self,
+        claims: &serde_json::Map<String, Value>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(self.forward.len());
         for (path, header) in &self.forward {
             if let Some(v) = path.lookup(claims).and_then(claim_header_value) {
@@ -602,11 +603,6 @@ pub fn claim_header_value(value: &Value) -> Option<HeaderValue> {
     HeaderValue::from_str(&text).ok()
 }
 
-/// A validated config claim path (split on `.`) as the policy crate's [`ClaimPath`].
-pub fn claim_path(segments: &[String]) -> ClaimPath {
-    ClaimPath::parse(&segments.join(".")).expect("claim paths are validated by the config")
-}
-
 /// The provider whose keys verify `token`: the one whose issuer is the token's `iss`.
 ///
 /// The issuer is read unverified only to choose whose keys to verify with; the verifier
@@ -643,7 +639,8 @@ mod tests {
     }
 
     fn header(path: &str, claims: &serde_json::Map<String, Value>) -> Option<String> {
-        let v = claim_path(&path.split('.').map(str::to_owned).collect::<Vec<_>>())
+        let v = ClaimPath::parse(path)
+            .unwrap()
             .lookup(claims)
             .and_then(claim_header_value)?;
         Some(v.to_str().unwrap().to_owned())

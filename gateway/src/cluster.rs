@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::net::ToSocketAddrs;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tollgate_config::{HashOn, HealthCheckKind, LoadBalancing, Upstream};
+use tollgate_config::{HashOn, HealthCheckKind, LoadBalancing, Problem, Upstream};
 
 /// A backend's configured `host:port` (for labels and logs) and its
 /// `tollgate_upstream_requests_total` counters, resolved once.
@@ -82,7 +82,7 @@ pub struct Cluster {
 impl Cluster {
     /// Builds a cluster from validated config, resolving backend names once, now.
     /// Errors carry the YAML path of the backend that failed to resolve.
-    pub fn build(u: &Upstream) -> Result<Cluster, (String, String)> {
+    pub fn build(u: &Upstream) -> Result<Cluster, Problem> {
         let mut backends = BTreeSet::new();
         let mut infos = BackendInfos::default();
         for (i, b) in u.backends.iter().enumerate() {
@@ -91,11 +91,9 @@ impl Cluster {
                 .to_socket_addrs()
                 .ok()
                 .and_then(|mut addrs| addrs.next())
-                .ok_or_else(|| {
-                    (
-                        format!("upstreams.{}.backends[{i}].addr", u.name),
-                        format!("cannot resolve {:?}", b.addr),
-                    )
+                .ok_or_else(|| Problem {
+                    path: format!("upstreams.{}.backends[{i}].addr", u.name),
+                    message: format!("cannot resolve {:?}", b.addr),
                 })?;
             let backend = Backend::new_with_weight(&resolved.to_string(), b.weight as usize)
                 .expect("a resolved socket address parses");

@@ -10,6 +10,7 @@
 //! fails the read, so Pingora closes the connection. Together with the connection caps this
 //! bounds what slow or oversized headers can hold.
 
+use crate::edge::client_bucket;
 use crate::metrics::METRICS;
 use crate::respond::Refusal;
 use crate::runtime::RuntimeSnapshot;
@@ -80,21 +81,6 @@ impl Drop for ConnectionPermit {
 pub enum ConnectionRefusal {
     Listener,
     Client,
-}
-
-/// The key a client address is counted under: itself, or its /64 for IPv6 (one host
-/// usually holds a whole /64).
-pub fn client_bucket(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(bits.into())
-            }
-        },
-    }
 }
 
 impl ConnectionTable {
@@ -844,17 +830,6 @@ mod tests {
         assert!(pingora_canned_error(with_body.as_bytes()).is_none());
         let ok = String::from_utf8_lossy(pingora).replace("400 Bad Request", "200 OK");
         assert!(pingora_canned_error(ok.as_bytes()).is_none());
-    }
-
-    #[test]
-    fn ipv6_clients_are_counted_by_their_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(client_bucket(a), client_bucket(b));
-        assert_ne!(client_bucket(a), client_bucket(c));
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(client_bucket(v4), v4);
     }
 
     #[test]

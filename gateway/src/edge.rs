@@ -123,6 +123,21 @@ fn check_limits(req: &RequestHeader, http: &HttpSettings) -> Result<(), Refusal>
     Ok(())
 }
 
+/// The key a client address is counted under: itself, or its /64 for IPv6 (one host
+/// usually holds a whole /64).
+pub fn client_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+    }
+}
+
 /// The client behind trusted proxies: `X-Forwarded-For` read right to left, skipping
 /// trusted hops; the first other address is the client. An unreadable entry stops the walk
 /// at the last trusted hop (it cannot be believed, and neither can anything left of it).
@@ -395,5 +410,16 @@ mod tests {
             client_behind(peer, &["10.2.2.2"], &trusted),
             "10.2.2.2".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_bucket(a), client_bucket(b));
+        assert_ne!(client_bucket(a), client_bucket(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_bucket(v4), v4);
     }
 }

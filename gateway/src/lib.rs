@@ -3,6 +3,7 @@
 //! in `main.rs` is only the command line.
 
 pub mod auth;
+pub mod clock;
 pub mod cluster;
 pub mod conn;
 pub mod credentials;

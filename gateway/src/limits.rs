@@ -7,24 +7,16 @@
 
 use crate::metrics::METRICS;
 use arc_swap::ArcSwapOption;
-use once_cell::sync::Lazy;
 use prometheus::IntCounter;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tollgate_config::{Limit, LimitKey, LimitStore, OnStoreError};
 use tollgate_policy::ClaimPath;
 
 /// A token's claims.
 pub type Claims = serde_json::Map<String, serde_json::Value>;
 use tollgate_ratelimit::{Gcra, LocalStore, Verdict, REDIS_GCRA_SCRIPT};
-
-/// The local store's clock: nanoseconds since the process started (monotonic).
-static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
-
-pub(crate) fn now_ns() -> u64 {
-    EPOCH.elapsed().as_nanos() as u64
-}
 
 /// Redis keys expire this long after the bucket is full again (margin for clock jitter).
 const REDIS_TTL_MARGIN: Duration = Duration::from_secs(1);
@@ -193,57 +185,48 @@ impl Outcome {
 }
 
 impl LimitRuntime {
-    pub fn build(route: &str, l: &Limit) -> Result<LimitRuntime, String> {
-        let with_header = |rate, burst| -> Result<(Gcra, Arc<str>), String> {
-            let gcra = Gcra::new(rate, burst).map_err(|e| e.to_string())?;
+    /// A limit of `route`, from validated config (which made its GCRAs).
+    pub fn build(route: &str, l: &Limit) -> LimitRuntime {
+        let with_header = |gcra: Gcra| -> (Gcra, Arc<str>) {
             // The window is the time a drained bucket takes to fill again.
             let window = (gcra.emission_interval_ns() as u128 * gcra.burst() as u128)
                 .div_ceil(1_000_000_000)
                 .max(1);
             let header = format!("\"{}\";q={};w={window}", l.name, gcra.burst());
-            Ok((gcra, header.into()))
+            (gcra, header.into())
         };
-        let gcra = with_header(l.rate, l.burst)?;
-        let mut tiers = Vec::new();
-        let mut tier_claim = None;
-        if let Some(t) = &l.tiers {
-            tier_claim = Some(crate::auth::claim_path(&t.claim));
-            for tier in &t.values {
-                tiers.push((tier.value.clone(), with_header(tier.rate, tier.burst)?));
-            }
-        }
         let labels = |decision| {
             METRICS
                 .ratelimit_decisions
                 .with_label_values(&[route, &l.name, decision])
         };
-        Ok(LimitRuntime {
+        LimitRuntime {
             name: l.name.as_str().into(),
             route: route.into(),
             keys: l
                 .keys
                 .iter()
-                .map(|k| {
-                    Ok(match k {
-                        LimitKey::ClientIp => KeyPart::ClientIp,
-                        LimitKey::Route => KeyPart::Route,
-                        LimitKey::Header(h) => KeyPart::Header(
-                            http::HeaderName::from_bytes(h.as_bytes())
-                                .map_err(|e| e.to_string())?,
-                        ),
-                        LimitKey::Claim(path) => KeyPart::Claim(crate::auth::claim_path(path)),
-                    })
+                .map(|k| match k {
+                    LimitKey::ClientIp => KeyPart::ClientIp,
+                    LimitKey::Route => KeyPart::Route,
+                    LimitKey::Header(h) => KeyPart::Header(h.clone()),
+                    LimitKey::Claim(path) => KeyPart::Claim(path.clone()),
                 })
-                .collect::<Result<_, String>>()?,
+                .collect(),
             ipv6_prefix: l.ipv6_prefix,
-            gcra,
-            tier_claim,
-            tiers,
+            gcra: with_header(l.gcra),
+            tier_claim: l.tiers.as_ref().map(|t| t.claim.clone()),
+            tiers: l
+                .tiers
+                .iter()
+                .flat_map(|t| &t.values)
+                .map(|tier| (tier.value.clone(), with_header(tier.gcra)))
+                .collect(),
             store: l.store,
             headers: l.headers,
             allowed: labels("allow"),
             denied: labels("deny"),
-        })
+        }
     }
 
     /// The GCRA for this caller: its tier's, else the limit's own.
@@ -274,9 +257,9 @@ impl LimitRuntime {
     ) -> Outcome {
         let local = |key: &[u8], gcra| {
             if consume {
-                stores.local.check(key, gcra, now_ns())
+                stores.local.check(key, gcra, crate::clock::now_ns())
             } else {
-                stores.local.peek(key, gcra, now_ns())
+                stores.local.peek(key, gcra, crate::clock::now_ns())
             }
         };
         let (gcra, policy_header) = self.gcra_for(caller.map(|c| c.claims));

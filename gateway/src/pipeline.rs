@@ -250,7 +250,7 @@ impl Pipeline<'_> {
             }),
             Err(VerifyError::Rejected(provider, rejection)) => {
                 if self.mode.enforces() {
-                    PREAUTH.record_failure(client, &auth.brakes, crate::limits::now_ns());
+                    PREAUTH.record_failure(client, &auth.brakes, crate::clock::now_ns());
                 }
                 let provider = provider.as_ref().map_or("none", |p| &*p.name);
                 count(provider, "deny", rejection.reason.as_str());

@@ -12,7 +12,7 @@
 //! The state is process-wide (it outlives reloads, like rate-limit state) and local to the
 //! instance: each gateway of a fleet counts the failures it sees.
 
-use crate::conn::client_bucket;
+use crate::edge::client_bucket;
 use crate::metrics::METRICS;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

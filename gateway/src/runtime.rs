@@ -12,7 +12,7 @@ use pingora_http::RequestHeader;
 use prometheus::Histogram;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tollgate_config::{AuthMode, Config, ConfigError, PathMatch, Problem, TokenSource};
+use tollgate_config::{AuthMode, Config, ConfigError, PathMatch, TokenSource};
 use tollgate_router::{RouteSpec, Router};
 
 /// A route ready for requests.
@@ -91,16 +91,13 @@ impl RuntimeSnapshot {
                 Ok(c) => {
                     clusters.insert(c.name.clone(), Arc::new(c));
                 }
-                Err((path, message)) => problems.push(Problem { path, message }),
+                Err(problem) => problems.push(problem),
             }
         }
         let auth = match Authenticator::build(&config.auth) {
             Ok(a) => Some(Arc::new(a)),
             Err(errs) => {
-                problems.extend(
-                    errs.into_iter()
-                        .map(|(path, message)| Problem { path, message }),
-                );
+                problems.extend(errs);
                 None
             }
         };
@@ -108,7 +105,7 @@ impl RuntimeSnapshot {
             return Err(ConfigError { problems });
         };
         let mut router = Router::new();
-        for (i, r) in config.routes.iter().enumerate() {
+        for r in &config.routes {
             let cluster = clusters[r.upstream.as_str()].clone();
             let providers: Vec<Arc<Provider>> = r
                 .providers
@@ -125,16 +122,11 @@ impl RuntimeSnapshot {
                     token_sources.push(s.clone());
                 }
             }
-            let mut limits = Vec::with_capacity(r.rate_limits.len());
-            for (j, l) in r.rate_limits.iter().enumerate() {
-                match LimitRuntime::build(&r.name, l) {
-                    Ok(l) => limits.push(l),
-                    Err(message) => problems.push(Problem {
-                        path: format!("routes[{i}].rate_limits[{j}]"),
-                        message,
-                    }),
-                }
-            }
+            let limits = r
+                .rate_limits
+                .iter()
+                .map(|l| LimitRuntime::build(&r.name, l))
+                .collect();
             let policy = r.policy.as_ref().map(|p| config.policies[p].clone());
             let rbac_counters = r.policy.as_deref().map(|p| {
                 ["allow", "deny", "shadow_deny"].map(|decision| {

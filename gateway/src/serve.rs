@@ -20,12 +20,12 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate_config::Config;
+use tollgate_config::{Config, Problem};
 
 /// Why a config could not be loaded: the file, or every problem in it.
 pub struct LoadError {
     file: String,
-    problems: Vec<String>,
+    problems: Vec<Problem>,
 }
 
 impl fmt::Display for LoadError {
@@ -41,17 +41,19 @@ impl fmt::Display for LoadError {
 /// Reads, validates and compiles a config file: after this, nothing about it can fail.
 pub fn load(path: &Path) -> Result<(Config, RuntimeSnapshot), LoadError> {
     let file = path.display().to_string();
-    let fail = |problems: Vec<String>| LoadError {
+    let fail = |problems: Vec<Problem>| LoadError {
         file: file.clone(),
         problems,
     };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| fail(vec![format!("cannot read: {e}")]))?;
-    let mut config = tollgate_config::parse(&text)
-        .map_err(|e| fail(e.problems.iter().map(|p| p.to_string()).collect()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(vec![Problem {
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let mut config = tollgate_config::parse(&text).map_err(|e| fail(e.problems))?;
     config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-    let snapshot = RuntimeSnapshot::compile(&config)
-        .map_err(|e| fail(e.problems.iter().map(|p| p.to_string()).collect()))?;
+    let snapshot = RuntimeSnapshot::compile(&config).map_err(|e| fail(e.problems))?;
     Ok((config, snapshot))
 }
 

@@ -1,9 +1,9 @@
 //! Validation of the `auth` section: providers, their key sources and refresh timing,
 //! token sources, and the claims forwarded as headers.
 
+use crate::model::{Audiences, Auth, ClaimHeader, KeySource, Provider, Refresh, TokenSource};
+use crate::problems::{duration, header_name, Problems};
 use crate::raw::{RawAudiences, RawAuth, RawProvider, RawRefresh};
-use crate::validate::{duration, header_name, Problems};
-use crate::{Audiences, Auth, ClaimHeader, KeySource, Provider, Refresh, TokenSource};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -65,8 +65,8 @@ pub(crate) fn auth(
     let mut headers: HashMap<String, usize> = HashMap::new();
     for (i, c) in raw.forward_claims.iter().flatten().enumerate() {
         let base = format!("auth.forward_claims[{i}]");
-        let claim: Vec<String> = c.claim.split('.').map(str::to_owned).collect();
-        if claim.iter().any(String::is_empty) {
+        let claim = tollgate_policy::ClaimPath::parse(&c.claim);
+        if claim.is_none() {
             problems.add(
                 format!("{base}.claim"),
                 "must be a dotted path such as sub or realm_access.roles",
@@ -84,7 +84,9 @@ pub(crate) fn auth(
                         format!("already used by auth.forward_claims[{first}]"),
                     );
                 }
-                forward_claims.push(ClaimHeader { claim, header: h });
+                if let (Some(claim), Ok(header)) = (claim, http::HeaderName::try_from(h)) {
+                    forward_claims.push(ClaimHeader { claim, header });
+                }
             }
             None => problems.add(
                 format!("{base}.header"),
@@ -146,7 +148,11 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
     let mut sources: Vec<KeySource> = Vec::new();
     if let Some(doc) = &p.jwks {
         match serde_json::to_string(doc) {
-            Ok(json) => sources.push(KeySource::Inline(json)),
+            // Inline keys need no I/O: checked here, so that `check` refuses what `run` would.
+            Ok(json) => match tollgate_jwt::KeySet::from_jwks(json.as_bytes()) {
+                Ok(_) => sources.push(KeySource::Inline(json)),
+                Err(e) => problems.add(format!("{base}.jwks"), e.to_string()),
+            },
             Err(e) => problems.add(
                 format!("{base}.jwks"),
                 format!("not representable as JSON: {e}"),

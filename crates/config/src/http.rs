@@ -2,57 +2,11 @@
 //! normalisation, header hygiene, trusted proxies) and the limits that make hostile input
 //! cheap to refuse. Every default here is the safe one; README's "Security defaults" lists them.
 
-use crate::raw::DurationText;
-use crate::validate::{duration, header_name, Problems};
+use crate::problems::{duration, header_name, Problems};
+use crate::raw::{ByteSize, RawHttp};
 use ipnet::IpNet;
-use serde::Deserialize;
 use std::time::Duration;
 use tollgate_canonical::{EscapedSlashes, PathOptions, PathParams};
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHttp {
-    pub merge_slashes: Option<bool>,
-    pub escaped_slashes: Option<String>,
-    pub path_params: Option<String>,
-    pub underscores_in_headers: Option<String>,
-    pub trusted_proxies: Option<Vec<String>>,
-    pub override_headers: Option<Vec<String>>,
-    pub max_request_line: Option<ByteSize>,
-    pub max_header_bytes: Option<ByteSize>,
-    pub max_headers: Option<usize>,
-    pub max_header_value: Option<ByteSize>,
-    pub header_timeout: Option<DurationText>,
-    pub keepalive_timeout: Option<DurationText>,
-    pub max_requests_per_connection: Option<u32>,
-    pub max_connections: Option<usize>,
-    pub max_connections_per_client: Option<usize>,
-    pub max_body: Option<ByteSize>,
-    pub read_buffer: Option<ByteSize>,
-    pub body_timeout: Option<DurationText>,
-    pub send_timeout: Option<DurationText>,
-}
-
-/// A size as written: a number of bytes, or a number with `KiB`/`MiB`/`GiB` (`64KiB`).
-#[derive(Debug, Clone)]
-pub struct ByteSize(pub String);
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Scalar {
-            Text(String),
-            Int(u64),
-        }
-        match Scalar::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected a size such as 65536 or \"64KiB\""))?
-        {
-            Scalar::Text(s) => Ok(ByteSize(s)),
-            Scalar::Int(i) => Ok(ByteSize(i.to_string())),
-        }
-    }
-}
 
 /// Parses `65536`, `64KiB`, `1MiB`, `2GiB` (also `KB`/`MB`/`GB` as powers of 1024, as nginx does).
 pub(crate) fn parse_byte_size(text: &str) -> Option<u64> {

@@ -1,11 +1,11 @@
 //! Validation of rate limits: the `rate_limiting` section (stores) and each route's
 //! `rate_limits` list.
 
+use crate::model::{Limit, LimitKey, LimitStore, OnStoreError, RateLimiting, Redis, Tier, Tiers};
+use crate::problems::{duration, header_name, Problems};
 use crate::raw::{RawLimit, RawLimitKey, RawRateLimiting};
-use crate::validate::{duration, header_name, Problems};
-use crate::{Limit, LimitKey, LimitStore, OnStoreError, RateLimiting, Redis, Tier, Tiers};
 use std::time::Duration;
-use tollgate_ratelimit::Rate;
+use tollgate_ratelimit::{Gcra, Rate};
 
 pub(crate) fn rate_limiting(raw: &RawRateLimiting, problems: &mut Problems) -> RateLimiting {
     let max_local_keys = raw.max_local_keys.unwrap_or(1_000_000);
@@ -96,14 +96,24 @@ fn burst(value: Option<u32>, rate: Option<&Rate>, path: &str, problems: &mut Pro
     }
 }
 
+/// The GCRA of a rate and a burst, or the problem with the pair (a burst whose window
+/// is too long to count in); `path` is the burst's.
+fn gcra(rate: Rate, burst: u32, path: &str, problems: &mut Problems) -> Option<Gcra> {
+    Gcra::new(rate, burst)
+        .map_err(|e| problems.add(path, e.to_string()))
+        .ok()
+}
+
 fn key_part(text: &str, path: &str, problems: &mut Problems) -> Option<LimitKey> {
     match text.split_once(':') {
         None if text == "client_ip" => Some(LimitKey::ClientIp),
         None if text == "route" => Some(LimitKey::Route),
-        Some(("claim", c)) if !c.is_empty() && !c.split('.').any(str::is_empty) => {
-            Some(LimitKey::Claim(c.split('.').map(str::to_owned).collect()))
+        Some(("claim", c)) if tollgate_policy::ClaimPath::parse(c).is_some() => {
+            tollgate_policy::ClaimPath::parse(c).map(LimitKey::Claim)
         }
-        Some(("header", h)) => header_name(h).map(LimitKey::Header),
+        Some(("header", h)) if header_name(h).is_some() => header_name(h)
+            .and_then(|h| http::HeaderName::try_from(h).ok())
+            .map(LimitKey::Header),
         _ => {
             problems.add(
                 path,
@@ -146,7 +156,9 @@ pub(crate) fn route_limits(
         }
         names.push(&l.name);
         let keys: Vec<LimitKey> = match &l.key {
-            None if authenticated => vec![LimitKey::Claim(vec!["sub".to_owned()])],
+            None if authenticated => vec![LimitKey::Claim(
+                tollgate_policy::ClaimPath::parse("sub").expect("a valid claim path"),
+            )],
             None => vec![LimitKey::ClientIp],
             Some(RawLimitKey::One(k)) => key_part(k, &format!("{path}.key"), problems)
                 .into_iter()
@@ -168,8 +180,9 @@ pub(crate) fn route_limits(
             &format!("{path}.burst"),
             problems,
         );
-        let tiers = l.tiers.as_ref().map(|t| {
-            if t.claim.is_empty() || t.claim.split('.').any(str::is_empty) {
+        let tiers = l.tiers.as_ref().and_then(|t| {
+            let claim = tollgate_policy::ClaimPath::parse(&t.claim);
+            if claim.is_none() {
                 problems.add(format!("{path}.tiers.claim"), "must be a dotted claim path");
             }
             if t.values.is_empty() {
@@ -178,8 +191,8 @@ pub(crate) fn route_limits(
                     "must list at least one tier",
                 );
             }
-            Tiers {
-                claim: t.claim.split('.').map(str::to_owned).collect(),
+            Some(Tiers {
+                claim: claim?,
                 values: t
                     .values
                     .iter()
@@ -190,12 +203,11 @@ pub(crate) fn route_limits(
                             self::burst(tier.burst, Some(&r), &format!("{tpath}.burst"), problems);
                         Some(Tier {
                             value: value.clone(),
-                            rate: r,
-                            burst: b,
+                            gcra: gcra(r, b, &format!("{tpath}.burst"), problems)?,
                         })
                     })
                     .collect(),
-            }
+            })
         });
         let store = match l.store.as_deref() {
             None | Some("local") => LimitStore::Local,
@@ -213,12 +225,12 @@ pub(crate) fn route_limits(
                 LimitStore::Local
             }
         };
-        if let Some(rate) = base_rate {
+        let limit_gcra = base_rate.and_then(|r| gcra(r, burst, &format!("{path}.burst"), problems));
+        if let Some(gcra) = limit_gcra {
             out.push(Limit {
                 name: l.name.clone(),
                 keys,
-                rate,
-                burst,
+                gcra,
                 tiers,
                 store,
                 headers: l.headers.unwrap_or(false),

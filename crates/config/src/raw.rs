@@ -43,7 +43,7 @@ pub struct RawServer {
     pub error_log: Option<String>,
     pub user: Option<String>,
     pub group: Option<String>,
-    pub http: Option<crate::http::RawHttp>,
+    pub http: Option<RawHttp>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,7 +201,7 @@ pub struct RawRoute {
     pub keep_authorization: Option<bool>,
     pub policy: Option<String>,
     pub rate_limits: Option<Vec<RawLimit>>,
-    pub max_body: Option<crate::http::ByteSize>,
+    pub max_body: Option<ByteSize>,
 }
 
 /// `key: client_ip` or `key: [claim:tenant, route]`.
@@ -289,4 +289,49 @@ pub struct RawConfig {
     /// Routes in file order, with their index in the file (entries that failed to parse are
     /// missing, so indexes may skip).
     pub routes: Vec<(usize, RawRoute)>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub merge_slashes: Option<bool>,
+    pub escaped_slashes: Option<String>,
+    pub path_params: Option<String>,
+    pub underscores_in_headers: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub override_headers: Option<Vec<String>>,
+    pub max_request_line: Option<ByteSize>,
+    pub max_header_bytes: Option<ByteSize>,
+    pub max_headers: Option<usize>,
+    pub max_header_value: Option<ByteSize>,
+    pub header_timeout: Option<DurationText>,
+    pub keepalive_timeout: Option<DurationText>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub max_body: Option<ByteSize>,
+    pub read_buffer: Option<ByteSize>,
+    pub body_timeout: Option<DurationText>,
+    pub send_timeout: Option<DurationText>,
+}
+
+/// A size as written: a number of bytes, or a number with `KiB`/`MiB`/`GiB` (`64KiB`).
+#[derive(Debug, Clone)]
+pub struct ByteSize(pub String);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            Text(String),
+            Int(u64),
+        }
+        match Scalar::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a size such as 65536 or \"64KiB\""))?
+        {
+            Scalar::Text(s) => Ok(ByteSize(s)),
+            Scalar::Int(i) => Ok(ByteSize(i.to_string())),
+        }
+    }
 }

@@ -287,12 +287,15 @@ routes:
     assert_eq!(c.routes[0].auth, tollgate_config::AuthMode::Required);
     assert_eq!(c.routes[0].providers, vec!["a"]);
     assert_eq!(
-        c.routes[0].rate_limits[0].burst, 100,
+        c.routes[0].rate_limits[0].gcra.burst(),
+        100,
         "burst defaults to the rate's count"
     );
     assert_eq!(
         c.routes[0].rate_limits[0].keys,
-        vec![tollgate_config::LimitKey::Claim(vec!["sub".into()])],
+        vec![tollgate_config::LimitKey::Claim(
+            tollgate_policy::ClaimPath::parse("sub").unwrap()
+        )],
         "authenticated routes limit per subject by default"
     );
     assert_eq!(
@@ -591,4 +594,38 @@ routes:
                 optional port"),
         "{p:#?}"
     );
+}
+
+#[test]
+fn limits_that_run_would_refuse_are_refused_by_check() {
+    // A burst whose window cannot be counted in (about 4 billion hours) and a header key
+    // that is not a header name: both used to pass validation and fail in the gateway.
+    let p = problems(
+        r#"
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - name: r
+    path: /
+    upstream: e
+    rate_limits:
+      - { name: long, rate: 1/h, burst: 4000000000 }
+      - { name: hdr, rate: 1/s, key: "header:bad name" }
+      - name: tiered
+        rate: 1/s
+        tiers: { claim: plan, values: { pro: { rate: 1/h, burst: 4000000000 } } }
+"#,
+    );
+    let expected = [
+        "routes[0].rate_limits[0].burst: ",
+        "routes[0].rate_limits[1].key: expected client_ip, route, claim:PATH or header:NAME",
+        "routes[0].rate_limits[2].tiers.values.pro.burst: ",
+    ];
+    for e in expected {
+        assert!(
+            p.iter().any(|l| l.starts_with(e)),
+            "missing {e:?} in {p:#?}"
+        );
+    }
+    assert_eq!(p.len(), expected.len(), "{p:#?}");
 }

@@ -43,7 +43,7 @@ pub(crate) struct NameSet {
 /// A dotted claim path such as `realm_access.roles`, split once. The one way claims are
 /// read by path: RBAC here, and the gateway's identity headers and rate-limit keys, so that
 /// all three find the same value (see [`ClaimPath::lookup`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimPath {
     pub(crate) full: Box<str>,
     pub(crate) segments: Box<[Box<str>]>,

@@ -5,6 +5,7 @@
 mod auth;
 mod cli;
 mod common;
+mod config;
 mod edge;
 mod explain;
 mod policy;

@@ -1,0 +1,379 @@
+//! The typed, validated config: what `parse` gives and what the gateway compiles.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use crate::http::{HttpSettings, Underscores};
+pub use crate::problems::{ConfigError, Problem};
+pub use ipnet::IpNet;
+pub use tollgate_canonical::{EscapedSlashes, PathOptions, PathParams};
+pub use tollgate_router::PathMatch;
+
+/// A validated configuration: every reference resolved, every default applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub listen: Listen,
+    pub metrics: Metrics,
+    pub logging: Logging,
+    pub auth: Auth,
+    /// Compiled RBAC policies, by name.
+    pub policies: std::collections::BTreeMap<String, std::sync::Arc<tollgate_policy::Policy>>,
+    pub rate_limiting: RateLimiting,
+    /// Sorted by name.
+    pub upstreams: Vec<Upstream>,
+    /// In file order.
+    pub routes: Vec<Route>,
+}
+
+impl Config {
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// Makes relative file paths (key files, secrets) relative to `base`, the directory of
+    /// the config file, so the config means the same whatever directory it is run from.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        let resolve = |p: &mut String| {
+            if std::path::Path::new(p.as_str()).is_relative() {
+                *p = base.join(p.as_str()).to_string_lossy().into_owned();
+            }
+        };
+        for provider in &mut self.auth.providers {
+            match &mut provider.keys {
+                KeySource::File(path) | KeySource::HmacFile { path, .. } => resolve(path),
+                KeySource::Inline(_) | KeySource::Uri(_) | KeySource::HmacEnv { .. } => {}
+            }
+        }
+    }
+}
+
+/// Process settings handed to Pingora's `ServerConf`.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Worker threads of the proxy service. Default: the number of CPUs.
+    pub threads: usize,
+    /// Let idle worker threads steal tasks from busy ones (one multi-threaded tokio runtime).
+    /// `false` gives each thread its own single-threaded runtime: cheaper wake-ups, no
+    /// balancing. Default true (Pingora's default).
+    pub work_stealing: bool,
+    /// After SIGTERM, how long listeners stay open before shutdown starts (lets a load
+    /// balancer in front notice). Default 5 s; Pingora's own default is 300 s.
+    pub grace_period: Duration,
+    /// How long in-flight requests get to finish after the grace period. Default 10 s.
+    pub graceful_shutdown_timeout: Duration,
+    /// Idle upstream connections kept per process. Default 128.
+    pub upstream_keepalive_pool_size: usize,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub error_log: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// `server.http`: request normalisation, header hygiene and client limits.
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Plain-HTTP listener. Default `0.0.0.0:8080`.
+    pub http: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Prometheus, `/healthz` and `/readyz`. Default `127.0.0.1:9091`.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logging {
+    /// A `tracing` filter such as `info` or `tollgate=debug`. Default `info`.
+    pub level: String,
+    /// One JSON line per request. Default true.
+    pub access_log: bool,
+}
+
+/// A named cluster of backends.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub backends: Vec<Backend>,
+    pub lb: LoadBalancing,
+    pub health_check: Option<HealthCheck>,
+    /// TCP connect. Default 1 s.
+    pub connect_timeout: Duration,
+    /// Each read from the backend, response header included. Default 30 s.
+    pub read_timeout: Duration,
+    /// Each write to the backend. Default 30 s.
+    pub write_timeout: Duration,
+    /// How long an unused upstream connection stays pooled. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Further backends tried after a connect failure. Default 1.
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// `host:port`; names are resolved when the config is loaded.
+    pub addr: String,
+    /// Relative share of requests. Default 1.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadBalancing {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Ketama consistent hashing of the key.
+    ConsistentHash(HashOn),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    ClientIp,
+    /// A request header, by lower-case name; requests without it hash on the client IP.
+    Header(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    Tcp,
+    Http {
+        path: String,
+        /// The `Host` header of the check. Default `localhost`.
+        host: String,
+        expected_status: u16,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    /// Default 5 s.
+    pub interval: Duration,
+    /// Default 1 s.
+    pub timeout: Duration,
+    /// Consecutive passes that bring a backend back. Default 2.
+    pub healthy_threshold: usize,
+    /// Consecutive failures that take a backend out. Default 3.
+    pub unhealthy_threshold: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique; the `route` label of metrics.
+    pub name: String,
+    pub host: Option<String>,
+    pub path: String,
+    pub path_match: PathMatch,
+    /// `path_case: insensitive`: the path is matched ignoring ASCII letter case, for an
+    /// upstream that does so itself (default: `sensitive`).
+    pub case_insensitive: bool,
+    /// Upper case; empty means every method.
+    pub methods: Vec<String>,
+    /// Name of an upstream that exists.
+    pub upstream: String,
+    /// Remove the matched prefix from the path sent upstream.
+    pub strip_prefix: bool,
+    /// Default: `required` when any provider is configured, else `none`.
+    pub auth: AuthMode,
+    /// Names of the providers whose tokens this route accepts (default: all).
+    pub providers: Vec<String>,
+    /// Forward the `Authorization` header upstream (default: removed on routes with auth).
+    pub keep_authorization: bool,
+    /// The RBAC policy (a name in `policies`). None: any authenticated caller may pass.
+    pub policy: Option<String>,
+    /// All must admit a request.
+    pub rate_limits: Vec<Limit>,
+    /// Request body size in bytes; larger → 413. Default `server.http.max_body`.
+    pub max_body: u64,
+}
+
+/// The `rate_limiting` section: where limits keep their state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimiting {
+    /// Keys the in-process store holds at most; idle keys go first. Default 1,000,000.
+    pub max_local_keys: usize,
+    /// The shared store for `store: redis` limits.
+    pub redis: Option<Redis>,
+    /// IPv6 client addresses share a bucket per prefix of this length (limits may set their
+    /// own). Default 64: one end site's LAN, which a client can rotate through freely.
+    pub ipv6_prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redis {
+    pub url: String,
+    /// One check, round trip included. Default 5 ms.
+    pub timeout: Duration,
+    pub on_store_error: OnStoreError,
+}
+
+/// What a limit does when Redis does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    Allow,
+    Deny,
+    /// Check the in-process store instead (the default): limits hold per instance.
+    Local,
+}
+
+/// One rate limit of a route (GCRA).
+#[derive(Debug, Clone)]
+pub struct Limit {
+    /// Unique on its route; the `limit` label of metrics and the policy name in headers.
+    pub name: String,
+    /// The parts of the bucket key, in order.
+    pub keys: Vec<LimitKey>,
+    /// The rate and the burst (requests an idle key may make at once; default: the rate's
+    /// count), checked together: every `Gcra` here can be used as it is.
+    pub gcra: tollgate_ratelimit::Gcra,
+    pub tiers: Option<Tiers>,
+    pub store: LimitStore,
+    /// Send `RateLimit` headers on admitted responses too (429s always carry them).
+    pub headers: bool,
+    /// Prefix length IPv6 client addresses are keyed by. Default `rate_limiting.ipv6_prefix`.
+    pub ipv6_prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// A claim by dotted path (requests without it fall back to the client IP).
+    Claim(tollgate_policy::ClaimPath),
+    ClientIp,
+    /// A request header, lower-case (requests without it fall back to the client IP).
+    Header(http::HeaderName),
+    /// The route itself: one bucket for everyone.
+    Route,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitStore {
+    Local,
+    Redis,
+}
+
+/// Rates chosen by a claim's value; callers with other values get the limit's own rate.
+#[derive(Debug, Clone)]
+pub struct Tiers {
+    pub claim: tollgate_policy::ClaimPath,
+    pub values: Vec<Tier>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub value: String,
+    pub gcra: tollgate_ratelimit::Gcra,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// A valid token is needed; none or an invalid one is answered 401.
+    Required,
+    /// No token passes anonymously; an invalid token is still answered 401.
+    Optional,
+    /// Tokens are not looked at.
+    None,
+}
+
+/// The `auth` section.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub providers: Vec<Provider>,
+    /// Claims copied into upstream request headers. Incoming headers with these names are
+    /// removed on every route, so a client can never supply them.
+    pub forward_claims: Vec<ClaimHeader>,
+    /// Verified tokens remembered. Default 100,000.
+    pub cache_size: u64,
+    /// The `realm` of `WWW-Authenticate`. Default `tollgate`.
+    pub realm: String,
+    /// Failed authentications allowed per client address (IPv6 by /64). Once a client is
+    /// over it, a token not already in the verified-token cache is refused with 429 before
+    /// any signature check. Default 5/s with a burst of 50; `failed_auth_limit: off` is not
+    /// offered, set a high rate instead.
+    pub failed_auth_limit: tollgate_ratelimit::Gcra,
+    /// Signature checks running at once (including those waiting for an unknown-kid key
+    /// refetch); past it, uncached tokens get 503 with `Retry-After`. Default 256.
+    pub max_verifications_in_flight: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    /// A dotted path into the claims (`realm_access.roles`).
+    pub claim: tollgate_policy::ClaimPath,
+    pub header: http::HeaderName,
+}
+
+/// An issuer of tokens and where its keys come from.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    /// Tokens are routed to a provider by their `iss`, which must equal this exactly.
+    pub issuer: String,
+    /// Which `aud` values are accepted. Required in the file: a provider accepting every
+    /// audience must say `audiences: any`.
+    pub audiences: Audiences,
+    /// When non-empty, the JOSE header `typ` must be one of these (e.g. `at+jwt`, RFC 9068),
+    /// compared case-insensitively with an `application/` prefix ignored. Default: not checked.
+    pub token_types: Vec<String>,
+    /// Clock skew allowed for `exp`, `nbf`, `iat`. Default 30 s.
+    pub leeway: Duration,
+    /// Refuse tokens without `exp`. Default true.
+    pub require_exp: bool,
+    pub keys: KeySource,
+    pub refresh: Refresh,
+    /// Where tokens are read from, in order. Default: `Authorization: Bearer`.
+    pub token_sources: Vec<TokenSource>,
+}
+
+/// The audiences a provider accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audiences {
+    /// `audiences: any`: `aud` is not checked.
+    Any,
+    /// A token's `aud` must contain one of these (never empty).
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS document given in the config (as JSON text).
+    Inline(String),
+    /// A JWKS (or PEM) file, re-read when it changes.
+    File(String),
+    /// A JWKS URL, fetched before ready and refreshed: https, or http on a loopback host or
+    /// with `insecure_http: true`. Symmetric (`oct`) keys in it are never used.
+    Uri(String),
+    /// An HMAC secret read from a file.
+    HmacFile { path: String, alg: String },
+    /// An HMAC secret read from an environment variable.
+    HmacEnv { var: String, alg: String },
+}
+
+/// Key refresh timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refresh {
+    /// `jwks_uri` refresh when the response names no `max-age`. Default 5 min.
+    pub interval: Duration,
+    /// Bounds on a `Cache-Control: max-age`. Defaults 1 min and 1 h.
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    /// Least time between refetches caused by an unknown `kid`. Default 30 s.
+    pub unknown_kid_cooldown: Duration,
+    /// How long the last good keys stay in use while fetches fail. Default 24 h.
+    pub max_stale: Duration,
+    /// One fetch, connect to last byte. Default 5 s.
+    pub timeout: Duration,
+    /// How often a `jwks_file` is checked for changes. Default 2 s.
+    pub file_poll: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`, scheme case-insensitive.
+    Bearer,
+    /// The whole value of a header (lower-case name).
+    Header(String),
+    Cookie(String),
+    Query(String),
+}

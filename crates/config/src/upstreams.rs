@@ -1,0 +1,212 @@
+//! `upstreams`: backends, load balancing and health checks.
+
+use crate::model::*;
+use crate::problems::{duration, header_name, Problems};
+use crate::raw::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// `host:port` with a non-empty host and a port in 1..=65535 (IPv6 in brackets).
+fn backend_addr_ok(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = matches!(port.parse::<u16>(), Ok(p) if p > 0);
+    let host_ok = if let Some(v6) = host.strip_prefix('[') {
+        v6.strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+    };
+    port_ok && host_ok
+}
+
+/// Largest backend weight: weighted round robin expands weights into a table.
+const MAX_WEIGHT: u32 = 1000;
+
+pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -> Upstream {
+    let base = format!("upstreams.{name}");
+    if raw.backends.is_empty() {
+        problems.add(
+            format!("{base}.backends"),
+            "at least one backend is required",
+        );
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut backends = Vec::with_capacity(raw.backends.len());
+    for (i, b) in raw.backends.iter().enumerate() {
+        let path = format!("{base}.backends[{i}]");
+        if !backend_addr_ok(&b.addr) {
+            problems.add(
+                format!("{path}.addr"),
+                format!("invalid backend address {:?}, expected host:port", b.addr),
+            );
+        }
+        if let Some(first) = seen.insert(&b.addr, i) {
+            problems.add(
+                format!("{path}.addr"),
+                format!("duplicate of {base}.backends[{first}]"),
+            );
+        }
+        let weight = b.weight.unwrap_or(1);
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            problems.add(
+                format!("{path}.weight"),
+                format!("must be between 1 and {MAX_WEIGHT}"),
+            );
+        }
+        backends.push(Backend {
+            addr: b.addr.clone(),
+            weight,
+        });
+    }
+    let hash_on = match raw.hash_on.as_deref() {
+        None | Some("client_ip") => HashOn::ClientIp,
+        Some(other) => match other.strip_prefix("header:").and_then(header_name) {
+            Some(h) => HashOn::Header(h),
+            None => {
+                problems.add(
+                    format!("{base}.hash_on"),
+                    format!("expected client_ip or header:NAME, found {other:?}"),
+                );
+                HashOn::ClientIp
+            }
+        },
+    };
+    let lb = match raw.lb.as_deref() {
+        None | Some("round_robin") => {
+            if raw.hash_on.is_some() {
+                problems.add(
+                    format!("{base}.hash_on"),
+                    "only applies with lb: consistent_hash",
+                );
+            }
+            LoadBalancing::RoundRobin
+        }
+        Some("consistent_hash") => LoadBalancing::ConsistentHash(hash_on),
+        Some(other) => {
+            problems.add(
+                format!("{base}.lb"),
+                format!("expected round_robin or consistent_hash, found {other:?}"),
+            );
+            LoadBalancing::RoundRobin
+        }
+    };
+    let health_check = raw
+        .health_check
+        .as_ref()
+        .map(|hc| health_check(&format!("{base}.health_check"), hc, problems));
+    Upstream {
+        name: name.to_owned(),
+        backends,
+        lb,
+        health_check,
+        connect_timeout: duration(
+            &raw.connect_timeout,
+            &format!("{base}.connect_timeout"),
+            Duration::from_secs(1),
+            problems,
+        ),
+        read_timeout: duration(
+            &raw.read_timeout,
+            &format!("{base}.read_timeout"),
+            Duration::from_secs(30),
+            problems,
+        ),
+        write_timeout: duration(
+            &raw.write_timeout,
+            &format!("{base}.write_timeout"),
+            Duration::from_secs(30),
+            problems,
+        ),
+        idle_timeout: duration(
+            &raw.idle_timeout,
+            &format!("{base}.idle_timeout"),
+            Duration::from_secs(60),
+            problems,
+        ),
+        retries: raw.retries.unwrap_or(1),
+    }
+}
+
+fn health_check(base: &str, raw: &RawHealthCheck, problems: &mut Problems) -> HealthCheck {
+    let kind = match raw.kind.as_str() {
+        "tcp" => {
+            for (set, key) in [
+                (raw.path.is_some(), "path"),
+                (raw.host.is_some(), "host"),
+                (raw.expected_status.is_some(), "expected_status"),
+            ] {
+                if set {
+                    problems.add(format!("{base}.{key}"), "only applies with type: http");
+                }
+            }
+            HealthCheckKind::Tcp
+        }
+        "http" => {
+            let path = raw.path.clone().unwrap_or_else(|| "/".to_owned());
+            // Parsed as the health checker will parse it.
+            if !path.starts_with('/') || path.parse::<::http::uri::PathAndQuery>().is_err() {
+                problems.add(
+                    format!("{base}.path"),
+                    "must be an absolute path (and query) without spaces or control characters",
+                );
+            }
+            let host = raw.host.clone().unwrap_or_else(|| "localhost".to_owned());
+            if tollgate_canonical::normalize_host(host.as_bytes()).is_err() {
+                problems.add(
+                    format!("{base}.host"),
+                    "must be a host name or IP literal, with an optional port",
+                );
+            }
+            let expected_status = raw.expected_status.unwrap_or(200);
+            if !(100..=599).contains(&expected_status) {
+                problems.add(
+                    format!("{base}.expected_status"),
+                    "must be an HTTP status between 100 and 599",
+                );
+            }
+            HealthCheckKind::Http {
+                path,
+                host,
+                expected_status,
+            }
+        }
+        other => {
+            problems.add(
+                format!("{base}.type"),
+                format!("expected http or tcp, found {other:?}"),
+            );
+            HealthCheckKind::Tcp
+        }
+    };
+    let mut threshold = |v: Option<usize>, key: &str, default: usize| {
+        let v = v.unwrap_or(default);
+        if v == 0 {
+            problems.add(format!("{base}.{key}"), "must be at least 1");
+        }
+        v.max(1)
+    };
+    let healthy_threshold = threshold(raw.healthy_threshold, "healthy_threshold", 2);
+    let unhealthy_threshold = threshold(raw.unhealthy_threshold, "unhealthy_threshold", 3);
+    HealthCheck {
+        kind,
+        interval: duration(
+            &raw.interval,
+            &format!("{base}.interval"),
+            Duration::from_secs(5),
+            problems,
+        ),
+        timeout: duration(
+            &raw.timeout,
+            &format!("{base}.timeout"),
+            Duration::from_secs(1),
+            problems,
+        ),
+        healthy_threshold,
+        unhealthy_threshold,
+    }
+}
