@@ -1,354 +1,29 @@
-//! Authentication in `request_filter`: read the token from the route's sources, pick the
-//! provider by `iss`, verify against the provider's key set (lock-free through `ArcSwap`),
-//! remember verified tokens, and turn claims into identity headers for the upstream.
+//! Verification in the pipeline's authenticate step: pick the provider by the token's
+//! `iss`, serve a repeat from the verified-token cache ([`crate::token_cache`]) or check the
+//! signature against the provider's current keys ([`crate::keys`]), check the claims, and
+//! turn claims into identity headers for the upstream. Finding the token in the request is
+//! [`crate::credentials`]'s.
 
-use crate::jwks;
+use crate::keys::{digest, Provider};
 use crate::metrics::METRICS;
-use arc_swap::ArcSwap;
+use crate::token_cache::{CacheEntry, TokenCache};
 use http::header::{HeaderName, HeaderValue};
 use pingora_core::connectors::http::Connector;
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tollgate_config::{Audiences, KeySource, Problem, Refresh, TokenSource};
-use tollgate_jwt::{KeySet, Reason, Rejection, Validation, VerifiedToken};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tollgate_config::Problem;
+use tollgate_jwt::{Reason, Rejection, VerifiedToken};
 use tollgate_policy::ClaimPath;
-
-/// A provider's keys at one moment. Replaced whole; never changed in place.
-pub struct KeyState {
-    pub set: Arc<KeySet>,
-    /// Bumped whenever the keys change; cache entries of older generations are re-verified.
-    pub generation: u64,
-    /// When the keys were last loaded or fetched successfully.
-    pub last_success: Option<SystemTime>,
-    /// SHA-256 of the document the keys came from, to tell a real change from a refresh.
-    digest: [u8; 32],
-}
-
-/// An issuer and its keys.
-pub struct Provider {
-    pub index: usize,
-    pub name: Arc<str>,
-    pub issuer: String,
-    validation: Validation,
-    require_exp: bool,
-    source: KeySource,
-    refresh: Refresh,
-    pub token_sources: Vec<TokenSource>,
-    keys: ArcSwap<KeyState>,
-    /// Initial keys are in place (always true but for `jwks_uri` before its first fetch).
-    ready: AtomicBool,
-    /// `tollgate_auth_decisions_total{provider, result="allow", reason="ok"}`, resolved once.
-    pub allowed: prometheus::IntCounter,
-    /// When the last refetch for an unknown `kid` started. The async mutex makes that refetch
-    /// single-flight: requests that wait on it then see the new generation and do not fetch.
-    unknown_kid_refetch: tokio::sync::Mutex<Option<Instant>>,
-}
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
-}
-
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs_f64()
-}
-
-impl Provider {
-    /// Builds a provider; local key sources are read now (errors are config problems).
-    pub fn build(index: usize, p: &tollgate_config::Provider) -> Result<Provider, String> {
-        let local = jwks::load_local(&p.keys)?;
-        let ready = local.is_some();
-        let provider = Provider {
-            index,
-            name: p.name.as_str().into(),
-            issuer: p.issuer.clone(),
-            validation: Validation {
-                leeway_s: p.leeway.as_secs(),
-                issuer: Some(p.issuer.clone()),
-                // The verifier skips the check for an empty list; validation never leaves
-                // a `List` empty, so only an explicit `any` gets here with nothing to check.
-                audiences: match &p.audiences {
-                    Audiences::Any => Vec::new(),
-                    Audiences::List(list) => list.clone(),
-                },
-                token_types: p.token_types.clone(),
-            },
-            require_exp: p.require_exp,
-            source: p.keys.clone(),
-            refresh: p.refresh.clone(),
-            token_sources: p.token_sources.clone(),
-            keys: ArcSwap::from_pointee(KeyState {
-                set: Arc::new(local.unwrap_or_default()),
-                generation: 0,
-                last_success: ready.then(SystemTime::now),
-                digest: [0; 32],
-            }),
-            ready: AtomicBool::new(ready),
-            allowed: METRICS
-                .auth_decisions
-                .with_label_values(&[&p.name, "allow", "ok"]),
-            unknown_kid_refetch: tokio::sync::Mutex::new(None),
-        };
-        provider.publish_key_metrics();
-        Ok(provider)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    pub fn keys(&self) -> arc_swap::Guard<Arc<KeyState>> {
-        self.keys.load()
-    }
-
-    fn publish_key_metrics(&self) {
-        let state = self.keys.load();
-        METRICS
-            .jwks_keys
-            .with_label_values(&[&self.name])
-            .set(state.set.len() as i64);
-        if let Some(t) = state.last_success {
-            METRICS
-                .jwks_last_success
-                .with_label_values(&[&self.name])
-                .set(unix_seconds(t));
-        }
-    }
-
-    /// Installs keys parsed from `body` unless they are the ones already in use.
-    /// Returns whether the keys changed.
-    fn install(&self, body: &[u8]) -> Result<bool, String> {
-        let d = digest(body);
-        let current = self.keys.load();
-        if current.digest == d && self.is_ready() {
-            self.keys.store(Arc::new(KeyState {
-                set: current.set.clone(),
-                generation: current.generation,
-                last_success: Some(SystemTime::now()),
-                digest: d,
-            }));
-            self.publish_key_metrics();
-            return Ok(false);
-        }
-        let set = match self.source {
-            // A document from a URL never contributes secrets (see `KeySet::from_remote_jwks`).
-            KeySource::Uri(_) => jwks::parse_remote_jwks(body)?,
-            _ => jwks::parse_key_file(body)?,
-        };
-        if set.skipped_symmetric() > 0 {
-            tracing::warn!(
-                provider = %self.name,
-                keys = set.skipped_symmetric(),
-                "symmetric (oct) keys in a jwks_uri document are never used"
-            );
-        }
-        if set.skipped() > 0 {
-            tracing::info!(provider = %self.name, skipped = set.skipped(), "jwks entries skipped as unusable for verification");
-        }
-        self.keys.store(Arc::new(KeyState {
-            set: Arc::new(set),
-            generation: current.generation + 1,
-            last_success: Some(SystemTime::now()),
-            digest: d,
-        }));
-        self.ready.store(true, Ordering::Release);
-        self.publish_key_metrics();
-        Ok(true)
-    }
-
-    fn count_fetch(&self, ok: bool) {
-        METRICS
-            .jwks_fetch
-            .with_label_values(&[&*self.name, if ok { "success" } else { "error" }])
-            .inc();
-    }
-
-    /// One fetch of a `jwks_uri`; returns the `max-age` the server asked for.
-    async fn fetch_once(&self, connector: &Connector) -> Result<(bool, Option<Duration>), String> {
-        let KeySource::Uri(uri) = &self.source else {
-            return Err("not a jwks_uri provider".into());
-        };
-        let result = match jwks::fetch(connector, uri, self.refresh.timeout).await {
-            Ok(fetched) => self
-                .install(&fetched.body)
-                .map(|changed| (changed, fetched.max_age)),
-            Err(e) => Err(e),
-        };
-        self.count_fetch(result.is_ok());
-        if let Err(e) = &result {
-            tracing::warn!(provider = %self.name, error = %e, "jwks fetch failed; keeping the last good keys");
-            self.expire_stale_keys();
-        }
-        result
-    }
-
-    /// Drops keys older than `max_stale`: past that, refusing tokens is safer than trusting
-    /// keys that the issuer may have revoked.
-    fn expire_stale_keys(&self) {
-        let state = self.keys.load();
-        let stale = state
-            .last_success
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > self.refresh.max_stale);
-        if stale && !state.set.is_empty() {
-            tracing::error!(provider = %self.name, "keys older than max_stale dropped");
-            self.keys.store(Arc::new(KeyState {
-                set: Arc::new(KeySet::new()),
-                generation: state.generation + 1,
-                last_success: state.last_success,
-                digest: [0; 32],
-            }));
-            self.publish_key_metrics();
-        }
-    }
-
-    /// Re-reads a `jwks_file`; returns whether the keys changed.
-    fn reload_file(&self) -> Result<bool, String> {
-        let KeySource::File(path) = &self.source else {
-            return Ok(false);
-        };
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-        self.install(&bytes)
-    }
-
-    /// Keeps the keys fresh until the provider is dropped (a reload replaced it):
-    /// `jwks_uri` is fetched (first until it succeeds, then every interval or `max-age`),
-    /// `jwks_file` is re-read when it changes.
-    pub fn spawn_refresh(self: &Arc<Self>, connector: Arc<Connector>) {
-        let weak: Weak<Provider> = Arc::downgrade(self);
-        match &self.source {
-            KeySource::Uri(_) => {
-                tokio::spawn(async move {
-                    let mut failures = 0u32;
-                    loop {
-                        let Some(p) = weak.upgrade() else { return };
-                        let wait = match p.fetch_once(&connector).await {
-                            Ok((_, max_age)) => {
-                                failures = 0;
-                                max_age
-                                    .map(|a| {
-                                        a.clamp(p.refresh.min_interval, p.refresh.max_interval)
-                                    })
-                                    .unwrap_or(p.refresh.interval)
-                            }
-                            Err(_) => {
-                                // Retry soon, backing off up to the normal interval.
-                                failures = failures.saturating_add(1);
-                                let backoff = Duration::from_millis(250)
-                                    * 2u32.saturating_pow(failures.min(10));
-                                backoff.min(p.refresh.interval)
-                            }
-                        };
-                        drop(p);
-                        tokio::time::sleep(wait).await;
-                    }
-                });
-            }
-            KeySource::File(path) => {
-                let path = path.clone();
-                let poll = self.refresh.file_poll;
-                tokio::spawn(async move {
-                    let stamp = |path: &str| {
-                        std::fs::metadata(path)
-                            .ok()
-                            .map(|m| (m.modified().ok(), m.len()))
-                    };
-                    let mut last = stamp(&path);
-                    loop {
-                        tokio::time::sleep(poll).await;
-                        let Some(p) = weak.upgrade() else { return };
-                        let now = stamp(&path);
-                        if now == last {
-                            continue;
-                        }
-                        last = now;
-                        match p.reload_file() {
-                            Ok(changed) => {
-                                p.count_fetch(true);
-                                if changed {
-                                    tracing::info!(provider = %p.name, "jwks_file reloaded");
-                                }
-                            }
-                            Err(e) => {
-                                p.count_fetch(false);
-                                tracing::warn!(provider = %p.name, error = %e, "jwks_file reload failed; keeping the last good keys");
-                            }
-                        }
-                    }
-                });
-            }
-            _ => {}
-        }
-    }
-
-    /// A token named a `kid` this provider does not know: refetch, at most once per cooldown
-    /// and once however many requests ask at the same time. Returns whether the keys changed
-    /// since `seen_generation` (so verifying again may succeed).
-    async fn refetch_for_unknown_kid(&self, connector: &Connector, seen_generation: u64) -> bool {
-        if !matches!(self.source, KeySource::Uri(_)) {
-            return false;
-        }
-        let mut last = self.unknown_kid_refetch.lock().await;
-        if self.keys.load().generation != seen_generation {
-            return true;
-        }
-        if last.is_some_and(|t| t.elapsed() < self.refresh.unknown_kid_cooldown) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        matches!(self.fetch_once(connector).await, Ok((true, _)))
-    }
-}
-
-/// A cached verification: which provider and key generation verified the signature.
-struct CacheEntry {
-    provider: usize,
-    generation: u64,
-    token: Arc<VerifiedToken>,
-    /// The identity headers of this token, computed once.
-    headers: IdentityHeaders,
-}
 
 /// Headers that carry a verified identity upstream.
 pub type IdentityHeaders = Arc<[(HeaderName, HeaderValue)]>;
 
-/// Entries live until their token's `exp` (tokens without one: `NO_EXP_TTL`).
-struct ExpireAtTokenExp;
-
-const NO_EXP_TTL: Duration = Duration::from_secs(300);
-/// Forged tokens remembered, and for how long.
-const FORGED_CACHE_SIZE: u64 = 10_000;
-const FORGED_CACHE_TTL: Duration = Duration::from_secs(60);
+/// The answer to a replayed forgery.
 const FORGED: Rejection = Rejection {
     reason: Reason::Signature,
     detail: "signature does not verify",
 };
-const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-
-impl moka::Expiry<[u8; 32], Arc<CacheEntry>> for ExpireAtTokenExp {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Arc<CacheEntry>,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(match value.token.exp {
-            Some(exp) => {
-                let left = exp - unix_seconds(SystemTime::now());
-                if left <= 0.0 {
-                    Duration::ZERO
-                } else {
-                    Duration::from_secs_f64(left.min(MAX_TTL.as_secs_f64()))
-                }
-            }
-            None => NO_EXP_TTL,
-        })
-    }
-}
 
 /// The gateway's authentication state for one snapshot.
 pub struct Authenticator {
@@ -357,11 +32,7 @@ pub struct Authenticator {
     forward: Vec<(ClaimPath, HeaderName)>,
     /// Every forwarded header name: removed from every incoming request.
     pub identity_headers: Vec<HeaderName>,
-    cache: moka::sync::Cache<[u8; 32], Arc<CacheEntry>>,
-    /// Tokens whose signature failed, with the provider and key generation that refused
-    /// them: a replayed forgery costs a hash and a lookup instead of a signature check.
-    /// Small and short-lived; forgeries that never repeat still cost a verification each.
-    forged: moka::sync::Cache<[u8; 32], (usize, u64)>,
+    cache: TokenCache,
     pub realm: String,
     connector: Arc<Connector>,
     /// `auth.failed_auth_limit` and `auth.max_verifications_in_flight`.
@@ -415,14 +86,7 @@ impl Authenticator {
             identity_headers: forward.iter().map(|(_, h)| h.clone()).collect(),
             forward,
             providers,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(auth.cache_size)
-                .expire_after(ExpireAtTokenExp)
-                .build(),
-            forged: moka::sync::Cache::builder()
-                .max_capacity(FORGED_CACHE_SIZE)
-                .time_to_live(FORGED_CACHE_TTL)
-                .build(),
+            cache: TokenCache::new(auth.cache_size),
             realm: auth.realm.clone(),
             connector: Arc::new(Connector::new(None)),
             brakes: crate::preauth::Brakes {
@@ -464,10 +128,7 @@ impl Authenticator {
         let key = digest(token.as_bytes());
         // A hit names the provider that verified these exact bytes (chosen by their `iss`, so
         // the same choice as below); it counts only while that provider's keys are unchanged.
-        let hit = self.cache.get(&key).and_then(|entry| {
-            let provider = providers.iter().find(|p| p.index == entry.provider)?;
-            (provider.keys().generation == entry.generation).then(|| (provider.clone(), entry))
-        });
+        let hit = self.cache.verified(&key, providers);
         let (provider, verified, headers) = match hit {
             Some((provider, entry)) => {
                 METRICS.token_cache_hit.inc();
@@ -477,11 +138,7 @@ impl Authenticator {
                 let _permit = crate::preauth::PREAUTH
                     .admit(client, &self.brakes, crate::clock::now_ns())
                     .map_err(VerifyError::Refused)?;
-                let seen_forged = self.forged.get(&key).and_then(|(index, generation)| {
-                    let p = providers.iter().find(|p| p.index == index)?;
-                    (p.keys().generation == generation).then(|| p.clone())
-                });
-                if let Some(provider) = seen_forged {
+                if let Some(provider) = self.cache.forged_for(&key, providers) {
                     METRICS.token_cache_forged.inc();
                     return Err((Some(provider), FORGED).into());
                 }
@@ -501,18 +158,18 @@ impl Authenticator {
                     result = tollgate_jwt::verify_signature(token, &keys.set);
                 }
                 if matches!(result, Err(r) if r.reason == Reason::Signature) {
-                    self.forged.insert(key, (provider.index, generation));
+                    self.cache.insert_forged(key, provider.index, generation);
                 }
                 let token_v = Arc::new(result.map_err(|r| (Some(provider.clone()), r))?);
                 let headers: IdentityHeaders = self.identity_headers(&token_v.claims).into();
-                self.cache.insert(
+                self.cache.insert_verified(
                     key,
-                    Arc::new(CacheEntry {
+                    CacheEntry {
                         provider: provider.index,
                         generation,
                         token: token_v.clone(),
                         headers: headers.clone(),
-                    }),
+                    },
                 );
                 (provider, token_v, headers)
             }

@@ -1,22 +1,30 @@
 //! The gateway: Pingora wiring of the pure crates (`tollgate-config`, `tollgate-router`,
-//! `tollgate-jwt`). A library so that benchmarks and tests can reach its parts; the binary
-//! in `main.rs` is only the command line.
+//! `tollgate-canonical`, `tollgate-jwt`, `tollgate-policy`, `tollgate-ratelimit`).
+//!
+//! A request's path: [`proxy`] (the Pingora phases) → `pipeline` (admit → route →
+//! authenticate → authorize → limit) → the pure crates; refusals become answers in one
+//! place, `respond`. A library so that the binary (`main.rs`), the benchmarks and the
+//! integration tests can reach what they need; everything else is private to the crate.
 
+// What main.rs, benches and tests use.
 pub mod auth;
-pub mod clock;
-pub mod cluster;
-pub mod conn;
-pub mod credentials;
-pub mod echo;
-pub mod edge;
 pub mod explain;
-pub mod jwks;
 pub mod limits;
-pub mod metrics;
-pub mod pipeline;
-pub mod preauth;
 pub mod proxy;
-pub mod respond;
 pub mod runtime;
 pub mod serve;
 pub mod token;
+
+mod clock;
+mod cluster;
+mod conn;
+mod credentials;
+mod echo;
+mod edge;
+mod jwks;
+mod keys;
+mod metrics;
+mod pipeline;
+mod preauth;
+mod respond;
+mod token_cache;

@@ -4,8 +4,9 @@
 //! A request loads the current snapshot once and keeps that `Arc` to its end, so a reload
 //! never changes the rules under a request in flight.
 
-use crate::auth::{Authenticator, Provider};
+use crate::auth::Authenticator;
 use crate::cluster::Cluster;
+use crate::keys::Provider;
 use crate::limits::LimitRuntime;
 use crate::metrics::{RequestCounters, METRICS};
 use pingora_http::RequestHeader;

@@ -187,7 +187,12 @@ const RELOAD_KEYS_WITHIN: Duration = Duration::from_secs(30);
 
 impl Startup {
     async fn reload(&self, shutdown: &mut ShutdownWatch) -> Result<(), String> {
-        let (config, snapshot) = load(&self.config_path).map_err(|e| e.to_string())?;
+        // Reading the files and resolving backend names block: off the async workers.
+        let path = self.config_path.clone();
+        let (config, snapshot) = tokio::task::spawn_blocking(move || load(&path))
+            .await
+            .map_err(|e| format!("loading the config failed: {e}"))?
+            .map_err(|e| e.to_string())?;
         if (config.listen.http, config.metrics.listen) != self.listen {
             return Err("listen.http and metrics.listen cannot change on reload; use a graceful upgrade (run -u)".into());
         }

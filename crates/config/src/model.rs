@@ -27,10 +27,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
-        self.upstreams.iter().find(|u| u.name == name)
-    }
-
     /// Makes relative file paths (key files, secrets) relative to `base`, the directory of
     /// the config file, so the config means the same whatever directory it is run from.
     pub fn resolve_paths(&mut self, base: &std::path::Path) {

@@ -26,7 +26,7 @@ routes:
 #[test]
 fn good_config_is_typed_with_defaults() {
     let c = parse(GOOD).unwrap();
-    let echo = c.upstream("echo").unwrap();
+    let echo = c.upstreams.iter().find(|u| u.name == "echo").unwrap();
     assert_eq!(echo.backends[0].weight, 3);
     assert_eq!(echo.backends[1].weight, 1);
     assert_eq!(echo.connect_timeout, std::time::Duration::from_millis(250));

@@ -306,7 +306,8 @@ impl KeySet {
     }
 
     /// The `kid` of each key, in load order (`None` for keys without one).
-    pub fn kids(&self) -> impl Iterator<Item = Option<&str>> {
+    #[cfg(test)]
+    fn kids(&self) -> impl Iterator<Item = Option<&str>> {
         self.keys.iter().map(|k| k.kid())
     }
 
