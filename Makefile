@@ -1,6 +1,7 @@
 # tollgate: the targets CI runs are the targets a person runs.
 #   make run    build release, start two echo backends and the gateway on 127.0.0.1
-#   make test   everything CI checks: fmt, clippy (warnings denied), tests, conformance
+#   make test   everything CI checks: fmt, clippy (warnings denied), tests, conformance,
+#               rustdoc (warnings denied), cargo deny, the fuzz targets' build
 #   make bench  criterion benchmarks of every crate
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -12,12 +13,14 @@ RELEASE_BIN := target/release/tollgate
 DEBUG_BIN   := target/debug/tollgate
 APT_UPDATED := /tmp/.tollgate-apt-updated
 
-.PHONY: help deps-build deps-test deps-loadtest build run test fmt-check lint unit conformance bench fuzz-build check-config clean
+.PHONY: help deps-build deps-test deps-loadtest build run test fmt-check lint unit conformance doc deny bench fuzz-build check-config clean
 
 help:
 	@echo "make run          build release and run the demo (echo backends + gateway)"
-	@echo "make test         fmt check, clippy -D warnings, cargo test, JWT conformance"
+	@echo "make test         fmt, clippy -D warnings, cargo test, JWT conformance, doc, deny, fuzz build"
 	@echo "make bench        criterion benchmarks"
+	@echo "make doc          rustdoc, warnings denied"
+	@echo "make deny         cargo deny check licenses bans sources"
 	@echo "make fuzz-build   build the cargo-fuzz targets (nightly)"
 	@echo "make check-config validate conf/gateway.yaml"
 
@@ -104,7 +107,16 @@ conformance:
 	  echo "JWT conformance NOT RUN: $(CONFORMANCE) is absent on this machine"; \
 	fi
 
-test: deps-test fmt-check lint unit conformance
+# rustdoc with warnings denied (private items included: the gateway's modules are private).
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace --document-private-items --locked
+
+# Licenses, banned crates and sources (deny.toml); offline-capable, no advisory database.
+deny:
+	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install cargo-deny --locked
+	$(CARGO) deny --log-level error check licenses bans sources
+
+test: deps-test fmt-check lint unit conformance doc deny fuzz-build
 
 # Short criterion runs by default (1 s warm-up, 3 s measurement per benchmark); medians land
 # in target/criterion, which `make loadtest` copies into loadtest/results/RESULTS.md.
@@ -112,9 +124,10 @@ BENCH_ARGS ?= --warm-up-time 1 --measurement-time 3
 bench: deps-build
 	$(CARGO) bench --workspace --bench '*' --locked -- $(BENCH_ARGS)
 
+# The fuzz targets build (nightly, as cargo-fuzz needs); `--dev` keeps make test quick.
 fuzz-build:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
-	cd crates/jwt/fuzz && $(CARGO) +nightly fuzz build
+	cd crates/jwt/fuzz && $(CARGO) +nightly fuzz build --dev
 
 clean:
 	$(CARGO) clean

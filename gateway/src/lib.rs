@@ -6,6 +6,10 @@
 //! place, `respond`. A library so that the binary (`main.rs`), the benchmarks and the
 //! integration tests can reach what they need; everything else is private to the crate.
 
+// The crate's docs are built with private items (`make doc`): a public module's docs may
+// point at the private module that does the work.
+#![allow(rustdoc::private_intra_doc_links)]
+
 // What main.rs, benches and tests use.
 pub mod auth;
 pub mod explain;
