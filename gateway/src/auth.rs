@@ -143,10 +143,20 @@ impl Authenticator {
                     return Err((Some(provider), FORGED).into());
                 }
                 METRICS.token_cache_miss.inc();
-                let provider = choose_provider(token, providers)?;
+                // Decoded once: the unverified `iss` chooses the keys, the same decoding is
+                // then verified against them.
+                let parsed = match tollgate_jwt::parse_token(token) {
+                    Ok(parsed) => parsed,
+                    Err(r) => {
+                        let iss = tollgate_jwt::peek_issuer(token);
+                        let provider = choose_provider(iss.as_deref(), providers)?;
+                        return Err((Some(provider), r).into());
+                    }
+                };
+                let provider = choose_provider(parsed.issuer(), providers)?;
                 let keys = provider.keys();
                 let mut generation = keys.generation;
-                let mut result = tollgate_jwt::verify_signature(token, &keys.set);
+                let mut result = parsed.verify_signature(&keys.set);
                 drop(keys);
                 // Boxed: the fetch's future is several KiB, and every call of `verify`
                 // (cache hits included) would otherwise carry and move it.
@@ -155,12 +165,13 @@ impl Authenticator {
                 {
                     let keys = provider.keys();
                     generation = keys.generation;
-                    result = tollgate_jwt::verify_signature(token, &keys.set);
+                    result = parsed.verify_signature(&keys.set);
                 }
                 if matches!(result, Err(r) if r.reason == Reason::Signature) {
                     self.cache.insert_forged(key, provider.index, generation);
                 }
-                let token_v = Arc::new(result.map_err(|r| (Some(provider.clone()), r))?);
+                result.map_err(|r| (Some(provider.clone()), r))?;
+                let token_v = Arc::new(parsed.into_verified());
                 let headers: IdentityHeaders = self.identity_headers(&token_v.claims).into();
                 self.cache.insert_verified(
                     key,
@@ -267,14 +278,11 @@ pub fn claim_header_value(value: &Value) -> Option<HeaderValue> {
 /// (malformed, or none set) goes to the route's only provider when it has one, whose
 /// verifier then gives the precise reason.
 fn choose_provider(
-    token: &str,
+    iss: Option<&str>,
     providers: &[Arc<Provider>],
 ) -> Result<Arc<Provider>, (Option<Arc<Provider>>, Rejection)> {
-    let iss = tollgate_jwt::peek_issuer(token);
-    let by_issuer = providers
-        .iter()
-        .find(|p| iss.as_deref() == Some(p.issuer.as_str()));
-    let chosen = by_issuer.or(match (iss.as_deref(), providers) {
+    let by_issuer = providers.iter().find(|p| iss == Some(p.issuer.as_str()));
+    let chosen = by_issuer.or(match (iss, providers) {
         (None, [only]) => Some(only),
         _ => None,
     });

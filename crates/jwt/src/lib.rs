@@ -34,8 +34,8 @@ pub use error::KeyError;
 pub use keys::KeySet;
 pub use sign::{sign, SigningKey};
 pub use verify::{
-    decode_unverified, peek_issuer, verdict_json, verify, verify_signature, Reason, Rejection,
-    Validation, VerifiedToken, MAX_TOKEN_BYTES,
+    decode_unverified, parse_token, peek_issuer, verdict_json, verify, verify_signature,
+    ParsedToken, Reason, Rejection, Validation, VerifiedToken, MAX_TOKEN_BYTES,
 };
 
 #[cfg(test)]

@@ -903,3 +903,46 @@ fn minted_header_is_compact_json() {
     assert_eq!(h, json!({"alg": "HS256", "kid": "k", "typ": "JWT"}));
     assert_eq!(p, json!({"a": 1}));
 }
+
+#[test]
+fn parsing_once_decides_as_verify_signature_does() {
+    let k = hmac_key(Algorithm::HS256);
+    let set = hmac_set(None);
+    let other = KeySet::from_hmac_secret(&[9u8; 64], None, None);
+    let good = raw(
+        r#"{"alg":"HS256"}"#,
+        &claims().to_string(),
+        Some((&k, Algorithm::HS256)),
+    );
+    let tokens = [
+        good.clone(),
+        raw(r#"{"alg":"HS256"}"#, &claims().to_string(), None),
+        raw(r#"{"alg":"none"}"#, &claims().to_string(), None),
+        raw(
+            r#"{"alg":"HS256","kid":"x"}"#,
+            r#"{"iss":1}"#,
+            Some((&k, Algorithm::HS256)),
+        ),
+        format!("{good}x"),
+        "a.b".to_owned(),
+    ];
+    for token in &tokens {
+        for keys in [&set, &other] {
+            let once = parse_token(token).and_then(|p| {
+                p.verify_signature(keys)?;
+                Ok(p.into_verified())
+            });
+            let whole = verify_signature(token, keys);
+            assert_eq!(reason(once.clone()), reason(whole.clone()), "{token}");
+            assert_eq!(
+                once.ok().map(|t| t.claims),
+                whole.ok().map(|t| t.claims),
+                "{token}"
+            );
+        }
+    }
+    assert_eq!(
+        parse_token(&good).unwrap().issuer(),
+        Some("https://issuer.example")
+    );
+}

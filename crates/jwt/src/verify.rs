@@ -301,6 +301,42 @@ fn numeric_date(v: &Value) -> Option<f64> {
 /// on a cache hit only [`Validation::check_claims`] needs to run again.
 pub fn verify_signature(token: &str, keys: &KeySet) -> Result<VerifiedToken, Rejection> {
     let p = parse(token)?;
+    check_signature(&p, keys)?;
+    Ok(verified_token(p))
+}
+
+/// A token decoded and checked up to its signature (rules 1-7): what [`verify_signature`]
+/// does first, for a caller that must choose the keys by the token's unverified `iss`
+/// without decoding the token twice. Nothing in it is trusted until
+/// [`ParsedToken::verify_signature`] succeeds.
+pub struct ParsedToken<'t>(Parsed<'t>);
+
+/// Rules 1-7 on `token`: the same checks, in the same order, as [`verify_signature`].
+pub fn parse_token(token: &str) -> Result<ParsedToken<'_>, Rejection> {
+    parse(token).map(ParsedToken)
+}
+
+impl ParsedToken<'_> {
+    /// The `iss` claim, UNVERIFIED: only to choose which keys to verify with.
+    pub fn issuer(&self) -> Option<&str> {
+        self.0.claims.get("iss").and_then(Value::as_str)
+    }
+
+    /// Rules 8-11 against `keys` (may be called again with other keys, e.g. after a
+    /// refetch), as [`verify_signature`] checks them.
+    pub fn verify_signature(&self, keys: &KeySet) -> Result<(), Rejection> {
+        check_signature(&self.0, keys)
+    }
+
+    /// The verified token. Call only after [`ParsedToken::verify_signature`] succeeded.
+    pub fn into_verified(self) -> VerifiedToken {
+        verified_token(self.0)
+    }
+}
+
+/// Rules 8-11: some key among the candidates for the token's `kid` fits its `alg`, is strong
+/// enough, and verifies the signature.
+fn check_signature(p: &Parsed<'_>, keys: &KeySet) -> Result<(), Rejection> {
     let (mut any_candidate, mut any_fit, mut any_strong) = (false, false, false);
     let mut verified = false;
     for key in keys.candidates(p.kid.as_deref()) {
@@ -333,7 +369,7 @@ pub fn verify_signature(token: &str, keys: &KeySet) -> Result<VerifiedToken, Rej
             reject(Reason::Signature, "signature does not verify")
         };
     }
-    Ok(verified_token(p))
+    Ok(())
 }
 
 fn verified_token(p: Parsed<'_>) -> VerifiedToken {

@@ -209,14 +209,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const MS: u64 = 1_000_000;
-    const SEC: u64 = 1_000_000_000;
-    /// An arbitrary start, far from 0 so that "before start" is representable.
-    const T0: u64 = 1_000 * SEC;
-
-    fn gcra(rate: &str, burst: u32) -> Gcra {
-        Gcra::new(Rate::parse(rate).unwrap(), burst).unwrap()
-    }
+    use crate::testing::{gcra, MS, SEC, T0};
 
     /// Runs `n` checks at `now`, storing the TAT like a store would; returns the verdicts.
     fn run(g: &Gcra, tat: &mut Option<u64>, now: u64, n: usize) -> Vec<Verdict> {

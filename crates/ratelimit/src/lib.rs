@@ -37,6 +37,8 @@ mod gcra;
 mod local;
 mod rate;
 mod redis;
+#[cfg(test)]
+mod testing;
 
 pub use gcra::{Decision, Gcra, Verdict};
 pub use local::LocalStore;

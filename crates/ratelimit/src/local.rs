@@ -279,15 +279,8 @@ impl fmt::Debug for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Rate;
 
-    const MS: u64 = 1_000_000;
-    const SEC: u64 = 1_000_000_000;
-    const T0: u64 = 1_000 * SEC;
-
-    fn gcra(rate: &str, burst: u32) -> Gcra {
-        Gcra::new(Rate::parse(rate).unwrap(), burst).unwrap()
-    }
+    use crate::testing::{gcra, MS, SEC, T0};
 
     #[test]
     fn store_gives_the_gcra_verdicts_per_key() {
