@@ -61,7 +61,9 @@ pub fn run(a: ExplainArgs<'_>) -> ExitCode {
         let stores = Arc::new(stores);
         if let Some(redis) = &stores.redis {
             redis.connect_in_background();
-            redis.wait_connected(Duration::from_secs(2)).await;
+            if !redis.wait_connected(Duration::from_secs(2)).await {
+                println!("note:    Redis is not reachable; limits with store: redis follow on_store_error");
+            }
         }
         match explain(&snapshot, &stores, &a, &listen).await {
             Ok(Ok(())) => ExitCode::SUCCESS,
@@ -186,6 +188,16 @@ pub async fn explain(
                     v.limit
                 );
             }
+            if !passage.limits_seen.is_empty() {
+                println!(
+                    "         (store: redis limits read the fleet's state; store: local ones this process's, not a running proxy's{})",
+                    if a.client.is_none() {
+                        "; without --client, address-keyed buckets are the unknown-address one"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
     }
     match decided {
@@ -209,7 +221,7 @@ fn print_auth(
     use tollgate_config::AuthMode;
     match (&passage.caller, route.auth, decided) {
         (_, AuthMode::None, _) => println!("auth:    none on this route"),
-        (Some(c), _, _) if &*c.provider == "command-line" => {
+        (Some(c), _, _) if !c.verified() => {
             println!("auth:    claims given on the command line (not verified)")
         }
         (Some(c), _, _) => println!("auth:    valid token from provider {}", c.provider),

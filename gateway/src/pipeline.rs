@@ -41,7 +41,8 @@ use tollgate_router::Match;
 pub enum Mode {
     /// The proxy: limits are spent, failed authentications counted, metrics kept.
     Enforce,
-    /// `tollgate explain`: limits are only looked at, nothing is recorded or counted.
+    /// `tollgate explain`: limits are only looked at, not spent; no metric, failure count or
+    /// log line of the proxy's is touched (explain is a process of its own).
     /// `claims`, when given, stand in for a verified token (the command line's `--claims`).
     DryRun { claims: Option<Arc<Claims>> },
 }
@@ -54,7 +55,8 @@ impl Mode {
 
 /// Who is calling, once authenticated.
 pub struct Caller {
-    /// The provider that verified the token (`--claims` in a dry run: `command-line`).
+    /// The provider that verified the token (`--claims` in a dry run: the route's first
+    /// provider, whose name keys claim-based limits as the proxy's would).
     pub provider: Arc<str>,
     claims: CallerClaims,
     /// The identity headers the upstream receives.
@@ -67,6 +69,11 @@ enum CallerClaims {
 }
 
 impl Caller {
+    /// Whether the claims were verified (false only for a dry run's `--claims`).
+    pub fn verified(&self) -> bool {
+        matches!(self.claims, CallerClaims::Verified(_))
+    }
+
     pub fn claims(&self) -> &Claims {
         match &self.claims {
             CallerClaims::Verified(token) => &token.claims,
@@ -190,7 +197,10 @@ impl Pipeline<'_> {
         } = &self.mode
         {
             return Ok(Some(Caller {
-                provider: "command-line".into(),
+                provider: route
+                    .providers
+                    .first()
+                    .map_or_else(|| "command-line".into(), |p| p.name.clone()),
                 headers: auth.identity_headers(claims).into(),
                 claims: CallerClaims::Given(claims.clone()),
             }));

@@ -238,9 +238,11 @@ impl Refusal {
                 "no_healthy_backend",
                 "no healthy backend for this route",
             ),
-            Refusal::UpstreamFailed => {
-                Answer::new(502, "upstream_error", "the upstream could not be reached")
-            }
+            Refusal::UpstreamFailed => Answer::new(
+                502,
+                "upstream_error",
+                "the upstream could not be reached or failed",
+            ),
             Refusal::UpstreamTimeout => Answer::new(
                 504,
                 "upstream_timeout",
