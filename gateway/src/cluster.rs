@@ -77,6 +77,10 @@ pub struct Cluster {
     peer_options: PeerOptions,
     health_interval: Option<Duration>,
     infos: BackendInfos,
+    /// `tollgate_upstream_connect_duration_seconds{upstream}`, resolved once.
+    pub connect_time: prometheus::Histogram,
+    /// `tollgate_upstream_response_duration_seconds{upstream}`, resolved once.
+    pub response_time: prometheus::Histogram,
 }
 
 impl Cluster {
@@ -139,6 +143,8 @@ impl Cluster {
             peer_options,
             health_interval: u.health_check.as_ref().map(|h| h.interval),
             infos,
+            connect_time: METRICS.upstream_connect.with_label_values(&[&u.name]),
+            response_time: METRICS.upstream_response.with_label_values(&[&u.name]),
         };
         for b in cluster.backends().get_backend().iter() {
             METRICS

@@ -43,7 +43,18 @@ pub struct Metrics {
     pub bad_requests: IntCounterVec,
     pub preauth_refusals: IntCounterVec,
     pub verifications_in_flight: IntGauge,
+    pub requests_in_flight: IntGauge,
+    pub config_generation: IntGauge,
+    pub config_last_success: prometheus::Gauge,
+    pub upstream_connect: HistogramVec,
+    pub upstream_response: HistogramVec,
 }
+
+/// Buckets for upstream times: 100 µs to 10 s.
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
 /// Process-wide metrics; one registry, created on first use.
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
@@ -226,8 +237,54 @@ impl Metrics {
             "Token signature checks running now.",
         )
         .expect("valid metric");
+        let requests_in_flight = IntGauge::new(
+            "tollgate_requests_in_flight",
+            "Requests between their header and the end of their answer.",
+        )
+        .expect("valid metric");
+        let config_generation = IntGauge::new(
+            "tollgate_config_generation",
+            "The config in use: 1 for the one loaded at start, one more for each successful reload.",
+        )
+        .expect("valid metric");
+        let config_last_success = prometheus::Gauge::new(
+            "tollgate_config_last_reload_success_timestamp_seconds",
+            "Unix time at which the config in use was loaded (at start or by a reload).",
+        )
+        .expect("valid metric");
+        let upstream_connect = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_upstream_connect_duration_seconds",
+                "Time to open a new connection to a backend (reused connections not counted), \
+                 by upstream.",
+            )
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .expect("valid metric");
+        let upstream_response = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_upstream_response_duration_seconds",
+                "Time from choosing a backend to its response header, by upstream.",
+            )
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .expect("valid metric");
+        // The standard process_* series: resident memory, open file descriptors, CPU seconds,
+        // start time (Linux).
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("one process collector");
         for c in [
             Box::new(open_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests_in_flight.clone()),
+            Box::new(config_generation.clone()),
+            Box::new(config_last_success.clone()),
+            Box::new(upstream_connect.clone()),
+            Box::new(upstream_response.clone()),
             Box::new(connections_refused.clone()),
             Box::new(header_refusals.clone()),
             Box::new(bad_requests.clone()),
@@ -280,7 +337,21 @@ impl Metrics {
             bad_requests,
             preauth_refusals,
             verifications_in_flight,
+            requests_in_flight,
+            config_generation,
+            config_last_success,
+            upstream_connect,
+            upstream_response,
         }
+    }
+
+    /// A config was put in use now (at start or by a reload).
+    pub fn config_loaded(&self) {
+        self.config_generation.inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.config_last_success.set(now);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -54,8 +54,28 @@ pub struct RequestCtx {
     tried: Vec<Backend>,
     /// Whether the current attempt got a connection (so its failure is not a connect error).
     connected: bool,
+    /// When the current attempt's backend was chosen (connect and response times).
+    attempt_started: Option<Instant>,
+    /// Counts the request in `tollgate_requests_in_flight` while it lives.
+    _in_flight: InFlight,
     /// Request body bytes received so far, against the route's `max_body`.
     body_bytes: u64,
+}
+
+/// One request in `tollgate_requests_in_flight`, from its context's creation to its drop.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        METRICS.requests_in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.requests_in_flight.dec();
+    }
 }
 
 impl RequestCtx {
@@ -151,6 +171,8 @@ impl ProxyHttp for Gateway {
             passage: Passage::default(),
             tried: Vec::new(),
             connected: false,
+            attempt_started: None,
+            _in_flight: InFlight::new(),
             body_bytes: 0,
         }
     }
@@ -203,6 +225,7 @@ impl ProxyHttp for Gateway {
                 let peer = cluster.peer(&backend);
                 ctx.tried.push(backend);
                 ctx.connected = false;
+                ctx.attempt_started = Some(Instant::now());
                 Ok(peer)
             }
             None if ctx.tried.is_empty() || !cluster.any_healthy() => Err(Error::explain(
@@ -220,7 +243,7 @@ impl ProxyHttp for Gateway {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
@@ -228,6 +251,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.connected = true;
+        if let (false, Some(started), Some(cluster)) = (reused, ctx.attempt_started, ctx.cluster())
+        {
+            cluster
+                .connect_time
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
@@ -342,6 +371,11 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let (Some(started), Some(cluster)) = (ctx.attempt_started.take(), ctx.cluster()) {
+            cluster
+                .response_time
+                .observe(started.elapsed().as_secs_f64());
+        }
         upstream_response.remove_header(&http::header::SERVER);
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         if let Some((policy, value)) = ctx.passage.ratelimit_headers.take() {

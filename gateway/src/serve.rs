@@ -215,6 +215,7 @@ impl Startup {
         }
         // Requests in flight keep the snapshot they loaded; new ones see this one.
         self.snapshot.store(snapshot);
+        METRICS.config_loaded();
         Ok(())
     }
 }
@@ -298,6 +299,7 @@ pub fn run_gateway(
     upgrade: bool,
 ) -> ExitCode {
     init_logging(&config.logging.level);
+    METRICS.config_loaded();
     let opt = Opt {
         daemon,
         upgrade,

@@ -361,6 +361,49 @@ fn metrics_move_and_pass_promtool() {
     });
     assert_eq!(count(&scrape), (7.0, 1.0, 8.0, 8.0));
     assert_eq!(metric_value(&scrape, "tollgate_build_info", &[]), 1.0);
+    // What an operator expects beside the gateway's own series.
+    let upstream = [("upstream", "e")];
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "tollgate_upstream_response_duration_seconds_count",
+            &upstream
+        ),
+        8.0
+    );
+    // Keep-alive to the upstream: at least one new connection, at most one per request.
+    let connects = metric_value(
+        &scrape,
+        "tollgate_upstream_connect_duration_seconds_count",
+        &upstream,
+    );
+    assert!((1.0..=8.0).contains(&connects), "{connects}");
+    assert_eq!(
+        metric_value(&scrape, "tollgate_config_generation", &[]),
+        1.0
+    );
+    for series in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(metric_value(&scrape, series, &[]) > 0.0, "{series}");
+    }
+    assert!(
+        scrape.contains("\nprocess_cpu_seconds_total "),
+        "process_cpu_seconds_total"
+    );
+    // A slow request is in flight while the upstream holds it, and only then.
+    let in_flight = || gw.metric("tollgate_requests_in_flight", &[]);
+    let url = gw.url("/slow");
+    let slow = std::thread::spawn(move || request(&url, "GET", &[("x-echo-delay-ms", "1500")]));
+    wait_for("the slow request in flight", Duration::from_secs(5), || {
+        (in_flight() == 1.0).then_some(())
+    });
+    assert_eq!(slow.join().unwrap().status, 200);
+    wait_for("no request in flight", Duration::from_secs(5), || {
+        (in_flight() == 0.0).then_some(())
+    });
     let health = request(
         &format!("http://127.0.0.1:{}/healthz", gw.metrics_port),
         "GET",
@@ -447,6 +490,26 @@ fn sighup_reloads_the_config_without_dropping_requests() {
     assert_eq!(
         gw.metric("tollgate_config_reloads_total", &[("result", "success")]),
         1.0
+    );
+    // The config in use is the second one: the refused reload changed neither the generation
+    // nor the time of the last successful load.
+    let scrape = gw.scrape();
+    assert_eq!(
+        metric_value(&scrape, "tollgate_config_generation", &[]),
+        2.0
+    );
+    let loaded = metric_value(
+        &scrape,
+        "tollgate_config_last_reload_success_timestamp_seconds",
+        &[],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        loaded > now - 60.0 && loaded <= now + 1.0,
+        "{loaded} vs {now}"
     );
 
     stop.store(true, std::sync::atomic::Ordering::Release);
