@@ -13,7 +13,7 @@ RELEASE_BIN := target/release/tollgate
 DEBUG_BIN   := target/debug/tollgate
 APT_UPDATED := /tmp/.tollgate-apt-updated
 
-.PHONY: help deps-build deps-test deps-loadtest build run test fmt-check lint unit conformance doc deny bench fuzz-build check-config clean
+.PHONY: help deps-build deps-test deps-loadtest build run test fmt-check lint unit conformance doc deny deploy-check bench fuzz-build check-config clean
 
 help:
 	@echo "make run          build release and run the demo (echo backends + gateway)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench        criterion benchmarks"
 	@echo "make doc          rustdoc, warnings denied"
 	@echo "make deny         cargo deny check licenses bans sources"
+	@echo "make deploy-check promtool check/test rules, systemd-analyze verify"
 	@echo "make fuzz-build   build the cargo-fuzz targets (nightly)"
 	@echo "make check-config validate conf/gateway.yaml"
 
@@ -40,6 +41,7 @@ deps-build:
 
 deps-test: deps-build
 	@$(call need,promtool,prometheus)
+	@$(call need,systemd-analyze,systemd)
 	@$(call need,python3,python3)
 	@$(call need,redis-server,redis-server)
 
@@ -116,7 +118,19 @@ deny:
 	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install cargo-deny --locked
 	$(CARGO) deny --log-level error check licenses bans sources
 
-test: deps-test fmt-check lint unit conformance doc deny fuzz-build
+# deploy/: Prometheus rules checked and unit-tested, the systemd unit verified (against the
+# debug binary, since systemd-analyze wants the ExecStart binary to exist).
+deploy-check: deps-test
+	promtool check rules deploy/prometheus/tollgate-rules.yaml
+	cd deploy/prometheus && promtool test rules tollgate-rules.test.yaml
+	@$(CARGO) build --locked -p tollgate >/dev/null 2>&1 || $(CARGO) build --locked -p tollgate
+	@unit=$$(mktemp -d)/tollgate.service; \
+	  sed "s#/usr/local/bin/tollgate#$(CURDIR)/$(DEBUG_BIN)#g" deploy/systemd/tollgate.service > $$unit; \
+	  echo "systemd-analyze verify deploy/systemd/tollgate.service"; \
+	  out=$$(systemd-analyze verify $$unit 2>&1); \
+	  if [ -n "$$out" ]; then echo "$$out"; exit 1; fi  # warnings (unknown keys) fail too
+
+test: deps-test fmt-check lint unit conformance doc deny deploy-check fuzz-build
 
 # Short criterion runs by default (1 s warm-up, 3 s measurement per benchmark); medians land
 # in target/criterion, which `make loadtest` copies into loadtest/results/RESULTS.md.

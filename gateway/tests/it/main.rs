@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod common;
 mod config;
+mod deploy;
 mod edge;
 mod explain;
 mod policy;

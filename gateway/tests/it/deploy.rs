@@ -1,0 +1,87 @@
+//! deploy/: what operators apply must match what the gateway exports. Every metric that the
+//! Prometheus rules name is scraped from a running gateway that has each kind of series
+//! (a `jwks_uri` provider, a health-checked upstream, a Redis limit, a refused reload).
+
+use crate::common::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// The metric families an expression file names: `tollgate_…` identifiers, with the
+/// histogram suffixes folded into their family (recording rules, `tollgate:…`, excluded).
+fn families_named_in(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("tollgate_") {
+        let start = i + at;
+        let before = start.checked_sub(1).map(|b| bytes[b]);
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        // Skip parts of other identifiers and of recording-rule names (`tollgate:x_tollgate_`).
+        if !before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':') {
+            let name = &text[start..end];
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            out.insert(family.to_owned());
+        }
+        i = end;
+    }
+    out
+}
+
+#[test]
+fn every_metric_the_prometheus_rules_name_is_exported() {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/prometheus/tollgate-rules.yaml"
+    ))
+    .unwrap();
+    let named = families_named_in(&rules);
+    assert!(named.len() >= 8, "{named:?}");
+
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k");
+    let jwks_server = JwksServer::start(&jwks(&[&key]));
+    let redis = RedisServer::start();
+    let yaml = format!(
+        "auth:\n  providers:\n    - {{ name: idp, issuer: \"https://i.test\", audiences: any, jwks_uri: \"{}\" }}\n\
+         rate_limiting:\n  redis: {{ url: \"{}\", on_store_error: local }}\n\
+         upstreams:\n  e:\n    backends: [{{ addr: \"{}\" }}]\n    health_check: {{ type: tcp, interval: 100ms }}\n\
+         routes:\n  - name: api\n    path: /\n    upstream: e\n    rate_limits:\n      - {{ name: fleet, key: route, rate: 100/s, store: redis }}\n",
+        jwks_server.url(),
+        redis.url(),
+        echo.addr()
+    );
+    let gw = Gateway::start(&yaml);
+    assert_eq!(gw.get("/", &[]).status, 401);
+    gw.reload("routes: [{ name: broken, path: /, upstream: nowhere }]\n");
+    let exported = wait_for(
+        "every family in the scrape",
+        Duration::from_secs(10),
+        || {
+            let scrape = gw.scrape();
+            let families: BTreeSet<String> = scrape
+                .lines()
+                .filter_map(|l| l.strip_prefix("# TYPE "))
+                .filter_map(|l| l.split(' ').next())
+                .map(str::to_owned)
+                .collect();
+            named.is_subset(&families).then_some(families)
+        },
+    );
+    for family in &named {
+        assert!(exported.contains(family), "{family} is not exported");
+    }
+}
+
+#[test]
+fn the_family_reader_finds_names_and_folds_histogram_suffixes() {
+    let text = "rate(tollgate_a_total[5m]) / x:tollgate_no tollgate:rec histogram_quantile(0.9, \
+                tollgate_d_seconds_bucket) tollgate_d_seconds_count";
+    let names: Vec<String> = families_named_in(text).into_iter().collect();
+    assert_eq!(names, ["tollgate_a_total", "tollgate_d_seconds"]);
+}
