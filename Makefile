@@ -13,7 +13,7 @@ RELEASE_BIN := target/release/tollgate
 DEBUG_BIN   := target/debug/tollgate
 APT_UPDATED := /tmp/.tollgate-apt-updated
 
-.PHONY: help deps-build deps-test deps-loadtest build run test fmt-check lint unit conformance doc deny deploy-check bench fuzz-build check-config clean
+.PHONY: upgrade help deps-build deps-test deps-loadtest build run test fmt-check lint unit conformance doc deny deploy-check bench fuzz-build check-config clean
 
 help:
 	@echo "make run          build release and run the demo (echo backends + gateway)"
@@ -24,6 +24,7 @@ help:
 	@echo "make deploy-check promtool check/test rules, systemd-analyze verify"
 	@echo "make fuzz-build   build the cargo-fuzz targets (nightly)"
 	@echo "make check-config validate conf/gateway.yaml"
+	@echo "make upgrade CONFIG=F PID=P  hand a running instance's listeners to the new release build"
 
 # Installs each Debian package whose command is missing: `need <command> <package>`.
 define need
@@ -62,6 +63,11 @@ loadtest: deps-loadtest build
 
 build: deps-build
 	$(CARGO) build --release --locked
+
+# Graceful upgrade of a running instance to the release binary just built:
+#   make upgrade CONFIG=/etc/tollgate/gateway.yaml PID=<running pid>   (see deploy/upgrade.sh)
+upgrade: build
+	deploy/upgrade.sh $(CONFIG) $(PID) $(CURDIR)/$(RELEASE_BIN)
 
 check-config: build
 	$(RELEASE_BIN) check -c conf/gateway.yaml

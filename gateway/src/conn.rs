@@ -529,7 +529,7 @@ impl GuardedStream {
     }
 
     /// Waits between requests for the next one's first byte (held for the next read).
-    /// False when the connection closed, `idle` passed or the server is shutting down.
+    /// False when the connection closed or `idle` passed (also while shutting down).
     /// The wait reuses the connection's deadline timer and allocates nothing.
     async fn next_request(&mut self, idle: Duration, stop: &mut ShutdownWatch) -> bool {
         if self.held.is_some() {
@@ -539,11 +539,15 @@ impl GuardedStream {
         self.armed = false;
         let deadline = tokio::time::Instant::now() + idle;
         self.deadline.as_mut().reset(deadline);
+        // Shutdown does not end an idle connection: closing it could meet a request the
+        // client is sending at that moment. The connection waits for that request as usual,
+        // and Pingora answers it with `Connection: close` (it does so once shutting down).
+        let mut stopping = *stop.borrow();
         let changed = stop.changed();
         tokio::pin!(changed);
         std::future::poll_fn(|cx| {
-            if changed.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(false);
+            if !stopping && changed.as_mut().poll(cx).is_ready() {
+                stopping = true;
             }
             let mut one = [0u8; 1];
             let mut buf = ReadBuf::new(&mut one);

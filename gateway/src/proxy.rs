@@ -184,7 +184,10 @@ impl ProxyHttp for Gateway {
         };
         let snapshot = self.snapshot.load_full();
         let http = &snapshot.http;
-        session.set_keepalive(Some(http.keepalive_timeout.as_secs()));
+        // Once shutting down (from SIGTERM on, or a graceful upgrade), every answer ends its
+        // connection: clients move to another instance, or to the new process.
+        let draining = session.is_process_shutting_down() || crate::serve::draining();
+        session.set_keepalive((!draining).then_some(http.keepalive_timeout.as_secs()));
         session.set_read_timeout(Some(http.body_timeout));
         session.set_write_timeout(Some(http.send_timeout));
         // Pipelined requests are served in order, each decided on its own (RFC 9112 §9.3.2).

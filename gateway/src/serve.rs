@@ -10,14 +10,14 @@ use crate::runtime::RuntimeSnapshot;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_config::{Config, Problem};
@@ -131,8 +131,11 @@ fn server_conf(c: &Config) -> ServerConf {
     let mut conf = ServerConf {
         threads: s.threads,
         work_stealing: s.work_stealing,
-        grace_period_seconds: Some(s.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        // Pingora's grace period starts when its listeners close: connections then get
+        // `graceful_shutdown_timeout` to finish (tollgate's own `grace_period`, listeners
+        // still open, comes before it: see `Signals`). Runtimes then get a second to exit.
+        grace_period_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
         error_log: s.error_log.clone(),
         user: s.user.clone(),
@@ -369,7 +372,68 @@ pub fn run_gateway(
     server.add_service(proxy);
     server.add_service(metrics);
     server.add_service(startup);
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            grace_period: config.server.grace_period,
+        }),
+    });
+    ExitCode::SUCCESS
+}
+
+/// The signals that end the process, as Pingora's own watcher reads them but for `SIGTERM`:
+/// readiness fails at once while the listeners stay open and serve for `server.grace_period`
+/// (so that a load balancer stops sending before connections are refused); only then does
+/// Pingora close the listeners and give open connections `graceful_shutdown_timeout`. A
+/// `SIGINT` during the grace period ends it at once.
+///
+/// - `SIGTERM`: graceful terminate, after the grace period;
+/// - `SIGQUIT`: graceful upgrade (the listeners go to a new process started with `-u`);
+/// - `SIGINT`: fast shutdown.
+struct Signals {
+    grace_period: Duration,
+}
+
+/// Set when a shutdown or upgrade signal arrives: every answer from then on closes its
+/// connection.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the process is on its way out (see [`Signals`]).
+pub(crate) fn draining() -> bool {
+    DRAINING.load(Ordering::Acquire)
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot listen for signals; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = quit.recv() => {
+                DRAINING.store(true, Ordering::Release);
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = term.recv() => {
+                READY.store(false, Ordering::Release);
+                DRAINING.store(true, Ordering::Release);
+                tracing::info!(
+                    grace_period_ms = self.grace_period.as_millis() as u64,
+                    "SIGTERM: not ready; serving until the grace period ends"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(self.grace_period) => ShutdownSignal::GracefulTerminate,
+                    _ = int.recv() => ShutdownSignal::FastShutdown,
+                }
+            }
+        }
+    }
 }
 
 pub fn run_echo(listen: &str, name: Option<String>) -> ExitCode {

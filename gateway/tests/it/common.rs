@@ -55,6 +55,9 @@ pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T
     }
 }
 
+/// The harness's shutdown settings: quick, so that dropped gateways go fast.
+const SHUTDOWN: &str = "grace_period: 1s, graceful_shutdown_timeout: 1s";
+
 /// A child process killed on drop.
 pub struct Proc {
     child: Child,
@@ -169,21 +172,51 @@ impl Gateway {
 
     /// Like `start`, with `server.http` set to `http` (a YAML flow mapping).
     pub fn start_with_http(http: &str, yaml_without_listeners: &str) -> Gateway {
-        Self::launch(http, yaml_without_listeners, &[])
+        Self::launch(http, SHUTDOWN, yaml_without_listeners, &[])
     }
 
     /// Like `start`, with these variables in the gateway's environment.
     pub fn start_with_env(env: &[(&str, &str)], yaml_without_listeners: &str) -> Gateway {
-        Self::launch("{}", yaml_without_listeners, env)
+        Self::launch("{}", SHUTDOWN, yaml_without_listeners, env)
     }
 
-    fn launch(http: &str, yaml_without_listeners: &str, env: &[(&str, &str)]) -> Gateway {
+    /// Like `start`, with `server.grace_period` and `graceful_shutdown_timeout` set.
+    pub fn start_with_shutdown(
+        grace: &str,
+        timeout: &str,
+        yaml_without_listeners: &str,
+    ) -> Gateway {
+        let shutdown = format!("grace_period: {grace}, graceful_shutdown_timeout: {timeout}");
+        Self::launch("{}", &shutdown, yaml_without_listeners, &[])
+    }
+
+    /// Like `start`, with more `server` fields (a YAML flow mapping's entries).
+    pub fn start_with_server(server_fields: &str, yaml_without_listeners: &str) -> Gateway {
+        Self::launch("{}", server_fields, yaml_without_listeners, &[])
+    }
+
+    /// Starts `tollgate run -u` on this gateway's config: a new process that takes over the
+    /// listeners once this one gets `SIGQUIT` (Pingora's graceful upgrade).
+    pub fn start_upgrade(&self) -> Proc {
+        Proc::spawn(
+            &["run", "-u", "-c", self.conf.to_str().unwrap()],
+            self._dir.path().join("gateway-upgraded.log"),
+            &[],
+        )
+    }
+
+    fn launch(
+        http: &str,
+        shutdown: &str,
+        yaml_without_listeners: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let port = free_port();
         let metrics_port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let listeners = format!(
             "listen: {{ http: \"127.0.0.1:{port}\" }}\nmetrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\n\
-             server: {{ threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s, http: {http} }}\n"
+             server: {{ threads: 2, {shutdown}, http: {http} }}\n"
         );
         let conf = dir.path().join("gateway.yaml");
         std::fs::write(&conf, format!("{listeners}{yaml_without_listeners}")).unwrap();

@@ -217,14 +217,14 @@ fn serve(conn: TcpStream, log: Arc<Mutex<Vec<Received>>>, cut: Arc<AtomicUsize>)
 
 /// A response read off a raw client socket.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     head: String,
     body: String,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
         self.head
             .lines()
             .skip(1)
@@ -239,7 +239,7 @@ impl Answer {
 }
 
 /// Reads one response (body by Content-Length; none for HEAD or 1xx/204/304).
-fn read_answer(reader: &mut BufReader<TcpStream>, head_only: bool) -> Option<Answer> {
+pub(crate) fn read_answer(reader: &mut BufReader<TcpStream>, head_only: bool) -> Option<Answer> {
     let mut head = String::new();
     loop {
         let mut line = String::new();
@@ -268,7 +268,7 @@ fn read_answer(reader: &mut BufReader<TcpStream>, head_only: bool) -> Option<Ans
     })
 }
 
-fn connect(gw: &Gateway) -> (TcpStream, BufReader<TcpStream>) {
+pub(crate) fn connect(gw: &Gateway) -> (TcpStream, BufReader<TcpStream>) {
     let s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let r = BufReader::new(s.try_clone().unwrap());

@@ -9,5 +9,6 @@ mod config;
 mod deploy;
 mod edge;
 mod explain;
+mod lifecycle;
 mod policy;
 mod proxy;

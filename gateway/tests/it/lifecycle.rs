@@ -1,0 +1,231 @@
+//! The process's life under traffic: `SIGTERM` fails readiness first, keeps serving through
+//! the grace period, then closes the listener and ends every kept-alive connection after
+//! its next answer (`Connection: close`), and lets in-flight requests finish.
+
+use crate::common::*;
+use crate::edge::{connect, read_answer};
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn readiness(gw: &Gateway) -> u16 {
+    raw_request(
+        gw.metrics_port,
+        "GET /readyz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    )
+    .map_or(0, |r| r.status)
+}
+
+#[test]
+fn sigterm_fails_readiness_first_serves_through_the_grace_period_then_drains() {
+    let echo = Echo::start("E");
+    let mut gw = Gateway::start_with_shutdown(
+        "2s",
+        "3s",
+        &format!(
+            "upstreams:\n  e: {{ backends: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: all, path: /, upstream: e }}\n",
+            echo.addr()
+        ),
+    );
+    assert_eq!(readiness(&gw), 200);
+    // A kept-alive connection, used once before SIGTERM.
+    let (mut kept, mut kept_reader) = connect(&gw);
+    let get = format!("GET /kept HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n", gw.port);
+    kept.write_all(get.as_bytes()).unwrap();
+    let first = read_answer(&mut kept_reader, false).unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("connection").as_deref(), Some("keep-alive"));
+    // A slow request in flight when the signal comes, and still after the listener closes.
+    let url = gw.url("/slow");
+    let slow = std::thread::spawn(move || request(&url, "GET", &[("x-echo-delay-ms", "3000")]));
+    wait_for("the slow request in flight", Duration::from_secs(5), || {
+        (gw.metric("tollgate_requests_in_flight", &[]) == 1.0).then_some(())
+    });
+
+    let signalled = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &gw.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    wait_for("readiness to fail", Duration::from_secs(2), || {
+        (readiness(&gw) == 503).then_some(())
+    });
+    // Not ready, still serving: a new connection gets its answer.
+    let during = raw_request(
+        gw.port,
+        &format!(
+            "GET /new HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            gw.port
+        ),
+    )
+    .unwrap();
+    assert_eq!(during.status, 200);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "the new connection was served within the grace period"
+    );
+
+    // After the grace period the listener closes...
+    wait_for("the listener to close", Duration::from_secs(5), || {
+        TcpStream::connect(("127.0.0.1", gw.port))
+            .is_err()
+            .then_some(())
+    });
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "closed before the grace period ended"
+    );
+    // ...and the kept-alive connection gets one more answer, which ends it cleanly.
+    kept.write_all(get.as_bytes()).unwrap();
+    let last = read_answer(&mut kept_reader, false).expect("an answer, not a reset");
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("connection").as_deref(), Some("close"));
+    assert!(
+        read_answer(&mut kept_reader, false).is_none(),
+        "closed after it"
+    );
+    // The request in flight finished.
+    let slow = slow.join();
+    assert!(slow.is_ok(), "{}", gw.proc.log_text());
+    assert_eq!(slow.unwrap().status, 200);
+    // And the process exits: grace period + graceful_shutdown_timeout + 1 s for runtimes.
+    wait_for("the process to exit", Duration::from_secs(10), || {
+        gw.proc.exited().then_some(())
+    });
+}
+
+/// Keep-alive clients that send requests back to back, reconnecting only when an answer
+/// says `Connection: close`; every other end of a connection, and every non-200, is an error.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(gw: &Gateway, clients: usize) -> Load {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let port = gw.port;
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let get = format!("GET /load HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+                    let (mut ok, mut errors) = (0u64, Vec::new());
+                    let mut conn: Option<(TcpStream, std::io::BufReader<TcpStream>)> = None;
+                    while !stop.load(Ordering::Acquire) {
+                        let (s, r) = match conn.as_mut() {
+                            Some(c) => c,
+                            None => match TcpStream::connect(("127.0.0.1", port)) {
+                                Ok(s) => {
+                                    let r = std::io::BufReader::new(s.try_clone().unwrap());
+                                    conn.insert((s, r))
+                                }
+                                Err(e) => {
+                                    errors.push(format!("connect: {e}"));
+                                    std::thread::sleep(Duration::from_millis(10));
+                                    continue;
+                                }
+                            },
+                        };
+                        if let Err(e) = s.write_all(get.as_bytes()) {
+                            errors.push(format!("write: {e}"));
+                            conn = None;
+                            continue;
+                        }
+                        match read_answer(r, false) {
+                            Some(a) if a.status == 200 => {
+                                ok += 1;
+                                if a.header("connection").as_deref() == Some("close") {
+                                    conn = None;
+                                }
+                            }
+                            Some(a) => {
+                                errors.push(format!("status {}", a.status));
+                                conn = None;
+                            }
+                            None => {
+                                errors.push("connection ended without an answer".into());
+                                conn = None;
+                            }
+                        }
+                    }
+                    (ok, errors)
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let (mut ok, mut errors) = (0, Vec::new());
+        for t in self.threads {
+            let (o, e) = t.join().unwrap();
+            ok += o;
+            errors.extend(e);
+        }
+        (ok, errors)
+    }
+}
+
+#[test]
+fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
+    let echo = Echo::start("E");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let pid = dir.path().join("tollgate.pid");
+    let mut old = Gateway::start_with_server(
+        &format!(
+            "grace_period: 1s, graceful_shutdown_timeout: 2s, upgrade_sock: \"{}\", pid_file: \"{}\"",
+            sock.display(),
+            pid.display()
+        ),
+        &format!(
+            "upstreams:\n  e: {{ backends: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: all, path: /, upstream: e }}\n",
+            echo.addr()
+        ),
+    );
+    let load = Load::start(&old, 8);
+    wait_for("load on the old process", Duration::from_secs(5), || {
+        (old.metric("tollgate_requests_total", &[("route", "all")]) > 200.0).then_some(())
+    });
+    // The new process waits for the listeners; SIGQUIT makes the old one hand them over.
+    let mut new = old.start_upgrade();
+    wait_for(
+        "the new process to wait for the listeners",
+        Duration::from_secs(10),
+        || sock.exists().then_some(()),
+    );
+    let quit = Command::new("kill")
+        .args(["-QUIT", &old.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(quit.success());
+    wait_for("the old process to exit", Duration::from_secs(15), || {
+        old.proc.exited().then_some(())
+    });
+    assert!(!new.exited(), "the new process runs: {}", new.log_text());
+    // The new process alone serves now: its counters start from zero and grow.
+    let served_by_new = || old.metric("tollgate_requests_total", &[("route", "all")]);
+    let before = served_by_new();
+    wait_for(
+        "the new process serving the load",
+        Duration::from_secs(5),
+        || (served_by_new() > before + 200.0).then_some(()),
+    );
+    let (ok, errors) = load.finish();
+    assert!(ok > 1000, "{ok} requests answered");
+    assert!(
+        errors.is_empty(),
+        "{} failed of {}: {:?}\nold: {}\nnew: {}",
+        errors.len(),
+        ok + errors.len() as u64,
+        &errors[..errors.len().min(10)],
+        old.proc.log_text(),
+        new.log_text()
+    );
+    new.kill();
+}
