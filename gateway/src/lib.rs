@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod explain;
 pub mod limits;
+pub mod probe;
 pub mod proxy;
 pub mod runtime;
 pub mod serve;

@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tollgate::{explain, serve, token};
+use tollgate::{explain, probe, serve, token};
 
 /// glibc malloc/free was a visible share of the request path's profile. Measured with the
 /// load test's configs (wrk, 5 s runs, 3 alternating runs each): mimalloc gave 39.4k vs
@@ -74,6 +74,14 @@ enum Command {
         #[arg(long)]
         client: Option<std::net::IpAddr>,
     },
+    /// GET an http:// URL (the metrics listener's /healthz or /readyz); exit 0 on a 2xx.
+    /// For container health checks where the image has no HTTP client.
+    Probe {
+        url: String,
+        /// Connect, send and read, each within this.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Verify, mint or inspect JWTs.
     Token {
         #[command(subcommand)]
@@ -136,6 +144,7 @@ fn main() -> ExitCode {
             headers: &headers,
             client,
         }),
+        Command::Probe { url, timeout } => probe::run(&url, timeout),
         Command::Token { command } => token::run(*command),
     }
 }

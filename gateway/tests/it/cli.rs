@@ -204,3 +204,33 @@ fn token_verify_reads_a_token_too_large_for_a_command_line_from_stdin() {
     assert_eq!(verdict["valid"], false);
     assert_eq!(verdict["reason"], "too_large");
 }
+
+#[test]
+fn probe_exits_zero_only_on_a_2xx_answer() {
+    let echo = crate::common::Echo::start("E");
+    let gw = crate::common::Gateway::start(&format!(
+        "upstreams:\n  e: {{ backends: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: all, path: /, upstream: e }}\n",
+        echo.addr()
+    ));
+    let probe = |url: &str| {
+        Command::new(BIN)
+            .args(["probe", url, "--timeout", "2s"])
+            .output()
+            .unwrap()
+    };
+    let healthy = probe(&format!("http://127.0.0.1:{}/healthz", gw.metrics_port));
+    assert!(healthy.status.success(), "{healthy:?}");
+    let missing = probe(&format!("http://127.0.0.1:{}/nope", gw.metrics_port));
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("404"),
+        "{missing:?}"
+    );
+    let closed = probe(&format!(
+        "http://127.0.0.1:{}/healthz",
+        crate::common::free_port()
+    ));
+    assert_eq!(closed.status.code(), Some(1));
+    let https = probe("https://127.0.0.1:1/healthz");
+    assert_eq!(https.status.code(), Some(1));
+}

@@ -85,3 +85,110 @@ fn the_family_reader_finds_names_and_folds_histogram_suffixes() {
     let names: Vec<String> = families_named_in(text).into_iter().collect();
     assert_eq!(names, ["tollgate_a_total", "tollgate_d_seconds"]);
 }
+
+#[test]
+fn every_metric_the_grafana_dashboard_queries_is_exported() {
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/tollgate-dashboard.json"
+    ))
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let queries: Vec<&str> = json["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    assert!(queries.len() >= 15, "{} queries", queries.len());
+    let mut named = families_named_in(&queries.join("\n"));
+    // The process collector's series are named process_*, not tollgate_*.
+    named.insert("process_resident_memory_bytes".into());
+    named.insert("process_open_fds".into());
+
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k");
+    let jwks_server = JwksServer::start(&jwks(&[&key]));
+    let redis = RedisServer::start();
+    let gw = Gateway::start_with_http(
+        "{ max_connections_per_client: 3 }",
+        &format!(
+        "auth:\n  failed_auth_limit: {{ rate: 1/min, burst: 1 }}\n  providers:\n    - {{ name: idp, issuer: \"https://i.test\", audiences: any, jwks_uri: \"{}\" }}\n\
+         policies:\n  p:\n    allow: [{{ roles: [admin] }}]\n\
+         rate_limiting:\n  redis: {{ url: \"{}\", on_store_error: local }}\n\
+         upstreams:\n  e:\n    backends: [{{ addr: \"{}\" }}]\n    health_check: {{ type: tcp, interval: 100ms }}\n\
+         routes:\n  - name: api\n    path: /\n    upstream: e\n    policy: p\n    rate_limits:\n      - {{ name: fleet, key: route, rate: 100/s, store: redis }}\n",
+        jwks_server.url(),
+        redis.url(),
+        echo.addr()
+    ),
+    );
+    // One of each kind of traffic: allowed, refused by RBAC, refused without a token, forged,
+    // and a request with a bad Host (a bad request).
+    let admin =
+        key.sign(serde_json::json!({ "iss": "https://i.test", "sub": "a", "roles": ["admin"] }));
+    let reader = key.sign(serde_json::json!({ "iss": "https://i.test", "sub": "r" }));
+    let forger = TestKey::es256("k");
+    let forged = |sub: &str| {
+        let t = forger.sign(serde_json::json!({ "iss": "https://i.test", "sub": sub }));
+        format!("Bearer {t}")
+    };
+    assert_eq!(
+        gw.get("/", &[("authorization", &format!("Bearer {admin}"))])
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.get("/", &[("authorization", &format!("Bearer {reader}"))])
+            .status,
+        403
+    );
+    assert_eq!(gw.get("/", &[]).status, 401);
+    // Two failures spend the failed-auth burst; the third forgery is braked before checking.
+    assert_eq!(gw.get("/", &[("authorization", &forged("f1"))]).status, 401);
+    assert_eq!(gw.get("/", &[("authorization", &forged("f2"))]).status, 401);
+    assert_eq!(gw.get("/", &[("authorization", &forged("f3"))]).status, 429);
+    // Past the per-client connection cap (3): 503 at accept.
+    let held: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap())
+        .collect();
+    wait_for(
+        "the connection cap to refuse",
+        Duration::from_secs(5),
+        || {
+            let r = raw_request(
+                gw.port,
+                "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            );
+            r.ok().filter(|r| r.status == 503).map(|_| ())
+        },
+    );
+    drop(held);
+    // A malformed Host (once the held connections are released): a bad request.
+    wait_for("a 400 for a malformed Host", Duration::from_secs(5), || {
+        let r = raw_request(
+            gw.port,
+            "GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+        );
+        r.ok().filter(|r| r.status == 400).map(|_| ())
+    });
+    gw.reload("routes: [{ name: broken, path: /, upstream: nowhere }]\n");
+    let exported = wait_for(
+        "every family in the scrape",
+        Duration::from_secs(10),
+        || {
+            let scrape = gw.scrape();
+            let families: BTreeSet<String> = scrape
+                .lines()
+                .filter_map(|l| l.strip_prefix("# TYPE "))
+                .filter_map(|l| l.split(' ').next())
+                .map(str::to_owned)
+                .collect();
+            named.is_subset(&families).then_some(families)
+        },
+    );
+    for family in &named {
+        assert!(exported.contains(family), "{family} is not exported");
+    }
+}
