@@ -95,6 +95,13 @@ pub struct Passage {
     pub ratelimit_headers: Option<(Arc<str>, String)>,
     /// In a dry run: each limit looked at, with its verdict.
     pub limits_seen: Vec<(Arc<str>, Verdict)>,
+    /// For the access log: the authentication result and reason (`allow`/`ok`,
+    /// `anonymous`/`missing`, `deny`/reason, `refused`/brake), when the route has auth.
+    pub auth: Option<(&'static str, &'static str)>,
+    /// For the access log: the RBAC outcome and the rule that decided.
+    pub rbac: Option<(&'static str, tollgate_policy::DecidedBy)>,
+    /// For the access log: `allow` or `deny`, when the route has limits.
+    pub limit: Option<&'static str>,
 }
 
 /// The checks of one snapshot, for one request.
@@ -119,11 +126,20 @@ impl Pipeline<'_> {
         let route = self.route(req, passage.edge.host.as_deref())?;
         passage.route = Some(route.clone());
         self.declared_body(req, &route)?;
-        passage.caller = self
-            .authenticate(req, &route, passage.edge.client_ip)
-            .await?;
-        self.authorize(req, &route, passage.caller.as_ref())?;
-        passage.ratelimit_headers = self
+        let authenticated = self.authenticate(req, &route, passage.edge.client_ip).await;
+        if route.auth != AuthMode::None {
+            passage.auth = Some(match &authenticated {
+                Ok(Some(_)) => ("allow", "ok"),
+                Ok(None) => ("anonymous", "missing"),
+                Err(Refusal::Unauthorized { reason, .. }) => ("deny", reason.as_str()),
+                Err(Refusal::MultipleTokens) => ("deny", "malformed"),
+                Err(Refusal::TooManyFailedAttempts { .. }) => ("refused", "failed_auth_limit"),
+                Err(_) => ("refused", "verification_budget"),
+            });
+        }
+        passage.caller = authenticated?;
+        self.authorize(req, &route, passage.caller.as_ref(), &mut passage.rbac)?;
+        let limited = self
             .limit(
                 req,
                 &route,
@@ -131,7 +147,11 @@ impl Pipeline<'_> {
                 passage.caller.as_ref(),
                 &mut passage.limits_seen,
             )
-            .await?;
+            .await;
+        if !route.limits.is_empty() {
+            passage.limit = Some(if limited.is_ok() { "allow" } else { "deny" });
+        }
+        passage.ratelimit_headers = limited?;
         Ok(())
     }
 
@@ -278,6 +298,7 @@ impl Pipeline<'_> {
         req: &RequestHeader,
         route: &RouteRuntime,
         caller: Option<&Caller>,
+        decided: &mut Option<(&'static str, tollgate_policy::DecidedBy)>,
     ) -> Result<(), Refusal> {
         let Some(policy) = &route.policy else {
             return Ok(());
@@ -285,6 +306,7 @@ impl Pipeline<'_> {
         let facts =
             tollgate_policy::RequestFacts::new(req.method.as_str(), caller.map(Caller::claims));
         let decision = policy.evaluate(&facts);
+        *decided = Some((decision.outcome(), decision.decided_by));
         if let (Some(counters), true) = (&route.rbac_counters, self.mode.enforces()) {
             match decision.outcome() {
                 "allow" => &counters[0],

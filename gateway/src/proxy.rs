@@ -28,7 +28,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tollgate_config::AuthMode;
+use tollgate_config::{AuthMode, SubjectInLog};
 
 /// `tollgate_requests_total{route="unmatched"}`.
 static UNMATCHED: once_cell::sync::Lazy<RequestCounters> =
@@ -56,6 +56,8 @@ pub struct RequestCtx {
     connected: bool,
     /// When the current attempt's backend was chosen (connect and response times).
     attempt_started: Option<Instant>,
+    /// From choosing the backend to its response header, for the access log.
+    upstream_ms: Option<f64>,
     /// Counts the request in `tollgate_requests_in_flight` while it lives.
     _in_flight: InFlight,
     /// Request body bytes received so far, against the route's `max_body`.
@@ -172,6 +174,7 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             connected: false,
             attempt_started: None,
+            upstream_ms: None,
             _in_flight: InFlight::new(),
             body_bytes: 0,
         }
@@ -375,9 +378,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(started), Some(cluster)) = (ctx.attempt_started.take(), ctx.cluster()) {
-            cluster
-                .response_time
-                .observe(started.elapsed().as_secs_f64());
+            let took = started.elapsed().as_secs_f64();
+            cluster.response_time.observe(took);
+            ctx.upstream_ms = Some(took * 1e3);
         }
         upstream_response.remove_header(&http::header::SERVER);
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
@@ -438,27 +441,89 @@ impl ProxyHttp for Gateway {
                 info.count(outcome);
             }
         }
-        let access_log = ctx.snapshot.as_ref().is_none_or(|s| s.access_log);
-        if access_log {
-            let req = session.req_header();
-            tracing::info!(
-                target: "access",
-                request_id = ctx.request_id.to_str().unwrap_or(""),
-                client = %ctx.passage.edge.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-                method = req.method.as_str(),
-                path = req.uri.path(),
-                route = route.map_or("unmatched", |r| &*r.name),
-                status,
-                backend = ctx
-                    .cluster()
-                    .zip(ctx.tried.last())
-                    .and_then(|(c, b)| c.info(b))
-                    .map(|i| &*i.addr)
-                    .unwrap_or(""),
-                attempts = ctx.tried.len(),
-                duration_ms = elapsed.as_secs_f64() * 1e3,
-                error = e.map(|e| e.etype().as_str()).unwrap_or(""),
-            );
+        let logged = ctx.snapshot.as_ref().is_none_or(|s| {
+            s.access_log
+                && (status >= 400
+                    || s.access_log_sample >= 1.0
+                    || fastrand::f64() < s.access_log_sample)
+        });
+        if logged {
+            access_line(session, ctx, status, elapsed, e);
+        }
+    }
+}
+
+/// One JSON access line: never a token, a query string or a secret; the subject as
+/// `logging.subject` says.
+fn access_line(
+    session: &Session,
+    ctx: &RequestCtx,
+    status: u16,
+    elapsed: std::time::Duration,
+    e: Option<&Error>,
+) {
+    let req = session.req_header();
+    let passage = &ctx.passage;
+    let (auth, auth_reason) = passage.auth.unwrap_or(("", ""));
+    let (rbac, rbac_rule) = passage.rbac.map_or(("", String::new()), |(outcome, rule)| {
+        (outcome, rule.to_string())
+    });
+    let subject = match (
+        &passage.caller,
+        ctx.snapshot.as_ref().map(|s| &s.subject_in_log),
+    ) {
+        (Some(caller), Some(how)) => subject_for_log(caller.claims(), how),
+        _ => String::new(),
+    };
+    tracing::info!(
+        target: "access",
+        request_id = ctx.request_id.to_str().unwrap_or(""),
+        client = %passage.edge.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+        method = req.method.as_str(),
+        path = req.uri.path(),
+        host = passage.edge.host.as_deref().unwrap_or(""),
+        route = passage.route.as_ref().map_or("unmatched", |r| &*r.name),
+        status,
+        upstream = ctx.cluster().map_or("", |c| &*c.name),
+        backend = ctx
+            .cluster()
+            .zip(ctx.tried.last())
+            .and_then(|(c, b)| c.info(b))
+            .map(|i| &*i.addr)
+            .unwrap_or(""),
+        attempts = ctx.tried.len(),
+        duration_ms = elapsed.as_secs_f64() * 1e3,
+        upstream_ms = ctx.upstream_ms.unwrap_or(0.0),
+        bytes_in = session.body_bytes_read(),
+        bytes_out = session.body_bytes_sent(),
+        auth,
+        auth_reason,
+        provider = passage.caller.as_ref().map_or("", |c| &*c.provider),
+        subject,
+        rbac,
+        rbac_rule,
+        limit = passage.limit.unwrap_or(""),
+        error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+    );
+}
+
+/// The caller's `sub` as `logging.subject` says: left out, as it is, or the first 16 hex
+/// digits of SHA-256(salt ‖ sub).
+fn subject_for_log(claims: &crate::limits::Claims, how: &SubjectInLog) -> String {
+    let Some(sub) = claims.get("sub").and_then(|v| v.as_str()) else {
+        return String::new();
+    };
+    match how {
+        SubjectInLog::Omit => String::new(),
+        SubjectInLog::Plain => sub.to_owned(),
+        SubjectInLog::Hashed { salt } => {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            ctx.update(salt.as_bytes());
+            ctx.update(sub.as_bytes());
+            ctx.finish().as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
         }
     }
 }

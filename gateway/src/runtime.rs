@@ -75,6 +75,9 @@ pub struct RuntimeSnapshot {
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
     pub auth: Arc<Authenticator>,
     pub access_log: bool,
+    /// `logging.access_log_sample` and `logging.subject`.
+    pub access_log_sample: f64,
+    pub subject_in_log: tollgate_config::SubjectInLog,
     /// `server.http`: normalisation options and client limits.
     pub http: tollgate_config::HttpSettings,
     /// Headers removed from every client request (identity, forwarding, override).
@@ -171,6 +174,8 @@ impl RuntimeSnapshot {
             clusters,
             auth,
             access_log: config.logging.access_log,
+            access_log_sample: config.logging.access_log_sample,
+            subject_in_log: config.logging.subject.clone(),
             http: config.server.http.clone(),
             strip,
         })

@@ -87,6 +87,23 @@ pub struct Logging {
     pub level: String,
     /// One JSON line per request. Default true.
     pub access_log: bool,
+    /// The share of successful (below 400) requests logged, 0 to 1; refusals and errors are
+    /// always logged. Default 1.
+    pub access_log_sample: f64,
+    /// How the caller's `sub` appears in access lines. Default omitted.
+    pub subject: SubjectInLog,
+}
+
+/// The caller's subject in access lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectInLog {
+    Omit,
+    Plain,
+    /// The first 16 hex digits of SHA-256(salt ‖ sub): the same caller has the same value
+    /// across the fleet (one salt per deployment), without naming them.
+    Hashed {
+        salt: String,
+    },
 }
 
 /// A named cluster of backends.

@@ -63,6 +63,9 @@ pub struct RawMetrics {
 pub struct RawLogging {
     pub level: Option<String>,
     pub access_log: Option<bool>,
+    pub access_log_sample: Option<f64>,
+    pub subject: Option<String>,
+    pub subject_salt: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

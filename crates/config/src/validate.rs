@@ -218,6 +218,45 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
             .clone()
             .unwrap_or_else(|| "info".to_owned()),
         access_log: raw.logging.access_log.unwrap_or(true),
+        access_log_sample: match raw.logging.access_log_sample {
+            None => 1.0,
+            Some(s) if (0.0..=1.0).contains(&s) => s,
+            Some(s) => {
+                problems.add(
+                    "logging.access_log_sample",
+                    format!("must be between 0 and 1, found {s}"),
+                );
+                1.0
+            }
+        },
+        subject: match (
+            raw.logging.subject.as_deref(),
+            raw.logging.subject_salt.as_deref(),
+        ) {
+            (None | Some("omit"), None) => SubjectInLog::Omit,
+            (Some("plain"), None) => SubjectInLog::Plain,
+            (Some("hashed"), Some(salt)) if salt.len() >= 16 => SubjectInLog::Hashed {
+                salt: salt.to_owned(),
+            },
+            (Some("hashed"), _) => {
+                problems.add(
+                    "logging.subject_salt",
+                    "subject: hashed needs a subject_salt of at least 16 characters",
+                );
+                SubjectInLog::Omit
+            }
+            (Some("omit" | "plain"), Some(_)) | (None, Some(_)) => {
+                problems.add("logging.subject_salt", "only applies with subject: hashed");
+                SubjectInLog::Omit
+            }
+            (Some(other), _) => {
+                problems.add(
+                    "logging.subject",
+                    format!("expected omit, plain or hashed, found {other:?}"),
+                );
+                SubjectInLog::Omit
+            }
+        },
     };
 
     let auth = crate::auth::auth(&raw.auth, &raw.providers, problems);

@@ -623,3 +623,34 @@ routes:
     ];
     assert_problems(&p, &expected, 0);
 }
+
+#[test]
+fn logging_subject_and_sampling_are_checked() {
+    let p = problems(
+        r#"
+logging: { subject: hashed, subject_salt: short, access_log_sample: 1.5 }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: e }
+"#,
+    );
+    assert_problems(
+        &p,
+        &[
+            "logging.access_log_sample: must be between 0 and 1",
+            "logging.subject_salt: subject: hashed needs a subject_salt of at least 16 characters",
+        ],
+        0,
+    );
+    let p = problems(
+        r#"
+logging: { subject: named }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: e }
+"#,
+    );
+    assert_problems(&p, &["logging.subject: expected omit, plain or hashed"], 0);
+}

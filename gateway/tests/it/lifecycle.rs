@@ -229,3 +229,112 @@ fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
     );
     new.kill();
 }
+
+/// The access lines of a gateway's log, parsed.
+fn access_lines(gw: &Gateway) -> Vec<serde_json::Value> {
+    gw.proc
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect()
+}
+
+#[test]
+fn access_lines_carry_the_decision_and_the_hashed_subject_and_never_the_token() {
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&key])).unwrap();
+    let config = |sample: &str| {
+        format!(
+            "logging: {{ subject: hashed, subject_salt: \"0123456789abcdef\", access_log_sample: {sample} }}\n\
+             auth:\n  providers:\n    - {{ name: main, issuer: \"https://i.test\", audiences: any, jwks_file: \"{}\" }}\n\
+             policies:\n  admins:\n    allow: [{{ roles: [admin] }}]\n\
+             upstreams:\n  e: {{ backends: [{{ addr: \"{}\" }}] }}\n\
+             routes:\n  - name: api\n    path: /\n    upstream: e\n    policy: admins\n    rate_limits:\n      - {{ name: roomy, key: client_ip, rate: 100/s }}\n",
+            jwks_path.display(),
+            echo.addr()
+        )
+    };
+    let admin = key
+        .sign(serde_json::json!({ "iss": "https://i.test", "sub": "alice", "roles": ["admin"] }));
+    let reader = key.sign(serde_json::json!({ "iss": "https://i.test", "sub": "bob" }));
+
+    let gw = Gateway::start(&config("1"));
+    let ok = gw.get("/x?y=1", &[("authorization", &format!("Bearer {admin}"))]);
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        gw.get("/x", &[("authorization", &format!("Bearer {reader}"))])
+            .status,
+        403
+    );
+    let lines = wait_for("two access lines", Duration::from_secs(10), || {
+        let lines = access_lines(&gw);
+        (lines.len() >= 2).then_some(lines)
+    });
+    let allowed = lines.iter().find(|l| l["status"] == 200).unwrap();
+    let expected_subject: String = {
+        let mut c = ring::digest::Context::new(&ring::digest::SHA256);
+        c.update(b"0123456789abcdef");
+        c.update(b"alice");
+        c.finish().as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    for (field, value) in [
+        ("route", "api"),
+        ("path", "/x"),
+        ("host", "127.0.0.1"),
+        ("upstream", "e"),
+        ("auth", "allow"),
+        ("auth_reason", "ok"),
+        ("provider", "main"),
+        ("rbac", "allow"),
+        ("rbac_rule", "allow[0]"),
+        ("limit", "allow"),
+    ] {
+        assert_eq!(allowed[field], value, "{field} in {allowed}");
+    }
+    assert_eq!(allowed["subject"], expected_subject.as_str(), "{allowed}");
+    assert!(allowed["bytes_out"].as_u64().unwrap() > 0, "{allowed}");
+    assert!(allowed["upstream_ms"].as_f64().unwrap() > 0.0, "{allowed}");
+    assert!(allowed["timestamp"].is_string(), "{allowed}");
+    let denied = lines.iter().find(|l| l["status"] == 403).unwrap();
+    assert_eq!(denied["rbac"], "deny", "{denied}");
+    assert_eq!(denied["rbac_rule"], "default", "{denied}");
+    let log = gw.proc.log_text();
+    for token in [&admin, &reader] {
+        assert!(
+            !log.contains(token.rsplit('.').next().unwrap()),
+            "a token leaked into the log"
+        );
+    }
+    assert!(
+        !log.contains("alice") && !log.contains("bob"),
+        "a subject in clear"
+    );
+    assert!(!log.contains("y=1"), "the query string in the log");
+
+    // Sampling: with 0, only the refusal is logged.
+    let sampled = Gateway::start(&config("0"));
+    assert_eq!(
+        sampled
+            .get("/", &[("authorization", &format!("Bearer {admin}"))])
+            .status,
+        200
+    );
+    assert_eq!(
+        sampled
+            .get("/", &[("authorization", &format!("Bearer {reader}"))])
+            .status,
+        403
+    );
+    let lines = wait_for("the refusal's line", Duration::from_secs(10), || {
+        let lines = access_lines(&sampled);
+        (!lines.is_empty()).then_some(lines)
+    });
+    assert!(lines.iter().all(|l| l["status"] == 403), "{lines:?}");
+}
