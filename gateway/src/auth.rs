@@ -6,6 +6,7 @@
 
 use crate::keys::{digest, Provider};
 use crate::metrics::METRICS;
+pub use crate::token_cache::IdentityHeaders;
 use crate::token_cache::{CacheEntry, TokenCache};
 use http::header::{HeaderName, HeaderValue};
 use pingora_core::connectors::http::Connector;
@@ -15,9 +16,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tollgate_config::Problem;
 use tollgate_jwt::{Reason, Rejection, VerifiedToken};
 use tollgate_policy::ClaimPath;
-
-/// Headers that carry a verified identity upstream.
-pub type IdentityHeaders = Arc<[(HeaderName, HeaderValue)]>;
 
 /// The answer to a replayed forgery.
 const FORGED: Rejection = Rejection {

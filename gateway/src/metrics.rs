@@ -367,6 +367,10 @@ impl Metrics {
 /// Set once the config is loaded and the proxy listener accepts connections.
 pub static READY: AtomicBool = AtomicBool::new(false);
 
+/// Set when a shutdown or upgrade signal arrives (`serve::Signals`): every answer from then
+/// on closes its connection.
+pub static DRAINING: AtomicBool = AtomicBool::new(false);
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on the metrics listener.
 pub struct MetricsApp;
 

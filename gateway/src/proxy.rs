@@ -189,7 +189,8 @@ impl ProxyHttp for Gateway {
         let http = &snapshot.http;
         // Once shutting down (from SIGTERM on, or a graceful upgrade), every answer ends its
         // connection: clients move to another instance, or to the new process.
-        let draining = session.is_process_shutting_down() || crate::serve::draining();
+        let draining = session.is_process_shutting_down()
+            || crate::metrics::DRAINING.load(std::sync::atomic::Ordering::Acquire);
         session.set_keepalive((!draining).then_some(http.keepalive_timeout.as_secs()));
         session.set_read_timeout(Some(http.body_timeout));
         session.set_write_timeout(Some(http.send_timeout));

@@ -4,7 +4,7 @@
 use crate::conn::{ConnectionTable, Guarded};
 use crate::echo::EchoApp;
 use crate::limits::Stores;
-use crate::metrics::{MetricsApp, METRICS, READY};
+use crate::metrics::{MetricsApp, DRAINING, METRICS, READY};
 use crate::proxy::Gateway;
 use crate::runtime::RuntimeSnapshot;
 use arc_swap::ArcSwap;
@@ -17,7 +17,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_config::{Config, Problem};
@@ -391,15 +391,6 @@ pub fn run_gateway(
 /// - `SIGINT`: fast shutdown.
 struct Signals {
     grace_period: Duration,
-}
-
-/// Set when a shutdown or upgrade signal arrives: every answer from then on closes its
-/// connection.
-static DRAINING: AtomicBool = AtomicBool::new(false);
-
-/// Whether the process is on its way out (see [`Signals`]).
-pub(crate) fn draining() -> bool {
-    DRAINING.load(Ordering::Acquire)
 }
 
 #[async_trait]

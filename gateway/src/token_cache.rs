@@ -6,11 +6,14 @@
 //! (`exp`, `nbf`, `iss`, `aud`) are still checked on every hit: the cache saves only the
 //! signature check and the identity headers.
 
-use crate::auth::IdentityHeaders;
 use crate::keys::{unix_seconds, Provider};
+use http::header::{HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tollgate_jwt::VerifiedToken;
+
+/// Headers that carry a verified identity upstream.
+pub type IdentityHeaders = Arc<[(HeaderName, HeaderValue)]>;
 
 /// A cached verification: which provider and key generation verified the signature.
 pub(crate) struct CacheEntry {
