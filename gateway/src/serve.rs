@@ -163,6 +163,38 @@ struct Startup {
     /// `server.http.max_requests_per_connection` and `read_buffer`: set on Pingora's HTTP
     /// options and listener at start; a reload cannot change them.
     fixed_http: (u32, usize),
+    /// `server.watch_config`: poll the config file this often and reload on a change.
+    watch: Option<Duration>,
+}
+
+/// What a config file looks like from outside: modification time and length.
+type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
+
+async fn stamp(path: &Path) -> Stamp {
+    let m = tokio::fs::metadata(path).await.ok()?;
+    Some((m.modified().ok(), m.len()))
+}
+
+/// Returns once the file's stamp differs from `last` and has then held still for one more
+/// poll (an editor's write in several steps is one change); `last` becomes the new stamp.
+async fn file_changed(path: &Path, every: Duration, last: &mut Stamp) {
+    loop {
+        tokio::time::sleep(every).await;
+        let mut now = stamp(path).await;
+        if now == *last {
+            continue;
+        }
+        loop {
+            tokio::time::sleep(every).await;
+            let again = stamp(path).await;
+            if again == now {
+                break;
+            }
+            now = again;
+        }
+        *last = now;
+        return;
+    }
 }
 
 /// Waits until the snapshot's initial keys are loaded; false if shutdown came first or
@@ -270,6 +302,7 @@ impl BackgroundService for Startup {
                 _ = shutdown.changed() => return,
             }
         }
+        let mut last_stamp = stamp(&self.config_path).await;
         loop {
             let signal = async {
                 match hangup.as_mut() {
@@ -277,20 +310,38 @@ impl BackgroundService for Startup {
                     None => std::future::pending().await,
                 }
             };
+            let edited = async {
+                match self.watch {
+                    Some(every) => file_changed(&self.config_path, every, &mut last_stamp).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = signal => {
-                    let result = self.reload(&mut shutdown).await;
-                    let label = if result.is_ok() { "success" } else { "error" };
-                    METRICS.config_reloads.with_label_values(&[label]).inc();
-                    match result {
-                        Ok(()) => tracing::info!(config = %self.config_path.display(), "config reloaded"),
-                        Err(e) => tracing::error!(config = %self.config_path.display(), error = %e, "config reload refused; the running config stays"),
-                    }
+                    self.reload_and_count(&mut shutdown).await;
+                    // The file as this reload read it: the watcher does not reload it again.
+                    last_stamp = stamp(&self.config_path).await;
                 }
+                _ = edited => self.reload_and_count(&mut shutdown).await,
                 _ = shutdown.changed() => break,
             }
         }
         READY.store(false, Ordering::Release);
+    }
+}
+
+impl Startup {
+    /// A reload (on SIGHUP or a file change), counted and logged.
+    async fn reload_and_count(&self, shutdown: &mut ShutdownWatch) {
+        let result = self.reload(shutdown).await;
+        let label = if result.is_ok() { "success" } else { "error" };
+        METRICS.config_reloads.with_label_values(&[label]).inc();
+        match result {
+            Ok(()) => tracing::info!(config = %self.config_path.display(), "config reloaded"),
+            Err(e) => {
+                tracing::error!(config = %self.config_path.display(), error = %e, "config reload refused; the running config stays")
+            }
+        }
     }
 }
 
@@ -359,6 +410,7 @@ pub fn run_gateway(
                 config.server.http.max_requests_per_connection,
                 config.server.http.read_buffer,
             ),
+            watch: config.server.watch_config,
         },
     );
 

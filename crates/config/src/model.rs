@@ -62,6 +62,9 @@ pub struct Server {
     pub upstream_keepalive_pool_size: usize,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
+    /// Reload when the config file changes, polling it this often (a change is taken once
+    /// two polls in a row see the same file). Absent: reload on SIGHUP only. Fixed at start.
+    pub watch_config: Option<Duration>,
     pub error_log: Option<String>,
     pub user: Option<String>,
     pub group: Option<String>,

@@ -40,6 +40,7 @@ pub struct RawServer {
     pub upstream_keepalive_pool_size: Option<usize>,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
+    pub watch_config: Option<DurationText>,
     pub error_log: Option<String>,
     pub user: Option<String>,
     pub group: Option<String>,

@@ -192,6 +192,14 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(128),
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
+        watch_config: s.watch_config.as_ref().map(|_| {
+            duration(
+                &s.watch_config,
+                "server.watch_config",
+                Duration::from_secs(1),
+                problems,
+            )
+        }),
         error_log: s.error_log.clone(),
         user: s.user.clone(),
         group: s.group.clone(),

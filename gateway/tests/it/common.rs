@@ -258,6 +258,15 @@ impl Gateway {
         assert!(status.success());
     }
 
+    /// Replaces the config file (same listeners) without signalling the gateway.
+    pub fn rewrite(&self, yaml_without_listeners: &str) {
+        std::fs::write(
+            &self.conf,
+            format!("{}{yaml_without_listeners}", self.listeners),
+        )
+        .unwrap();
+    }
+
     /// The config file the gateway was started with (listeners included).
     pub fn conf_path(&self) -> &std::path::Path {
         &self.conf

@@ -338,3 +338,36 @@ fn access_lines_carry_the_decision_and_the_hashed_subject_and_never_the_token() 
     });
     assert!(lines.iter().all(|l| l["status"] == 403), "{lines:?}");
 }
+
+#[test]
+fn with_watch_config_an_edited_file_is_reloaded_without_a_signal() {
+    let echo = Echo::start("E");
+    let routes = |extra: &str| {
+        format!(
+            "upstreams:\n  e: {{ backends: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: all, path: /a, upstream: e }}\n{extra}",
+            echo.addr()
+        )
+    };
+    let gw = Gateway::start_with_server(
+        "grace_period: 1s, graceful_shutdown_timeout: 1s, watch_config: 100ms",
+        &routes(""),
+    );
+    assert_eq!(gw.get("/b", &[]).status, 404);
+    gw.rewrite(&routes("  - { name: new, path: /b, upstream: e }\n"));
+    wait_for("the edited config in use", Duration::from_secs(10), || {
+        (gw.get("/b", &[]).status == 200).then_some(())
+    });
+    assert_eq!(gw.metric("tollgate_config_generation", &[]), 2.0);
+    // A broken edit is refused like a broken SIGHUP reload; the running config stays.
+    gw.rewrite("routes: [{ name: broken, path: /, upstream: nowhere }]\n");
+    wait_for("the refused reload", Duration::from_secs(10), || {
+        (gw.metric("tollgate_config_reloads_total", &[("result", "error")]) == 1.0).then_some(())
+    });
+    assert_eq!(gw.get("/b", &[]).status, 200);
+    assert_eq!(gw.metric("tollgate_config_generation", &[]), 2.0);
+    assert_eq!(
+        gw.metric("tollgate_config_reloads_total", &[("result", "success")]),
+        1.0,
+        "one edit, one reload"
+    );
+}
