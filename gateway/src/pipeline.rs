@@ -126,18 +126,9 @@ impl Pipeline<'_> {
         let route = self.route(req, passage.edge.host.as_deref())?;
         passage.route = Some(route.clone());
         self.declared_body(req, &route)?;
-        let authenticated = self.authenticate(req, &route, passage.edge.client_ip).await;
-        if route.auth != AuthMode::None {
-            passage.auth = Some(match &authenticated {
-                Ok(Some(_)) => ("allow", "ok"),
-                Ok(None) => ("anonymous", "missing"),
-                Err(Refusal::Unauthorized { reason, .. }) => ("deny", reason.as_str()),
-                Err(Refusal::MultipleTokens) => ("deny", "malformed"),
-                Err(Refusal::TooManyFailedAttempts { .. }) => ("refused", "failed_auth_limit"),
-                Err(_) => ("refused", "verification_budget"),
-            });
-        }
-        passage.caller = authenticated?;
+        passage.caller = self
+            .authenticate(req, &route, passage.edge.client_ip, &mut passage.auth)
+            .await?;
         self.authorize(req, &route, passage.caller.as_ref(), &mut passage.rbac)?;
         let limited = self
             .limit(
@@ -207,6 +198,7 @@ impl Pipeline<'_> {
         req: &RequestHeader,
         route: &RouteRuntime,
         client: Option<IpAddr>,
+        outcome: &mut Option<(&'static str, &'static str)>,
     ) -> Result<Option<Caller>, Refusal> {
         if route.auth == AuthMode::None {
             return Ok(None);
@@ -216,6 +208,7 @@ impl Pipeline<'_> {
             claims: Some(claims),
         } = &self.mode
         {
+            *outcome = Some(("allow", "ok"));
             return Ok(Some(Caller {
                 provider: route
                     .providers
@@ -225,8 +218,11 @@ impl Pipeline<'_> {
                 claims: CallerClaims::Given(claims.clone()),
             }));
         }
-        let count = |provider: &str, result: &str, reason: &str| {
-            if self.mode.enforces() {
+        // The outcome for the access log and, in enforce mode, its counter: one place for both.
+        let enforces = self.mode.enforces();
+        let mut count = |provider: &str, result: &'static str, reason: &'static str| {
+            *outcome = Some((result, reason));
+            if enforces {
                 METRICS
                     .auth_decisions
                     .with_label_values(&[provider, result, reason])
@@ -261,7 +257,8 @@ impl Pipeline<'_> {
                 token,
                 headers,
             }) => {
-                if self.mode.enforces() {
+                *outcome = Some(("allow", "ok"));
+                if enforces {
                     provider.allowed.inc();
                 }
                 Ok(Some(Caller {
@@ -270,16 +267,22 @@ impl Pipeline<'_> {
                     headers,
                 }))
             }
-            Err(VerifyError::Refused(PreAuthRefusal::FailedAuthLimit { retry_after_secs })) => {
-                Err(Refusal::TooManyFailedAttempts { retry_after_secs })
+            // Counted by the brakes themselves (`tollgate_preauth_refusals_total`).
+            Err(VerifyError::Refused(refused)) => {
+                *outcome = Some(("refused", refused.label()));
+                Err(match refused {
+                    PreAuthRefusal::FailedAuthLimit { retry_after_secs } => {
+                        Refusal::TooManyFailedAttempts { retry_after_secs }
+                    }
+                    PreAuthRefusal::Busy => Refusal::Overloaded {
+                        reason: "verification_budget",
+                        message: "too many tokens are being verified; retry later",
+                        retry_after_secs: 1,
+                    },
+                })
             }
-            Err(VerifyError::Refused(PreAuthRefusal::Busy)) => Err(Refusal::Overloaded {
-                reason: "verification_budget",
-                message: "too many tokens are being verified; retry later",
-                retry_after_secs: 1,
-            }),
             Err(VerifyError::Rejected(provider, rejection)) => {
-                if self.mode.enforces() {
+                if enforces {
                     PREAUTH.record_failure(client, &auth.brakes, crate::clock::now_ns());
                 }
                 let provider = provider.as_ref().map_or("none", |p| &*p.name);
