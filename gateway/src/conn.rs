@@ -120,11 +120,75 @@ impl ConnectionTable {
     }
 }
 
-/// Wraps the proxy application: admits or refuses each connection, and guards its stream.
+/// Wraps the proxy application: admits or refuses each connection, runs the TLS handshake
+/// of the HTTPS listener, and guards its stream.
 pub struct Guarded<A> {
     pub inner: Arc<A>,
     pub snapshot: Arc<ArcSwap<RuntimeSnapshot>>,
     pub table: Arc<ConnectionTable>,
+    pub tls: Option<TlsListener>,
+}
+
+/// The HTTPS listener, known by its port (both listeners feed one service).
+pub struct TlsListener {
+    pub port: u16,
+    pub acceptor: pingora_core::listeners::tls::Acceptor,
+    pub store: Arc<crate::tls::CertStore>,
+}
+
+impl TlsListener {
+    /// The TLS handshake, within `handshake_timeout`; each outcome counted.
+    async fn handshake(&self, stream: Stream) -> Option<Stream> {
+        // Pingora's listener hands over the TCP stream boxed; the handshake needs its type.
+        let Ok(tcp) = stream
+            .into_any()
+            .downcast::<pingora_core::protocols::l4::stream::Stream>()
+        else {
+            debug_assert!(false, "the HTTPS listener accepted something else than TCP");
+            return None;
+        };
+        let timeout = self.store.load().handshake_timeout;
+        match tokio::time::timeout(timeout, self.acceptor.tls_handshake(*tcp)).await {
+            Ok(Ok(tls)) => {
+                let version = tls
+                    .get_ssl_digest()
+                    .map_or_else(|| "unknown".into(), |d| d.version.to_string());
+                let alpn = alpn_label(tls.selected_alpn_proto());
+                METRICS
+                    .tls_handshakes
+                    .with_label_values(&[&version, alpn])
+                    .inc();
+                Some(Box::new(tls))
+            }
+            Ok(Err(e)) => {
+                let reason = crate::tls::failure_reason(&e);
+                METRICS
+                    .tls_handshake_failures
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::debug!(reason, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                METRICS
+                    .tls_handshake_failures
+                    .with_label_values(&["timeout"])
+                    .inc();
+                None
+            }
+        }
+    }
+}
+
+/// The ALPN protocol as a metric label and log field.
+pub fn alpn_label(alpn: Option<pingora_core::protocols::ALPN>) -> &'static str {
+    use pingora_core::protocols::ALPN;
+    match alpn {
+        Some(ALPN::H2) => "h2",
+        Some(ALPN::H1) => "http/1.1",
+        Some(_) => "other",
+        None => "none",
+    }
 }
 
 /// A refusal written straight to the socket, before Pingora has parsed a request (so there
@@ -186,9 +250,27 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         };
         let idle = http.keepalive_timeout;
         drop(snapshot);
-        let guard = Box::new(GuardedStream::new(stream, limits, permit));
+        let local_port = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()));
+        let stream = match &self.tls {
+            Some(tls) if local_port == Some(tls.port) => tls.handshake(stream).await?,
+            _ => stream,
+        };
+        let h2 = matches!(
+            stream.selected_alpn_proto(),
+            Some(pingora_core::protocols::ALPN::H2)
+        );
+        let mut guard = Box::new(GuardedStream::new(stream, limits, permit));
         let options = self.inner.server_options();
-        if guard.get_ssl_digest().is_some() || options.is_some_and(|o| o.h2c) {
+        if h2 {
+            // HTTP/2 frames are not an HTTP/1 header block: the h2 server's own limits apply
+            // (header list size, streams), and the guard only counts the connection.
+            guard.phase = Phase::Tunnel;
+            guard.armed = false;
+            return ServerApp::process_new(&self.inner, guard, shutdown).await;
+        }
+        if options.is_some_and(|o| o.h2c) {
             return ServerApp::process_new(&self.inner, guard, shutdown).await;
         }
         // HTTP/1.1 is served by a task of our own, so that the task Pingora spawned for the

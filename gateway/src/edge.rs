@@ -166,10 +166,34 @@ pub fn prepare(
     strip: &StripSet,
 ) -> Result<EdgeFacts, Refusal> {
     check_limits(req, http)?;
+    // HTTP/2 carries the host in `:authority` (RFC 9113 §8.3.1), which is the request's
+    // host; a `Host` field beside it must name the same one, or the two readings differ.
+    let authority = match (req.version, req.uri.authority()) {
+        (http::Version::HTTP_2, Some(a)) => {
+            let a = a.as_str();
+            let differs = req
+                .headers
+                .get_all(HOST)
+                .iter()
+                .any(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_bytes()));
+            if differs {
+                return Err(malformed(
+                    400,
+                    "conflicting_host",
+                    "the Host header and :authority name different hosts",
+                ));
+            }
+            Some(a.to_owned())
+        }
+        _ => None,
+    };
     let canonical = {
         // Zero, one or (refused) more `Host` fields, without allocating for the usual one.
         let mut fields = req.headers.get_all(HOST).iter().map(HeaderValue::as_bytes);
-        let pair = [fields.next(), fields.next()];
+        let pair = match &authority {
+            Some(a) => [Some(a.as_bytes()), None],
+            None => [fields.next(), fields.next()],
+        };
         let hosts: &[&[u8]] = match pair {
             [None, _] => &[],
             [Some(a), None] => &[a][..],
@@ -306,8 +330,10 @@ pub struct ForwardFrom<'a> {
     pub facts: &'a EdgeFacts,
     /// The connection's peer (the last hop of `X-Forwarded-For`).
     pub peer: Option<IpAddr>,
-    /// The proxy listener's port.
+    /// The port of the listener the request came in on.
     pub listen_port: Option<&'a HeaderValue>,
+    /// The request came in on the HTTPS listener.
+    pub tls: bool,
 }
 
 /// Writes the gateway's forwarding headers on the upstream request: `X-Forwarded-For`
@@ -334,6 +360,7 @@ pub fn forward(upstream: &mut RequestHeader, from: &ForwardFrom<'_>) -> pingora_
         upstream.insert_header(X_REAL_IP.clone(), client)?;
     }
     let proto = match facts.forwarded_proto.as_deref() {
+        _ if from.tls => HeaderValue::from_static("https"),
         Some("https") => HeaderValue::from_static("https"),
         _ => HeaderValue::from_static("http"),
     };

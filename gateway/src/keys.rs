@@ -34,6 +34,8 @@ pub struct Provider {
     source: KeySource,
     refresh: Refresh,
     pub token_sources: Vec<TokenSource>,
+    /// Tokens must be bound to the client certificate (RFC 8705 §3).
+    pub require_certificate_binding: bool,
     keys: ArcSwap<KeyState>,
     /// Initial keys are in place (always true but for `jwks_uri` before its first fetch).
     ready: AtomicBool,
@@ -76,6 +78,7 @@ impl Provider {
                 token_types: p.token_types.clone(),
             },
             require_exp: p.require_exp,
+            require_certificate_binding: p.require_certificate_binding,
             source: p.keys.clone(),
             refresh: p.refresh.clone(),
             token_sources: p.token_sources.clone(),

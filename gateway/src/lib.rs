@@ -32,4 +32,5 @@ mod metrics;
 mod pipeline;
 mod preauth;
 mod respond;
+mod tls;
 mod token_cache;

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub config_last_success: prometheus::Gauge,
     pub upstream_connect: HistogramVec,
     pub upstream_response: HistogramVec,
+    pub tls_handshakes: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub tls_certificate_expiry: IntGaugeVec,
+    pub tls_certificate_reloads: IntCounterVec,
 }
 
 /// Buckets for upstream times: 100 µs to 10 s.
@@ -271,6 +275,43 @@ impl Metrics {
             &["upstream"],
         )
         .expect("valid metric");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tls_handshakes_total",
+                "TLS handshakes completed on the HTTPS listener, by version and ALPN protocol.",
+            ),
+            &["version", "alpn"],
+        )
+        .expect("valid metric");
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tls_handshake_failures_total",
+                "TLS handshakes that failed on the HTTPS listener, by reason (timeout, closed, \
+                 no_client_certificate, bad_client_certificate, incompatible, alert_received, \
+                 protocol, other).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_tls_certificate_expiry_timestamp_seconds",
+                "notAfter of each certificate the HTTPS listener serves, by its first DNS name.",
+            ),
+            &["name"],
+        )
+        .expect("valid metric");
+        let tls_certificate_reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tls_certificate_reloads_total",
+                "Re-reads of changed certificate, key or CA files, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for reason in crate::tls::FAILURE_REASONS {
+            tls_handshake_failures.with_label_values(&[reason]);
+        }
         // The standard process_* series: resident memory, open file descriptors, CPU seconds,
         // start time (Linux).
         registry
@@ -285,6 +326,10 @@ impl Metrics {
             Box::new(config_last_success.clone()),
             Box::new(upstream_connect.clone()),
             Box::new(upstream_response.clone()),
+            Box::new(tls_handshakes.clone()),
+            Box::new(tls_handshake_failures.clone()),
+            Box::new(tls_certificate_expiry.clone()),
+            Box::new(tls_certificate_reloads.clone()),
             Box::new(connections_refused.clone()),
             Box::new(header_refusals.clone()),
             Box::new(bad_requests.clone()),
@@ -342,6 +387,10 @@ impl Metrics {
             config_last_success,
             upstream_connect,
             upstream_response,
+            tls_handshakes,
+            tls_handshake_failures,
+            tls_certificate_expiry,
+            tls_certificate_reloads,
         }
     }
 

@@ -102,6 +102,8 @@ pub struct Passage {
     pub rbac: Option<(&'static str, tollgate_policy::DecidedBy)>,
     /// For the access log: `allow` or `deny`, when the route has limits.
     pub limit: Option<&'static str>,
+    /// The connection's TLS, set by the caller before [`Pipeline::decide`].
+    pub transport: crate::tls::Transport,
 }
 
 /// The checks of one snapshot, for one request.
@@ -123,11 +125,20 @@ impl Pipeline<'_> {
         passage: &mut Passage,
     ) -> Result<(), Refusal> {
         passage.edge = self.admit(req, peer)?;
+        self.https_only(req, passage)?;
         let route = self.route(req, passage.edge.host.as_deref())?;
         passage.route = Some(route.clone());
+        if route.require_client_certificate && passage.transport.peer_certificate().is_none() {
+            return Err(Refusal::ClientCertificateRequired);
+        }
         self.declared_body(req, &route)?;
         passage.caller = self
-            .authenticate(req, &route, passage.edge.client_ip, &mut passage.auth)
+            .authenticate(
+                req,
+                &route,
+                (passage.edge.client_ip, &passage.transport),
+                &mut passage.auth,
+            )
             .await?;
         self.authorize(req, &route, passage.caller.as_ref(), &mut passage.rbac)?;
         let limited = self
@@ -156,6 +167,35 @@ impl Pipeline<'_> {
             if let (Refusal::Malformed { reason, .. }, true) = (r, self.mode.enforces()) {
                 METRICS.bad_requests.with_label_values(&[reason]).inc();
             }
+        })
+    }
+
+    /// `listen.tls.redirect_http`: a plain-HTTP request (not one a trusted proxy received on
+    /// https) is answered with a redirect to the same URL on the HTTPS listener.
+    fn https_only(&self, req: &RequestHeader, passage: &Passage) -> Result<(), Refusal> {
+        let Some(port) = self.snapshot.tls.as_ref().and_then(|t| t.redirect_to) else {
+            return Ok(());
+        };
+        if passage.transport.tls.is_some()
+            || passage.edge.forwarded_proto.as_deref() == Some("https")
+        {
+            return Ok(());
+        }
+        let Some(host) = passage.edge.host.as_deref() else {
+            return Ok(());
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        let authority = match port {
+            443 => host,
+            port => format!("{host}:{port}"),
+        };
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        Err(Refusal::RedirectToHttps {
+            location: format!("https://{authority}{target}"),
         })
     }
 
@@ -197,7 +237,7 @@ impl Pipeline<'_> {
         &self,
         req: &RequestHeader,
         route: &RouteRuntime,
-        client: Option<IpAddr>,
+        (client, transport): (Option<IpAddr>, &crate::tls::Transport),
         outcome: &mut Option<(&'static str, &'static str)>,
     ) -> Result<Option<Caller>, Refusal> {
         if route.auth == AuthMode::None {
@@ -257,6 +297,23 @@ impl Pipeline<'_> {
                 token,
                 headers,
             }) => {
+                // After the cache as before it: a bound token is held to the certificate of
+                // the connection it arrives on, every time.
+                let must_bind =
+                    provider.require_certificate_binding || route.require_certificate_binding;
+                if let Err(detail) =
+                    certificate_binding(&token.claims, must_bind, transport.peer_certificate())
+                {
+                    if enforces {
+                        PREAUTH.record_failure(client, &auth.brakes, crate::clock::now_ns());
+                    }
+                    count(&provider.name, "deny", Reason::Binding.as_str());
+                    return Err(Refusal::Unauthorized {
+                        reason: Reason::Binding,
+                        detail,
+                        presented: true,
+                    });
+                }
                 *outcome = Some(("allow", "ok"));
                 if enforces {
                     provider.allowed.inc();
@@ -378,5 +435,28 @@ impl Pipeline<'_> {
             }
         }
         Ok(tightest.map(|(_, policy, value)| (policy, value)))
+    }
+}
+
+/// RFC 8705 §3: a token whose `cnf` claim names a certificate thumbprint (`x5t#S256`) is
+/// good only on a connection whose verified client certificate has that thumbprint; with
+/// `required`, a token without one is refused too.
+fn certificate_binding(
+    claims: &Claims,
+    required: bool,
+    peer: Option<&crate::tls::PeerCertificate>,
+) -> Result<(), &'static str> {
+    let bound = claims
+        .get("cnf")
+        .and_then(|c| c.as_object())
+        .and_then(|c| c.get("x5t#S256"));
+    match (bound, peer) {
+        (None, _) if !required => Ok(()),
+        (None, _) => Err("the token must be bound to the client certificate (cnf.x5t#S256)"),
+        (Some(serde_json::Value::String(t)), Some(peer)) if *t == peer.thumbprint => Ok(()),
+        (Some(_), Some(_)) => Err("the token is bound to another client certificate"),
+        (Some(_), None) => {
+            Err("the token is bound to a client certificate the connection did not present")
+        }
     }
 }

@@ -40,6 +40,17 @@ pub struct Gateway {
     pub stores: Arc<Stores>,
     /// `X-Forwarded-Port`: the proxy listener's port (listeners do not change on reload).
     pub listen_port: Option<HeaderValue>,
+    /// `X-Forwarded-Port` of requests on the HTTPS listener.
+    pub https_port: Option<HeaderValue>,
+}
+
+/// What the request knows of its connection's TLS (nothing on the plain listener).
+fn transport_of(session: &Session) -> crate::tls::Transport {
+    let tls = session.digest().and_then(|d| d.ssl_digest.clone());
+    let alpn = tls
+        .as_ref()
+        .map(|_| if session.is_http2() { "h2" } else { "http/1.1" });
+    crate::tls::Transport { tls, alpn }
 }
 
 /// Per-request state, carried across the phases.
@@ -197,6 +208,7 @@ impl ProxyHttp for Gateway {
         // Pipelined requests are served in order, each decided on its own (RFC 9112 §9.3.2).
         session.set_pipelining_enabled(true);
         let peer = peer_ip(session);
+        ctx.passage.transport = transport_of(session);
         let pipeline = Pipeline {
             snapshot: &snapshot,
             stores: &self.stores,
@@ -309,13 +321,26 @@ impl ProxyHttp for Gateway {
         for (name, value) in passage.caller.iter().flat_map(|c| c.headers.iter()) {
             upstream.insert_header(name.clone(), value.clone())?;
         }
+        if let Some(tls) = ctx.snapshot.as_ref().and_then(|s| s.tls.as_ref()) {
+            crate::tls::forward_peer_certificate(
+                &tls.client_cert_headers,
+                &passage.transport,
+                upstream,
+            )?;
+        }
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        let on_tls = passage.transport.tls.is_some();
         crate::edge::forward(
             upstream,
             &ForwardFrom {
                 facts: &passage.edge,
                 peer: peer_ip(session),
-                listen_port: self.listen_port.as_ref(),
+                listen_port: if on_tls {
+                    self.https_port.as_ref()
+                } else {
+                    self.listen_port.as_ref()
+                },
+                tls: on_tls,
             },
         )?;
         if let Some(route) = &passage.route {
@@ -388,6 +413,16 @@ impl ProxyHttp for Gateway {
         if let Some((policy, value)) = ctx.passage.ratelimit_headers.take() {
             upstream_response.insert_header("ratelimit-policy", &*policy)?;
             upstream_response.insert_header("ratelimit", value)?;
+        }
+        if ctx.passage.transport.tls.is_some() {
+            if let Some(hsts) = ctx
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.tls.as_ref())
+                .and_then(|t| t.hsts.clone())
+            {
+                upstream_response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
+            }
         }
         Ok(())
     }
@@ -504,6 +539,9 @@ fn access_line(
         rbac,
         rbac_rule,
         limit = passage.limit.unwrap_or(""),
+        tls_version = passage.transport.version().unwrap_or(""),
+        alpn = passage.transport.alpn.unwrap_or(""),
+        client_cert = passage.transport.peer_certificate().is_some(),
         error = e.map(|e| e.etype().as_str()).unwrap_or(""),
     );
 }

@@ -54,6 +54,11 @@ pub enum Refusal {
     },
     /// 403 from the route's RBAC policy; `scopes` are the scopes that would have allowed it.
     Forbidden { policy: Arc<str>, scopes: Arc<str> },
+    /// 403: the route takes only requests on a TLS connection with a verified client
+    /// certificate (`client_certificate: required`).
+    ClientCertificateRequired,
+    /// 308 to the same URL on https: a plain-HTTP request when `listen.tls.redirect_http`.
+    RedirectToHttps { location: String },
     /// 429 from a rate limit, with its `RateLimit` headers.
     RateLimited {
         limit: Arc<str>,
@@ -101,7 +106,8 @@ impl Refusal {
             Refusal::NotFound => 404,
             Refusal::MultipleTokens | Refusal::Unreadable => 400,
             Refusal::Unauthorized { .. } => 401,
-            Refusal::Forbidden { .. } => 403,
+            Refusal::Forbidden { .. } | Refusal::ClientCertificateRequired => 403,
+            Refusal::RedirectToHttps { .. } => 308,
             Refusal::RateLimited { .. } | Refusal::TooManyFailedAttempts { .. } => 429,
             Refusal::Overloaded { .. } | Refusal::NoHealthyBackend => 503,
             Refusal::UpstreamFailed => 502,
@@ -202,6 +208,18 @@ impl Refusal {
                 a.policy = Some(policy);
                 a
             }
+            Refusal::ClientCertificateRequired => Answer::new(
+                403,
+                "forbidden",
+                "this route requires a client certificate (mutual TLS)",
+            )
+            .reason("client_certificate"),
+            Refusal::RedirectToHttps { location } => Answer::new(
+                308,
+                "https_required",
+                "this gateway serves https only; the request was not sent",
+            )
+            .header(http::header::LOCATION, location.clone()),
             Refusal::RateLimited {
                 limit,
                 retry_after_secs,

@@ -41,6 +41,10 @@ pub struct RouteRuntime {
     pub limits: Vec<LimitRuntime>,
     /// Request body size in bytes; larger → 413.
     pub max_body: u64,
+    /// `client_certificate: required`.
+    pub require_client_certificate: bool,
+    /// `require_certificate_binding` on the route (a provider may also require it).
+    pub require_certificate_binding: bool,
 }
 
 impl RouteRuntime {
@@ -82,6 +86,20 @@ pub struct RuntimeSnapshot {
     pub http: tollgate_config::HttpSettings,
     /// Headers removed from every client request (identity, forwarding, override).
     pub strip: crate::edge::StripSet,
+    /// `listen.tls`, when the HTTPS listener is configured.
+    pub tls: Option<TlsRuntime>,
+}
+
+/// What requests need of `listen.tls`, and the material for the listener's next handshakes.
+pub struct TlsRuntime {
+    /// Certificates and client CAs, read and checked: the listener swaps them in once this
+    /// snapshot is in use.
+    pub material: Arc<crate::tls::Material>,
+    pub client_cert_headers: tollgate_config::ClientCertHeaders,
+    /// `Strict-Transport-Security` for answers on the HTTPS listener.
+    pub hsts: Option<http::HeaderValue>,
+    /// The plain listener's requests are redirected to this port on https.
+    pub redirect_to: Option<u16>,
 }
 
 impl RuntimeSnapshot {
@@ -104,6 +122,24 @@ impl RuntimeSnapshot {
                 problems.extend(errs);
                 None
             }
+        };
+        let tls = match (&config.listen.tls, config.listen.https) {
+            (Some(tls), Some(https)) => match crate::tls::Material::load(tls) {
+                Ok(material) => Some(TlsRuntime {
+                    material: Arc::new(material),
+                    client_cert_headers: tls.client_cert_headers.clone(),
+                    hsts: tls
+                        .hsts
+                        .as_deref()
+                        .and_then(|v| http::HeaderValue::from_str(v).ok()),
+                    redirect_to: tls.redirect_http.then_some(https.port()),
+                }),
+                Err(errs) => {
+                    problems.extend(errs);
+                    None
+                }
+            },
+            _ => None,
         };
         let Some(auth) = auth.filter(|_| problems.is_empty()) else {
             return Err(ConfigError { problems });
@@ -155,6 +191,8 @@ impl RuntimeSnapshot {
                 token_sources,
                 keep_authorization: r.keep_authorization,
                 max_body: r.max_body,
+                require_client_certificate: r.require_client_certificate,
+                require_certificate_binding: r.require_certificate_binding,
             };
             let methods: Vec<&str> = r.methods.iter().map(String::as_str).collect();
             router
@@ -168,7 +206,23 @@ impl RuntimeSnapshot {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
-        let strip = crate::edge::strip_set(&auth.identity_headers, &config.server.http);
+        let cert_headers = tls
+            .iter()
+            .flat_map(|t| {
+                [
+                    &t.client_cert_headers.subject,
+                    &t.client_cert_headers.sha256,
+                ]
+            })
+            .flatten()
+            .cloned();
+        let identity: Vec<http::HeaderName> = auth
+            .identity_headers
+            .iter()
+            .cloned()
+            .chain(cert_headers)
+            .collect();
+        let strip = crate::edge::strip_set(&identity, &config.server.http);
         Ok(RuntimeSnapshot {
             router,
             clusters,
@@ -178,6 +232,7 @@ impl RuntimeSnapshot {
             subject_in_log: config.logging.subject.clone(),
             http: config.server.http.clone(),
             strip,
+            tls,
         })
     }
 

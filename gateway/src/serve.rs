@@ -1,12 +1,13 @@
 //! Loading the config and starting Pingora: the proxy service, the metrics listener, and
 //! the background work (health checks, readiness).
 
-use crate::conn::{ConnectionTable, Guarded};
+use crate::conn::{ConnectionTable, Guarded, TlsListener};
 use crate::echo::EchoApp;
 use crate::limits::Stores;
 use crate::metrics::{MetricsApp, DRAINING, METRICS, READY};
 use crate::proxy::Gateway;
 use crate::runtime::RuntimeSnapshot;
+use crate::tls::CertStore;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -159,7 +160,10 @@ struct Startup {
     config_path: PathBuf,
     /// The listeners cannot change without new sockets: a reload that changes them is
     /// refused (use a graceful upgrade, `run -u`, instead).
-    listen: (SocketAddr, SocketAddr),
+    listen: (SocketAddr, SocketAddr, Option<SocketAddr>),
+    /// The HTTPS listener's certificates: swapped on reload, and re-read when their files
+    /// change (polled every `listen.tls.watch`), with the `listen.tls` they were read for.
+    certs: Option<(Arc<CertStore>, std::sync::Mutex<tollgate_config::Tls>)>,
     /// `server.http.max_requests_per_connection` and `read_buffer`: set on Pingora's HTTP
     /// options and listener at start; a reload cannot change them.
     fixed_http: (u32, usize),
@@ -228,8 +232,13 @@ impl Startup {
             .await
             .map_err(|e| format!("loading the config failed: {e}"))?
             .map_err(|e| e.to_string())?;
-        if (config.listen.http, config.metrics.listen) != self.listen {
-            return Err("listen.http and metrics.listen cannot change on reload; use a graceful upgrade (run -u)".into());
+        if (
+            config.listen.http,
+            config.metrics.listen,
+            config.listen.https,
+        ) != self.listen
+        {
+            return Err("listen.http, listen.https and metrics.listen cannot change on reload; use a graceful upgrade (run -u)".into());
         }
         if (
             config.server.http.max_requests_per_connection,
@@ -249,6 +258,12 @@ impl Startup {
             return Err("the new config's key sets could not be loaded".into());
         }
         // Requests in flight keep the snapshot they loaded; new ones see this one.
+        if let (Some((store, tls_config)), Some(tls), Some(new_config)) =
+            (&self.certs, &snapshot.tls, &config.listen.tls)
+        {
+            store.swap(tls.material.clone());
+            *tls_config.lock().unwrap_or_else(|e| e.into_inner()) = new_config.clone();
+        }
         self.snapshot.store(snapshot);
         METRICS.config_loaded();
         Ok(())
@@ -303,6 +318,7 @@ impl BackgroundService for Startup {
             }
         }
         let mut last_stamp = stamp(&self.config_path).await;
+        let mut cert_stamp = self.cert_stamp();
         loop {
             let signal = async {
                 match hangup.as_mut() {
@@ -316,7 +332,23 @@ impl BackgroundService for Startup {
                     None => std::future::pending().await,
                 }
             };
+            let certs_edited = async {
+                match &self.certs {
+                    Some((_, tls)) => {
+                        let every = tls.lock().unwrap_or_else(|e| e.into_inner()).watch;
+                        tokio::time::sleep(every).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = certs_edited => {
+                    let now = self.cert_stamp();
+                    if now != cert_stamp {
+                        self.reload_certificates().await;
+                        cert_stamp = self.cert_stamp();
+                    }
+                }
                 _ = signal => {
                     self.reload_and_count(&mut shutdown).await;
                     // The file as this reload read it: the watcher does not reload it again.
@@ -331,6 +363,43 @@ impl BackgroundService for Startup {
 }
 
 impl Startup {
+    /// The modification times and lengths of the certificate, key and CA files in use.
+    fn cert_stamp(&self) -> Vec<Option<(Option<std::time::SystemTime>, u64)>> {
+        match &self.certs {
+            Some((store, _)) => crate::tls::stamp(&store.load().files),
+            None => Vec::new(),
+        }
+    }
+
+    /// Re-reads the HTTPS listener's files after one changed: new handshakes use them; a
+    /// file that does not load (half written, a key that does not match) leaves the old ones.
+    async fn reload_certificates(&self) {
+        let Some((store, tls)) = &self.certs else {
+            return;
+        };
+        let tls = tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::tls::Material::load(&tls)).await;
+        match loaded {
+            Ok(Ok(material)) => {
+                store.swap(Arc::new(material));
+                METRICS
+                    .tls_certificate_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!("TLS certificates reloaded");
+            }
+            Ok(Err(problems)) => {
+                METRICS
+                    .tls_certificate_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                tracing::error!(problems = ?problems, "TLS certificates changed but do not load; the previous ones stay");
+            }
+            Err(e) => tracing::error!(error = %e, "reloading TLS certificates failed"),
+        }
+    }
+
     /// A reload (on SIGHUP or a file change), counted and logged.
     async fn reload_and_count(&self, shutdown: &mut ShutdownWatch) {
         let result = self.reload(shutdown).await;
@@ -376,16 +445,32 @@ pub fn run_gateway(
             snapshot: snapshot.clone(),
             stores: stores.clone(),
             listen_port: Some(config.listen.http.port().into()),
+            https_port: config.listen.https.map(|a| a.port().into()),
         },
     );
     let mut options = pingora_core::apps::HttpServerOptions::default();
     options.keepalive_request_limit = Some(config.server.http.max_requests_per_connection);
     app.server_options = Some(options);
-    // Every connection passes the connection caps and the header guard before Pingora.
+    let certs = snapshot
+        .load()
+        .tls
+        .as_ref()
+        .map(|t| CertStore::new(t.material.clone()));
+    let tls_listener = match (&certs, config.listen.https) {
+        (Some(store), Some(https)) => Some(TlsListener {
+            port: https.port(),
+            acceptor: store.acceptor(),
+            store: store.clone(),
+        }),
+        _ => None,
+    };
+    // Every connection passes the connection caps, the TLS handshake (on the HTTPS
+    // listener) and the header guard before Pingora.
     let guarded = Guarded {
         inner: Arc::new(app),
         snapshot: snapshot.clone(),
         table: Arc::new(ConnectionTable::default()),
+        tls: tls_listener,
     };
     let mut proxy = Service::new("tollgate proxy".to_owned(), guarded);
     proxy.add_listener(
@@ -394,6 +479,15 @@ pub fn run_gateway(
                 .read(config.server.http.read_buffer),
         ),
     );
+    if let Some(https) = config.listen.https {
+        // A plain TCP listener: tollgate runs the handshake itself (see `conn`).
+        proxy.add_listener(
+            pingora_core::listeners::ListenerConfig::tcp(https.to_string()).l4_buffer(
+                pingora_core::protocols::l4::stream::L4BufferSettings::default()
+                    .read(config.server.http.read_buffer),
+            ),
+        );
+    }
 
     let mut metrics = Service::new("tollgate metrics".to_owned(), MetricsApp);
     metrics.add_tcp(&config.metrics.listen.to_string());
@@ -405,7 +499,12 @@ pub fn run_gateway(
             snapshot,
             stores,
             config_path: config_path.to_owned(),
-            listen: (config.listen.http, config.metrics.listen),
+            listen: (
+                config.listen.http,
+                config.metrics.listen,
+                config.listen.https,
+            ),
+            certs: certs.zip(config.listen.tls.clone().map(std::sync::Mutex::new)),
             fixed_http: (
                 config.server.http.max_requests_per_connection,
                 config.server.http.read_buffer,
@@ -416,6 +515,7 @@ pub fn run_gateway(
 
     tracing::info!(
         listen = %config.listen.http,
+        https = ?config.listen.https,
         metrics = %config.metrics.listen,
         routes = config.routes.len(),
         upstreams = config.upstreams.len(),

@@ -252,6 +252,7 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
         keys,
         refresh: refresh(&format!("{base}.refresh"), p.refresh.as_ref(), problems),
         token_sources,
+        require_certificate_binding: p.require_certificate_binding.unwrap_or(false),
     }
 }
 

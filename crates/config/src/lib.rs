@@ -24,6 +24,7 @@ mod model;
 mod problems;
 mod raw;
 mod routes;
+mod tls;
 mod upstreams;
 mod validate;
 

@@ -35,6 +35,15 @@ impl Config {
                 *p = base.join(p.as_str()).to_string_lossy().into_owned();
             }
         };
+        if let Some(tls) = &mut self.listen.tls {
+            for c in &mut tls.certificates {
+                resolve(&mut c.cert);
+                resolve(&mut c.key);
+            }
+            if let Some(ca) = &mut tls.client_ca {
+                resolve(ca);
+            }
+        }
         for provider in &mut self.auth.providers {
             match &mut provider.keys {
                 KeySource::File(path) | KeySource::HmacFile { path, .. } => resolve(path),
@@ -76,6 +85,59 @@ pub struct Server {
 pub struct Listen {
     /// Plain-HTTP listener. Default `0.0.0.0:8080`.
     pub http: SocketAddr,
+    /// HTTPS listener (HTTP/2 and HTTP/1.1 by ALPN); set together with `tls`.
+    pub https: Option<SocketAddr>,
+    pub tls: Option<Tls>,
+}
+
+/// `listen.tls`: the HTTPS listener. TLS 1.2 and 1.3 only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// Chosen by SNI among the DNS names of each certificate; the first is the default (for
+    /// clients that send no SNI or a name no certificate has). Never empty.
+    pub certificates: Vec<CertificateFiles>,
+    pub client_auth: ClientAuth,
+    /// PEM bundle of the CAs client certificates must chain to (required unless
+    /// `client_auth: none`).
+    pub client_ca: Option<String>,
+    /// Request headers that carry the verified client certificate to the upstream (removed
+    /// from every client request, like every identity header).
+    pub client_cert_headers: ClientCertHeaders,
+    /// The plain listener answers `308` to the same URL on https (default false).
+    pub redirect_http: bool,
+    /// The `Strict-Transport-Security` value added to answers on the HTTPS listener.
+    pub hsts: Option<String>,
+    /// Certificate, key and CA files are re-read when they change, polled this often.
+    /// Default 10 s.
+    pub watch: Duration,
+    /// The whole TLS handshake must finish within this. Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// PEM: the leaf first, then its intermediates.
+    pub cert: String,
+    /// PEM: PKCS#8, PKCS#1 or SEC1.
+    pub key: String,
+}
+
+/// Whether the HTTPS listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    /// Asked for; a client without one is served, one with an invalid one is refused.
+    Optional,
+    /// A handshake without a valid client certificate fails.
+    Required,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCertHeaders {
+    /// The certificate's subject (RFC 4514).
+    pub subject: Option<http::HeaderName>,
+    /// Lowercase hex SHA-256 of the certificate (DER).
+    pub sha256: Option<http::HeaderName>,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +265,12 @@ pub struct Route {
     pub rate_limits: Vec<Limit>,
     /// Request body size in bytes; larger → 413. Default `server.http.max_body`.
     pub max_body: u64,
+    /// `client_certificate: required`: only requests on a TLS connection with a verified
+    /// client certificate reach this route (others get 403). Default `any`.
+    pub require_client_certificate: bool,
+    /// Tokens on this route must be bound to the connection's client certificate
+    /// (RFC 8705 §3): `cnf.x5t#S256` required and equal to its thumbprint.
+    pub require_certificate_binding: bool,
 }
 
 /// The `rate_limiting` section: where limits keep their state.
@@ -340,6 +408,9 @@ pub struct Provider {
     pub refresh: Refresh,
     /// Where tokens are read from, in order. Default: `Authorization: Bearer`.
     pub token_sources: Vec<TokenSource>,
+    /// Refuse tokens not bound to the client certificate (RFC 8705 §3: `cnf.x5t#S256`).
+    /// A token that is bound is held to its binding whatever this says. Default false.
+    pub require_certificate_binding: bool,
 }
 
 /// The audiences a provider accepts.

@@ -51,6 +51,44 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
     pub http: Option<String>,
+    pub https: Option<String>,
+    pub tls: Option<RawTls>,
+}
+
+/// `listen.tls`: the HTTPS listener's certificates and client-certificate policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certificates: Option<Vec<RawCertificate>>,
+    pub client_auth: Option<String>,
+    pub client_ca: Option<String>,
+    pub client_cert_headers: Option<RawClientCertHeaders>,
+    pub redirect_http: Option<bool>,
+    pub hsts: Option<RawHsts>,
+    pub watch: Option<DurationText>,
+    pub handshake_timeout: Option<DurationText>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCertHeaders {
+    pub subject: Option<String>,
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHsts {
+    pub max_age: DurationText,
+    pub include_subdomains: Option<bool>,
+    pub preload: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +213,7 @@ pub struct RawProvider {
     pub hmac_alg: Option<String>,
     pub refresh: Option<RawRefresh>,
     pub token_sources: Option<Vec<String>>,
+    pub require_certificate_binding: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +245,8 @@ pub struct RawRoute {
     pub policy: Option<String>,
     pub rate_limits: Option<Vec<RawLimit>>,
     pub max_body: Option<ByteSize>,
+    pub client_certificate: Option<String>,
+    pub require_certificate_binding: Option<bool>,
 }
 
 /// `key: client_ip` or `key: [claim:tenant, route]`.

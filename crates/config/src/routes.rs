@@ -154,5 +154,17 @@ pub(crate) fn route(
         rate_limits,
         // Resolved against `server.http.max_body` by `validate`.
         max_body: crate::http::byte_size(&raw.max_body, &format!("{base}.max_body"), 0, problems),
+        require_client_certificate: match raw.client_certificate.as_deref() {
+            None | Some("any") => false,
+            Some("required") => true,
+            Some(other) => {
+                problems.add(
+                    format!("{base}.client_certificate"),
+                    format!("expected any or required, found {other:?}"),
+                );
+                false
+            }
+        },
+        require_certificate_binding: raw.require_certificate_binding.unwrap_or(false),
     }
 }

@@ -205,9 +205,7 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
         group: s.group.clone(),
         http: crate::http::http(s.http.as_ref().unwrap_or(&Default::default()), problems),
     };
-    let listen = Listen {
-        http: socket_addr(&raw.listen.http, "listen.http", "0.0.0.0:8080", problems),
-    };
+    let listen = crate::tls::listen(&raw.listen, socket_addr, problems);
     let metrics = Metrics {
         listen: socket_addr(
             &raw.metrics.listen,
@@ -218,6 +216,9 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
     };
     if metrics.listen == listen.http {
         problems.add("metrics.listen", "must differ from listen.http");
+    }
+    if listen.https == Some(metrics.listen) {
+        problems.add("metrics.listen", "must differ from listen.https");
     }
     let logging = Logging {
         level: raw

@@ -34,10 +34,14 @@ pub enum Reason {
     Audience,
     /// The header `typ` is missing or not one of [`Validation::token_types`] (RFC 8725 §3.11).
     Type,
+    /// The token is bound to a client certificate (RFC 8705 §3, `cnf.x5t#S256`) that the
+    /// connection did not present, or binding is required and the token is not bound. Never
+    /// produced by the verifier: the gateway checks it against the connection.
+    Binding,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Missing,
         Reason::TooLarge,
         Reason::Malformed,
@@ -51,6 +55,7 @@ impl Reason {
         Reason::Issuer,
         Reason::Audience,
         Reason::Type,
+        Reason::Binding,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +73,7 @@ impl Reason {
             Reason::Issuer => "issuer",
             Reason::Audience => "audience",
             Reason::Type => "typ",
+            Reason::Binding => "binding",
         }
     }
 }
@@ -526,7 +532,8 @@ mod tests {
                 "not_yet_valid",
                 "issuer",
                 "audience",
-                "typ"
+                "typ",
+                "binding"
             ]
         );
     }

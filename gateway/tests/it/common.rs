@@ -158,6 +158,8 @@ impl Echo {
 /// harness adds (with fresh ports).
 pub struct Gateway {
     pub port: u16,
+    /// The HTTPS listener's port (0 without one).
+    pub https_port: u16,
     pub metrics_port: u16,
     pub proc: Proc,
     conf: PathBuf,
@@ -173,6 +175,11 @@ impl Gateway {
     /// Like `start`, with `server.http` set to `http` (a YAML flow mapping).
     pub fn start_with_http(http: &str, yaml_without_listeners: &str) -> Gateway {
         Self::launch(http, SHUTDOWN, yaml_without_listeners, &[])
+    }
+
+    /// Like `start`, with an HTTPS listener whose `listen.tls` is `tls` (a YAML flow mapping).
+    pub fn start_with_tls(tls: &str, yaml_without_listeners: &str) -> Gateway {
+        Self::launch_with("{}", SHUTDOWN, Some(tls), yaml_without_listeners, &[])
     }
 
     /// Like `start`, with these variables in the gateway's environment.
@@ -211,11 +218,26 @@ impl Gateway {
         yaml_without_listeners: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
+        Self::launch_with(http, shutdown, None, yaml_without_listeners, env)
+    }
+
+    fn launch_with(
+        http: &str,
+        shutdown: &str,
+        tls: Option<&str>,
+        yaml_without_listeners: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let port = free_port();
         let metrics_port = free_port();
+        let https_port = if tls.is_some() { free_port() } else { 0 };
+        let https = match tls {
+            Some(tls) => format!(", https: \"127.0.0.1:{https_port}\", tls: {tls}"),
+            None => String::new(),
+        };
         let dir = tempfile::tempdir().unwrap();
         let listeners = format!(
-            "listen: {{ http: \"127.0.0.1:{port}\" }}\nmetrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\n\
+            "listen: {{ http: \"127.0.0.1:{port}\"{https} }}\nmetrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\n\
              server: {{ threads: 2, {shutdown}, http: {http} }}\n"
         );
         let conf = dir.path().join("gateway.yaml");
@@ -236,6 +258,7 @@ impl Gateway {
         });
         Gateway {
             port,
+            https_port,
             metrics_port,
             proc,
             conf,
@@ -401,7 +424,12 @@ pub fn raw_request(port: u16, request: &str) -> std::io::Result<Reply> {
     s.write_all(request.as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    parse_reply(&out)
+}
+
+/// An HTTP/1.1 answer, read whole.
+pub fn parse_reply(out: &str) -> std::io::Result<Reply> {
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out, ""));
     let mut lines = head.lines();
     let status = lines
         .next()

@@ -12,3 +12,4 @@ mod explain;
 mod lifecycle;
 mod policy;
 mod proxy;
+mod tls;
