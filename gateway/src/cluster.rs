@@ -2,20 +2,97 @@
 //! the peer options every connection gets, and its health-check loop.
 
 use crate::metrics::METRICS;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::{HttpPeer, PeerOptions};
+use pingora_core::utils::tls::CertKey;
 use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::health_check::{
     HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck,
 };
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
-use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 use prometheus::IntCounter;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::ToSocketAddrs;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tollgate_config::{HashOn, HealthCheckKind, LoadBalancing, Problem, Upstream};
+use tollgate_config::{
+    HashOn, HealthCheckKind, LoadBalancing, Problem, Upstream, UpstreamProtocol, UpstreamTls,
+};
+
+/// TLS toward a cluster's backends, its files read once per build.
+#[derive(Clone)]
+struct PeerTls {
+    config: UpstreamTls,
+    ca: Option<Arc<CaType>>,
+    client: Option<Arc<CertKey>>,
+    /// SHA-256 over the CA and client files' bytes: health state is kept across a reload
+    /// only while these are the same.
+    fingerprint: [u8; 32],
+}
+
+impl PeerTls {
+    fn load(upstream: &str, config: &UpstreamTls) -> Result<PeerTls, Problem> {
+        let base = format!("upstreams.{upstream}.tls");
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut read = |path: &str| {
+            if let Ok(bytes) = std::fs::read(path) {
+                digest.update(&bytes);
+            }
+        };
+        let ca = match &config.ca_file {
+            Some(path) => {
+                read(path);
+                Some(crate::tls::load_ca(path).map_err(|message| Problem {
+                    path: format!("{base}.ca_file"),
+                    message,
+                })?)
+            }
+            None => None,
+        };
+        let client = match &config.client_cert {
+            Some((cert, key)) => {
+                read(cert);
+                read(key);
+                Some(
+                    crate::tls::load_client_cert(cert, key).map_err(|message| Problem {
+                        path: format!("{base}.client_cert"),
+                        message,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let fingerprint = digest
+            .finish()
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
+        Ok(PeerTls {
+            config: config.clone(),
+            ca,
+            client,
+            fingerprint,
+        })
+    }
+
+    /// The SNI for a backend configured as `addr` (`host:port`): `tls.sni`, else its host
+    /// when that is a name (an IP backend without `sni` was refused by validation unless
+    /// `verify: false`).
+    fn sni_for(&self, addr: &str) -> String {
+        if let Some(sni) = &self.config.sni {
+            return sni.clone();
+        }
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+            String::new()
+        } else {
+            host.to_owned()
+        }
+    }
+}
 
 /// A backend's configured `host:port` (for labels and logs) and its
 /// `tollgate_upstream_requests_total` counters, resolved once.
@@ -60,6 +137,71 @@ impl BackendInfos {
     }
 }
 
+/// Backend health that outlives a reload: one registry per upstream and health check,
+/// shared by every cluster built for them, so that a backend present before and after a
+/// reload keeps its state (one found down stays down until its checks pass) instead of
+/// starting healthy. A changed health check starts a new registry.
+struct SharedHealth {
+    check: HealthKey,
+    registry: Arc<HealthRegistry>,
+    /// The labels the registry's check and observer use: those of the latest build.
+    infos: Arc<ArcSwap<BackendInfos>>,
+}
+
+/// What a health check is: its settings and how it connects.
+#[derive(Clone, PartialEq)]
+struct HealthKey {
+    check: tollgate_config::HealthCheck,
+    protocol: UpstreamProtocol,
+    tls: Option<(UpstreamTls, [u8; 32])>,
+}
+
+static SHARED_HEALTH: once_cell::sync::Lazy<Mutex<HashMap<String, SharedHealth>>> =
+    once_cell::sync::Lazy::new(Default::default);
+
+/// The health registry of `upstream` with check `hc`, holding `infos`' labels from now on.
+fn shared_health(
+    u: &Upstream,
+    hc: &tollgate_config::HealthCheck,
+    tls: Option<&PeerTls>,
+    infos: &BackendInfos,
+) -> Arc<HealthRegistry> {
+    let upstream = u.name.as_str();
+    let key = HealthKey {
+        check: hc.clone(),
+        protocol: u.protocol,
+        tls: tls.map(|t| (t.config.clone(), t.fingerprint)),
+    };
+    let mut all = SHARED_HEALTH.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(shared) = all.get(upstream).filter(|s| s.check == key) {
+        shared.infos.store(Arc::new(infos.clone()));
+        return shared.registry.clone();
+    }
+    // Health is kept per address: a changed weight is the same backend.
+    let registry = Arc::new(HealthRegistry::with_equivalence(|b: &Backend| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        b.addr.hash(&mut h);
+        h.finish()
+    }));
+    let labels = Arc::new(ArcSwap::from_pointee(infos.clone()));
+    let first_backend = u.backends.first().map_or("", |b| b.addr.as_str());
+    registry.set_health_check(Box::new(Counted {
+        inner: health_check(upstream, hc, labels.clone(), tls, u.protocol, first_backend),
+        upstream: upstream.to_owned(),
+        infos: labels.clone(),
+    }));
+    all.insert(
+        upstream.to_owned(),
+        SharedHealth {
+            check: key,
+            registry: registry.clone(),
+            infos: labels,
+        },
+    );
+    registry
+}
+
 /// How many backends a selection may look at before giving up; bounds Ketama's ring walk.
 const MAX_SELECT_ITERATIONS: usize = 256;
 
@@ -75,6 +217,7 @@ pub struct Cluster {
     pub hash_on: Option<HashOn>,
     pub retries: u32,
     peer_options: PeerOptions,
+    tls: Option<PeerTls>,
     health_interval: Option<Duration>,
     infos: BackendInfos,
     /// `tollgate_upstream_connect_duration_seconds{upstream}`, resolved once.
@@ -114,14 +257,18 @@ impl Cluster {
             ));
             backends.insert(backend);
         }
-        let mut view = Backends::new(Static::new(backends));
-        if let Some(hc) = &u.health_check {
-            view.set_health_check(Box::new(Counted {
-                inner: health_check(&u.name, hc, infos.clone()),
-                upstream: u.name.clone(),
-                infos: infos.clone(),
-            }));
-        }
+        let tls = u
+            .tls
+            .as_ref()
+            .map(|t| PeerTls::load(&u.name, t))
+            .transpose()?;
+        let view = match &u.health_check {
+            Some(hc) => Backends::new_with_health_registry(
+                Static::new(backends),
+                shared_health(u, hc, tls.as_ref(), &infos),
+            ),
+            None => Backends::new(Static::new(backends)),
+        };
         let selector = match &u.lb {
             LoadBalancing::RoundRobin => Selector::RoundRobin(static_lb(view)),
             LoadBalancing::ConsistentHash(_) => Selector::Consistent(static_lb(view)),
@@ -135,7 +282,17 @@ impl Cluster {
         peer_options.read_timeout = Some(u.read_timeout);
         peer_options.write_timeout = Some(u.write_timeout);
         peer_options.idle_timeout = Some(u.idle_timeout);
+        if u.protocol == UpstreamProtocol::H2 {
+            peer_options.set_http_version(2, 2);
+            peer_options.max_h2_streams = u.h2_streams;
+        }
+        if let Some(tls) = &tls {
+            peer_options.ca = tls.ca.clone();
+            peer_options.verify_cert = tls.config.verify;
+            peer_options.verify_hostname = tls.config.verify;
+        }
         let cluster = Cluster {
+            tls,
             name: u.name.as_str().into(),
             selector,
             hash_on,
@@ -146,11 +303,12 @@ impl Cluster {
             connect_time: METRICS.upstream_connect.with_label_values(&[&u.name]),
             response_time: METRICS.upstream_response.with_label_values(&[&u.name]),
         };
-        for b in cluster.backends().get_backend().iter() {
+        let view = cluster.backends();
+        for b in view.get_backend().iter() {
             METRICS
                 .backend_healthy
                 .with_label_values(&[&cluster.name, cluster.infos.label(b)])
-                .set(1);
+                .set(view.ready(b) as i64);
         }
         Ok(cluster)
     }
@@ -207,7 +365,15 @@ impl Cluster {
 
     /// The peer to connect to for `backend`, with this cluster's timeouts.
     pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
-        let mut peer = HttpPeer::new(backend.clone(), false, String::new());
+        let mut peer = match &self.tls {
+            None => HttpPeer::new(backend.clone(), false, String::new()),
+            Some(tls) => {
+                let addr = self.infos.get(backend).map_or("", |i| &*i.addr);
+                let mut peer = HttpPeer::new(backend.clone(), true, tls.sni_for(addr));
+                peer.client_cert_key = tls.client.clone();
+                peer
+            }
+        };
         peer.options = self.peer_options.clone();
         Box::new(peer)
     }
@@ -250,7 +416,7 @@ where
 /// Keeps `tollgate_upstream_backend_healthy` in step with health-check verdicts.
 struct HealthGauge {
     upstream: String,
-    infos: BackendInfos,
+    infos: Arc<ArcSwap<BackendInfos>>,
 }
 
 #[async_trait]
@@ -258,11 +424,11 @@ impl HealthObserve for HealthGauge {
     async fn observe(&self, target: &Backend, healthy: bool) {
         METRICS
             .backend_healthy
-            .with_label_values(&[&self.upstream, self.infos.label(target)])
+            .with_label_values(&[&self.upstream, self.infos.load().label(target)])
             .set(healthy as i64);
         tracing::warn!(
             upstream = %self.upstream,
-            backend = self.infos.label(target),
+            backend = self.infos.load().label(target),
             healthy,
             "backend health changed"
         );
@@ -273,7 +439,7 @@ impl HealthObserve for HealthGauge {
 struct Counted {
     inner: Box<dyn HealthCheck + Send + Sync>,
     upstream: String,
-    infos: BackendInfos,
+    infos: Arc<ArcSwap<BackendInfos>>,
 }
 
 #[async_trait]
@@ -284,7 +450,7 @@ impl HealthCheck for Counted {
             .health_checks
             .with_label_values(&[
                 self.upstream.as_str(),
-                self.infos.label(target),
+                self.infos.load().label(target),
                 if verdict.is_ok() { "pass" } else { "fail" },
             ])
             .inc();
@@ -307,15 +473,28 @@ impl HealthCheck for Counted {
 fn health_check(
     upstream: &str,
     hc: &tollgate_config::HealthCheck,
-    infos: BackendInfos,
+    infos: Arc<ArcSwap<BackendInfos>>,
+    tls: Option<&PeerTls>,
+    protocol: UpstreamProtocol,
+    first_backend: &str,
 ) -> Box<dyn HealthCheck + Send + Sync> {
+    // One check serves every backend: its SNI is `tls.sni`, else the first backend's host.
+    let sni = tls.map(|t| t.sni_for(first_backend));
     let observer = Box::new(HealthGauge {
         upstream: upstream.to_owned(),
         infos,
     });
     match &hc.kind {
         HealthCheckKind::Tcp => {
-            let mut check = TcpHealthCheck::new();
+            let mut check = match &sni {
+                Some(sni) => TcpHealthCheck::new_tls(sni),
+                None => TcpHealthCheck::new(),
+            };
+            if let Some(tls) = tls {
+                check.peer_template.options.ca = tls.ca.clone();
+                check.peer_template.options.verify_cert = tls.config.verify;
+                check.peer_template.options.verify_hostname = tls.config.verify;
+            }
             check.consecutive_success = hc.healthy_threshold;
             check.consecutive_failure = hc.unhealthy_threshold;
             check.peer_template.options.connection_timeout = Some(hc.timeout);
@@ -327,7 +506,17 @@ fn health_check(
             host,
             expected_status,
         } => {
-            let mut check = HttpHealthCheck::new(host, false);
+            let mut check = HttpHealthCheck::new(host, tls.is_some());
+            if let (Some(tls), Some(sni)) = (tls, &sni) {
+                check.peer_template.sni = sni.clone();
+                check.peer_template.client_cert_key = tls.client.clone();
+                check.peer_template.options.ca = tls.ca.clone();
+                check.peer_template.options.verify_cert = tls.config.verify;
+                check.peer_template.options.verify_hostname = tls.config.verify;
+            }
+            if protocol == UpstreamProtocol::H2 {
+                check.peer_template.options.set_http_version(2, 2);
+            }
             check.consecutive_success = hc.healthy_threshold;
             check.consecutive_failure = hc.unhealthy_threshold;
             check.peer_template.options.connection_timeout = Some(hc.timeout);

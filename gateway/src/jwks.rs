@@ -2,8 +2,10 @@
 //! JWKS URLs over HTTP(S) with Pingora's own connector (no second HTTP stack).
 
 use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
+use std::sync::Arc;
 use std::time::Duration;
 use tollgate_config::KeySource;
 use tollgate_jwt::{Algorithm, KeySet};
@@ -75,13 +77,22 @@ pub fn load_local(source: &KeySource) -> Result<Option<KeySet>, String> {
 }
 
 /// GETs a JWKS URL within `timeout`, connect to last byte.
-pub async fn fetch(connector: &Connector, uri: &str, timeout: Duration) -> Result<Fetched, String> {
-    tokio::time::timeout(timeout, fetch_inner(connector, uri))
+pub async fn fetch(
+    connector: &Connector,
+    uri: &str,
+    timeout: Duration,
+    ca: Option<&Arc<CaType>>,
+) -> Result<Fetched, String> {
+    tokio::time::timeout(timeout, fetch_inner(connector, uri, ca))
         .await
         .map_err(|_| format!("timed out after {timeout:?}"))?
 }
 
-async fn fetch_inner(connector: &Connector, uri: &str) -> Result<Fetched, String> {
+async fn fetch_inner(
+    connector: &Connector,
+    uri: &str,
+    ca: Option<&Arc<CaType>>,
+) -> Result<Fetched, String> {
     let parsed: http::Uri = uri.parse().map_err(|e| format!("invalid URL: {e}"))?;
     let tls = parsed.scheme_str() == Some("https");
     let host = parsed.host().ok_or("URL has no host")?.to_owned();
@@ -91,7 +102,8 @@ async fn fetch_inner(connector: &Connector, uri: &str) -> Result<Fetched, String
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .next()
         .ok_or_else(|| format!("{host} has no address"))?;
-    let peer = HttpPeer::new(addr, tls, host.clone());
+    let mut peer = HttpPeer::new(addr, tls, host.clone());
+    peer.options.ca = ca.cloned();
     let (mut session, _reused) = connector
         .get_http_session(&peer)
         .await

@@ -36,6 +36,8 @@ pub struct Provider {
     pub token_sources: Vec<TokenSource>,
     /// Tokens must be bound to the client certificate (RFC 8705 §3).
     pub require_certificate_binding: bool,
+    /// `ca_file`: what the `jwks_uri` server's certificate must chain to.
+    ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
     keys: ArcSwap<KeyState>,
     /// Initial keys are in place (always true but for `jwks_uri` before its first fetch).
     ready: AtomicBool,
@@ -61,6 +63,7 @@ impl Provider {
     /// Builds a provider; local key sources are read now (errors are config problems).
     pub fn build(index: usize, p: &tollgate_config::Provider) -> Result<Provider, String> {
         let local = jwks::load_local(&p.keys)?;
+        let ca = p.ca_file.as_deref().map(crate::tls::load_ca).transpose()?;
         let ready = local.is_some();
         let provider = Provider {
             index,
@@ -79,6 +82,7 @@ impl Provider {
             },
             require_exp: p.require_exp,
             require_certificate_binding: p.require_certificate_binding,
+            ca,
             source: p.keys.clone(),
             refresh: p.refresh.clone(),
             token_sources: p.token_sources.clone(),
@@ -173,7 +177,8 @@ impl Provider {
         let KeySource::Uri(uri) = &self.source else {
             return Err("not a jwks_uri provider".into());
         };
-        let result = match jwks::fetch(connector, uri, self.refresh.timeout).await {
+        let result = match jwks::fetch(connector, uri, self.refresh.timeout, self.ca.as_ref()).await
+        {
             Ok(fetched) => self
                 .install(&fetched.body)
                 .map(|changed| (changed, fetched.max_age)),

@@ -79,7 +79,7 @@ impl Material {
             let base = format!("listen.tls.certificates[{i}]");
             files.push(PathBuf::from(&files_of.cert));
             files.push(PathBuf::from(&files_of.key));
-            match certificate(&files_of.cert, &files_of.key) {
+            match certificate(&files_of.cert, &files_of.key, true) {
                 Ok(c) => certificates.push(c),
                 Err((field, message)) => problems.push(problem(format!("{base}.{field}"), message)),
             }
@@ -158,7 +158,11 @@ impl Material {
 }
 
 /// Reads a certificate chain and its key: `Err((field, message))` names the bad file.
-fn certificate(cert: &str, key: &str) -> Result<Certificate, (&'static str, String)> {
+fn certificate(
+    cert: &str,
+    key: &str,
+    needs_names: bool,
+) -> Result<Certificate, (&'static str, String)> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| ("cert", format!("cannot read {cert}: {e}")))?
         .collect::<Result<_, _>>()
@@ -180,7 +184,7 @@ fn certificate(cert: &str, key: &str) -> Result<Certificate, (&'static str, Stri
         )
     })?;
     let names = dns_names(&parsed);
-    if names.is_empty() {
+    if needs_names && names.is_empty() {
         return Err((
             "cert",
             format!("{cert}: the certificate has no DNS name (subjectAltName), which SNI needs"),
@@ -513,6 +517,53 @@ pub const FAILURE_REASONS: &[&str] = &[
     "protocol",
     "other",
 ];
+
+/// A CA bundle in the form Pingora's connector takes (`PeerOptions::ca`), for upstreams
+/// and `jwks_uri` fetches.
+pub fn load_ca(path: &str) -> Result<Arc<pingora_core::protocols::tls::CaType>, String> {
+    use pingora_core::utils::tls::{parse_x509, WrappedX509};
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {path}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{path}: not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{path}: no certificate in the file"));
+    }
+    let mut wrapped = Vec::with_capacity(certs.len());
+    for c in certs {
+        // Pingora's wrapper panics on what its parser refuses: that parser checks first.
+        if x509_parser::parse_x509_certificate(c.as_ref()).is_err() {
+            return Err(format!("{path}: not an X.509 certificate"));
+        }
+        wrapped.push(WrappedX509::new(c.to_vec(), parse_x509));
+    }
+    Ok(Arc::from(wrapped.into_boxed_slice()))
+}
+
+/// A client certificate chain and key for connections to upstreams.
+pub fn load_client_cert(
+    cert: &str,
+    key: &str,
+) -> Result<Arc<pingora_core::utils::tls::CertKey>, String> {
+    // Readable, and the key is the certificate's.
+    certificate(cert, key, false).map_err(|(_, message)| message)?;
+    let chain: Vec<Vec<u8>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read {cert}: {e}"))?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{cert}: {e}"))?;
+    for der in &chain {
+        if x509_parser::parse_x509_certificate(der).is_err() {
+            return Err(format!("{cert}: not an X.509 certificate"));
+        }
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{key}: no readable private key: {e}"))?;
+    Ok(Arc::new(pingora_core::utils::tls::CertKey::new(
+        chain,
+        private.secret_der().to_vec(),
+    )))
+}
 
 /// When this process last read `files`: their modification times and lengths.
 pub fn stamp(files: &[PathBuf]) -> Vec<Option<(Option<SystemTime>, u64)>> {

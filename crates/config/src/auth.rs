@@ -162,6 +162,9 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
     if let Some(path) = &p.jwks_file {
         sources.push(KeySource::File(path.clone()));
     }
+    if p.ca_file.is_some() && p.jwks_uri.is_none() {
+        problems.add(format!("{base}.ca_file"), "only applies with jwks_uri");
+    }
     if let Some(uri) = &p.jwks_uri {
         jwks_uri(base, uri, p.insecure_http.unwrap_or(false), problems);
         sources.push(KeySource::Uri(uri.clone()));
@@ -250,6 +253,7 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
         leeway: leeway(&format!("{base}.leeway"), p, problems),
         require_exp: p.require_exp.unwrap_or(true),
         keys,
+        ca_file: p.ca_file.clone(),
         refresh: refresh(&format!("{base}.refresh"), p.refresh.as_ref(), problems),
         token_sources,
         require_certificate_binding: p.require_certificate_binding.unwrap_or(false),

@@ -44,7 +44,21 @@ impl Config {
                 resolve(ca);
             }
         }
+        for u in &mut self.upstreams {
+            if let Some(tls) = &mut u.tls {
+                if let Some(ca) = &mut tls.ca_file {
+                    resolve(ca);
+                }
+                if let Some((cert, key)) = &mut tls.client_cert {
+                    resolve(cert);
+                    resolve(key);
+                }
+            }
+        }
         for provider in &mut self.auth.providers {
+            if let Some(ca) = &mut provider.ca_file {
+                resolve(ca);
+            }
             match &mut provider.keys {
                 KeySource::File(path) | KeySource::HmacFile { path, .. } => resolve(path),
                 KeySource::Inline(_) | KeySource::Uri(_) | KeySource::HmacEnv { .. } => {}
@@ -188,6 +202,34 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Further backends tried after a connect failure. Default 1.
     pub retries: u32,
+    /// `http1` (default) or `h2` (HTTP/2: over TLS by ALPN, else h2c with prior knowledge;
+    /// gRPC's trailers pass through).
+    pub protocol: UpstreamProtocol,
+    /// With `h2`: concurrent streams on one upstream connection. Default 100.
+    pub h2_streams: usize,
+    /// TLS to the backends (and their health checks).
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    H2,
+}
+
+/// `upstreams.NAME.tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and checked against the backend's certificate. Default: the
+    /// backend's host when it is a name, else none (then the certificate is not checked
+    /// for a name: give `sni` for IP backends).
+    pub sni: Option<String>,
+    /// PEM bundle the backend's certificate must chain to. Default: the system roots.
+    pub ca_file: Option<String>,
+    /// Check the backend's certificate. Default true.
+    pub verify: bool,
+    /// A client certificate and key presented to backends that ask (mTLS).
+    pub client_cert: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -405,6 +447,9 @@ pub struct Provider {
     /// Refuse tokens without `exp`. Default true.
     pub require_exp: bool,
     pub keys: KeySource,
+    /// With `jwks_uri`: a PEM bundle the identity provider's certificate must chain to,
+    /// instead of the system roots.
+    pub ca_file: Option<String>,
     pub refresh: Refresh,
     /// Where tokens are read from, in order. Default: `Authorization: Bearer`.
     pub token_sources: Vec<TokenSource>,

@@ -140,6 +140,19 @@ pub struct RawUpstream {
     pub write_timeout: Option<DurationText>,
     pub idle_timeout: Option<DurationText>,
     pub retries: Option<u32>,
+    pub protocol: Option<String>,
+    pub h2_streams: Option<usize>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub sni: Option<String>,
+    pub ca_file: Option<String>,
+    pub verify: Option<bool>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +221,7 @@ pub struct RawProvider {
     pub jwks_file: Option<String>,
     pub jwks_uri: Option<String>,
     pub insecure_http: Option<bool>,
+    pub ca_file: Option<String>,
     pub hmac_secret_file: Option<String>,
     pub hmac_secret_env: Option<String>,
     pub hmac_alg: Option<String>,

@@ -99,11 +99,65 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
         .health_check
         .as_ref()
         .map(|hc| health_check(&format!("{base}.health_check"), hc, problems));
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("http1") => UpstreamProtocol::Http1,
+        Some("h2") => UpstreamProtocol::H2,
+        Some(other) => {
+            problems.add(
+                format!("{base}.protocol"),
+                format!("expected http1 or h2, found {other:?}"),
+            );
+            UpstreamProtocol::Http1
+        }
+    };
+    let h2_streams = raw.h2_streams.unwrap_or(100);
+    if h2_streams == 0 || (raw.h2_streams.is_some() && protocol != UpstreamProtocol::H2) {
+        problems.add(
+            format!("{base}.h2_streams"),
+            "applies to protocol: h2, and must be at least 1",
+        );
+    }
+    let tls = raw.tls.as_ref().map(|t| {
+        let client_cert = match (&t.client_cert, &t.client_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                problems.add(
+                    format!("{base}.tls"),
+                    "client_cert and client_key go together",
+                );
+                None
+            }
+        };
+        if t.sni.as_deref() == Some("") {
+            problems.add(format!("{base}.tls.sni"), "must not be empty");
+        }
+        let by_ip = raw.backends.iter().any(|b| {
+            let host = b.addr.rsplit_once(':').map_or(b.addr.as_str(), |(h, _)| h);
+            host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok()
+        });
+        if t.sni.is_none() && t.verify != Some(false) && by_ip {
+            problems.add(
+                format!("{base}.tls.sni"),
+                "backends given by IP address have no name to check their certificate \
+                 against: give the name their certificate carries (or verify: false)",
+            );
+        }
+        UpstreamTls {
+            sni: t.sni.clone(),
+            ca_file: t.ca_file.clone(),
+            verify: t.verify.unwrap_or(true),
+            client_cert,
+        }
+    });
     Upstream {
         name: name.to_owned(),
         backends,
         lb,
         health_check,
+        protocol,
+        h2_streams,
+        tls,
         connect_timeout: duration(
             &raw.connect_timeout,
             &format!("{base}.connect_timeout"),

@@ -654,3 +654,73 @@ routes:
     );
     assert_problems(&p, &["logging.subject: expected omit, plain or hashed"], 0);
 }
+
+#[test]
+fn tls_settings_are_refused_with_every_problem_and_its_path() {
+    let reported = problems(
+        r#"
+listen:
+  http: "127.0.0.1:8080"
+  https: "127.0.0.1:8080"
+  tls:
+    certificates: []
+    client_auth: sometimes
+    client_cert_headers: { subject: Host, sha256: "bad header" }
+    hsts: { max_age: 1d, preload: true }
+upstreams: { echo: { backends: [{ addr: "127.0.0.1:9000" }] } }
+routes:
+  - { name: a, path: /, upstream: echo, client_certificate: maybe }
+"#,
+    );
+    assert_problems(
+        &reported,
+        &[
+            "listen.https: must use another port",
+            "listen.tls.certificates: list at least one",
+            "listen.tls.client_auth: expected none, optional or required",
+            "listen.tls.client_cert_headers.subject: Host is reserved",
+            "listen.tls.client_cert_headers.sha256: \"bad header\" is not a valid header name",
+            "listen.tls.hsts.preload: preload lists require",
+            "routes[0].client_certificate: expected any or required",
+        ],
+        0,
+    );
+    let reported = problems(
+        r#"
+listen: { https: "127.0.0.1:8443" }
+upstreams: { echo: { backends: [{ addr: "127.0.0.1:9000" }] } }
+routes: [{ name: a, path: /, upstream: echo }]
+"#,
+    );
+    assert_problems(&reported, &["listen.tls: listen.https needs listen.tls"], 0);
+    let reported = problems(
+        r#"
+listen: { https: "127.0.0.1:8443", tls: { certificates: [{ cert: c.pem, key: k.pem }], client_auth: required } }
+upstreams: { echo: { backends: [{ addr: "127.0.0.1:9000" }] } }
+routes: [{ name: a, path: /, upstream: echo }]
+"#,
+    );
+    assert_problems(&reported, &["listen.tls.client_ca: client_auth needs"], 0);
+}
+
+#[test]
+fn tls_defaults_and_hsts_value() {
+    let c = parse(
+        r#"
+listen: { https: "127.0.0.1:8443", tls: { certificates: [{ cert: c.pem, key: k.pem }], hsts: { max_age: 365d, include_subdomains: true, preload: true } } }
+upstreams: { echo: { backends: [{ addr: "127.0.0.1:9000" }] } }
+routes: [{ name: a, path: /, upstream: echo, require_certificate_binding: true }]
+"#,
+    )
+    .unwrap();
+    let tls = c.listen.tls.unwrap();
+    assert_eq!(tls.client_auth, tollgate_config::ClientAuth::None);
+    assert_eq!(tls.watch, std::time::Duration::from_secs(10));
+    assert!(!tls.redirect_http);
+    assert_eq!(
+        tls.hsts.as_deref(),
+        Some("max-age=31536000; includeSubDomains; preload")
+    );
+    assert!(c.routes[0].require_certificate_binding);
+    assert!(!c.routes[0].require_client_certificate);
+}

@@ -177,6 +177,15 @@ impl Gateway {
         Self::launch(http, SHUTDOWN, yaml_without_listeners, &[])
     }
 
+    /// Like `start_with_server`, with an HTTPS listener whose `listen.tls` is `tls`.
+    pub fn start_with_server_and_tls(
+        server_fields: &str,
+        tls: &str,
+        yaml_without_listeners: &str,
+    ) -> Gateway {
+        Self::launch_with("{}", server_fields, Some(tls), yaml_without_listeners, &[])
+    }
+
     /// Like `start`, with an HTTPS listener whose `listen.tls` is `tls` (a YAML flow mapping).
     pub fn start_with_tls(tls: &str, yaml_without_listeners: &str) -> Gateway {
         Self::launch_with("{}", SHUTDOWN, Some(tls), yaml_without_listeners, &[])

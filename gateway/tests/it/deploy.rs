@@ -82,7 +82,17 @@ fn every_metric_the_prometheus_rules_name_is_exported() {
         redis.url(),
         echo.addr()
     );
-    let gw = Gateway::start(&yaml);
+    // With the HTTPS listener, whose certificate and handshake series the rules name.
+    let pki = crate::tls::Pki::new("Test CA");
+    let cert = pki.server("api", &["api.test"]);
+    let gw = Gateway::start_with_tls(
+        &format!(
+            "{{ certificates: [{{ cert: {}, key: {} }}] }}",
+            crate::tls::yaml_path(&cert.cert),
+            crate::tls::yaml_path(&cert.key)
+        ),
+        &yaml,
+    );
     assert_eq!(gw.get("/", &[]).status, 401);
     gw.reload("routes: [{ name: broken, path: /, upstream: nowhere }]\n");
     assert_exported(&gw, &named);

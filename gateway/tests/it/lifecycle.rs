@@ -371,3 +371,54 @@ fn with_watch_config_an_edited_file_is_reloaded_without_a_signal() {
         "one edit, one reload"
     );
 }
+
+#[test]
+fn a_backend_found_down_stays_down_across_a_reload() {
+    let a = Echo::start("A");
+    // B accepts connections and never answers: its HTTP health check fails by timeout
+    // (slowly), and a request sent to it times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let config = |route: &str| {
+        format!(
+            "upstreams:\n  e:\n    backends: [{{ addr: \"{}\" }}, {{ addr: \"{b}\" }}]\n    \
+             retries: 0\n    read_timeout: 300ms\n    \
+             health_check: {{ type: http, path: /, interval: 300ms, timeout: 1s, unhealthy_threshold: 1 }}\n\
+             routes:\n  - {{ name: {route}, path: /, upstream: e, auth: none }}\n",
+            a.addr()
+        )
+    };
+    let gw = Gateway::start(&config("first"));
+    let b_label = b.to_string();
+    wait_for("B found down", Duration::from_secs(10), || {
+        let up = gw.metric(
+            "tollgate_upstream_backend_healthy",
+            &[("backend", b_label.as_str())],
+        );
+        (up == 0.0).then_some(())
+    });
+    gw.reload(&config("second"));
+    wait_for("the reload", Duration::from_secs(10), || {
+        (gw.metric("tollgate_config_generation", &[]) >= 2.0).then_some(())
+    });
+    // The new config's cluster knows B is down: every request goes to A at once (a fresh
+    // health state would send every other one to B, to time out).
+    for i in 0..10 {
+        let r = gw.get(&format!("/{i}"), &[]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        assert_eq!(r.server(), "A");
+    }
+    assert_eq!(
+        gw.metric(
+            "tollgate_upstream_backend_healthy",
+            &[("backend", b_label.as_str())]
+        ),
+        0.0
+    );
+}

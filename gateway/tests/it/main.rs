@@ -13,3 +13,4 @@ mod lifecycle;
 mod policy;
 mod proxy;
 mod tls;
+mod upstream_tls;

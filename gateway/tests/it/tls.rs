@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 
 /// A certificate authority and the files of the certificates it issued.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     ca: rcgen::Certificate,
     ca_key: KeyPair,
@@ -21,10 +21,10 @@ struct Pki {
 
 /// An issued certificate: its files and DER.
 #[derive(Clone)]
-struct Issued {
-    cert: PathBuf,
-    key: PathBuf,
-    der: Vec<u8>,
+pub(crate) struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: Vec<u8>,
 }
 
 impl Issued {
@@ -45,7 +45,7 @@ impl Issued {
 }
 
 impl Pki {
-    fn new(name: &str) -> Pki {
+    pub(crate) fn new(name: &str) -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -56,7 +56,7 @@ impl Pki {
         Pki { dir, ca, ca_key }
     }
 
-    fn ca_file(&self) -> PathBuf {
+    pub(crate) fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
     }
 
@@ -65,7 +65,7 @@ impl Pki {
     }
 
     /// A server certificate for `names`, written as `file`.pem / `file`.key.
-    fn server(&self, file: &str, names: &[&str]) -> Issued {
+    pub(crate) fn server(&self, file: &str, names: &[&str]) -> Issued {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, file);
@@ -74,7 +74,7 @@ impl Pki {
     }
 
     /// A client certificate with common name `cn`.
-    fn client(&self, cn: &str) -> Issued {
+    pub(crate) fn client(&self, cn: &str) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         params
@@ -99,7 +99,7 @@ impl Pki {
     }
 }
 
-fn yaml_path(p: &Path) -> String {
+pub(crate) fn yaml_path(p: &Path) -> String {
     format!("\"{}\"", p.display())
 }
 
@@ -806,4 +806,420 @@ routes:
     );
     assert!(text.contains("listen.tls.certificates[1].key"), "{text}");
     assert!(text.contains("listen.tls.client_ca"), "{text}");
+}
+
+/// What the load clients saw.
+#[derive(Default)]
+struct Tally {
+    ok: std::sync::atomic::AtomicU64,
+    /// HTTP/2 requests the server refused unprocessed (GOAWAY, `REFUSED_STREAM`) and the
+    /// client sent again on a new connection, as RFC 9113 §8.7 allows.
+    retried: std::sync::atomic::AtomicU64,
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn fail(&self, what: String) {
+        self.failures.lock().unwrap().push(what);
+    }
+}
+
+/// Keep-alive HTTP/1.1 over TLS until `stop`; a `Connection: close` answer means reconnect.
+async fn h1_load(
+    client: Arc<Client>,
+    port: u16,
+    token: String,
+    tally: Arc<Tally>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut n = 0u64;
+    'connections: while !stop.load(Relaxed) {
+        let mut s = match client.connect(port, "api.test").await {
+            Ok(s) => s,
+            Err(e) => {
+                tally.fail(format!("h1 connect: {e}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        while !stop.load(Relaxed) {
+            n += 1;
+            let path = if n % 2 == 0 { "/open/h1" } else { "/api/h1" };
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {token}\r\n\r\n"
+            );
+            if let Err(e) = s.write_all(req.as_bytes()).await {
+                tally.fail(format!("h1 write: {e}"));
+                continue 'connections;
+            }
+            match read_one(&mut s).await {
+                Ok((200, close)) => {
+                    tally.ok.fetch_add(1, Relaxed);
+                    if close {
+                        continue 'connections;
+                    }
+                }
+                Ok((status, _)) => {
+                    tally.fail(format!("h1 {path}: status {status}"));
+                    continue 'connections;
+                }
+                Err(e) => {
+                    tally.fail(format!("h1 read: {e}"));
+                    continue 'connections;
+                }
+            }
+        }
+    }
+}
+
+/// Reads one answer: its status and whether it ends the connection.
+async fn read_one<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(u16, bool)> {
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        while buf.len() < end + 4 + length {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let status = head[9..12].parse().unwrap_or(0);
+        return Ok((status, head.contains("\r\nconnection: close")));
+    }
+}
+
+/// HTTP/2 over TLS until `stop`: `streams` requests in flight on one connection at a time;
+/// a connection that goes away is replaced, and requests it did not process are sent again.
+async fn h2_load(
+    client: Arc<Client>,
+    port: u16,
+    token: String,
+    streams: usize,
+    tally: Arc<Tally>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while !stop.load(Relaxed) {
+        let s = match client.connect(port, "api.test").await {
+            Ok(s) => s,
+            Err(e) => {
+                tally.fail(format!("h2 connect: {e}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let (send, conn) = match h2::client::handshake(s).await {
+            Ok(x) => x,
+            Err(e) => {
+                tally.fail(format!("h2 handshake: {e}"));
+                continue;
+            }
+        };
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut tasks = Vec::new();
+        for i in 0..streams {
+            let mut send = send.clone();
+            let (tally, stop, token) = (tally.clone(), stop.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = i as u64;
+                while !stop.load(Relaxed) {
+                    n += 1;
+                    let path = if n % 2 == 0 { "/open/h2" } else { "/api/h2" };
+                    let req = http::Request::builder()
+                        .uri(format!("https://api.test{path}"))
+                        .header("authorization", format!("Bearer {token}"))
+                        .body(())
+                        .unwrap();
+                    // The connection is closing: this request was not sent; a new one takes it.
+                    let Ok(ready) = send.ready().await else {
+                        return;
+                    };
+                    send = ready;
+                    let answer = match send.send_request(req, true) {
+                        Ok((resp, _)) => resp.await,
+                        Err(e) => Err(e),
+                    };
+                    match answer {
+                        Ok(r) if r.status() == 200 => {
+                            let mut body = r.into_body();
+                            while let Some(chunk) = body.data().await {
+                                if let Ok(c) = chunk {
+                                    let _ = body.flow_control().release_capacity(c.len());
+                                }
+                            }
+                            tally.ok.fetch_add(1, Relaxed);
+                        }
+                        Ok(r) => tally.fail(format!("h2 {path}: status {}", r.status())),
+                        // Not processed by the server (RFC 9113 §8.7): safe to send again.
+                        Err(e)
+                            if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) =>
+                        {
+                            tally.retried.fetch_add(1, Relaxed);
+                            return;
+                        }
+                        Err(e) => {
+                            tally.fail(format!("h2 {path}: {e}"));
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        drop(send);
+        let _ = driver.await;
+    }
+}
+
+/// The gateway's config for the load test: `keys` in the provider's JWKS, `backends` of the
+/// upstream, `extra` routes.
+fn load_config(keys: &[&TestKey], backends: &[&Echo], extra: &str) -> String {
+    let backends: Vec<String> = backends
+        .iter()
+        .map(|e| format!("{{ addr: \"{}\" }}", e.addr()))
+        .collect();
+    format!(
+        "auth:
+  providers:
+    - name: main
+      issuer: \"{ISS}\"
+      audiences: [\"{AUD}\"]
+      jwks: {}
+upstreams:
+  echo: {{ backends: [{}] }}
+routes:
+  - {{ name: open, path: /open, upstream: echo, auth: none }}
+  - {{ name: api, path: /api, upstream: echo }}
+{extra}",
+        jwks(keys),
+        backends.join(", ")
+    )
+}
+
+#[test]
+fn under_tls_load_ten_reloads_and_a_graceful_upgrade_fail_no_request() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let a = Echo::start("A");
+    let b = Echo::start("B");
+    let stable = TestKey::es256("stable");
+    let old_key = TestKey::es256("old");
+    let new_key = TestKey::es256("new");
+    let pki = Pki::new("Test CA");
+    let cert = pki.server("api", &["api.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let pid = dir.path().join("tollgate.pid");
+    let mut old = Gateway::start_with_server_and_tls(
+        &format!(
+            "grace_period: 1s, graceful_shutdown_timeout: 3s, upgrade_sock: \"{}\", pid_file: \"{}\"",
+            sock.display(),
+            pid.display()
+        ),
+        // Changed certificates are taken by the reloads here, not by the file watch.
+        &format!(
+            "{{ certificates: [{{ cert: {}, key: {} }}], watch: 1h }}",
+            yaml_path(&cert.cert),
+            yaml_path(&cert.key)
+        ),
+        &load_config(&[&stable, &old_key], &[&a], ""),
+    );
+    let token = stable.sign(json!({ "iss": ISS, "aud": AUD, "sub": "load" }));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h1_client = Arc::new(Client::new(&pki.ca_pem(), None, &["http/1.1"]));
+    let h2_client = Arc::new(Client::new(&pki.ca_pem(), None, &["h2"]));
+    let mut load = Vec::new();
+    for _ in 0..6 {
+        load.push(rt.spawn(h1_load(
+            h1_client.clone(),
+            old.https_port,
+            token.clone(),
+            tally.clone(),
+            stop.clone(),
+        )));
+    }
+    for _ in 0..2 {
+        load.push(rt.spawn(h2_load(
+            h2_client.clone(),
+            old.https_port,
+            token.clone(),
+            8,
+            tally.clone(),
+            stop.clone(),
+        )));
+    }
+    let started = std::time::Instant::now();
+    let probe = Client::new(&pki.ca_pem(), None, &["http/1.1"]);
+    let https_get = |path: &str, token: Option<&str>| -> Reply {
+        rt.block_on(async {
+            let mut s = probe.connect(old.https_port, "api.test").await.unwrap();
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+            h1(&mut s, "api.test", path, &headers).await.unwrap()
+        })
+    };
+    let served_cert = || {
+        rt.block_on(async { peer_der(&probe.connect(old.https_port, "api.test").await.unwrap()) })
+    };
+    let mut generation = old.metric("tollgate_config_generation", &[]);
+    // Reloads with `yaml`, waits until the gateway took it, then until `took_effect`.
+    let mut reload = |what: &str, yaml: String, took_effect: &dyn Fn() -> bool| {
+        std::thread::sleep(Duration::from_millis(1500));
+        old.reload(&yaml);
+        wait_for(&format!("reload: {what}"), Duration::from_secs(10), || {
+            let g = old.metric("tollgate_config_generation", &[]);
+            (g > generation).then_some(g)
+        });
+        generation += 1.0;
+        wait_for(
+            &format!("effect of: {what}"),
+            Duration::from_secs(10),
+            || took_effect().then_some(()),
+        );
+    };
+    let r1 = "  - { name: r1, path: /r1, upstream: echo, auth: none }";
+    let new_token = new_key.sign(json!({ "iss": ISS, "aud": AUD, "sub": "n" }));
+    let old_token = old_key.sign(json!({ "iss": ISS, "aud": AUD, "sub": "o" }));
+    assert_eq!(https_get("/api/x", Some(&old_token)).status, 200);
+    let servers = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| https_get("/open/s", None).server())
+            .collect()
+    };
+
+    reload(
+        "route added",
+        load_config(&[&stable, &old_key], &[&a], r1),
+        &|| https_get("/r1/x", None).status == 200,
+    );
+    reload(
+        "route removed",
+        load_config(&[&stable, &old_key], &[&a], ""),
+        &|| https_get("/r1/x", None).status == 404,
+    );
+    reload(
+        "new key published",
+        load_config(&[&stable, &old_key, &new_key], &[&a], ""),
+        &|| https_get("/api/x", Some(&new_token)).status == 200,
+    );
+    reload(
+        "old key retired",
+        load_config(&[&stable, &new_key], &[&a], ""),
+        &|| https_get("/api/x", Some(&old_token)).status == 401,
+    );
+    reload(
+        "backend added",
+        load_config(&[&stable, &new_key], &[&a, &b], ""),
+        &|| servers(8).iter().any(|s| s == "B"),
+    );
+    reload(
+        "backend replaced",
+        load_config(&[&stable, &new_key], &[&b], ""),
+        &|| servers(4).iter().all(|s| s == "B"),
+    );
+    // The certificate renewed in place; the reload reads it.
+    let renewed = pki.server("api", &["api.test"]);
+    reload(
+        "certificate replaced",
+        load_config(&[&stable, &new_key], &[&b], ""),
+        &|| served_cert() == renewed.der,
+    );
+    reload(
+        "backend moved back",
+        load_config(&[&stable, &new_key], &[&a], ""),
+        &|| servers(4).iter().all(|s| s == "A"),
+    );
+    reload(
+        "route added again",
+        load_config(&[&stable, &new_key], &[&a], r1),
+        &|| https_get("/r1/x", None).status == 200,
+    );
+    let third = pki.server("api", &["api.test"]);
+    reload(
+        "certificate replaced again",
+        load_config(&[&stable, &new_key], &[&a], r1),
+        &|| served_cert() == third.der,
+    );
+    let reloads = old.metric("tollgate_config_reloads_total", &[("result", "success")]);
+    assert_eq!(reloads, 10.0);
+
+    // The graceful upgrade: a new process takes the listeners; the old one drains.
+    let mut new = old.start_upgrade();
+    wait_for(
+        "the new process to wait for the listeners",
+        Duration::from_secs(10),
+        || sock.exists().then_some(()),
+    );
+    let quit = std::process::Command::new("kill")
+        .args(["-QUIT", &old.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(quit.success());
+    wait_for("the old process to exit", Duration::from_secs(20), || {
+        old.proc.exited().then_some(())
+    });
+    assert!(!new.exited(), "the new process runs: {}", new.log_text());
+    // The new process serves the load (its counters start from zero), on the last config.
+    let before = old.metric("tollgate_requests_total", &[("route", "api")]);
+    wait_for("the new process serving", Duration::from_secs(10), || {
+        (old.metric("tollgate_requests_total", &[("route", "api")]) > before + 200.0).then_some(())
+    });
+    assert_eq!(https_get("/r1/x", None).status, 200);
+    while started.elapsed() < Duration::from_secs(22) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Relaxed);
+    let elapsed = started.elapsed();
+    rt.block_on(async {
+        for l in load {
+            let _ = tokio::time::timeout(Duration::from_secs(10), l).await;
+        }
+    });
+    let ok = tally.ok.load(Relaxed);
+    let failures = tally.failures.lock().unwrap();
+    let rate = ok as f64 / elapsed.as_secs_f64();
+    eprintln!(
+        "TLS load: {ok} answered in {:.1} s ({rate:.0}/s), {} h2 requests retried after GOAWAY, {} failed",
+        elapsed.as_secs_f64(),
+        tally.retried.load(Relaxed),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}\nnew: {}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(10)],
+        new.log_text()
+    );
+    assert!(ok > 5_000, "{ok} requests answered");
+    new.kill();
 }
