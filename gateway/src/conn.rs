@@ -150,6 +150,23 @@ impl TlsListener {
         let timeout = self.store.load().handshake_timeout;
         match tokio::time::timeout(timeout, self.acceptor.tls_handshake(*tcp)).await {
             Ok(Ok(tls)) => {
+                // `client_auth: required` holds for resumed sessions too: one that carries no
+                // certificate valid now (see `tls::Capture`) ends here.
+                if self.store.load().client_auth_required() {
+                    let valid = tls.get_ssl_digest().is_some_and(|d| {
+                        matches!(
+                            d.extension.get::<crate::tls::ClientCertificate>(),
+                            Some(crate::tls::ClientCertificate::Verified(_))
+                        )
+                    });
+                    if !valid {
+                        METRICS
+                            .tls_handshake_failures
+                            .with_label_values(&["no_client_certificate"])
+                            .inc();
+                        return None;
+                    }
+                }
                 let version = tls
                     .get_ssl_digest()
                     .map_or_else(|| "unknown".into(), |d| d.version.to_string());
@@ -211,6 +228,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         // A trusted proxy multiplexes many clients: it is held only to the listener's cap.
         let counted = peer.filter(|ip| !http.trusted_proxies.iter().any(|n| n.contains(ip)));
+        let local_port = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()));
+        let on_tls = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| local_port == Some(t.port));
         let permit = match self.table.admit(
             counted,
             http.max_connections,
@@ -231,6 +255,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                     .connections_refused
                     .with_label_values(&[reason])
                     .inc();
+                // Before a handshake there is no way to answer a TLS client in HTTP: close.
+                if on_tls {
+                    return None;
+                }
                 let answer = canned(Refusal::Overloaded {
                     reason,
                     message,
@@ -250,11 +278,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         };
         let idle = http.keepalive_timeout;
         drop(snapshot);
-        let local_port = stream
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()));
         let stream = match &self.tls {
-            Some(tls) if local_port == Some(tls.port) => tls.handshake(stream).await?,
+            Some(tls) if on_tls => tls.handshake(stream).await?,
             _ => stream,
         };
         let h2 = matches!(

@@ -343,10 +343,12 @@ impl BackgroundService for Startup {
             };
             tokio::select! {
                 _ = certs_edited => {
+                    // The stamp is taken before reading: a file that changes while it is
+                    // read differs at the next poll and is read again.
                     let now = self.cert_stamp();
                     if now != cert_stamp {
+                        cert_stamp = now;
                         self.reload_certificates().await;
-                        cert_stamp = self.cert_stamp();
                     }
                 }
                 _ = signal => {
@@ -450,7 +452,13 @@ pub fn run_gateway(
     );
     let mut options = pingora_core::apps::HttpServerOptions::default();
     options.keepalive_request_limit = Some(config.server.http.max_requests_per_connection);
+    // HTTP/2 (on the HTTPS listener): the header cap of HTTP/1.1 as the decoded header-list
+    // limit, and idle connections closed like kept-alive HTTP/1.1 ones. Fixed at start.
+    options.h2_idle_timeout = Some(config.server.http.keepalive_timeout);
     app.server_options = Some(options);
+    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(u32::try_from(config.server.http.max_header_bytes).unwrap_or(u32::MAX));
+    app.h2_options = Some(h2);
     let certs = snapshot
         .load()
         .tls

@@ -130,6 +130,11 @@ impl Material {
         Ok(material)
     }
 
+    /// `client_auth: required`.
+    pub fn client_auth_required(&self) -> bool {
+        matches!(self.client, Some((ClientAuth::Required, _)))
+    }
+
     fn resolve(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
         let Some(name) = server_name.map(str::to_ascii_lowercase) else {
             return self.default.clone();
@@ -272,8 +277,10 @@ impl CertStore {
     /// The acceptor of the HTTPS listener: TLS 1.2 and 1.3, h2 then http/1.1 by ALPN,
     /// certificates and client verification from this store.
     pub fn acceptor(self: &Arc<Self>) -> Acceptor {
-        let mut settings = TlsSettings::with_callbacks(Box::new(Capture))
-            .expect("TLS settings with callbacks are infallible");
+        let mut settings = TlsSettings::with_callbacks(Box::new(Capture {
+            store: Arc::downgrade(self),
+        }))
+        .expect("TLS settings with callbacks are infallible");
         settings.set_cert_resolver(self.clone());
         settings.set_client_cert_verifier(self.clone());
         settings.enable_h2();
@@ -357,10 +364,32 @@ pub struct PeerCertificate {
     pub sha256_hex: String,
     /// The same hash, base64url without padding: RFC 8705's `x5t#S256`.
     pub thumbprint: String,
+    /// `notAfter`, seconds since the epoch: past it, requests no longer see the certificate
+    /// (a kept-alive connection outlives no certificate).
+    pub not_after: u64,
 }
 
-/// The post-handshake callback: the connection's client certificate, read once.
-struct Capture;
+/// The post-handshake callback: the connection's client certificate, checked against the
+/// listener's settings *now* and read once.
+///
+/// rustls resumes a session (TLS 1.2 session IDs, TLS 1.3 tickets) with the certificate the
+/// session was made with, without asking the verifier again. So the chain is verified here
+/// on every handshake, with the current client CAs and the current time: a certificate
+/// whose CA was removed by a reload, or which expired since, does not come back through a
+/// saved session, and with `client_auth: none` no certificate is exposed at all.
+struct Capture {
+    store: std::sync::Weak<CertStore>,
+}
+
+/// The handshake's outcome for client certificates, kept in the connection's TLS digest.
+#[derive(Debug)]
+pub enum ClientCertificate {
+    /// Verified now: what requests see.
+    Verified(PeerCertificate),
+    /// Presented but refused now (resumed with a CA since removed, or expired), or presented
+    /// while the listener no longer asks for certificates.
+    Refused,
+}
 
 #[async_trait::async_trait]
 impl TlsAccept for Capture {
@@ -368,18 +397,40 @@ impl TlsAccept for Capture {
         &self,
         tls: &TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let der = tls.peer_certificate_der()?;
-        let subject = x509_cert::Certificate::from_der(der)
+        let chain = tls.peer_cert_chain_der()?;
+        let (leaf, intermediates) = chain.split_first()?;
+        let store = self.store.upgrade()?;
+        let material = store.load();
+        let verified = match &material.client {
+            Some((_, verifier)) => verifier
+                .verify_client_cert(leaf, intermediates, UnixTime::now())
+                .is_ok(),
+            None => false,
+        };
+        if !verified {
+            return Some(Arc::new(ClientCertificate::Refused));
+        }
+        let parsed = x509_cert::Certificate::from_der(leaf).ok();
+        let subject = parsed
+            .as_ref()
             .map(|c| c.tbs_certificate.subject.to_string())
             .unwrap_or_default();
-        let hash = ring::digest::digest(&ring::digest::SHA256, der);
+        let not_after = parsed.as_ref().map_or(0, |c| {
+            c.tbs_certificate
+                .validity
+                .not_after
+                .to_unix_duration()
+                .as_secs()
+        });
+        let hash = ring::digest::digest(&ring::digest::SHA256, leaf);
         let sha256_hex = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         let thumbprint = tollgate_jwt::codec::b64url_encode(hash.as_ref());
-        Some(Arc::new(PeerCertificate {
+        Some(Arc::new(ClientCertificate::Verified(PeerCertificate {
             subject,
             sha256_hex,
             thumbprint,
-        }))
+            not_after,
+        })))
     }
 }
 
@@ -398,7 +449,12 @@ impl Transport {
 
     /// The verified client certificate, if the client presented one.
     pub fn peer_certificate(&self) -> Option<&PeerCertificate> {
-        self.tls.as_deref()?.extension.get::<PeerCertificate>()
+        match self.tls.as_deref()?.extension.get::<ClientCertificate>()? {
+            ClientCertificate::Verified(peer) if crate::clock::unix_seconds() < peer.not_after => {
+                Some(peer)
+            }
+            _ => None,
+        }
     }
 }
 

@@ -56,7 +56,7 @@ fn good_config_is_typed_with_defaults() {
 fn unknown_keys_are_refused_in_every_section_at_once() {
     let p = problems(
         r#"
-listen: { http: "127.0.0.1:8080", https: "x" }
+listen: { http: "127.0.0.1:8080", htps: "x" }
 bogus: 1
 upstreams:
   echo: { backends: [{ addr: "127.0.0.1:9000", wieght: 2 }] }
@@ -67,7 +67,7 @@ routes:
     );
     assert_eq!(p.len(), 4, "{p:#?}");
     assert!(
-        p[0].starts_with("listen.https: unknown field `https`"),
+        p[0].starts_with("listen.htps: unknown field `htps`"),
         "{}",
         p[0]
     );

@@ -290,6 +290,18 @@ impl Gateway {
         assert!(status.success());
     }
 
+    /// Replaces the config file with `listen.tls` set to `tls` (same ports) and sends SIGHUP.
+    pub fn reload_with_tls(&self, tls: &str, yaml_without_listeners: &str) {
+        let start = self.listeners.find(", tls: ").expect("started with TLS") + ", tls: ".len();
+        let end = self.listeners.find(" }\nmetrics:").unwrap();
+        let listeners = format!(
+            "{}{tls}{}",
+            &self.listeners[..start],
+            &self.listeners[end..]
+        );
+        self.reload_file(&format!("{listeners}{yaml_without_listeners}"));
+    }
+
     /// Replaces the config file (same listeners) without signalling the gateway.
     pub fn rewrite(&self, yaml_without_listeners: &str) {
         std::fs::write(

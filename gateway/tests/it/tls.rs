@@ -1223,3 +1223,95 @@ fn under_tls_load_ten_reloads_and_a_graceful_upgrade_fail_no_request() {
     assert!(ok > 5_000, "{ok} requests answered");
     new.kill();
 }
+
+#[test]
+fn a_resumed_session_brings_back_no_certificate_the_listener_no_longer_trusts() {
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k1");
+    let pki = Pki::new("Test CA");
+    let other_ca = Pki::new("Other CA");
+    let api = pki.server("api", &["api.test"]);
+    let alice = pki.client("alice");
+    let tls = |ca: &Path, auth: &str| {
+        format!(
+            "{{ certificates: [{{ cert: {}, key: {} }}], client_auth: {auth}, client_ca: {}, \
+             client_cert_headers: {{ subject: X-Client-Subject }} }}",
+            yaml_path(&api.cert),
+            yaml_path(&api.key),
+            yaml_path(ca)
+        )
+    };
+    let yaml = routes(
+        &echo,
+        &key,
+        "  - { name: mtls, path: /mtls, upstream: echo, auth: none, client_certificate: required }",
+    );
+    let gw = Gateway::start_with_tls(&tls(&pki.ca_file(), "optional"), &yaml);
+    let rt = runtime();
+    // Each client config keeps its sessions (a TLS 1.3 ticket, a TLS 1.2 session id).
+    let clients: Vec<Client> = [&rustls::version::TLS13, &rustls::version::TLS12]
+        .into_iter()
+        .map(|v| Client::with_versions(&pki.ca_pem(), Some(&alice), &["http/1.1"], &[v]))
+        .collect();
+    let resumed = |client: &Client, path: &str| -> std::io::Result<Reply> {
+        rt.block_on(async {
+            let mut s = client.connect(gw.https_port, "api.test").await?;
+            assert_eq!(
+                s.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed),
+                "the client resumes its saved session"
+            );
+            h1(&mut s, "api.test", path, &[]).await
+        })
+    };
+    for client in &clients {
+        let first = rt.block_on(async {
+            let mut s = client.connect(gw.https_port, "api.test").await.unwrap();
+            h1(&mut s, "api.test", "/mtls/x", &[]).await.unwrap()
+        });
+        assert_eq!(first.status, 200, "{}", first.body);
+        let r = resumed(client, "/mtls/x").unwrap();
+        assert_eq!(r.status, 200, "resumed with a certificate still trusted");
+    }
+    // alice's CA is no longer trusted: her saved sessions do not bring her certificate back.
+    let generation = gw.metric("tollgate_config_generation", &[]);
+    gw.reload_with_tls(&tls(&other_ca.ca_file(), "optional"), &yaml);
+    wait_for("the reload", Duration::from_secs(10), || {
+        (gw.metric("tollgate_config_generation", &[]) > generation).then_some(())
+    });
+    for client in &clients {
+        let r = resumed(client, "/mtls/x").unwrap();
+        assert_eq!(
+            r.status, 403,
+            "a certificate from a CA removed since: {}",
+            r.body
+        );
+        let r = resumed(client, "/open/x").unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.upstream_header("x-client-subject"), None);
+    }
+    // With `required`, a resumed session without a certificate valid now gets no answer.
+    let refused_before = gw.metric(
+        "tollgate_tls_handshake_failures_total",
+        &[("reason", "no_client_certificate")],
+    );
+    gw.reload_with_tls(&tls(&other_ca.ca_file(), "required"), &yaml);
+    wait_for("the second reload", Duration::from_secs(10), || {
+        (gw.metric("tollgate_config_generation", &[]) > generation + 1.0).then_some(())
+    });
+    for client in &clients {
+        let r = rt.block_on(async {
+            let mut s = client.connect(gw.https_port, "api.test").await?;
+            h1(&mut s, "api.test", "/open/x", &[]).await
+        });
+        assert!(r.is_err(), "served on a resumed session: {r:?}");
+    }
+    let refused = gw.metric(
+        "tollgate_tls_handshake_failures_total",
+        &[("reason", "no_client_certificate")],
+    );
+    assert!(
+        refused >= refused_before + 2.0,
+        "{refused_before} → {refused}"
+    );
+}
