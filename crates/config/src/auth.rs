@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// Headers that a claim may never be forwarded as: they carry the request's own framing
 /// or credentials.
-const RESERVED_HEADERS: &[&str] = &[
+pub(crate) const RESERVED_HEADERS: &[&str] = &[
     "authorization",
     "host",
     "content-length",

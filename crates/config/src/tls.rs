@@ -9,17 +9,8 @@ use crate::raw::{RawHsts, RawListen, RawTls};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Headers a client certificate cannot be forwarded in: they carry the request itself.
-const RESERVED: &[&str] = &[
-    "authorization",
-    "host",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "te",
-];
+/// Headers a client certificate cannot be forwarded in: those identity claims cannot use.
+use crate::auth::RESERVED_HEADERS as RESERVED;
 
 pub(crate) fn listen(
     raw: &RawListen,
