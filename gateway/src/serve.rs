@@ -318,7 +318,7 @@ impl BackgroundService for Startup {
             }
         }
         let mut last_stamp = stamp(&self.config_path).await;
-        let mut cert_stamp = self.cert_stamp();
+        let mut cert_stamp = self.cert_stamp().await;
         loop {
             let signal = async {
                 match hangup.as_mut() {
@@ -345,7 +345,7 @@ impl BackgroundService for Startup {
                 _ = certs_edited => {
                     // The stamp is taken before reading: a file that changes while it is
                     // read differs at the next poll and is read again.
-                    let now = self.cert_stamp();
+                    let now = self.cert_stamp().await;
                     if now != cert_stamp {
                         cert_stamp = now;
                         self.reload_certificates().await;
@@ -365,12 +365,18 @@ impl BackgroundService for Startup {
 }
 
 impl Startup {
-    /// The modification times and lengths of the certificate, key and CA files in use.
-    fn cert_stamp(&self) -> Vec<Option<(Option<std::time::SystemTime>, u64)>> {
-        match &self.certs {
-            Some((store, _)) => crate::tls::stamp(&store.load().files),
-            None => Vec::new(),
+    /// The stamps of the certificate, key and CA files in use (read as the config file's
+    /// are, off the async workers' blocking path).
+    async fn cert_stamp(&self) -> Vec<Stamp> {
+        let files = match &self.certs {
+            Some((store, _)) => store.load().files.clone(),
+            None => return Vec::new(),
+        };
+        let mut stamps = Vec::with_capacity(files.len());
+        for f in &files {
+            stamps.push(stamp(f).await);
         }
+        stamps
     }
 
     /// Re-reads the HTTPS listener's files after one changed: new handshakes use them; a

@@ -26,7 +26,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tollgate_config::{ClientAuth, ClientCertHeaders, Problem, Tls};
 use x509_cert::der::Decode;
 
@@ -304,7 +304,7 @@ impl ClientCertVerifier for CertStore {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        matches!(self.current.load().client, Some((ClientAuth::Required, _)))
+        self.current.load().client_auth_required()
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -349,9 +349,13 @@ impl ClientCertVerifier for CertStore {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        match &self.current.load().client {
+            Some((_, v)) => v.supported_verify_schemes(),
+            // Only asked for after `offer_client_auth`: here a reload swapped in between.
+            None => rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes(),
+        }
     }
 }
 
@@ -619,18 +623,6 @@ pub fn load_client_cert(
         chain,
         private.secret_der().to_vec(),
     )))
-}
-
-/// When this process last read `files`: their modification times and lengths.
-pub fn stamp(files: &[PathBuf]) -> Vec<Option<(Option<SystemTime>, u64)>> {
-    files
-        .iter()
-        .map(|f| {
-            std::fs::metadata(f)
-                .ok()
-                .map(|m| (m.modified().ok(), m.len()))
-        })
-        .collect()
 }
 
 #[cfg(test)]
