@@ -85,14 +85,7 @@ fn every_metric_the_prometheus_rules_name_is_exported() {
     // With the HTTPS listener, whose certificate and handshake series the rules name.
     let pki = crate::tls::Pki::new("Test CA");
     let cert = pki.server("api", &["api.test"]);
-    let gw = Gateway::start_with_tls(
-        &format!(
-            "{{ certificates: [{{ cert: {}, key: {} }}] }}",
-            crate::tls::yaml_path(&cert.cert),
-            crate::tls::yaml_path(&cert.key)
-        ),
-        &yaml,
-    );
+    let gw = Gateway::start_with_tls(&format!("{{ {} }}", cert.certificates()), &yaml);
     assert_eq!(gw.get("/", &[]).status, 401);
     gw.reload("routes: [{ name: broken, path: /, upstream: nowhere }]\n");
     assert_exported(&gw, &named);

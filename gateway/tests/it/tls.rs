@@ -35,6 +35,15 @@ impl Issued {
         )
     }
 
+    /// `certificates: [{ cert, key }]` of `listen.tls`, serving this certificate alone.
+    pub(crate) fn certificates(&self) -> String {
+        format!(
+            "certificates: [{{ cert: {}, key: {} }}]",
+            yaml_path(&self.cert),
+            yaml_path(&self.key)
+        )
+    }
+
     fn sha256_hex(&self) -> String {
         ring::digest::digest(&ring::digest::SHA256, &self.der)
             .as_ref()
@@ -410,10 +419,9 @@ fn required_client_certificates_are_verified_and_forwarded_and_spoofed_copies_re
     let mallory = stranger_ca.client("mallory");
     let gw = Gateway::start_with_tls(
         &format!(
-            "{{ certificates: [{{ cert: {}, key: {} }}], client_auth: required, client_ca: {}, \
+            "{{ {}, client_auth: required, client_ca: {}, \
              client_cert_headers: {{ subject: X-Client-Subject, sha256: X-Client-Sha256 }} }}",
-            yaml_path(&api.cert),
-            yaml_path(&api.key),
+            api.certificates(),
             yaml_path(&pki.ca_file())
         ),
         &routes(&echo, &key, ""),
@@ -502,9 +510,8 @@ fn a_route_can_require_a_client_certificate_when_the_listener_only_asks_for_one(
     let alice = pki.client("alice");
     let gw = Gateway::start_with_tls(
         &format!(
-            "{{ certificates: [{{ cert: {}, key: {} }}], client_auth: optional, client_ca: {} }}",
-            yaml_path(&api.cert),
-            yaml_path(&api.key),
+            "{{ {}, client_auth: optional, client_ca: {} }}",
+            api.certificates(),
             yaml_path(&pki.ca_file())
         ),
         &routes(
@@ -547,9 +554,8 @@ fn a_certificate_bound_token_is_accepted_only_with_its_certificate() {
     let bob = pki.client("bob");
     let gw = Gateway::start_with_tls(
         &format!(
-            "{{ certificates: [{{ cert: {}, key: {} }}], client_auth: optional, client_ca: {} }}",
-            yaml_path(&api.cert),
-            yaml_path(&api.key),
+            "{{ {}, client_auth: optional, client_ca: {} }}",
+            api.certificates(),
             yaml_path(&pki.ca_file())
         ),
         &routes(
@@ -659,11 +665,7 @@ fn a_replaced_certificate_is_served_to_new_connections_while_open_ones_go_on() {
     let pki = Pki::new("Test CA");
     let first = pki.server("api", &["api.test"]);
     let gw = Gateway::start_with_tls(
-        &format!(
-            "{{ certificates: [{{ cert: {}, key: {} }}], watch: 100ms }}",
-            yaml_path(&first.cert),
-            yaml_path(&first.key)
-        ),
+        &format!("{{ {}, watch: 100ms }}", first.certificates()),
         &routes(&echo, &key, ""),
     );
     let rt = runtime();
@@ -732,10 +734,9 @@ fn the_plain_listener_redirects_to_https_and_https_answers_carry_hsts() {
     let api = pki.server("api", &["api.test"]);
     let gw = Gateway::start_with_tls(
         &format!(
-            "{{ certificates: [{{ cert: {}, key: {} }}], redirect_http: true, \
+            "{{ {}, redirect_http: true, \
              hsts: {{ max_age: 365d, include_subdomains: true }} }}",
-            yaml_path(&api.cert),
-            yaml_path(&api.key)
+            api.certificates()
         ),
         &routes(&echo, &key, ""),
     );
@@ -1039,9 +1040,8 @@ fn under_tls_load_ten_reloads_and_a_graceful_upgrade_fail_no_request() {
         ),
         // Changed certificates are taken by the reloads here, not by the file watch.
         &format!(
-            "{{ certificates: [{{ cert: {}, key: {} }}], watch: 1h }}",
-            yaml_path(&cert.cert),
-            yaml_path(&cert.key)
+            "{{ {}, watch: 1h }}",
+            cert.certificates()
         ),
         &load_config(&[&stable, &old_key], &[&a], ""),
     );
@@ -1234,10 +1234,9 @@ fn a_resumed_session_brings_back_no_certificate_the_listener_no_longer_trusts() 
     let alice = pki.client("alice");
     let tls = |ca: &Path, auth: &str| {
         format!(
-            "{{ certificates: [{{ cert: {}, key: {} }}], client_auth: {auth}, client_ca: {}, \
+            "{{ {}, client_auth: {auth}, client_ca: {}, \
              client_cert_headers: {{ subject: X-Client-Subject }} }}",
-            yaml_path(&api.cert),
-            yaml_path(&api.key),
+            api.certificates(),
             yaml_path(ca)
         )
     };

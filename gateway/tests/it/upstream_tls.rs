@@ -223,9 +223,8 @@ fn gateway_to(pki: &Pki, upstream: &str) -> Gateway {
     let api = pki.server("api", &["api.test"]);
     Gateway::start_with_tls(
         &format!(
-            "{{ certificates: [{{ cert: {}, key: {} }}] }}",
-            yaml_path(&api.cert),
-            yaml_path(&api.key)
+            "{{ {} }}",
+            api.certificates()
         ),
         &format!(
             "upstreams:\n  backend:\n{upstream}\nroutes:\n  - {{ name: all, path: /, upstream: backend, auth: none }}\n"
