@@ -1,8 +1,10 @@
 # tollgate: the targets CI runs are the targets a person runs.
 #   make run    build release, start two echo backends and the gateway on 127.0.0.1
-#   make test   everything CI checks: fmt, clippy (warnings denied), tests, conformance,
-#               rustdoc (warnings denied), cargo deny, the fuzz targets' build
+#   make test   everything CI checks: fmt, clippy (warnings denied), tests, conformance (and
+#               the mutated-token property), rustdoc (warnings denied), cargo deny, deploy/
+#               checks, the fuzz targets' build, the 60 s soak with faults
 #   make bench  criterion benchmarks of every crate
+#   make soak   soak test with injected faults (release build; make soak-short: 60 s, debug)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -13,17 +15,20 @@ RELEASE_BIN := target/release/tollgate
 DEBUG_BIN   := target/debug/tollgate
 APT_UPDATED := /tmp/.tollgate-apt-updated
 
-.PHONY: upgrade help deps-build deps-test deps-loadtest build run test fmt-check lint unit conformance doc deny deploy-check bench fuzz-build check-config clean
+.PHONY: upgrade help deps-build deps-test deps-loadtest build run test fmt-check lint unit conformance doc deny deploy-check bench fuzz-build fuzz check-config clean soak soak-short
 
 help:
 	@echo "make run          build release and run the demo (echo backends + gateway)"
-	@echo "make test         fmt, clippy -D warnings, cargo test, JWT conformance, doc, deny, fuzz build"
+	@echo "make test         fmt, clippy -D warnings, cargo test, JWT conformance, doc, deny, deploy-check, fuzz build, 60 s soak"
 	@echo "make bench        criterion benchmarks"
 	@echo "make doc          rustdoc, warnings denied"
 	@echo "make deny         cargo deny check licenses bans sources"
 	@echo "make deploy-check kubernetes-validate, hadolint, promtool check/test rules, systemd-analyze verify"
 	@echo "make fuzz-build   build the cargo-fuzz targets (nightly)"
+	@echo "make fuzz         run every fuzz target FUZZ_SECONDS (60) each; figures in loadtest/results/FUZZ.md"
 	@echo "make check-config validate conf/gateway.yaml"
+	@echo "make soak         soak test with injected faults, release build, SOAK_DURATION=600 s, into loadtest/results/"
+	@echo "make soak-short   the same for 60 s against the debug build, into target/soak"
 	@echo "make upgrade CONFIG=F PID=P  hand a running instance's listeners to the new release build"
 
 # Installs each Debian package whose command is missing: `need <command> <package>`.
@@ -75,6 +80,26 @@ loadtest: deps-loadtest build
 build: deps-build
 	$(CARGO) build --release --locked
 
+# Soak test with injected faults (loadtest/soak.py, see loadtest/README.md): valid, expired,
+# forged and over-quota tokens over HTTPS (HTTP/1.1 and HTTP/2) while backends are killed,
+# the JWKS rotates and goes down, the config reloads, Redis stops, forged tokens flood from
+# 127.0.0.2 and a backend turns slow. Exits 1 on an answer the faults do not explain, a
+# refused valid token, RSS/FD/task growth, a panic or an unattributed ERROR line.
+# httpx[http2] and cryptography, pinned, in a venv of their own under target/.
+SOAK_DURATION ?= 600
+SOAK_VENV     := target/soak-venv
+$(SOAK_VENV)/.installed: loadtest/soak-requirements.txt | deps-test
+	python3 -m venv $(SOAK_VENV)
+	$(SOAK_VENV)/bin/pip install -q -r loadtest/soak-requirements.txt
+	touch $@
+
+soak: deps-test build $(SOAK_VENV)/.installed
+	$(SOAK_VENV)/bin/python loadtest/soak.py --bin $(RELEASE_BIN) --duration $(SOAK_DURATION) --out loadtest/results
+
+soak-short: deps-test $(SOAK_VENV)/.installed
+	@$(CARGO) build --locked -p tollgate >/dev/null 2>&1 || $(CARGO) build --locked -p tollgate
+	$(SOAK_VENV)/bin/python loadtest/soak.py --bin $(DEBUG_BIN) --duration 60 --out target/soak
+
 # Graceful upgrade of a running instance to the release binary just built:
 #   make upgrade CONFIG=/etc/tollgate/gateway.yaml PID=<running pid>   (see deploy/upgrade.sh)
 upgrade: build
@@ -116,14 +141,17 @@ lint:
 unit:
 	$(CARGO) test --workspace --locked
 
-# Runs the shared JWT corpus through `tollgate token verify`; the corpus is never copied here.
+# Runs the shared JWT corpus through `tollgate token verify`, then the differential property
+# (crates/jwt/examples/mutated_corpus.rs) on its accepted tokens; the corpus is never copied here.
 conformance:
 	@if [ -f $(CONFORMANCE)/run.py ]; then \
 	  $(CARGO) build --locked -p tollgate >/dev/null 2>&1 || $(CARGO) build --locked -p tollgate; \
 	  echo "JWT conformance ($(CONFORMANCE)):"; \
 	  python3 $(CONFORMANCE)/run.py --bin $(DEBUG_BIN); \
+	  echo "Differential property: the corpus's accepted tokens, mutated, never verify:"; \
+	  $(CARGO) run --locked -q -p tollgate-jwt --example mutated_corpus -- $(CONFORMANCE); \
 	else \
-	  echo "JWT conformance NOT RUN: $(CONFORMANCE) is absent on this machine"; \
+	  echo "JWT conformance and its mutated-token property NOT RUN: $(CONFORMANCE) is absent on this machine"; \
 	fi
 
 # rustdoc with warnings denied (private items included: the gateway's modules are private).
@@ -150,7 +178,7 @@ deploy-check: deps-test $(DEPLOY_VENV)/.installed
 	  out=$$(systemd-analyze verify $$unit 2>&1); \
 	  if [ -n "$$out" ]; then echo "$$out"; exit 1; fi  # warnings (unknown keys) fail too
 
-test: deps-test fmt-check lint unit conformance doc deny deploy-check fuzz-build
+test: deps-test fmt-check lint unit conformance doc deny deploy-check fuzz-build soak-short
 
 # Short criterion runs by default (1 s warm-up, 3 s measurement per benchmark); medians land
 # in target/criterion, which `make loadtest` copies into loadtest/results/RESULTS.md.
@@ -158,10 +186,32 @@ BENCH_ARGS ?= --warm-up-time 1 --measurement-time 3
 bench: deps-build
 	$(CARGO) bench --workspace --bench '*' --locked -- $(BENCH_ARGS)
 
-# The fuzz targets build (nightly, as cargo-fuzz needs); `--dev` keeps make test quick.
+# The fuzz targets (fuzz/, nightly as cargo-fuzz needs): `make test` builds them quickly
+# (fuzz/'s dev profile, no sanitizer); `make fuzz` builds them optimised with AddressSanitizer
+# and debug assertions and runs each for FUZZ_SECONDS, from the committed seeds (fuzz/seeds/TARGET) plus, for the
+# token target, the conformance corpus's tokens read from $(CONFORMANCE) (never copied into
+# the project). A crash leaves its input in fuzz/artifacts/TARGET and fails the run; the
+# executions per target go to loadtest/results/FUZZ.md.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := token keys config request rbac ratelimit_key deny_list
 fuzz-build:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
-	cd crates/jwt/fuzz && $(CARGO) +nightly fuzz build --dev
+	cd fuzz && $(CARGO) +nightly fuzz build --dev --sanitizer none
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(CARGO) +nightly fuzz build --debug-assertions
+	@mkdir -p target/fuzz-corpus target/fuzz-logs
+	@python3 fuzz/corpus_tokens.py $(CONFORMANCE) target/fuzz-corpus/token
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  (cd fuzz && $(CARGO) +nightly fuzz run --debug-assertions $$t ../target/fuzz-corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -print_final_stats=1) \
+	    > target/fuzz-logs/$$t.log 2>&1 || { tail -40 target/fuzz-logs/$$t.log; exit 1; }; \
+	done
+	python3 fuzz/summary.py target/fuzz-logs $(FUZZ_SECONDS) $(FUZZ_TARGETS) > loadtest/results/FUZZ.md
+	@cat loadtest/results/FUZZ.md
 
 clean:
 	$(CARGO) clean

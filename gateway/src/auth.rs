@@ -23,6 +23,12 @@ const FORGED: Rejection = Rejection {
     detail: "signature does not verify",
 };
 
+/// The answer to a token on the deny list.
+const REVOKED: Rejection = Rejection {
+    reason: Reason::Revoked,
+    detail: "token has been revoked",
+};
+
 /// The gateway's authentication state for one snapshot.
 pub struct Authenticator {
     pub providers: Vec<Arc<Provider>>,
@@ -35,6 +41,8 @@ pub struct Authenticator {
     connector: Arc<Connector>,
     /// `auth.failed_auth_limit` and `auth.max_verifications_in_flight`.
     pub brakes: crate::preauth::Brakes,
+    /// `auth.revocation`: checked after verification, cache hits included.
+    revocation: Option<Arc<crate::revocation::Revocations>>,
 }
 
 /// Why `verify` gave no identity.
@@ -72,6 +80,16 @@ impl Authenticator {
                 }),
             }
         }
+        let revocation = match &auth.revocation {
+            Some(r) => match crate::revocation::Revocations::for_config(r) {
+                Ok(r) => Some(r),
+                Err(p) => {
+                    problems.push(p);
+                    None
+                }
+            },
+            None => None,
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -91,6 +109,7 @@ impl Authenticator {
                 failed_auth_limit: auth.failed_auth_limit,
                 max_in_flight: auth.max_verifications_in_flight,
             },
+            revocation,
         })
     }
 
@@ -102,11 +121,15 @@ impl Authenticator {
         for p in &self.providers {
             p.spawn_refresh(self.connector.clone());
         }
+        if let Some(r) = &self.revocation {
+            r.spawn_watch();
+        }
     }
 
-    /// Initial keys of every provider are in place.
+    /// Initial keys of every provider, and the deny list, are in place.
     pub fn ready(&self) -> bool {
         self.providers.iter().all(|p| p.is_ready())
+            && self.revocation.as_ref().is_none_or(|r| r.is_ready())
     }
 
     /// Verifies `token` for one of `providers` (chosen by the token's `iss`) at `now`, for a
@@ -195,6 +218,23 @@ impl Authenticator {
                 },
             )
                 .into());
+        }
+        // After the claims, so an expired token is refused as expired; on every request,
+        // so a token revoked while it sits in the verified-token cache is refused at once.
+        match self.revocation.as_ref().map(|r| r.check(&verified.claims)) {
+            None | Some(crate::revocation::Check::Passed) => {}
+            Some(crate::revocation::Check::Revoked) => {
+                return Err((Some(provider), REVOKED).into());
+            }
+            Some(crate::revocation::Check::Unavailable) => {
+                METRICS
+                    .preauth_refusals
+                    .with_label_values(&["revocation_unavailable"])
+                    .inc();
+                return Err(VerifyError::Refused(
+                    crate::preauth::PreAuthRefusal::RevocationUnavailable,
+                ));
+            }
         }
         Ok(Identity {
             provider,

@@ -221,6 +221,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        static COUNTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !COUNTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            crate::metrics::watch_runtime("proxy");
+        }
         let snapshot = self.snapshot.load();
         let http = &snapshot.http;
         let peer = stream

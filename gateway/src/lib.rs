@@ -13,6 +13,8 @@
 // What main.rs, benches and tests use.
 pub mod auth;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod probe;
 pub mod proxy;
@@ -32,5 +34,6 @@ mod metrics;
 mod pipeline;
 mod preauth;
 mod respond;
+mod revocation;
 mod tls;
 mod token_cache;

@@ -134,7 +134,7 @@ impl Stores {
 
 /// One part of a bucket key, ready for requests.
 #[derive(Debug, Clone)]
-enum KeyPart {
+pub(crate) enum KeyPart {
     ClientIp,
     Route,
     Header(http::HeaderName),
@@ -321,7 +321,7 @@ impl LimitRuntime {
 /// A request without the header or claim, or without a caller, gets the `ip:` part instead:
 /// strangers never share one bucket. Parts are separated by a 0 byte; values that the caller
 /// controls are length-prefixed, so no value can forge a separator.
-fn bucket_key(
+pub(crate) fn bucket_key(
     route: &str,
     limit: &str,
     parts: &[KeyPart],

@@ -52,6 +52,12 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     pub tls_certificate_expiry: IntGaugeVec,
     pub tls_certificate_reloads: IntCounterVec,
+    pub revocation_entries: IntGaugeVec,
+    pub revocation_hits_jti: IntCounter,
+    pub revocation_hits_sub: IntCounter,
+    pub revocation_reloads: IntCounterVec,
+    pub revocation_last_success: prometheus::Gauge,
+    runtime_alive_tasks: IntGaugeVec,
 }
 
 /// Buckets for upstream times: 100 µs to 10 s.
@@ -309,6 +315,47 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let revocation_entries = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_revocation_entries",
+                "Entries in the deny list of revoked tokens, by kind (jti, sub).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let revocation_hits = IntCounterVec::new(
+            Opts::new(
+                "tollgate_revocation_hits_total",
+                "Verified tokens refused as revoked, by the kind of entry that matched (jti, sub).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let revocation_reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_revocation_reloads_total",
+                "Reads of the deny list's source (file or Redis), by result (ok, error).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let revocation_last_success = prometheus::Gauge::new(
+            "tollgate_revocation_last_success_timestamp_seconds",
+            "Unix time of the deny list's last successful read.",
+        )
+        .expect("valid metric");
+        let runtime_alive_tasks = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_runtime_alive_tasks",
+                "Tasks alive in each tokio runtime of the process (proxy, background, metrics), \
+                 read at scrape time.",
+            ),
+            &["runtime"],
+        )
+        .expect("valid metric");
+        for result in ["ok", "error"] {
+            revocation_reloads.with_label_values(&[result]);
+        }
         for reason in crate::tls::FAILURE_REASONS {
             tls_handshake_failures.with_label_values(&[reason]);
         }
@@ -330,6 +377,11 @@ impl Metrics {
             Box::new(tls_handshake_failures.clone()),
             Box::new(tls_certificate_expiry.clone()),
             Box::new(tls_certificate_reloads.clone()),
+            Box::new(revocation_entries.clone()),
+            Box::new(revocation_hits.clone()),
+            Box::new(revocation_reloads.clone()),
+            Box::new(revocation_last_success.clone()),
+            Box::new(runtime_alive_tasks.clone()),
             Box::new(connections_refused.clone()),
             Box::new(header_refusals.clone()),
             Box::new(bad_requests.clone()),
@@ -391,6 +443,12 @@ impl Metrics {
             tls_handshake_failures,
             tls_certificate_expiry,
             tls_certificate_reloads,
+            revocation_entries,
+            revocation_hits_jti: revocation_hits.with_label_values(&["jti"]),
+            revocation_hits_sub: revocation_hits.with_label_values(&["sub"]),
+            revocation_reloads,
+            revocation_last_success,
+            runtime_alive_tasks,
         }
     }
 
@@ -405,11 +463,34 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        watch_runtime("metrics");
+        for (name, handle) in RUNTIMES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            self.runtime_alive_tasks
+                .with_label_values(&[name])
+                .set(handle.metrics().num_alive_tasks() as i64);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding to a Vec cannot fail");
         out
+    }
+}
+
+/// The tokio runtimes whose tasks `tollgate_runtime_alive_tasks` counts: Pingora gives each
+/// service its own, so each registers itself from inside (`watch_runtime`).
+static RUNTIMES: Lazy<std::sync::Mutex<Vec<(&'static str, tokio::runtime::Handle)>>> =
+    Lazy::new(Default::default);
+
+/// Counts the tasks of the runtime this is called on, as `name` (the first call per name
+/// wins; later ones are a lock and a comparison).
+pub fn watch_runtime(name: &'static str) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let mut runtimes = RUNTIMES.lock().unwrap_or_else(|e| e.into_inner());
+    if !runtimes.iter().any(|(n, _)| *n == name) {
+        runtimes.push((name, handle));
     }
 }
 

@@ -336,6 +336,11 @@ impl Pipeline<'_> {
                         message: "too many tokens are being verified; retry later",
                         retry_after_secs: 1,
                     },
+                    PreAuthRefusal::RevocationUnavailable => Refusal::Overloaded {
+                        reason: "revocation_unavailable",
+                        message: "the revocation list has not been read yet; retry later",
+                        retry_after_secs: 1,
+                    },
                 })
             }
             Err(VerifyError::Rejected(provider, rejection)) => {

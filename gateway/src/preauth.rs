@@ -29,6 +29,9 @@ pub enum PreAuthRefusal {
     FailedAuthLimit { retry_after_secs: u64 },
     /// Too many signature checks in flight: 503.
     Busy,
+    /// The revocation list has not been read yet (its Redis down since start): 503. Counted
+    /// where it is decided, not by the brakes.
+    RevocationUnavailable,
 }
 
 impl PreAuthRefusal {
@@ -36,6 +39,7 @@ impl PreAuthRefusal {
         match self {
             PreAuthRefusal::FailedAuthLimit { .. } => "failed_auth_limit",
             PreAuthRefusal::Busy => "verification_budget",
+            PreAuthRefusal::RevocationUnavailable => "revocation_unavailable",
         }
     }
 }

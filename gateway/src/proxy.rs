@@ -434,6 +434,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let refusal = refusal_for(e);
+        // The connection is not reused after a failed proxy (`can_reuse_downstream` below):
+        // the answer says so, or an HTTP/1.1 client sends its next request into a closing
+        // connection.
+        session.set_keepalive(None);
         if let Some(refusal) = refusal
             .as_ref()
             .filter(|_| session.response_written().is_none())

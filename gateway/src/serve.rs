@@ -58,16 +58,32 @@ pub fn load(path: &Path) -> Result<(Config, RuntimeSnapshot), LoadError> {
     Ok((config, snapshot))
 }
 
-/// Drops Pingora's ERROR lines for failures that are the client's, not the gateway's: a
-/// client that closes or stalls mid-header, or whose header tollgate's guard refused. Each
-/// of these is counted in a metric (`tollgate_header_refusals_total`, ...) instead.
-struct ClientFailures {
+/// Pingora's log lines that report nothing wrong with the gateway, dropped:
+/// - ERROR `Fail to proxy: Downstream...`: the client closed or stalled mid-header, or
+///   tollgate's guard refused its header; counted in `tollgate_header_refusals_total` and
+///   friends instead;
+/// - ERROR `failed to acquire reusable stream`: a pooled upstream connection was lost to a
+///   race inside Pingora's connection pool (pingora-core `connectors/mod.rs`); the request
+///   goes out on a new connection, and nothing failed;
+/// - WARN `Upstream body is already finished. Nothing to write`: an HTTP/2 client's empty
+///   final DATA frame (END_STREAM) after a body that was already forwarded whole; one per
+///   HTTP/2 request with a body.
+const KNOWN_NOISE: &[(tracing::Level, &str)] = &[
+    (tracing::Level::ERROR, "Fail to proxy: Downstream"),
+    (tracing::Level::ERROR, "failed to acquire reusable stream"),
+    (
+        tracing::Level::WARN,
+        "Upstream body is already finished. Nothing to write",
+    ),
+];
+
+struct KnownNoise {
     /// The level filter's hint, passed on: without it `log` records (Pingora's `debug!`s)
     /// would all be built and dispatched before being dropped, on every request.
     hint: Option<tracing_subscriber::filter::LevelFilter>,
 }
 
-impl<S> tracing_subscriber::layer::Filter<S> for ClientFailures {
+impl<S> tracing_subscriber::layer::Filter<S> for KnownNoise {
     fn enabled(
         &self,
         _meta: &tracing::Metadata<'_>,
@@ -85,25 +101,35 @@ impl<S> tracing_subscriber::layer::Filter<S> for ClientFailures {
         event: &tracing::Event<'_>,
         _cx: &tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
-        struct Message(bool);
-        impl tracing::field::Visit for Message {
+        struct Message<'a>(&'a [&'static str], bool);
+        impl tracing::field::Visit for Message<'_> {
             fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
                 if field.name() == "message" {
-                    self.0 = format!("{value:?}").starts_with("Fail to proxy: Downstream");
+                    let text = format!("{value:?}");
+                    self.1 = self.0.iter().any(|p| text.starts_with(p));
                 }
             }
             fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
                 if field.name() == "message" {
-                    self.0 = value.starts_with("Fail to proxy: Downstream");
+                    self.1 = self.0.iter().any(|p| value.starts_with(p));
                 }
             }
         }
-        if *event.metadata().level() != tracing::Level::ERROR {
+        let level = *event.metadata().level();
+        if level > tracing::Level::WARN {
             return true;
         }
-        let mut m = Message(false);
+        let prefixes: Vec<&'static str> = KNOWN_NOISE
+            .iter()
+            .filter(|(l, _)| *l == level)
+            .map(|(_, p)| *p)
+            .collect();
+        if prefixes.is_empty() {
+            return true;
+        }
+        let mut m = Message(&prefixes, false);
         event.record(&mut m);
-        !m.0
+        !m.1
     }
 }
 
@@ -123,7 +149,7 @@ fn init_logging(level: &str) {
         .with_current_span(false)
         .with_writer(std::io::stdout)
         .with_filter(filter)
-        .with_filter(ClientFailures { hint });
+        .with_filter(KnownNoise { hint });
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
@@ -172,9 +198,9 @@ struct Startup {
 }
 
 /// What a config file looks like from outside: modification time and length.
-type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
+pub(crate) type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
 
-async fn stamp(path: &Path) -> Stamp {
+pub(crate) async fn stamp(path: &Path) -> Stamp {
     let m = tokio::fs::metadata(path).await.ok()?;
     Some((m.modified().ok(), m.len()))
 }
@@ -255,7 +281,7 @@ impl Startup {
         let snapshot = Arc::new(snapshot);
         snapshot.spawn_background();
         if !keys_ready(&snapshot, shutdown, Some(RELOAD_KEYS_WITHIN)).await {
-            return Err("the new config's key sets could not be loaded".into());
+            return Err("the new config's key sets or revocation list could not be loaded".into());
         }
         // Requests in flight keep the snapshot they loaded; new ones see this one.
         if let (Some((store, tls_config)), Some(tls), Some(new_config)) =
@@ -273,6 +299,7 @@ impl Startup {
 #[async_trait]
 impl BackgroundService for Startup {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        crate::metrics::watch_runtime("background");
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(s) => Some(s),

@@ -22,6 +22,36 @@ pub enum TokenCommand {
         /// The compact JWT.
         token: String,
     },
+    /// Add an entry to the deny list that `auth.revocation` reads (a file or Redis).
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "sub"])))]
+#[command(group(clap::ArgGroup::new("where").required(true).args(["file", "redis"])))]
+pub struct RevokeArgs {
+    /// Revoke the token with this `jti`.
+    #[arg(long)]
+    jti: Option<String>,
+    /// Revoke this subject's tokens issued before --before.
+    #[arg(long)]
+    sub: Option<String>,
+    /// With --sub: unix seconds or RFC 3339 time; tokens whose `iat` is earlier (or that
+    /// have none) are revoked. Default: now.
+    #[arg(long, requires = "sub")]
+    before: Option<String>,
+    /// Only this issuer's tokens (default: every issuer's).
+    #[arg(long)]
+    iss: Option<String>,
+    /// Append to this deny-list file (`auth.revocation.file`); created if absent.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Add to the Redis deny list (`auth.revocation.redis.url`).
+    #[arg(long)]
+    redis: Option<String>,
+    /// The Redis key (`auth.revocation.redis.key`).
+    #[arg(long, default_value = "tollgate:revoked", requires = "redis")]
+    key: String,
 }
 
 #[derive(Args)]
@@ -99,7 +129,110 @@ pub fn run(cmd: TokenCommand) -> ExitCode {
             Err(e) => usage_error(&e),
         },
         TokenCommand::Inspect { token } => inspect(&token),
+        TokenCommand::Revoke(a) => match revoke(a) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage_error(&e),
+        },
     }
+}
+
+/// A Redis URL for messages: any password replaced by `***`.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Writes one deny-list entry; returns it as written.
+fn revoke(a: RevokeArgs) -> Result<String, String> {
+    if a.jti.is_some() && a.before.is_some() {
+        return Err("--before goes with --sub, not --jti".into());
+    }
+    let revoked_before = match (&a.sub, a.before.as_deref()) {
+        (None, _) => None,
+        (Some(_), None) => Some(now()),
+        (Some(_), Some(t)) if t.bytes().all(|b| b.is_ascii_digit()) => Some(
+            t.parse()
+                .map_err(|_| format!("--before {t}: out of range"))?,
+        ),
+        (Some(_), Some(t)) => Some(
+            humantime::parse_rfc3339_weak(t)
+                .map_err(|e| format!("--before {t}: {e} (give unix seconds or RFC 3339)"))?
+                .duration_since(UNIX_EPOCH)
+                .map_err(|_| format!("--before {t}: before 1970"))?
+                .as_secs(),
+        ),
+    };
+    let entry = tollgate_jwt::DenyEntry {
+        jti: a.jti,
+        sub: a.sub,
+        revoked_before,
+        iss: a.iss,
+    };
+    let line = entry.to_line();
+    tollgate_jwt::DenyList::from_entries([line.as_str()])
+        .map_err(|e| format!("not a valid entry: {}", e[0].message))?;
+    if let Some(path) = &a.file {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // One write of a whole line, starting on a line of its own: a gateway re-reading
+        // the file never sees half an entry joined to another.
+        let mut last = [0u8; 1];
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let needs_newline = len > 0
+            && f.seek(SeekFrom::End(-1)).is_ok()
+            && f.read_exact(&mut last).is_ok()
+            && last[0] != b'\n';
+        let text = format!("{}{line}\n", if needs_newline { "\n" } else { "" });
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        // A list with a bad line is refused whole by the gateway, which keeps its last good
+        // list: the entry just written would not take effect. Say so.
+        let whole = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read back {}: {e}", path.display()))?;
+        if let Err(errors) = tollgate_jwt::DenyList::parse(&whole) {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "the entry was appended, but {} has bad lines ({}): gateways keep their last good list until they are fixed",
+                path.display(),
+                lines.join("; ")
+            ));
+        }
+    }
+    if let Some(url) = &a.redis {
+        let shown = without_password(url);
+        let client = redis::Client::open(url.as_str()).map_err(|e| format!("{shown}: {e}"))?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+        // The set and its version in one transaction: gateways poll the version.
+        redis::pipe()
+            .atomic()
+            .cmd("SADD")
+            .arg(&a.key)
+            .arg(&line)
+            .ignore()
+            .cmd("INCR")
+            .arg(format!("{}:version", a.key))
+            .ignore()
+            .query::<()>(&mut conn)
+            .map_err(|e| format!("redis: {e}"))?;
+    }
+    Ok(line)
 }
 
 fn usage_error(message: &str) -> ExitCode {

@@ -1,9 +1,12 @@
 //! Validation of the `auth` section: providers, their key sources and refresh timing,
 //! token sources, and the claims forwarded as headers.
 
-use crate::model::{Audiences, Auth, ClaimHeader, KeySource, Provider, Refresh, TokenSource};
+use crate::model::{
+    Audiences, Auth, ClaimHeader, KeySource, Provider, Refresh, Revocation, RevocationSource,
+    TokenSource,
+};
 use crate::problems::{duration, header_name, Problems};
-use crate::raw::{RawAudiences, RawAuth, RawProvider, RawRefresh};
+use crate::raw::{RawAudiences, RawAuth, RawProvider, RawRefresh, RawRevocation};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -116,7 +119,12 @@ pub(crate) fn auth(
     if max_verifications_in_flight == 0 {
         problems.add("auth.max_verifications_in_flight", "must be at least 1");
     }
+    let revocation = raw
+        .revocation
+        .as_ref()
+        .and_then(|r| revocation(r, problems));
     Auth {
+        revocation,
         failed_auth_limit,
         max_verifications_in_flight,
         providers: out,
@@ -134,6 +142,58 @@ pub(crate) fn auth(
             None => "tollgate".to_owned(),
         },
     }
+}
+
+/// The deny list's source: exactly one of a file and Redis.
+fn revocation(r: &RawRevocation, problems: &mut Problems) -> Option<Revocation> {
+    let poll = duration(
+        &r.poll,
+        "auth.revocation.poll",
+        Duration::from_secs(1),
+        problems,
+    );
+    let source = match (&r.file, &r.redis) {
+        (Some(_), Some(_)) => {
+            problems.add("auth.revocation", "give file or redis, not both");
+            return None;
+        }
+        (None, None) => {
+            problems.add("auth.revocation", "needs file or redis");
+            return None;
+        }
+        (Some(f), None) if f.is_empty() => {
+            problems.add("auth.revocation.file", "must not be empty");
+            return None;
+        }
+        (Some(f), None) => RevocationSource::File(f.clone()),
+        (None, Some(redis)) => {
+            // The gateway opens the connection with this same parser (`redis::Client::open`).
+            if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+                problems.add(
+                    "auth.revocation.redis.url",
+                    "must be a redis:// or rediss:// URL",
+                );
+                return None;
+            }
+            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(redis.url.as_str()) {
+                problems.add("auth.revocation.redis.url", e.to_string());
+                return None;
+            }
+            let key = redis
+                .key
+                .clone()
+                .unwrap_or_else(|| "tollgate:revoked".to_owned());
+            if key.is_empty() {
+                problems.add("auth.revocation.redis.key", "must not be empty");
+                return None;
+            }
+            RevocationSource::Redis {
+                url: redis.url.clone(),
+                key,
+            }
+        }
+    };
+    Some(Revocation { source, poll })
 }
 
 fn default_failed_limit() -> tollgate_ratelimit::Gcra {

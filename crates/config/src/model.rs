@@ -421,6 +421,25 @@ pub struct Auth {
     /// Signature checks running at once (including those waiting for an unknown-kid key
     /// refetch); past it, uncached tokens get 503 with `Retry-After`. Default 256.
     pub max_verifications_in_flight: usize,
+    /// The deny list of revoked tokens, checked after verification (cache hits included).
+    pub revocation: Option<Revocation>,
+}
+
+/// `auth.revocation`: a deny list of `jti` values and subjects (`tollgate_jwt::DenyList`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub source: RevocationSource,
+    /// How often the file's stamp, or the Redis list's version, is looked at. Default 1 s.
+    pub poll: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationSource {
+    /// JSON Lines, re-read when it changes.
+    File(String),
+    /// A Redis set of JSON entries at `key`, with its version counter at `key:version`
+    /// (default key `tollgate:revoked`).
+    Redis { url: String, key: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

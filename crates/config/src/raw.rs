@@ -165,6 +165,23 @@ pub struct RawAuth {
     pub realm: Option<String>,
     pub failed_auth_limit: Option<RawFailedAuthLimit>,
     pub max_verifications_in_flight: Option<usize>,
+    pub revocation: Option<RawRevocation>,
+}
+
+/// `auth.revocation`: where the deny list of revoked tokens comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRevocation {
+    pub file: Option<String>,
+    pub redis: Option<RawRevocationRedis>,
+    pub poll: Option<DurationText>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRevocationRedis {
+    pub url: String,
+    pub key: Option<String>,
 }
 
 /// `auth.failed_auth_limit`: failed authentications allowed per client address.

@@ -26,12 +26,14 @@ mod alg;
 pub mod codec;
 mod error;
 mod keys;
+mod revoke;
 mod sign;
 mod verify;
 
 pub use alg::Algorithm;
 pub use error::KeyError;
 pub use keys::KeySet;
+pub use revoke::{DenyList, Entry as DenyEntry, ListError, Revoked};
 pub use sign::{sign, SigningKey};
 pub use verify::{
     decode_unverified, parse_token, peek_issuer, verdict_json, verify, verify_signature,

@@ -38,10 +38,13 @@ pub enum Reason {
     /// connection did not present, or binding is required and the token is not bound. Never
     /// produced by the verifier: the gateway checks it against the connection.
     Binding,
+    /// The token is on the deny list (a revoked `jti`, or its subject revoked since it was
+    /// issued). Never produced by the verifier: the gateway checks its list.
+    Revoked,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Missing,
         Reason::TooLarge,
         Reason::Malformed,
@@ -56,6 +59,7 @@ impl Reason {
         Reason::Audience,
         Reason::Type,
         Reason::Binding,
+        Reason::Revoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +78,7 @@ impl Reason {
             Reason::Audience => "audience",
             Reason::Type => "typ",
             Reason::Binding => "binding",
+            Reason::Revoked => "revoked",
         }
     }
 }
@@ -533,7 +538,8 @@ mod tests {
                 "issuer",
                 "audience",
                 "typ",
-                "binding"
+                "binding",
+                "revoked"
             ]
         );
     }

@@ -234,3 +234,119 @@ fn probe_exits_zero_only_on_a_2xx_answer() {
     let https = probe("https://127.0.0.1:1/healthz");
     assert_eq!(https.status.code(), Some(1));
 }
+
+#[test]
+fn check_refuses_a_deny_list_with_bad_lines_or_two_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("revoked.jsonl");
+    std::fs::write(
+        &list,
+        "{\"jti\": \"ok\"}\n{\"sub\": \"no-time\"}\nnot json\n",
+    )
+    .unwrap();
+    let config = |revocation: &str| {
+        format!(
+            r#"
+auth:
+  providers:
+    - {{ name: p, issuer: "https://i", audiences: any, jwks: {{ keys: [] }} }}
+  revocation: {revocation}
+upstreams:
+  echo: {{ backends: [{{ addr: "127.0.0.1:9000" }}] }}
+routes:
+  - {{ name: a, path: /a, upstream: echo }}
+"#
+        )
+    };
+    let (code, _, stderr) = check(&config(&format!("{{ file: \"{}\" }}", list.display())));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("auth.revocation.file: line 2: a sub entry needs revoked_before")
+            && stderr.contains("line 3: not a JSON object"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check(&config(&format!(
+        "{{ file: \"{}\", redis: {{ url: \"redis://127.0.0.1:1\" }}, poll: 0s }}",
+        list.display()
+    )));
+    assert_eq!(code, 1, "{stderr}");
+    for expected in [
+        "auth.revocation: give file or redis, not both",
+        "auth.revocation.poll: must be greater than zero",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    let (code, _, stderr) = check(&config("{ file: /nonexistent/revoked.jsonl }"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("auth.revocation.file: cannot read /nonexistent/revoked.jsonl"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn token_revoke_refuses_what_the_list_would_not_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("revoked.jsonl");
+    let revoke = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["token", "revoke"])
+            .args(args)
+            .args(["--file", list.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = revoke(&["--jti", "a", "--before", "5"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = revoke(&["--sub", "a", "--before", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+    assert!(!list.exists(), "nothing is written for a refused entry");
+    // Appended on a line of its own, even after a file without a final newline.
+    std::fs::write(&list, "{\"jti\":\"x\"}").unwrap();
+    let out = revoke(&[
+        "--sub",
+        "a",
+        "--before",
+        "2026-01-01T00:00:00Z",
+        "--iss",
+        "https://i",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&list).unwrap(),
+        "{\"jti\":\"x\"}\n{\"sub\":\"a\",\"revoked_before\":1767225600,\"iss\":\"https://i\"}\n"
+    );
+    // Behind a bad line the entry would not take effect (gateways keep their last good
+    // list): appended, but the command fails and says why.
+    std::fs::write(&list, "{\"jti\":\"typo\",}\n").unwrap();
+    let out = revoke(&["--jti", "v1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has bad lines (line 1:"), "{stderr}");
+    // No password in what it prints.
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "revoke",
+            "--jti",
+            "a",
+            "--redis",
+            "redis://:hunter2@127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("redis://:***@127.0.0.1:1") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+}

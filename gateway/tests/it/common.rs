@@ -65,7 +65,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(args: &[&str], log: PathBuf, env: &[(&str, &str)]) -> Proc {
+    pub fn spawn(args: &[&str], log: PathBuf, env: &[(&str, &str)]) -> Proc {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(args)

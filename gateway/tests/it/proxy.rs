@@ -267,6 +267,19 @@ routes:
     );
     // The same route answers when the backend is fast enough.
     assert_eq!(gw.get("/slow", &[("x-echo-delay-ms", "10")]).status, 200);
+    // A failed proxy does not reuse the client connection, and its answer says so: a
+    // keep-alive client must not send its next request into a closing connection (found by
+    // the soak: 504 with `Connection: keep-alive`, then a close). `raw_request` reads until
+    // the gateway closes.
+    for (path, status) in [("/slow", 504), ("/down", 502)] {
+        let r = raw_request(
+            gw.port,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nx-echo-delay-ms: 3000\r\n\r\n"),
+        )
+        .unwrap();
+        assert_eq!(r.status, status, "{r:?}");
+        assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    }
 }
 
 #[test]

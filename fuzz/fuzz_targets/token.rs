@@ -14,25 +14,25 @@ fn keys() -> &'static KeySet {
             KeySet::from_hmac_secret(&[7u8; 32], Some("h"), None),
             KeySet::from_hmac_secret(&[1u8; 8], None, None),
             KeySet::from_pem(
-                include_bytes!("../../tests/data/p256-test-pub.pem"),
+                include_bytes!("../../crates/jwt/tests/data/p256-test-pub.pem"),
                 Some("e"),
                 None,
             )
             .expect("test key"),
             KeySet::from_pem(
-                include_bytes!("../../tests/data/p521-test-pub.pem"),
+                include_bytes!("../../crates/jwt/tests/data/p521-test-pub.pem"),
                 None,
                 None,
             )
             .expect("test key"),
             KeySet::from_pem(
-                include_bytes!("../../tests/data/ed25519-test-pub.pem"),
+                include_bytes!("../../crates/jwt/tests/data/ed25519-test-pub.pem"),
                 None,
                 None,
             )
             .expect("test key"),
             KeySet::from_pem(
-                include_bytes!("../../tests/data/rsa2048-test-pub.pem"),
+                include_bytes!("../../crates/jwt/tests/data/rsa2048-test-pub.pem"),
                 Some("r"),
                 None,
             )
