@@ -639,23 +639,15 @@ fn revoke(args: &[&str]) -> String {
 }
 
 fn revocation_gateway(echo: &Echo, key: &TestKey, source: &str) -> Gateway {
-    Gateway::start(&format!(
-        "auth:
-  providers:
-    - name: main
-      issuer: \"{ISS}\"
-      audiences: [\"{AUD}\"]
-      jwks: {}
-  revocation:
-{source}
-    poll: 50ms
-upstreams:
-  echo: {{ backends: [{{ addr: \"{}\" }}] }}
-routes:
-  - {{ name: api, path: /api, upstream: echo }}",
-        jwks(&[key]),
-        echo.addr()
-    ))
+    // `auth.revocation` follows the provider's key source, back at the `auth` level.
+    gateway(
+        echo,
+        &format!(
+            "      jwks: {}\n  revocation:\n{source}\n    poll: 50ms",
+            jwks(&[key])
+        ),
+        "",
+    )
 }
 
 /// Waits until `token` gets `status`, and returns that answer.
