@@ -308,7 +308,14 @@ mod tests {
             list.revoked(&alice(r#","iat":999.5"#)),
             Some(Revoked::Subject)
         );
-        assert_eq!(list.revoked(&alice(r#","iat":1000"#)), None);
+        // At the revocation second itself the token is revoked too: `iat` has whole-second
+        // precision, so a token issued in that second may predate the revocation.
+        assert_eq!(
+            list.revoked(&alice(r#","iat":1000"#)),
+            Some(Revoked::Subject)
+        );
+        assert_eq!(list.revoked(&alice(r#","iat":1000.5"#)), None);
+        assert_eq!(list.revoked(&alice(r#","iat":1001"#)), None);
         assert_eq!(list.revoked(&alice("")), Some(Revoked::Subject));
         assert_eq!(
             list.revoked(&claims(r#"{"sub":"bob","iat":1,"iss":"https://one"}"#)),
@@ -330,8 +337,10 @@ mod tests {
         let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, [2, 3, 4, 5, 6, 7]);
         assert!(errors.iter().all(|e| !e.message.contains("secret")));
+        // The unknown field is named by the fields it could have been, never by its own
+        // text: the list may hold anything an operator pasted.
         assert!(
-            errors[4].message.contains("unknown field `colour`"),
+            errors[4].message.contains("unknown field") && !errors[4].message.contains("colour"),
             "{:?}",
             errors[4]
         );
