@@ -1,6 +1,11 @@
 //! An upstream cluster ready for requests: its backends behind a Pingora load balancer,
 //! the peer options every connection gets, and its health-check loop.
 
+use crate::balance::{
+    shared_load, shared_state, Attempt, BackendState, ClusterLoad, Detector, RequestSlot, Tripped,
+    Watched,
+};
+use crate::limits::Claims;
 use crate::metrics::METRICS;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -19,7 +24,8 @@ use std::net::ToSocketAddrs;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tollgate_config::{
-    HashOn, HealthCheckKind, LoadBalancing, Problem, Upstream, UpstreamProtocol, UpstreamTls,
+    CircuitBreaker, HashOn, HealthCheckKind, LoadBalancing, Problem, RetryBudget, Upstream,
+    UpstreamProtocol, UpstreamTls,
 };
 
 /// TLS toward a cluster's backends, its files read once per build.
@@ -102,6 +108,9 @@ impl PeerTls {
 pub struct BackendInfo {
     pub addr: Arc<str>,
     outcomes: [IntCounter; 4],
+    weight: u32,
+    /// Load, ejection and slow start, shared with the clusters of other snapshots.
+    pub state: Arc<BackendState>,
 }
 
 /// The `outcome` label of `tollgate_upstream_requests_total`.
@@ -208,6 +217,8 @@ const MAX_SELECT_ITERATIONS: usize = 256;
 enum Selector {
     RoundRobin(LoadBalancer<RoundRobin>),
     Consistent(LoadBalancer<Consistent>),
+    /// Pingora's balancer keeps the health view; the choice is [`crate::balance::least_request`].
+    LeastRequest(LoadBalancer<RoundRobin>),
 }
 
 pub struct Cluster {
@@ -224,6 +235,14 @@ pub struct Cluster {
     pub connect_time: prometheus::Histogram,
     /// `tollgate_upstream_response_duration_seconds{upstream}`, resolved once.
     pub response_time: prometheus::Histogram,
+    /// Every backend, in config order, for least request and outlier detection.
+    members: Vec<(Backend, Arc<BackendInfo>)>,
+    watched: Vec<Watched>,
+    slow_start: Option<Duration>,
+    detector: Option<Detector>,
+    load: Arc<ClusterLoad>,
+    breaker: CircuitBreaker,
+    pub retry_budget: RetryBudget,
 }
 
 impl Cluster {
@@ -232,6 +251,8 @@ impl Cluster {
     pub fn build(u: &Upstream) -> Result<Cluster, Problem> {
         let mut backends = BTreeSet::new();
         let mut infos = BackendInfos::default();
+        let mut members = Vec::with_capacity(u.backends.len());
+        let (load, running) = shared_load(&u.name);
         for (i, b) in u.backends.iter().enumerate() {
             let resolved = b
                 .addr
@@ -244,17 +265,18 @@ impl Cluster {
                 })?;
             let backend = Backend::new_with_weight(&resolved.to_string(), b.weight as usize)
                 .expect("a resolved socket address parses");
-            infos.0.push((
-                resolved,
-                Arc::new(BackendInfo {
-                    addr: b.addr.as_str().into(),
-                    outcomes: OUTCOMES.map(|o| {
-                        METRICS
-                            .upstream_requests
-                            .with_label_values(&[&u.name, &b.addr, o])
-                    }),
+            let info = Arc::new(BackendInfo {
+                addr: b.addr.as_str().into(),
+                outcomes: OUTCOMES.map(|o| {
+                    METRICS
+                        .upstream_requests
+                        .with_label_values(&[&u.name, &b.addr, o])
                 }),
-            ));
+                weight: b.weight,
+                state: shared_state(&u.name, resolved, running),
+            });
+            infos.0.push((resolved, info.clone()));
+            members.push((backend.clone(), info));
             backends.insert(backend);
         }
         let tls = u
@@ -272,11 +294,19 @@ impl Cluster {
         let selector = match &u.lb {
             LoadBalancing::RoundRobin => Selector::RoundRobin(static_lb(view)),
             LoadBalancing::ConsistentHash(_) => Selector::Consistent(static_lb(view)),
+            LoadBalancing::LeastRequest => Selector::LeastRequest(static_lb(view)),
         };
         let hash_on = match &u.lb {
             LoadBalancing::ConsistentHash(on) => Some(on.clone()),
-            LoadBalancing::RoundRobin => None,
+            _ => None,
         };
+        let watched = members
+            .iter()
+            .map(|(_, i)| Watched {
+                label: i.addr.clone(),
+                state: i.state.clone(),
+            })
+            .collect();
         let mut peer_options = PeerOptions::new();
         peer_options.connection_timeout = Some(u.connect_timeout);
         peer_options.read_timeout = Some(u.read_timeout);
@@ -302,6 +332,16 @@ impl Cluster {
             infos,
             connect_time: METRICS.upstream_connect.with_label_values(&[&u.name]),
             response_time: METRICS.upstream_response.with_label_values(&[&u.name]),
+            members,
+            watched,
+            slow_start: u.slow_start,
+            detector: u
+                .outlier_detection
+                .clone()
+                .map(|o| Detector::new(o, u.name.as_str().into())),
+            load,
+            breaker: u.circuit_breaker.clone(),
+            retry_budget: u.retry_budget.clone(),
         };
         let view = cluster.backends();
         for b in view.get_backend().iter() {
@@ -315,41 +355,115 @@ impl Cluster {
 
     fn backends(&self) -> &Backends {
         match &self.selector {
-            Selector::RoundRobin(lb) => lb.backends(),
+            Selector::RoundRobin(lb) | Selector::LeastRequest(lb) => lb.backends(),
             Selector::Consistent(lb) => lb.backends(),
         }
     }
 
-    /// Picks a healthy backend not in `tried`; `key` matters only for consistent hashing.
+    /// Picks a healthy backend that is neither ejected nor in `tried`; `key` matters only
+    /// for consistent hashing. Under slow start, round robin passes over a ramping backend
+    /// with the probability it is not yet due; least request scales its weight.
     pub fn select(&self, key: &[u8], tried: &[Backend]) -> Option<Backend> {
-        let accept = |b: &Backend, healthy: bool| healthy && !tried.contains(b);
+        let now = crate::balance::now_ms();
+        let state = |b: &Backend| self.infos.get(b).map(|i| &i.state);
+        let eligible = |b: &Backend, healthy: bool| {
+            healthy && !tried.contains(b) && !state(b).is_some_and(|s| s.ejected(now))
+        };
         match &self.selector {
-            Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
-            Selector::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, |b, healthy| {
+                eligible(b, healthy)
+                    && state(b).is_none_or(|s| {
+                        let share = s.ramp(self.slow_start, now);
+                        share >= 1.0 || fastrand::f64() < share
+                    })
+            }),
+            Selector::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, eligible),
+            Selector::LeastRequest(lb) => {
+                let view = lb.backends();
+                let candidates: Vec<(usize, f64, usize)> = self
+                    .members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (b, _))| eligible(b, view.ready(b)))
+                    .map(|(i, (_, info))| {
+                        let weight = f64::from(info.weight) * info.state.ramp(self.slow_start, now);
+                        let in_flight = info
+                            .state
+                            .in_flight
+                            .load(std::sync::atomic::Ordering::Relaxed);
+                        (i, weight, in_flight)
+                    })
+                    .collect();
+                crate::balance::least_request(&candidates).map(|i| self.members[i].0.clone())
+            }
         }
     }
 
-    /// Picks a healthy backend not in `tried` for a request: with consistent hashing, by
-    /// the configured header when the request has it, else by the client's address.
+    /// Picks a backend for a request (see [`Cluster::select`]): with consistent hashing, by
+    /// the configured header or verified claim when the request has it, else by the
+    /// client's address.
     pub fn select_for(
         &self,
         req: &pingora_http::RequestHeader,
         client_ip: Option<std::net::IpAddr>,
+        claims: Option<&Claims>,
         tried: &[Backend],
     ) -> Option<Backend> {
-        let ip_key;
+        let owned;
         let key: &[u8] = match &self.hash_on {
             None => b"",
             Some(HashOn::Header(name)) if req.headers.contains_key(name.as_str()) => req
                 .headers
                 .get(name.as_str())
                 .map_or(&b""[..], |v| v.as_bytes()),
+            Some(HashOn::Claim(name)) if claims.and_then(|c| c.get(name)).is_some() => {
+                owned = match claims.and_then(|c| c.get(name)) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => String::new(),
+                };
+                owned.as_bytes()
+            }
             Some(_) => {
-                ip_key = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-                ip_key.as_bytes()
+                owned = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+                owned.as_bytes()
             }
         };
         self.select(key, tried)
+    }
+
+    /// A slot for one more request, unless the circuit breaker is open (counted).
+    pub fn admit(&self) -> Result<RequestSlot, Tripped> {
+        self.load.admit(&self.breaker).inspect_err(|t| {
+            METRICS
+                .circuit_open
+                .with_label_values(&[&self.name, t.as_str()])
+                .inc();
+        })
+    }
+
+    /// The circuit breaker's `Retry-After`, in whole seconds (at least 1).
+    pub fn retry_after_secs(&self) -> u64 {
+        self.breaker.retry_after.as_secs().max(1)
+    }
+
+    /// Counts an attempt on `backend` until the returned guard is dropped.
+    pub fn start_attempt(&self, backend: &Backend) -> Option<Attempt> {
+        let info = self.infos.get(backend)?;
+        Some(Attempt::start(info.state.clone(), self.load.clone()))
+    }
+
+    /// Tells outlier detection how an attempt on `backend` ended.
+    pub fn record(&self, backend: &Backend, ok: bool) {
+        let Some(detector) = &self.detector else {
+            return;
+        };
+        let Some(addr) = backend.addr.as_inet() else {
+            return;
+        };
+        if let Some(i) = self.infos.0.iter().position(|(a, _)| a == addr) {
+            detector.record(&self.watched[i], ok, &self.watched);
+        }
     }
 
     /// The configured address and counters of one of this cluster's backends.
@@ -378,8 +492,33 @@ impl Cluster {
         Box::new(peer)
     }
 
-    /// Runs health checks every interval until the cluster is dropped (a reload replaced it).
-    pub fn spawn_health_checks(self: &Arc<Self>) {
+    /// Runs health checks every interval, and outlier detection's returns and judgements,
+    /// until the cluster is dropped (a reload replaced it).
+    pub fn spawn_background(self: &Arc<Self>) {
+        if let Some(detector) = &self.detector {
+            let interval = detector.config.interval;
+            let weak: Weak<Cluster> = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let tick = Duration::from_millis(100);
+                let mut ticker = tokio::time::interval(tick);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut since_judged = Duration::ZERO;
+                loop {
+                    ticker.tick().await;
+                    let Some(cluster) = weak.upgrade() else {
+                        return;
+                    };
+                    since_judged += tick;
+                    let judge = since_judged >= interval;
+                    if judge {
+                        since_judged = Duration::ZERO;
+                    }
+                    if let Some(d) = &cluster.detector {
+                        d.tick(&cluster.watched, judge);
+                    }
+                }
+            });
+        }
         let Some(interval) = self.health_interval else {
             return;
         };
@@ -426,6 +565,12 @@ impl HealthObserve for HealthGauge {
             .backend_healthy
             .with_label_values(&[&self.upstream, self.infos.load().label(target)])
             .set(healthy as i64);
+        if healthy {
+            // Back from a failed check: it ramps up under slow start.
+            if let Some(info) = self.infos.load().get(target) {
+                info.state.start_ramp();
+            }
+        }
         tracing::warn!(
             upstream = %self.upstream,
             backend = self.infos.load().label(target),

@@ -164,7 +164,7 @@ pub async fn explain(
     match &passage.route {
         None => {}
         Some(route) => {
-            println!("route:   {} -> upstream {}", route.name, route.cluster.name);
+            print_target(route, &passage);
             print_auth(route, &passage, &decided);
             match &route.policy {
                 None => println!("policy:  none (any caller that passed auth)"),
@@ -206,6 +206,43 @@ pub async fn explain(
             Ok(Ok(()))
         }
         Err(refusal) => Ok(Err(verdict(refusal, snapshot))),
+    }
+}
+
+/// The route and the upstream the request reaches, with why when the route has several.
+fn print_target(route: &crate::runtime::RouteRuntime, passage: &Passage) {
+    use crate::split::Why;
+    let list = route.targets.list();
+    let name = |i: usize| &*list[i].cluster.name;
+    match passage.target.as_ref().map(|(_, why)| *why) {
+        Some(Why::Only) => println!("route:   {} -> upstream {}", route.name, name(0)),
+        Some(Why::Matched(i)) => println!(
+            "route:   {} -> upstream {} (upstreams[{i}].when holds)",
+            route.name,
+            name(i)
+        ),
+        Some(Why::Split(i)) => {
+            let total: u32 = list
+                .iter()
+                .filter(|t| t.when.is_empty())
+                .map(|t| t.weight)
+                .sum();
+            println!(
+                "route:   {} -> upstream {} (no when holds; weighted split, {} of {total}: this run drew it)",
+                route.name,
+                name(i),
+                list[i].weight
+            )
+        }
+        None if list.len() == 1 => println!("route:   {} -> upstream {}", route.name, name(0)),
+        None => println!(
+            "route:   {} -> upstreams {} (chosen after authorization, not reached)",
+            route.name,
+            list.iter()
+                .map(|t| &*t.cluster.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod serve;
 pub mod token;
 
+mod balance;
 mod clock;
 mod cluster;
 mod conn;
@@ -35,5 +36,6 @@ mod pipeline;
 mod preauth;
 mod respond;
 mod revocation;
+mod split;
 mod tls;
 mod token_cache;

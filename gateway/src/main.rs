@@ -50,6 +50,12 @@ enum Command {
         /// Name reported in answers (default: the listen address).
         #[arg(short, long)]
         name: Option<String>,
+        /// Wait this long before every answer (GET /__echo/set?delay_ms=N changes it).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Answer every request with this status (GET /__echo/set?status=N changes it).
+        #[arg(long, default_value_t = 200)]
+        status: u16,
     },
     /// Show what the gateway would decide for a request, rule by rule.
     Explain {
@@ -124,7 +130,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Echo { listen, name } => serve::run_echo(&listen, name),
+        Command::Echo {
+            listen,
+            name,
+            delay_ms,
+            status,
+        } => serve::run_echo(&listen, name, delay_ms, status),
         Command::Explain {
             config,
             method,

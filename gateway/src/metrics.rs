@@ -25,6 +25,11 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub backend_healthy: IntGaugeVec,
     pub health_checks: IntCounterVec,
+    pub outlier_events: IntCounterVec,
+    pub backend_ejected: IntGaugeVec,
+    pub circuit_open: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+    pub mirror_requests: IntCounterVec,
     pub auth_decisions: IntCounterVec,
     pub jwks_fetch: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
@@ -115,6 +120,49 @@ impl Metrics {
                 "Active health checks by verdict (pass or fail).",
             ),
             &["upstream", "backend", "result"],
+        )
+        .expect("valid metric");
+        let outlier_events = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_outlier_events_total",
+                "Passive outlier detection: ejected_consecutive_failures, ejected_success_rate, \
+                 returned, and ejection_skipped (the max_ejected_percent share was reached).",
+            ),
+            &["upstream", "backend", "event"],
+        )
+        .expect("valid metric");
+        let backend_ejected = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_backend_ejected",
+                "1 while outlier detection keeps the backend out, else 0.",
+            ),
+            &["upstream", "backend"],
+        )
+        .expect("valid metric");
+        let circuit_open = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_circuit_open_total",
+                "Requests answered 503 by the cluster's circuit breaker, by the limit reached.",
+            ),
+            &["upstream", "limit"],
+        )
+        .expect("valid metric");
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_retries_total",
+                "Retries on another backend by reason (connect, reset, status) and result \
+                 (retried, or budget_exhausted when the retry budget refused one).",
+            ),
+            &["upstream", "reason", "result"],
+        )
+        .expect("valid metric");
+        let mirror_requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_mirror_requests_total",
+                "Mirrored copies by result: answered, failed, skipped_body (requests with a \
+                 body are not mirrored) or dropped (too many mirrors in flight).",
+            ),
+            &["route", "upstream", "result"],
         )
         .expect("valid metric");
         let build_info = IntGaugeVec::new(
@@ -402,6 +450,11 @@ impl Metrics {
             Box::new(upstream_requests.clone()),
             Box::new(backend_healthy.clone()),
             Box::new(health_checks.clone()),
+            Box::new(outlier_events.clone()),
+            Box::new(backend_ejected.clone()),
+            Box::new(circuit_open.clone()),
+            Box::new(upstream_retries.clone()),
+            Box::new(mirror_requests.clone()),
             Box::new(build_info.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -416,6 +469,11 @@ impl Metrics {
             upstream_requests,
             backend_healthy,
             health_checks,
+            outlier_events,
+            backend_ejected,
+            circuit_open,
+            upstream_retries,
+            mirror_requests,
             auth_decisions,
             jwks_fetch,
             jwks_keys,

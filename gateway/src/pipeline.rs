@@ -89,6 +89,9 @@ pub struct Passage {
     /// The client address and forwarding facts from the edge.
     pub edge: crate::edge::EdgeFacts,
     pub route: Option<Arc<RouteRuntime>>,
+    /// The upstream the route sends this request to, and why; chosen after authorization,
+    /// on the verified token's claims.
+    pub target: Option<(Arc<crate::cluster::Cluster>, crate::split::Why)>,
     /// `None` for anonymous callers (routes with `auth: none` or `optional`).
     pub caller: Option<Caller>,
     /// `RateLimit-Policy` and `RateLimit` for the answer, when the route asks for them.
@@ -141,6 +144,10 @@ impl Pipeline<'_> {
             )
             .await?;
         self.authorize(req, &route, passage.caller.as_ref(), &mut passage.rbac)?;
+        let (cluster, why) = route
+            .targets
+            .choose(req, passage.caller.as_ref().map(Caller::claims));
+        passage.target = Some((cluster.clone(), why));
         let limited = self
             .limit(
                 req,

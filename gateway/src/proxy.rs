@@ -73,6 +73,10 @@ pub struct RequestCtx {
     _in_flight: InFlight,
     /// Request body bytes received so far, against the route's `max_body`.
     body_bytes: u64,
+    /// The request's place in its cluster's circuit breaker, and the retries it was granted.
+    slot: Option<crate::balance::RequestSlot>,
+    /// The current attempt, counted on its backend and in the cluster's load.
+    attempt: Option<crate::balance::Attempt>,
 }
 
 /// One request in `tollgate_requests_in_flight`, from its context's creation to its drop.
@@ -93,7 +97,34 @@ impl Drop for InFlight {
 
 impl RequestCtx {
     fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.passage.route.as_ref().map(|r| &r.cluster)
+        self.passage.target.as_ref().map(|(c, _)| c)
+    }
+
+    /// Whether another attempt may follow: tries left, and a retry from the budget.
+    fn may_retry(&mut self, reason: &'static str) -> bool {
+        let Some(cluster) = self.passage.target.as_ref().map(|(c, _)| c.clone()) else {
+            return false;
+        };
+        if self.tried.len() > cluster.retries as usize {
+            return false;
+        }
+        let granted = self
+            .slot
+            .as_mut()
+            .is_some_and(|s| s.try_retry(&cluster.retry_budget));
+        METRICS
+            .upstream_retries
+            .with_label_values(&[
+                &*cluster.name,
+                reason,
+                if granted {
+                    "retried"
+                } else {
+                    "budget_exhausted"
+                },
+            ])
+            .inc();
+        granted
     }
 }
 
@@ -136,9 +167,17 @@ fn internal(what: &'static str) -> impl FnOnce(http::Error) -> Box<Error> {
     move |_| Error::explain(ErrorType::InternalError, what)
 }
 
+/// The error `upstream_peer` returns when the cluster's circuit breaker is open.
+const CIRCUIT_OPEN: ErrorType = ErrorType::Custom("circuit breaker open");
+
 /// What to answer for a proxying error, if anything (`None`: the client is gone).
-fn refusal_for(e: &Error) -> Option<Refusal> {
+fn refusal_for(e: &Error, cluster: Option<&Arc<Cluster>>) -> Option<Refusal> {
     Some(match (e.esource(), e.etype()) {
+        (_, t) if *t == CIRCUIT_OPEN => Refusal::Overloaded {
+            reason: "circuit_breaker",
+            message: "the upstream's circuit breaker is open; retry after the time in Retry-After",
+            retry_after_secs: cluster.map_or(1, |c| c.retry_after_secs()),
+        },
         (_, ErrorType::HTTPStatus(503)) => Refusal::NoHealthyBackend,
         (_, ErrorType::HTTPStatus(413)) => Refusal::BodyTooLarge,
         (_, ErrorType::HTTPStatus(_)) => Refusal::UpstreamFailed,
@@ -188,6 +227,8 @@ impl ProxyHttp for Gateway {
             upstream_ms: None,
             _in_flight: InFlight::new(),
             body_bytes: 0,
+            slot: None,
+            attempt: None,
         }
     }
 
@@ -237,11 +278,30 @@ impl ProxyHttp for Gateway {
             .cluster()
             .cloned()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
-        let backend =
-            cluster.select_for(session.req_header(), ctx.passage.edge.client_ip, &ctx.tried);
+        if ctx.slot.is_none() {
+            match cluster.admit() {
+                Ok(slot) => ctx.slot = Some(slot),
+                Err(_) => return Err(Error::explain(CIRCUIT_OPEN, "circuit breaker open")),
+            }
+        }
+        // The previous attempt (if any) is over.
+        ctx.attempt = None;
+        let claims = ctx
+            .passage
+            .caller
+            .as_ref()
+            .filter(|c| c.verified())
+            .map(|c| c.claims());
+        let backend = cluster.select_for(
+            session.req_header(),
+            ctx.passage.edge.client_ip,
+            claims,
+            &ctx.tried,
+        );
         match backend {
             Some(backend) => {
                 let peer = cluster.peer(&backend);
+                ctx.attempt = cluster.start_attempt(&backend);
                 ctx.tried.push(backend);
                 ctx.connected = false;
                 ctx.attempt_started = Some(Instant::now());
@@ -270,6 +330,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.connected = true;
+        if let Some(attempt) = ctx.attempt.as_mut() {
+            attempt.connected();
+        }
         if let (false, Some(started), Some(cluster)) = (reused, ctx.attempt_started, ctx.cluster())
         {
             cluster
@@ -286,6 +349,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(attempt) = ctx.attempt.as_mut() {
+            attempt.failed_to_connect();
+        }
         if let (Some(cluster), Some(backend)) = (ctx.cluster(), ctx.tried.last()) {
             let outcome = if is_timeout(&e) {
                 Outcome::Timeout
@@ -295,9 +361,58 @@ impl ProxyHttp for Gateway {
             if let Some(info) = cluster.info(backend) {
                 info.count(outcome);
             }
-            if ctx.tried.len() <= cluster.retries as usize {
-                e.set_retry(true);
+            cluster.record(backend, false);
+        }
+        if ctx.may_retry("connect") {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// An error after the connection was made (a reset, a timeout, a bad answer): outlier
+    /// detection hears of it, and with `retry_on: [reset]` an idempotent request whose
+    /// answer has not started is retried on another backend within the budget. Otherwise
+    /// Pingora's rule: a failure on a reused connection may be retried (the backend may
+    /// have closed it as it was taken from the pool).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        let upstream_failed = e.esource() == &ErrorSource::Upstream;
+        if let (true, Some(cluster), Some(backend)) =
+            (upstream_failed, ctx.cluster(), ctx.tried.last())
+        {
+            // A retry on a status was already recorded as that status.
+            if !e.retry() {
+                cluster.record(backend, false);
             }
+        }
+        if !replayable {
+            e.set_retry(false);
+            return e;
+        }
+        if e.retry() {
+            // Decided by `upstream_response_filter` (a status in `retry_on`).
+            return e;
+        }
+        let reset = matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        );
+        let on_reset = ctx.passage.route.as_ref().is_some_and(|r| r.retry_on.reset);
+        if upstream_failed && reset && on_reset && !client_reused {
+            let retry = ctx.may_retry("reset");
+            e.set_retry(retry);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }
@@ -347,6 +462,12 @@ impl ProxyHttp for Gateway {
             route
                 .strip_prefix_from(upstream)
                 .map_err(internal("stripped path is not a valid URI"))?;
+            // Once per request, not per attempt.
+            if let (Some(mirror), 1) = (&route.mirror, ctx.tried.len()) {
+                if mirror.sampled() {
+                    mirror.send(upstream, !session.is_body_empty());
+                }
+            }
         }
         Ok(())
     }
@@ -397,6 +518,44 @@ impl ProxyHttp for Gateway {
             )
     }
 
+    /// Each attempt's answer: outlier detection hears of it, and a status in the route's
+    /// `retry_on` sends an idempotent request to another backend (within the budget and
+    /// the upstream's `retries`) before anything reached the client.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if let (Some(cluster), Some(backend)) = (ctx.cluster(), ctx.tried.last()) {
+            cluster.record(backend, status < 500);
+        }
+        let listed = ctx
+            .passage
+            .route
+            .as_ref()
+            .is_some_and(|r| r.retry_on.statuses.contains(&status));
+        if listed
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && ctx.may_retry("status")
+        {
+            if let (Some(cluster), Some(backend)) = (ctx.cluster(), ctx.tried.last()) {
+                if let Some(info) = cluster.info(backend) {
+                    info.count(Outcome::Response);
+                }
+            }
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                "retried on another backend (retry_on)",
+            );
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -433,7 +592,7 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let refusal = refusal_for(e);
+        let refusal = refusal_for(e, ctx.cluster());
         // The connection is not reused after a failed proxy (`can_reuse_downstream` below):
         // the answer says so, or an HTTP/1.1 client sends its next request into a closing
         // connection.

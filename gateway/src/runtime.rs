@@ -19,7 +19,12 @@ use tollgate_router::{RouteSpec, Router};
 /// A route ready for requests.
 pub struct RouteRuntime {
     pub name: Arc<str>,
-    pub cluster: Arc<Cluster>,
+    /// Where its requests go: [`crate::split::Targets::choose`] after authentication.
+    pub targets: crate::split::Targets,
+    /// A sampled share copied to a shadow cluster.
+    pub mirror: Option<crate::split::Mirror>,
+    /// What an idempotent request is retried on, besides connect failures.
+    pub retry_on: tollgate_config::RetryOn,
     /// The prefix removed from the path sent upstream (without a trailing `/`).
     pub strip_prefix: Option<Box<str>>,
     /// `path_case: insensitive`: the route matched the path ignoring letter case, and
@@ -146,7 +151,19 @@ impl RuntimeSnapshot {
         };
         let mut router = Router::new();
         for r in &config.routes {
-            let cluster = clusters[r.upstream.as_str()].clone();
+            let targets = crate::split::Targets::new(
+                r.targets
+                    .iter()
+                    .map(|t| crate::split::Target {
+                        cluster: clusters[t.upstream.as_str()].clone(),
+                        weight: t.weight,
+                        when: t.when.clone(),
+                    })
+                    .collect(),
+            );
+            let mirror = r.mirror.as_ref().map(|m| {
+                crate::split::Mirror::new(&r.name, clusters[m.upstream.as_str()].clone(), m.percent)
+            });
             let providers: Vec<Arc<Provider>> = r
                 .providers
                 .iter()
@@ -180,7 +197,9 @@ impl RuntimeSnapshot {
                 rbac_counters,
                 limits,
                 name: r.name.as_str().into(),
-                cluster,
+                targets,
+                mirror,
+                retry_on: r.retry_on.clone(),
                 strip_prefix: (r.strip_prefix && r.path_match == PathMatch::Prefix)
                     .then(|| r.path.trim_end_matches('/').into()),
                 case_insensitive: r.case_insensitive,
@@ -240,7 +259,7 @@ impl RuntimeSnapshot {
     /// ends when the snapshot that owns its subject is dropped.
     pub fn spawn_background(&self) {
         for c in self.clusters.values() {
-            c.spawn_health_checks();
+            c.spawn_background();
         }
         self.auth.spawn_refresh();
     }

@@ -620,7 +620,7 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-pub fn run_echo(listen: &str, name: Option<String>) -> ExitCode {
+pub fn run_echo(listen: &str, name: Option<String>, delay_ms: u64, status: u16) -> ExitCode {
     init_logging("warn");
     let conf = ServerConf {
         threads: 1,
@@ -632,9 +632,7 @@ pub fn run_echo(listen: &str, name: Option<String>) -> ExitCode {
     server.bootstrap();
     let mut echo = Service::new(
         "tollgate echo".to_owned(),
-        EchoApp {
-            name: name.unwrap_or_else(|| listen.to_owned()),
-        },
+        EchoApp::new(name.unwrap_or_else(|| listen.to_owned()), delay_ms, status),
     );
     echo.add_tcp(listen);
     server.add_service(echo);

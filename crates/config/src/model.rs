@@ -209,6 +209,66 @@ pub struct Upstream {
     pub h2_streams: usize,
     /// TLS to the backends (and their health checks).
     pub tls: Option<UpstreamTls>,
+    /// A backend that joins (a reload adds it) or returns (from an ejection or a failed
+    /// health check) gets a share of traffic that grows linearly over this window, from
+    /// 10 %. Round robin and least request only. Default: none.
+    pub slow_start: Option<Duration>,
+    /// Passive ejection of failing backends. Default: none.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Limits past which requests are answered 503 at once. Always on.
+    pub circuit_breaker: CircuitBreaker,
+    /// How many retries may be in flight, against the requests in flight. Always on.
+    pub retry_budget: RetryBudget,
+}
+
+/// `upstreams.NAME.outlier_detection`: backends ejected on what real requests see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    /// Ejected after this many failures in a row (5xx answers, connect failures,
+    /// timeouts, resets). Default 5.
+    pub consecutive_failures: u32,
+    /// Also ejected when its success rate over an `interval` falls below a threshold.
+    pub success_rate: Option<SuccessRate>,
+    /// The success-rate window, and how often ejection multipliers decay. Default 10 s.
+    pub interval: Duration,
+    /// The first ejection's length; the n-th in a row lasts n times this. Default 30 s.
+    pub base_ejection_time: Duration,
+    /// No ejection lasts longer. Default 300 s.
+    pub max_ejection_time: Duration,
+    /// Never more than this share of the cluster's backends ejected at once (at least one
+    /// may be). Default 50.
+    pub max_ejected_percent: u8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuccessRate {
+    /// Requests a backend must have had in the window to be judged. Default 20.
+    pub min_requests: u32,
+    /// Ejected below this share of successes (0 to 1). Default 0.8.
+    pub threshold: f64,
+}
+
+/// `upstreams.NAME.circuit_breaker`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    /// Requests in flight to the cluster. Default 1024.
+    pub max_requests: usize,
+    /// Attempts waiting for a connection (connecting). Default 1024.
+    pub max_pending: usize,
+    /// Connections busy with a request. Default 1024.
+    pub max_connections: usize,
+    /// The `Retry-After` of the 503. Default 1 s.
+    pub retry_after: Duration,
+}
+
+/// `upstreams.NAME.retry_budget`: retries in flight may be at most `percent` of the
+/// requests in flight, or `min_retries`, whichever is more.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudget {
+    /// Default 20.
+    pub percent: f64,
+    /// Default 3.
+    pub min_retries: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +306,8 @@ pub enum LoadBalancing {
     RoundRobin,
     /// Ketama consistent hashing of the key.
     ConsistentHash(HashOn),
+    /// Power of two choices over requests in flight, weighted.
+    LeastRequest,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +315,9 @@ pub enum HashOn {
     ClientIp,
     /// A request header, by lower-case name; requests without it hash on the client IP.
     Header(String),
+    /// A claim of the verified token (its string form); requests without a verified
+    /// token or without the claim hash on the client IP.
+    Claim(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,8 +356,15 @@ pub struct Route {
     pub case_insensitive: bool,
     /// Upper case; empty means every method.
     pub methods: Vec<String>,
-    /// Name of an upstream that exists.
-    pub upstream: String,
+    /// Where requests go: one entry for `upstream: NAME`, or the `upstreams` list. Entries
+    /// with `when` are tried in order (the first that matches takes the request); else a
+    /// weighted choice among those without.
+    pub targets: Vec<RouteTarget>,
+    /// A sampled share of requests also sent to a shadow upstream; its answers are dropped.
+    pub mirror: Option<Mirror>,
+    /// Idempotent requests are retried on another backend after these (connect failures
+    /// always are, up to the upstream's `retries`). Default: none.
+    pub retry_on: RetryOn,
     /// Remove the matched prefix from the path sent upstream.
     pub strip_prefix: bool,
     /// Default: `required` when any provider is configured, else `none`.
@@ -313,6 +385,50 @@ pub struct Route {
     /// Tokens on this route must be bound to the connection's client certificate
     /// (RFC 8705 §3): `cnf.x5t#S256` required and equal to its thumbprint.
     pub require_certificate_binding: bool,
+}
+
+impl Route {
+    /// The upstreams this route may send to (mirror excluded).
+    pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
+        self.targets.iter().map(|t| t.upstream.as_str())
+    }
+}
+
+/// One entry of a route's `upstreams`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteTarget {
+    pub upstream: String,
+    /// Share among the entries without `when`. Default 1.
+    pub weight: u32,
+    /// All must hold for the entry to take a request; empty: it takes part in the split.
+    pub when: Vec<Condition>,
+}
+
+/// A condition of `when`: on the canonical request, or on the verified token's claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// A request header (lower-case name) with exactly this value.
+    Header(String, String),
+    /// A cookie with exactly this value.
+    Cookie(String, String),
+    /// A claim of the verified token equal to this (a string, or the string form of a
+    /// number or boolean), or an array claim holding it. Never true without a verified token.
+    Claim(String, String),
+}
+
+/// `mirror: { upstream, percent }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    pub upstream: String,
+    /// 0 to 100. Default 100.
+    pub percent: f64,
+}
+
+/// `retry_on`: `reset` and HTTP statuses (500 to 599).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    pub reset: bool,
+    pub statuses: Vec<u16>,
 }
 
 /// The `rate_limiting` section: where limits keep their state.

@@ -143,6 +143,44 @@ pub struct RawUpstream {
     pub protocol: Option<String>,
     pub h2_streams: Option<usize>,
     pub tls: Option<RawUpstreamTls>,
+    pub slow_start: Option<DurationText>,
+    pub outlier_detection: Option<RawOutlierDetection>,
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+    pub retry_budget: Option<RawRetryBudget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    pub consecutive_failures: Option<u32>,
+    pub success_rate: Option<RawSuccessRate>,
+    pub interval: Option<DurationText>,
+    pub base_ejection_time: Option<DurationText>,
+    pub max_ejection_time: Option<DurationText>,
+    pub max_ejected_percent: Option<u8>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSuccessRate {
+    pub min_requests: Option<u32>,
+    pub threshold: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    pub max_requests: Option<usize>,
+    pub max_pending: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub retry_after: Option<DurationText>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    pub percent: Option<f64>,
+    pub min_retries: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,7 +306,10 @@ pub struct RawRoute {
     pub path_match: Option<String>,
     pub path_case: Option<String>,
     pub methods: Option<Vec<String>>,
-    pub upstream: String,
+    pub upstream: Option<String>,
+    pub upstreams: Option<Vec<RawRouteTarget>>,
+    pub mirror: Option<RawMirror>,
+    pub retry_on: Option<Vec<serde_yaml::Value>>,
     pub strip_prefix: Option<bool>,
     pub auth: Option<String>,
     pub providers: Option<Vec<String>>,
@@ -278,6 +319,30 @@ pub struct RawRoute {
     pub max_body: Option<ByteSize>,
     pub client_certificate: Option<String>,
     pub require_certificate_binding: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteTarget {
+    pub name: String,
+    pub weight: Option<u32>,
+    pub when: Option<RawWhen>,
+}
+
+/// `when: { header: {NAME: VALUE}, cookie: {NAME: VALUE}, claim: {NAME: VALUE} }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    pub header: Option<BTreeMap<String, serde_yaml::Value>>,
+    pub cookie: Option<BTreeMap<String, serde_yaml::Value>>,
+    pub claim: Option<BTreeMap<String, serde_yaml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    pub upstream: String,
+    pub percent: Option<f64>,
 }
 
 /// `key: client_ip` or `key: [claim:tenant, route]`.

@@ -27,11 +27,46 @@ pub(crate) fn route(
             "must be non-empty letters, digits, '-', '_' or '.'",
         );
     }
-    if !upstreams.contains_key(&raw.upstream) && !broken.contains(&raw.upstream) {
-        problems.add(
-            format!("{base}.upstream"),
-            format!("unknown upstream {:?}", raw.upstream),
-        );
+    let known = |name: &str| upstreams.contains_key(name) || broken.contains(name);
+    let targets = targets(&base, raw, &known, auth, problems);
+    let mirror = raw.mirror.as_ref().map(|m| {
+        if !known(&m.upstream) {
+            problems.add(
+                format!("{base}.mirror.upstream"),
+                format!("unknown upstream {:?}", m.upstream),
+            );
+        }
+        let percent = m.percent.unwrap_or(100.0);
+        if !(percent > 0.0 && percent <= 100.0) {
+            problems.add(
+                format!("{base}.mirror.percent"),
+                "must be above 0 and at most 100",
+            );
+        }
+        Mirror {
+            upstream: m.upstream.clone(),
+            percent,
+        }
+    });
+    let mut retry_on = RetryOn::default();
+    for (i, v) in raw.retry_on.iter().flatten().enumerate() {
+        match v {
+            serde_yaml::Value::String(s) if s == "reset" => retry_on.reset = true,
+            serde_yaml::Value::Number(n)
+                if n.as_u64().is_some_and(|n| (500..=599).contains(&n)) =>
+            {
+                retry_on.statuses.push(n.as_u64().unwrap_or(0) as u16)
+            }
+            serde_yaml::Value::String(s)
+                if s.parse::<u16>().is_ok_and(|n| (500..=599).contains(&n)) =>
+            {
+                retry_on.statuses.push(s.parse().unwrap_or(0))
+            }
+            _ => problems.add(
+                format!("{base}.retry_on[{i}]"),
+                "expected reset or an HTTP status from 500 to 599",
+            ),
+        }
     }
     let path_match = match raw.path_match.as_deref() {
         None | Some("prefix") => PathMatch::Prefix,
@@ -145,7 +180,9 @@ pub(crate) fn route(
         path_match,
         case_insensitive,
         methods,
-        upstream: raw.upstream.clone(),
+        targets,
+        mirror,
+        retry_on,
         strip_prefix,
         auth: auth_mode,
         providers,
@@ -167,4 +204,155 @@ pub(crate) fn route(
         },
         require_certificate_binding: raw.require_certificate_binding.unwrap_or(false),
     }
+}
+
+/// `upstream: NAME`, or `upstreams: [{name, weight, when}]`: exactly one of them.
+fn targets(
+    base: &str,
+    raw: &RawRoute,
+    known: &dyn Fn(&str) -> bool,
+    auth: &Auth,
+    problems: &mut Problems,
+) -> Vec<RouteTarget> {
+    let list = match (&raw.upstream, &raw.upstreams) {
+        (Some(name), None) => {
+            if !known(name) {
+                problems.add(
+                    format!("{base}.upstream"),
+                    format!("unknown upstream {name:?}"),
+                );
+            }
+            return vec![RouteTarget {
+                upstream: name.clone(),
+                weight: 1,
+                when: Vec::new(),
+            }];
+        }
+        (None, Some(list)) => list,
+        (Some(_), Some(_)) => {
+            problems.add(
+                format!("{base}.upstreams"),
+                "give either upstream or upstreams, not both",
+            );
+            return Vec::new();
+        }
+        (None, None) => {
+            problems.add(
+                format!("{base}.upstream"),
+                "required (or upstreams: a weighted or conditional list)",
+            );
+            return Vec::new();
+        }
+    };
+    let mut targets = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let path = format!("{base}.upstreams[{i}]");
+        if !known(&t.name) {
+            problems.add(
+                format!("{path}.name"),
+                format!("unknown upstream {:?}", t.name),
+            );
+        }
+        let weight = t.weight.unwrap_or(1);
+        if !(1..=10_000).contains(&weight) {
+            problems.add(format!("{path}.weight"), "must be between 1 and 10000");
+        }
+        let when = t
+            .when
+            .as_ref()
+            .map(|w| conditions(&format!("{path}.when"), w, raw, auth, problems))
+            .unwrap_or_default();
+        if t.when.is_some() && t.weight.is_some() {
+            problems.add(
+                format!("{path}.weight"),
+                "an entry with when takes every request it matches: weight applies to the \
+                 entries without when",
+            );
+        }
+        targets.push(RouteTarget {
+            upstream: t.name.clone(),
+            weight,
+            when,
+        });
+    }
+    if !list.is_empty() && list.iter().all(|t| t.when.is_some()) {
+        problems.add(
+            format!("{base}.upstreams"),
+            "needs at least one entry without when, for the requests no condition matches",
+        );
+    }
+    if list.is_empty() {
+        problems.add(format!("{base}.upstreams"), "must not be empty");
+    }
+    targets
+}
+
+fn conditions(
+    base: &str,
+    raw: &RawWhen,
+    route: &RawRoute,
+    auth: &Auth,
+    problems: &mut Problems,
+) -> Vec<Condition> {
+    let mut out = Vec::new();
+    let mut value = |path: String, v: &serde_yaml::Value| -> Option<String> {
+        match v {
+            serde_yaml::Value::String(s) => Some(s.clone()),
+            serde_yaml::Value::Number(n) => Some(n.to_string()),
+            serde_yaml::Value::Bool(b) => Some(b.to_string()),
+            _ => {
+                problems.add(path, "expected a string, number or boolean");
+                None
+            }
+        }
+    };
+    let mut names_ok = Vec::new();
+    for (name, v) in raw.header.iter().flatten() {
+        let path = format!("{base}.header.{name}");
+        let lower = header_name(name);
+        if let (Some(v), Some(lower)) = (value(path.clone(), v), lower.clone()) {
+            out.push(Condition::Header(lower, v));
+        }
+        names_ok.push((path, lower.is_some()));
+    }
+    for (name, v) in raw.cookie.iter().flatten() {
+        let path = format!("{base}.cookie.{name}");
+        let ok = !name.is_empty() && header_name(name).is_some();
+        if let (Some(v), true) = (value(path.clone(), v), ok) {
+            out.push(Condition::Cookie(name.clone(), v));
+        }
+        names_ok.push((path, ok));
+    }
+    for (name, v) in raw.claim.iter().flatten() {
+        let path = format!("{base}.claim.{name}");
+        if let Some(v) = value(path.clone(), v) {
+            out.push(Condition::Claim(name.clone(), v));
+        }
+        names_ok.push((path, !name.is_empty()));
+    }
+    for (path, ok) in names_ok {
+        if !ok {
+            problems.add(path, "not a valid name");
+        }
+    }
+    let on_claims = out.iter().any(|c| matches!(c, Condition::Claim(..)));
+    let no_auth = route.auth.as_deref() == Some("none")
+        || (route.auth.is_none() && auth.providers.is_empty());
+    if on_claims && no_auth {
+        problems.add(
+            format!("{base}.claim"),
+            "matches claims of a verified token, and this route has auth: none",
+        );
+    }
+    if out.is_empty() && !problems_at(base, problems) {
+        problems.add(
+            base.to_owned(),
+            "must name at least one header, cookie or claim",
+        );
+    }
+    out
+}
+
+fn problems_at(base: &str, problems: &Problems) -> bool {
+    problems.0.iter().any(|p| p.path.starts_with(base))
 }

@@ -65,34 +65,96 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
     }
     let hash_on = match raw.hash_on.as_deref() {
         None | Some("client_ip") => HashOn::ClientIp,
-        Some(other) => match other.strip_prefix("header:").and_then(header_name) {
-            Some(h) => HashOn::Header(h),
-            None => {
+        Some(other) => {
+            if let Some(h) = other.strip_prefix("header:").and_then(header_name) {
+                HashOn::Header(h)
+            } else if let Some(c) = other.strip_prefix("claim:").filter(|c| !c.is_empty()) {
+                HashOn::Claim(c.to_owned())
+            } else {
                 problems.add(
                     format!("{base}.hash_on"),
-                    format!("expected client_ip or header:NAME, found {other:?}"),
+                    format!("expected client_ip, header:NAME or claim:NAME, found {other:?}"),
                 );
                 HashOn::ClientIp
             }
-        },
+        }
     };
     let lb = match raw.lb.as_deref() {
-        None | Some("round_robin") => {
-            if raw.hash_on.is_some() {
-                problems.add(
-                    format!("{base}.hash_on"),
-                    "only applies with lb: consistent_hash",
-                );
-            }
-            LoadBalancing::RoundRobin
-        }
+        None | Some("round_robin") => LoadBalancing::RoundRobin,
+        Some("least_request") => LoadBalancing::LeastRequest,
         Some("consistent_hash") => LoadBalancing::ConsistentHash(hash_on),
         Some(other) => {
             problems.add(
                 format!("{base}.lb"),
-                format!("expected round_robin or consistent_hash, found {other:?}"),
+                format!("expected round_robin, least_request or consistent_hash, found {other:?}"),
             );
             LoadBalancing::RoundRobin
+        }
+    };
+    let hashing = matches!(lb, LoadBalancing::ConsistentHash(_));
+    let known_lb = matches!(
+        raw.lb.as_deref(),
+        None | Some("round_robin" | "least_request")
+    );
+    if raw.hash_on.is_some() && !hashing && known_lb {
+        problems.add(
+            format!("{base}.hash_on"),
+            "only applies with lb: consistent_hash",
+        );
+    }
+    let slow_start = raw.slow_start.as_ref().map(|_| {
+        duration(
+            &raw.slow_start,
+            &format!("{base}.slow_start"),
+            Duration::from_secs(30),
+            problems,
+        )
+    });
+    if slow_start.is_some() && hashing {
+        problems.add(
+            format!("{base}.slow_start"),
+            "applies to round_robin and least_request: consistent hashing keeps a key on \
+             its backend, so it cannot send a returning backend less",
+        );
+    }
+    let outlier_detection = raw
+        .outlier_detection
+        .as_ref()
+        .map(|o| outlier_detection(&format!("{base}.outlier_detection"), o, problems));
+    let circuit_breaker = {
+        let path = format!("{base}.circuit_breaker");
+        let cb = raw.circuit_breaker.as_ref();
+        let mut limit = |v: Option<usize>, key: &str| {
+            let v = v.unwrap_or(DEFAULT_CIRCUIT_LIMIT);
+            if v == 0 {
+                problems.add(format!("{path}.{key}"), "must be at least 1");
+            }
+            v.max(1)
+        };
+        CircuitBreaker {
+            max_requests: limit(cb.and_then(|c| c.max_requests), "max_requests"),
+            max_pending: limit(cb.and_then(|c| c.max_pending), "max_pending"),
+            max_connections: limit(cb.and_then(|c| c.max_connections), "max_connections"),
+            retry_after: duration(
+                &cb.and_then(|c| c.retry_after.clone()),
+                &format!("{path}.retry_after"),
+                Duration::from_secs(1),
+                problems,
+            ),
+        }
+    };
+    let retry_budget = {
+        let rb = raw.retry_budget.as_ref();
+        let percent = rb.and_then(|r| r.percent).unwrap_or(20.0);
+        if !(0.0..=100.0).contains(&percent) {
+            problems.add(
+                format!("{base}.retry_budget.percent"),
+                "must be between 0 and 100",
+            );
+        }
+        RetryBudget {
+            percent: percent.clamp(0.0, 100.0),
+            min_retries: rb.and_then(|r| r.min_retries).unwrap_or(3),
         }
     };
     let health_check = raw
@@ -183,6 +245,82 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
             problems,
         ),
         retries: raw.retries.unwrap_or(1),
+        slow_start,
+        outlier_detection,
+        circuit_breaker,
+        retry_budget,
+    }
+}
+
+/// Envoy's default for each circuit-breaker limit.
+const DEFAULT_CIRCUIT_LIMIT: usize = 1024;
+
+fn outlier_detection(
+    base: &str,
+    raw: &RawOutlierDetection,
+    problems: &mut Problems,
+) -> OutlierDetection {
+    let consecutive_failures = raw.consecutive_failures.unwrap_or(5);
+    if consecutive_failures == 0 {
+        problems.add(format!("{base}.consecutive_failures"), "must be at least 1");
+    }
+    let success_rate = raw.success_rate.as_ref().map(|s| {
+        let threshold = s.threshold.unwrap_or(0.8);
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            problems.add(
+                format!("{base}.success_rate.threshold"),
+                "must be a share of successes above 0 and at most 1",
+            );
+        }
+        let min_requests = s.min_requests.unwrap_or(20);
+        if min_requests == 0 {
+            problems.add(
+                format!("{base}.success_rate.min_requests"),
+                "must be at least 1",
+            );
+        }
+        SuccessRate {
+            min_requests: min_requests.max(1),
+            threshold,
+        }
+    });
+    let max_ejected_percent = raw.max_ejected_percent.unwrap_or(50);
+    if max_ejected_percent > 100 {
+        problems.add(
+            format!("{base}.max_ejected_percent"),
+            "must be between 0 and 100",
+        );
+    }
+    let base_ejection_time = duration(
+        &raw.base_ejection_time,
+        &format!("{base}.base_ejection_time"),
+        Duration::from_secs(30),
+        problems,
+    );
+    let max_ejection_time = duration(
+        &raw.max_ejection_time,
+        &format!("{base}.max_ejection_time"),
+        Duration::from_secs(300).max(base_ejection_time),
+        problems,
+    );
+    if max_ejection_time < base_ejection_time {
+        problems.add(
+            format!("{base}.max_ejection_time"),
+            "must not be shorter than base_ejection_time",
+        );
+    }
+    OutlierDetection {
+        consecutive_failures: consecutive_failures.max(1),
+        success_rate,
+        interval: duration(
+            &raw.interval,
+            &format!("{base}.interval"),
+            Duration::from_secs(10),
+            problems,
+        ),
+        base_ejection_time,
+        max_ejection_time,
+        max_ejected_percent: max_ejected_percent.min(100),
     }
 }
 

@@ -303,28 +303,34 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
     let mut accepted: Vec<usize> = Vec::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
     // An upstream ignores letter case in paths or it does not: its first route says which.
-    let mut case_of_upstream: HashMap<&str, (usize, bool)> = HashMap::new();
+    let mut case_of_upstream: HashMap<String, (usize, bool)> = HashMap::new();
     for (index, r) in &raw.routes {
         let mut route = crate::routes::route(*index, r, raw, &auth, &rate_limiting, problems);
-        let (first, insensitive) = *case_of_upstream
-            .entry(r.upstream.as_str())
-            .or_insert((*index, route.case_insensitive));
-        if insensitive != route.case_insensitive {
-            problems.add(
-                format!("routes[{index}].path_case"),
-                format!(
-                    "routes[{first}] sends upstream {:?} paths with path_case: {}; an upstream \
-                     ignores letter case or does not, so every route to it must say the same \
-                     (or a route compared case-sensitively would reach what another protects \
-                     under a different case)",
-                    r.upstream,
-                    if insensitive {
-                        "insensitive"
-                    } else {
-                        "sensitive"
-                    }
-                ),
-            );
+        let sent_to: Vec<String> = route
+            .upstream_names()
+            .chain(route.mirror.iter().map(|m| m.upstream.as_str()))
+            .map(str::to_owned)
+            .collect();
+        for upstream in sent_to {
+            let (first, insensitive) = *case_of_upstream
+                .entry(upstream.clone())
+                .or_insert((*index, route.case_insensitive));
+            if insensitive != route.case_insensitive {
+                problems.add(
+                    format!("routes[{index}].path_case"),
+                    format!(
+                        "routes[{first}] sends upstream {upstream:?} paths with path_case: {}; \
+                         an upstream ignores letter case or does not, so every route to it must \
+                         say the same (or a route compared case-sensitively would reach what \
+                         another protects under a different case)",
+                        if insensitive {
+                            "insensitive"
+                        } else {
+                            "sensitive"
+                        }
+                    ),
+                );
+            }
         }
         if route.max_body == 0 {
             route.max_body = server.http.max_body;

@@ -188,8 +188,8 @@ routes:
         "upstreams.echo.backends[0].addr: invalid backend address",
         "upstreams.echo.backends[0].weight: must be between 1 and 1000",
         "upstreams.echo.backends[1].addr: duplicate of upstreams.echo.backends[0]",
-        "upstreams.echo.hash_on: expected client_ip or header:NAME",
-        "upstreams.echo.lb: expected round_robin or consistent_hash",
+        "upstreams.echo.hash_on: expected client_ip, header:NAME or claim:NAME",
+        "upstreams.echo.lb: expected round_robin, least_request or consistent_hash",
         "upstreams.echo.health_check.path: only applies with type: http",
         "upstreams.echo.health_check.healthy_threshold: must be at least 1",
         "upstreams.empty.backends: at least one backend is required",
@@ -723,4 +723,137 @@ routes: [{ name: a, path: /, upstream: echo, require_certificate_binding: true }
     );
     assert!(c.routes[0].require_certificate_binding);
     assert!(!c.routes[0].require_client_certificate);
+}
+
+#[test]
+fn front_door_options_are_typed_with_their_defaults() {
+    use std::time::Duration;
+    use tollgate_config::{Condition, HashOn, LoadBalancing};
+    let c = parse(
+        r#"
+auth:
+  providers: [{ name: p, issuer: "https://i", audiences: any, jwks_file: /dev/null }]
+upstreams:
+  v1:
+    backends: [{ addr: "127.0.0.1:9000" }]
+    lb: least_request
+    slow_start: 20s
+    outlier_detection: { consecutive_failures: 3, success_rate: {} }
+    circuit_breaker: { max_requests: 10 }
+  v2:
+    backends: [{ addr: "127.0.0.1:9001" }]
+    lb: consistent_hash
+    hash_on: claim:sub
+routes:
+  - name: api
+    path: /
+    upstreams:
+      - { name: v2, when: { claim: { plan: beta }, header: { X-Canary: 1 } } }
+      - { name: v1, weight: 90 }
+      - { name: v2, weight: 10 }
+    mirror: { upstream: v2, percent: 5 }
+    retry_on: [reset, 503, "502"]
+"#,
+    )
+    .unwrap();
+    let v1 = c.upstreams.iter().find(|u| u.name == "v1").unwrap();
+    assert_eq!(v1.lb, LoadBalancing::LeastRequest);
+    assert_eq!(v1.slow_start, Some(Duration::from_secs(20)));
+    let od = v1.outlier_detection.as_ref().unwrap();
+    assert_eq!(od.consecutive_failures, 3);
+    assert_eq!(od.base_ejection_time, Duration::from_secs(30));
+    assert_eq!(od.max_ejection_time, Duration::from_secs(300));
+    assert_eq!(od.interval, Duration::from_secs(10));
+    assert_eq!(od.max_ejected_percent, 50);
+    let sr = od.success_rate.as_ref().unwrap();
+    assert_eq!((sr.min_requests, sr.threshold), (20, 0.8));
+    assert_eq!(v1.circuit_breaker.max_requests, 10);
+    assert_eq!(v1.circuit_breaker.max_pending, 1024);
+    assert_eq!(v1.circuit_breaker.max_connections, 1024);
+    assert_eq!(v1.circuit_breaker.retry_after, Duration::from_secs(1));
+    assert_eq!(
+        (v1.retry_budget.percent, v1.retry_budget.min_retries),
+        (20.0, 3)
+    );
+    let v2 = c.upstreams.iter().find(|u| u.name == "v2").unwrap();
+    assert_eq!(
+        v2.lb,
+        LoadBalancing::ConsistentHash(HashOn::Claim("sub".into()))
+    );
+    let r = &c.routes[0];
+    assert_eq!(r.targets.len(), 3);
+    assert_eq!(
+        r.targets[0].when,
+        vec![
+            Condition::Header("x-canary".into(), "1".into()),
+            Condition::Claim("plan".into(), "beta".into()),
+        ]
+    );
+    assert_eq!((r.targets[1].weight, r.targets[2].weight), (90, 10));
+    let m = r.mirror.as_ref().unwrap();
+    assert_eq!((m.upstream.as_str(), m.percent), ("v2", 5.0));
+    assert!(r.retry_on.reset);
+    assert_eq!(r.retry_on.statuses, vec![503, 502]);
+}
+
+#[test]
+fn front_door_problems_are_reported_with_their_paths_at_once() {
+    let p = problems(
+        r#"
+upstreams:
+  u:
+    backends: [{ addr: "127.0.0.1:9000" }]
+    lb: fastest
+    outlier_detection: { consecutive_failures: 0, success_rate: { threshold: 1.5 }, max_ejected_percent: 101, base_ejection_time: 10s, max_ejection_time: 5s }
+    circuit_breaker: { max_pending: 0 }
+    retry_budget: { percent: 120 }
+  h:
+    backends: [{ addr: "127.0.0.1:9001" }]
+    lb: consistent_hash
+    slow_start: 5s
+  k:
+    backends: [{ addr: "127.0.0.1:9002" }]
+    lb: least_request
+    hash_on: claim:sub
+routes:
+  - { name: both, path: /a, upstream: u, upstreams: [{ name: u }] }
+  - { name: none, path: /b }
+  - name: split
+    path: /c
+    upstreams: [{ name: nowhere }, { name: u, weight: 0 }, { name: h, weight: 2, when: { header: { x: 1 } } }]
+    mirror: { upstream: shadow, percent: 0 }
+    retry_on: [400, sometimes]
+  - name: onlywhen
+    path: /d
+    auth: none
+    upstreams: [{ name: u, when: { claim: { plan: beta } } }, { name: h, when: {} }]
+"#,
+    );
+    assert_problems(
+        &p,
+        &[
+            "upstreams.u.lb: expected round_robin, least_request or consistent_hash",
+            "upstreams.k.hash_on: only applies with lb: consistent_hash",
+            "upstreams.u.outlier_detection.consecutive_failures: must be at least 1",
+            "upstreams.u.outlier_detection.success_rate.threshold: must be a share",
+            "upstreams.u.outlier_detection.max_ejected_percent: must be between 0 and 100",
+            "upstreams.u.outlier_detection.max_ejection_time: must not be shorter",
+            "upstreams.u.circuit_breaker.max_pending: must be at least 1",
+            "upstreams.u.retry_budget.percent: must be between 0 and 100",
+            "upstreams.h.slow_start: applies to round_robin and least_request",
+            "routes[0].upstreams: give either upstream or upstreams, not both",
+            "routes[1].upstream: required",
+            "routes[2].upstreams[0].name: unknown upstream \"nowhere\"",
+            "routes[2].upstreams[1].weight: must be between 1 and 10000",
+            "routes[2].upstreams[2].weight: an entry with when takes every request",
+            "routes[2].mirror.upstream: unknown upstream \"shadow\"",
+            "routes[2].mirror.percent: must be above 0",
+            "routes[2].retry_on[0]: expected reset or an HTTP status",
+            "routes[2].retry_on[1]: expected reset or an HTTP status",
+            "routes[3].upstreams[0].when.claim: matches claims of a verified token",
+            "routes[3].upstreams[1].when: must name at least one header, cookie or claim",
+            "routes[3].upstreams: needs at least one entry without when",
+        ],
+        0,
+    );
 }

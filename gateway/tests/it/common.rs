@@ -137,6 +137,22 @@ impl Echo {
         }
     }
 
+    /// Changes how it answers every request from now on (`delay_ms=N&status=N`).
+    pub fn set(&self, query: &str) {
+        let r = request(
+            &format!("http://{}/__echo/set?{query}", self.addr()),
+            "GET",
+            &[],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    /// Requests it has served (its control requests excepted).
+    pub fn count(&self) -> u64 {
+        let r = request(&format!("http://{}/__echo/count", self.addr()), "GET", &[]);
+        r.json()["count"].as_u64().unwrap()
+    }
+
     /// Starts (again) on the same port.
     pub fn restart(&mut self) {
         let addr = self.addr();

@@ -238,3 +238,61 @@ fn explain_reads_a_shared_limit_in_redis_without_spending_it() {
     let (verdict, text) = explain();
     assert_eq!(verdict, "429 rate_limited/fleet", "{text}");
 }
+
+#[test]
+fn explain_shows_the_upstream_a_verified_token_reaches_and_the_proxy_sends_it_there() {
+    let beta = Echo::start("beta");
+    let stable = Echo::start("stable");
+    let key = TestKey::es256("k");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&key])).unwrap();
+    let yaml = format!(
+        "auth:
+  providers:
+    - {{ name: main, issuer: \"{ISS}\", audiences: any, jwks_file: \"{}\" }}
+upstreams:
+  beta: {{ backends: [{{ addr: \"{}\" }}] }}
+  stable: {{ backends: [{{ addr: \"{}\" }}] }}
+routes:
+  - name: api
+    path: /
+    upstreams: [{{ name: beta, when: {{ claim: {{ tenant: acme }} }} }}, {{ name: stable }}]
+",
+        jwks_path.display(),
+        beta.addr(),
+        stable.addr()
+    );
+    let gw = Gateway::start(&yaml);
+    let conf = dir.path().join("explain.yaml");
+    std::fs::write(&conf, &yaml).unwrap();
+    let token = key.sign(json!({ "iss": ISS, "sub": "s", "tenant": "acme" }));
+    let explain = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["explain", "-c", conf.to_str().unwrap(), "--path", "/x"])
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = explain(&["--token", &token]);
+    assert!(
+        out.contains("route:   api -> upstream beta (upstreams[0].when holds)"),
+        "{out}"
+    );
+    let r = gw.get("/x", &[("authorization", &format!("Bearer {token}"))]);
+    assert_eq!(r.server(), "beta", "the proxy agrees");
+    let out = explain(&["--claims", r#"{"sub":"s","tenant":"other"}"#]);
+    assert!(
+        out.contains("route:   api -> upstream stable (no when holds; weighted split"),
+        "{out}"
+    );
+    // A token that fails verification never reaches a claim-matched upstream.
+    let forged = TestKey::es256("k").sign(json!({ "iss": ISS, "sub": "s", "tenant": "acme" }));
+    let out = explain(&["--token", &forged]);
+    assert!(
+        out.contains("-> upstreams beta, stable (chosen after authorization, not reached)"),
+        "{out}"
+    );
+    assert_eq!(beta.count(), 1);
+}

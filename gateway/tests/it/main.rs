@@ -3,6 +3,7 @@
 //! and Redis, and checks what the client and the upstream saw.
 
 mod auth;
+mod balance;
 mod cli;
 mod common;
 mod config;
