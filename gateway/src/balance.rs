@@ -112,6 +112,24 @@ pub fn shared_state(upstream: &str, addr: SocketAddr, joins_running: bool) -> Ar
     state
 }
 
+/// The last addresses a backend's name resolved to, by upstream and configured address:
+/// a cluster built by a reload starts from them instead of from nothing.
+type ResolvedByName = HashMap<(String, String), Vec<SocketAddr>>;
+static RESOLVED: once_cell::sync::Lazy<Mutex<ResolvedByName>> =
+    once_cell::sync::Lazy::new(Default::default);
+
+pub fn last_resolved(upstream: &str, addr: &str) -> Vec<SocketAddr> {
+    let all = RESOLVED.lock().unwrap_or_else(|e| e.into_inner());
+    all.get(&(upstream.to_owned(), addr.to_owned()))
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub fn remember_resolved(upstream: &str, addr: &str, resolved: &[SocketAddr]) {
+    let mut all = RESOLVED.lock().unwrap_or_else(|e| e.into_inner());
+    all.insert((upstream.to_owned(), addr.to_owned()), resolved.to_vec());
+}
+
 /// Why a request was refused by the circuit breaker (the `limit` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tripped {

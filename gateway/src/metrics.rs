@@ -30,6 +30,7 @@ pub struct Metrics {
     pub circuit_open: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub mirror_requests: IntCounterVec,
+    pub dns_resolutions: IntCounterVec,
     pub auth_decisions: IntCounterVec,
     pub jwks_fetch: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
@@ -163,6 +164,14 @@ impl Metrics {
                  body are not mirrored) or dropped (too many mirrors in flight).",
             ),
             &["route", "upstream", "result"],
+        )
+        .expect("valid metric");
+        let dns_resolutions = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_dns_resolutions_total",
+                "Resolutions of backends given by name under dns, by result (success, error).",
+            ),
+            &["upstream", "result"],
         )
         .expect("valid metric");
         let build_info = IntGaugeVec::new(
@@ -455,6 +464,7 @@ impl Metrics {
             Box::new(circuit_open.clone()),
             Box::new(upstream_retries.clone()),
             Box::new(mirror_requests.clone()),
+            Box::new(dns_resolutions.clone()),
             Box::new(build_info.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -474,6 +484,7 @@ impl Metrics {
             circuit_open,
             upstream_retries,
             mirror_requests,
+            dns_resolutions,
             auth_decisions,
             jwks_fetch,
             jwks_keys,

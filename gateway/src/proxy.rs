@@ -674,6 +674,11 @@ fn access_line(
         (Some(caller), Some(how)) => subject_for_log(caller.claims(), how),
         _ => String::new(),
     };
+    let backend = ctx
+        .cluster()
+        .zip(ctx.tried.last())
+        .and_then(|(c, b)| c.info(b))
+        .map(|i| i.addr.clone());
     tracing::info!(
         target: "access",
         request_id = ctx.request_id.to_str().unwrap_or(""),
@@ -684,12 +689,7 @@ fn access_line(
         route = passage.route.as_ref().map_or("unmatched", |r| &*r.name),
         status,
         upstream = ctx.cluster().map_or("", |c| &*c.name),
-        backend = ctx
-            .cluster()
-            .zip(ctx.tried.last())
-            .and_then(|(c, b)| c.info(b))
-            .map(|i| &*i.addr)
-            .unwrap_or(""),
+        backend = backend.as_deref().unwrap_or(""),
         attempts = ctx.tried.len(),
         duration_ms = elapsed.as_secs_f64() * 1e3,
         upstream_ms = ctx.upstream_ms.unwrap_or(0.0),

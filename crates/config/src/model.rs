@@ -219,6 +219,20 @@ pub struct Upstream {
     pub circuit_breaker: CircuitBreaker,
     /// How many retries may be in flight, against the requests in flight. Always on.
     pub retry_budget: RetryBudget,
+    /// Backends given by name are re-resolved on their TTL. Default: none (names are
+    /// resolved once, when the config is loaded).
+    pub dns: Option<Dns>,
+}
+
+/// `upstreams.NAME.dns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// The DNS server to ask (UDP, then TCP). Default: the system's (`/etc/resolv.conf`).
+    pub resolver: Option<std::net::SocketAddr>,
+    /// Re-resolved no more often than this, whatever the TTL. Default 1 s.
+    pub min_ttl: Duration,
+    /// And at least this often. Default 300 s.
+    pub max_ttl: Duration,
 }
 
 /// `upstreams.NAME.outlier_detection`: backends ejected on what real requests see.

@@ -147,6 +147,15 @@ pub struct RawUpstream {
     pub outlier_detection: Option<RawOutlierDetection>,
     pub circuit_breaker: Option<RawCircuitBreaker>,
     pub retry_budget: Option<RawRetryBudget>,
+    pub dns: Option<RawDns>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub resolver: Option<String>,
+    pub min_ttl: Option<DurationText>,
+    pub max_ttl: Option<DurationText>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -249,6 +249,46 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
         outlier_detection,
         circuit_breaker,
         retry_budget,
+        dns: raw.dns.as_ref().map(|d| {
+            let path = format!("{base}.dns");
+            let resolver = d.resolver.as_ref().and_then(|r| {
+                let parsed = r.parse::<std::net::SocketAddr>().ok().or_else(|| {
+                    r.parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(|ip| std::net::SocketAddr::new(ip, 53))
+                });
+                if parsed.is_none() {
+                    problems.add(
+                        format!("{path}.resolver"),
+                        format!("expected an IP address with an optional port, found {r:?}"),
+                    );
+                }
+                parsed
+            });
+            let min_ttl = duration(
+                &d.min_ttl,
+                &format!("{path}.min_ttl"),
+                Duration::from_secs(1),
+                problems,
+            );
+            let max_ttl = duration(
+                &d.max_ttl,
+                &format!("{path}.max_ttl"),
+                Duration::from_secs(300).max(min_ttl),
+                problems,
+            );
+            if max_ttl < min_ttl {
+                problems.add(
+                    format!("{path}.max_ttl"),
+                    "must not be shorter than min_ttl",
+                );
+            }
+            Dns {
+                resolver,
+                min_ttl,
+                max_ttl,
+            }
+        }),
     }
 }
 

@@ -537,3 +537,130 @@ routes:
     });
     assert_eq!(main.count(), 21);
 }
+
+/// A DNS server on 127.0.0.1 (UDP) that answers A queries for any name with the
+/// addresses it holds now, TTL 1 s; AAAA and other types get an empty answer.
+struct DnsServer {
+    port: u16,
+    answers: Arc<std::sync::Mutex<Vec<std::net::Ipv4Addr>>>,
+    queries: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DnsServer {
+    fn start(first: std::net::Ipv4Addr) -> DnsServer {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let answers = Arc::new(std::sync::Mutex::new(vec![first]));
+        let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, q) = (answers.clone(), queries.clone());
+        // The thread ends with the test process; the socket is only ever read here.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                if let Some(reply) = dns_reply(&buf[..n], &a.lock().unwrap()) {
+                    q.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = socket.send_to(&reply, from);
+                }
+            }
+        });
+        DnsServer {
+            port,
+            answers,
+            queries,
+        }
+    }
+
+    fn set(&self, ip: std::net::Ipv4Addr) {
+        *self.answers.lock().unwrap() = vec![ip];
+    }
+}
+
+/// The answer to one query (RFC 1035 §4.1): the question echoed, and A records for it.
+fn dns_reply(query: &[u8], ips: &[std::net::Ipv4Addr]) -> Option<Vec<u8>> {
+    if query.len() < 12 {
+        return None;
+    }
+    // The question's name: length-prefixed labels up to a zero byte, then type and class.
+    let mut i = 12;
+    while *query.get(i)? != 0 {
+        i += 1 + usize::from(query[i]);
+    }
+    let end = i + 5;
+    let qtype = u16::from_be_bytes([*query.get(i + 1)?, *query.get(i + 2)?]);
+    let records: &[std::net::Ipv4Addr] = if qtype == 1 { ips } else { &[] };
+    let mut r = Vec::with_capacity(end + 16 * records.len());
+    r.extend_from_slice(&query[..2]); // id
+    r.extend_from_slice(&[0x81, 0x80]); // response, recursion desired and available, NOERROR
+    r.extend_from_slice(&[0, 1]);
+    r.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r.extend_from_slice(query.get(12..end)?);
+    for ip in records {
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+        r.extend_from_slice(&ip.octets());
+    }
+    Some(r)
+}
+
+#[test]
+fn a_backend_name_moves_to_its_new_address_without_a_reload() {
+    let port = free_port();
+    let first = Echo::start_on("first", port);
+    // The second backend listens on the same port of another loopback address.
+    let dir = tempfile::tempdir().unwrap();
+    let second_addr = format!("127.0.0.2:{port}");
+    let mut second = Proc::spawn(
+        &["echo", "--listen", &second_addr, "--name", "second"],
+        dir.path().join("second.log"),
+        &[],
+    );
+    wait_for("echo on 127.0.0.2", Duration::from_secs(10), || {
+        assert!(!second.exited(), "{}", second.log_text());
+        std::net::TcpStream::connect(&second_addr).ok()
+    });
+    let dns = DnsServer::start("127.0.0.1".parse().unwrap());
+    let gw = Gateway::start(&format!(
+        "upstreams:
+  pool:
+    backends: [{{ addr: \"svc.test:{port}\" }}]
+    dns: {{ resolver: \"127.0.0.1:{}\", min_ttl: 100ms }}
+routes:
+  - {{ name: all, path: /, upstream: pool }}
+",
+        dns.port
+    ));
+    wait_for("the first answer from DNS", Duration::from_secs(10), || {
+        (gw.get("/", &[]).status == 200).then_some(())
+    });
+    assert_eq!(gw.get("/", &[]).server(), "first");
+    dns.set("127.0.0.2".parse().unwrap());
+    let mut answers = 0;
+    wait_for("the name's new address", Duration::from_secs(10), || {
+        let r = gw.get("/", &[]);
+        assert_eq!(r.status, 200, "no request is lost while the address moves");
+        answers += 1;
+        (r.server() == "second").then_some(())
+    });
+    for _ in 0..10 {
+        assert_eq!(
+            gw.get("/", &[]).server(),
+            "second",
+            "the old address drained"
+        );
+    }
+    assert!(first.count() > 0);
+    assert_eq!(
+        gw.metric("tollgate_config_reloads_total", &[]),
+        0.0,
+        "no reload"
+    );
+    assert!(
+        gw.metric(
+            "tollgate_upstream_dns_resolutions_total",
+            &[("upstream", "pool"), ("result", "success")]
+        ) >= 2.0
+    );
+    assert!(dns.queries.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    println!("moved after {answers} requests");
+    second.kill();
+}
