@@ -20,6 +20,7 @@ import glob
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -120,7 +121,22 @@ SCENARIOS = [
         "targets": ["tollgate", "tollgate-10k"],
         "tokens": "repeat.txt",
     },
+    {
+        "name": "failover",
+        "title": "failover: load balancing over three `tollgate echo` backends (no auth); b1 killed (SIGKILL) at 25 % "
+                 "of each run and restarted on its port at 60 %, b2 answering 200 ms late from 30 % to 70 %",
+        "targets": ["nginx", "haproxy", "tollgate"],
+        # Plain requests (no token): this scenario measures balancing, not auth; statuses counted.
+        "count": True,
+        "failover": True,
+    },
 ]
+
+# The `failover` scenario: runs last at least this long (also in quick mode), so that the
+# faults, the proxies' detection (1 s health checks, 5 s ejections) and the recovery fit.
+FAILOVER_MIN_S = 20
+FAILOVER_SLOW_MS = 200
+BACKEND_NAMES = ("b1", "b2", "b3")
 
 
 def log(msg):
@@ -185,6 +201,33 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def backend_port(used=()):
+    """A free port of 127.0.0.1 below the kernel's ephemeral range (ip_local_port_range), picked
+    at random for this run. The failover scenario restarts a killed backend on its port; a port
+    from the ephemeral range could meanwhile be taken as the source port of some outgoing
+    connection (the proxies open many to the other backends) and the restart would fail."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    if low > 4096:
+        for _ in range(500):
+            port = random.randint(max(1024, low - 16384), low - 1)
+            if port in used:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    port = free_port()
+    while port in used:
+        port = free_port()
+    return port
 
 
 def wait_tcp(port, proc, timeout=20.0):
@@ -471,9 +514,11 @@ def tollgate_routes(n_routes, rate, burst):
 
 
 class Target:
-    def __init__(self, name, port, path, proc=None, metrics_port=None, tls=False):
+    def __init__(self, name, port, path, proc=None, metrics_port=None, tls=False, log_path=None):
         self.name, self.port, self.path, self.proc, self.metrics_port = name, port, path, proc, metrics_port
         self.tls = tls
+        # The proxy's own log (failover: read for what it said during the run).
+        self.log_path = log_path
 
     def stop(self):
         if self.proc is not None:
@@ -504,10 +549,12 @@ class Lab:
         self.upstream_proc = p
         log(f"upstream nginx on 127.0.0.1:{port} (CPU {LOAD_CPU})")
 
-    def start(self, name, scenario):
+    def start(self, name, scenario, backends=None):
         self.run_id += 1
         tag = f"{scenario['name']}-{name}-{self.run_id}"
         path = "/svc-5000/item" if name == "tollgate-10k" else "/api/item"
+        if scenario.get("failover"):
+            return self.start_failover(name, tag, path, backends)
         rate, burst, per10s = LOW_RATE if scenario.get("low_limit") else HIGH_RATE
         if name == "direct":
             return Target(name, self.upstream_port, path)
@@ -576,6 +623,48 @@ class Lab:
         wait_http_200(mport, "/readyz", p)
         return Target(name, port, path, p, mport, tls=tls)
 
+    def start_failover(self, name, tag, path, backends):
+        """The failover scenario's targets: each balances over the run's three echo backends
+        (templates/*-failover.*; same timeouts and retry conditions everywhere)."""
+        ports = {f"{b.upper()}_PORT": backends.ports[b] for b in BACKEND_NAMES}
+        port = free_port()
+        if name == "nginx":
+            os.makedirs(os.path.join(WORK, "run", "nginx-failover-tmp"), exist_ok=True)
+            conf = render("nginx-failover.conf", "nginx-failover.conf", WORK=WORK, PORT=port, **ports)
+            err = os.path.join(WORK, "logs", "nginx-failover.error.log")
+            if ("nginx", "failover") not in self.checked_configs:
+                run_cmd(["nginx", "-t", "-q", "-p", os.path.join(WORK, "run"), "-c", conf, "-e", err])
+                self.checked_configs.add(("nginx", "failover"))
+            p = PROCS.start(tag, ["taskset", "-c", PROXY_CPU, "nginx", "-p",
+                                  os.path.join(WORK, "run"), "-c", conf, "-e", err])
+            wait_tcp(port, p)
+            return Target(name, port, path, p, log_path=err)
+        if name == "haproxy":
+            conf = render("haproxy-failover.cfg", "haproxy-failover.cfg", WORK=WORK, PORT=port, **ports)
+            if ("haproxy", "failover") not in self.checked_configs:
+                r = subprocess.run(["haproxy", "-c", "-f", conf], capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise Failure(f"haproxy -c -f {conf} failed:\n{r.stdout}{r.stderr}")
+                self.checked_configs.add(("haproxy", "failover"))
+            p = PROCS.start(tag, ["taskset", "-c", PROXY_CPU, "haproxy", "-db", "-f", conf])
+            wait_tcp(port, p)
+            return Target(name, port, path, p, log_path=os.path.join(WORK, "logs", f"{tag}.log"))
+        if name != "tollgate":
+            raise Failure(f"no failover configuration for target {name}")
+        mport = free_port()
+        while mport == port:
+            mport = free_port()
+        conf = render("tollgate-failover.yaml", "tollgate-failover.yaml", WORK=WORK, TAG="failover",
+                      PORT=port, METRICS_PORT=mport, **ports)
+        if ("tollgate", "failover") not in self.checked_configs:
+            r = subprocess.run([BIN, "check", "-c", conf], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise Failure(f"tollgate check -c {conf} failed:\n{r.stdout}{r.stderr}")
+            self.checked_configs.add(("tollgate", "failover"))
+        p = PROCS.start(tag, ["taskset", "-c", PROXY_CPU, BIN, "run", "-c", conf], stop_signal=signal.SIGINT)
+        wait_http_200(mport, "/readyz", p)
+        return Target(name, port, path, p, mport, log_path=os.path.join(WORK, "logs", f"{tag}.log"))
+
 
 # --------------------------------------------------------------------------- checks
 
@@ -608,6 +697,8 @@ def check_verdicts(t, scenario, keys):
         if got != want:
             problems.append(f"{label}: expected {want}, got {got}")
 
+    if scenario.get("failover"):
+        return check_balancing(t)
     s, body = get(t.path, keys["check"])
     expect("valid token", 200, s)
     if t.name not in AUTH_TARGETS:
@@ -624,6 +715,184 @@ def check_verdicts(t, scenario, keys):
         if 429 not in statuses:
             problems.append(f"80 quick requests of one subject under a 5/s limit: no 429 ({sorted(set(statuses))})")
     return problems
+
+
+def check_balancing(t, timeout=10.0):
+    """failover: plain requests through the target answer 200 and, within `timeout`, every
+    backend has answered some (the echo names itself in `server`)."""
+    seen, statuses = set(), {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and seen != set(BACKEND_NAMES):
+        try:
+            s, body = http_get(t.port, t.path)
+        except OSError as e:
+            s, body = f"error {e.__class__.__name__}", ""
+        statuses[s] = statuses.get(s, 0) + 1
+        if s == 200:
+            try:
+                seen.add(json.loads(body)["server"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        else:
+            time.sleep(0.05)
+    problems = []
+    if set(statuses) != {200}:
+        problems.append(f"plain requests: expected only 200, got {statuses}")
+    if seen != set(BACKEND_NAMES):
+        problems.append(f"backends answering within {timeout:.0f} s: {sorted(seen)}, expected {list(BACKEND_NAMES)}")
+    return problems
+
+
+# --------------------------------------------------------------------------- failover
+
+class EchoBackends:
+    """The failover scenario's three `tollgate echo` backends (CPU LOAD_CPU, as the upstream of
+    the other scenarios), started fresh for every run so every target sees the same faults."""
+
+    def __init__(self, tag):
+        self.tag = tag
+        self.ports, self.procs = {}, {}
+        for n in BACKEND_NAMES:
+            self.ports[n] = backend_port(self.ports.values())
+        for n in BACKEND_NAMES:
+            self.start(n)
+
+    def start(self, n, timeout=10.0):
+        cmd = ["taskset", "-c", LOAD_CPU, BIN, "echo", "--listen", f"127.0.0.1:{self.ports[n]}", "--name", n]
+        p = PROCS.start(f"echo-{self.tag}-{n}", cmd, stop_signal=signal.SIGKILL)
+        self.procs[n] = p
+        wait_tcp(self.ports[n], p, timeout)
+
+    def kill(self, n):
+        """SIGKILL (its stop signal): no goodbye to the proxies' pooled connections."""
+        PROCS.stop(self.procs.pop(n))
+
+    def set(self, n, **values):
+        q = "&".join(f"{k}={v}" for k, v in values.items())
+        s, body = http_get(self.ports[n], f"/__echo/set?{q}")
+        if s != 200:
+            raise Failure(f"{n} /__echo/set?{q}: {s} {body[:100]}")
+
+    def counts(self):
+        """Requests each live backend served (b1: since its restart)."""
+        out = {}
+        for n in BACKEND_NAMES:
+            p = self.procs.get(n)
+            if p is None or p.poll() is not None:
+                out[n] = None
+                continue
+            try:
+                out[n] = json.loads(http_get(self.ports[n], "/__echo/count")[1])["count"]
+            except (OSError, ValueError, KeyError):
+                out[n] = None
+        return out
+
+    def pids(self):
+        return [p.pid for p in self.procs.values()]
+
+    def stop(self):
+        for p in list(self.procs.values()):
+            PROCS.stop(p)
+        self.procs.clear()
+
+
+# (fraction of the run, what, action): the same script for every target and run.
+FAILOVER_PLAN = [
+    (0.25, "SIGKILL b1", lambda b: b.kill("b1")),
+    (0.30, f"b2 delay_ms={FAILOVER_SLOW_MS}", lambda b: b.set("b2", delay_ms=FAILOVER_SLOW_MS)),
+    (0.60, "b1 restarted on its port", lambda b: b.start("b1")),
+    (0.70, "b2 delay_ms=0", lambda b: b.set("b2", delay_ms=0)),
+]
+
+
+class FaultScript(threading.Thread):
+    """Applies FAILOVER_PLAN while wrk runs; its clock starts when wrk is started."""
+
+    def __init__(self, backends, duration):
+        super().__init__(daemon=True)
+        self.backends, self.duration = backends, duration
+        self.stop_event = threading.Event()
+        self.events = []
+        self.t0 = None
+
+    def begin(self):
+        self.t0 = time.monotonic()
+        self.start()
+
+    def run(self):
+        for frac, what, action in FAILOVER_PLAN:
+            at = frac * self.duration
+            if self.stop_event.wait(max(0.0, self.t0 + at - time.monotonic())):
+                return
+            err = None
+            try:
+                action(self.backends)
+            except (Failure, OSError, ValueError, KeyError) as e:
+                err = str(e).splitlines()[0][:200]
+            self.events.append({"what": what, "planned_s": round(at, 2),
+                                "done_s": round(time.monotonic() - self.t0, 2), "error": err})
+
+    def finish(self):
+        self.stop_event.set()
+        if self.t0 is not None:
+            self.join(20)
+
+
+def log_offset(path):
+    try:
+        return os.path.getsize(path) if path else None
+    except OSError:
+        return 0
+
+
+def log_since(path, offset, top=4):
+    """Lines a proxy logged since `offset`: their number and the most frequent ones, with
+    timestamps, numbers and addresses masked so that repeats group together."""
+    if not path or offset is None:
+        return None, []
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None, []
+    # Backtrace frames (RUST_BACKTRACE set in the environment) are not lines of their own.
+    frame = re.compile(r"^\s+(at |\d+: )|^stack backtrace:|^note: .*RUST_BACKTRACE")
+    lines = [l for l in text.splitlines() if l.strip() and not frame.search(l)]
+    groups = {}
+    for l in lines:
+        k = re.sub(r"\x1b\[[0-9;]*m", "", l)
+        if k.startswith("{"):  # tollgate's JSON lines: level and message
+            try:
+                j = json.loads(k)
+                k = f"{j.get('level', '')} {j.get('message', '')}"
+            except ValueError:
+                pass
+        k = re.sub(r"^\S*\d{4}[-/]\d\d[-/]\d\d[T ]\S+\s*", "", k)
+        k = re.sub(r", request_id: \w+|\(\d+\)", "", k)
+        k = re.sub(r"context: .*cause: ", "… ", k)  # Pingora's nested contexts: the last cause
+        k = re.sub(r"\d+", "N", k)[:200]
+        groups[k] = groups.get(k, 0) + 1
+    return len(lines), sorted(groups.items(), key=lambda kv: -kv[1])[:top]
+
+
+def upstream_metrics(port):
+    """tollgate's retry, outlier and circuit-breaker counters (non-zero samples)."""
+    try:
+        body = http_get(port, "/metrics")[1]
+    except OSError:
+        return None
+    out = {}
+    for line in body.splitlines():
+        if line.startswith(("tollgate_upstream_retries_total", "tollgate_upstream_outlier_events_total",
+                            "tollgate_upstream_circuit_open_total")):
+            name, _, v = line.rpartition(" ")
+            try:
+                if float(v):
+                    out[re.sub(r'upstream="[^"]*",?', "", name).replace("{}", "")] = float(v)
+            except ValueError:
+                pass
+    return out
 
 
 # --------------------------------------------------------------------------- idle connections
@@ -685,9 +954,10 @@ def run_idle(t, n, token):
 
 # --------------------------------------------------------------------------- wrk
 
-def run_wrk(t, scenario, duration):
+def run_wrk(t, scenario, duration, on_start=None):
     env = dict(os.environ)
-    env["LT_TOKENS"] = os.path.join(WORK, "tokens", scenario["tokens"])
+    # No token file (failover): plain requests without Authorization.
+    env["LT_TOKENS"] = os.path.join(WORK, "tokens", scenario["tokens"]) if scenario.get("tokens") else ""
     env["LT_PATH"] = t.path
     env["LT_HOST"] = f"127.0.0.1:{t.port}"
     env["LT_COUNT"] = "1" if scenario.get("count") else "0"
@@ -696,6 +966,8 @@ def run_wrk(t, scenario, duration):
            "--timeout", "5s", "-s", LUA, f"{'https' if t.tls else 'http'}://127.0.0.1:{t.port}{t.path}"]
     p = PROCS.start(f"wrk-{scenario['name']}-{t.name}", cmd, env=env,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if on_start is not None:
+        on_start()
     try:
         out, err = p.communicate(timeout=duration + 60)
     except subprocess.TimeoutExpired:
@@ -716,6 +988,8 @@ def run_wrk(t, scenario, duration):
         "p50_ms": d["p50"] / 1000, "p99_ms": d["p99"] / 1000, "p999_ms": d["p99.9"] / 1000,
         "non2xx": d["err_status"], "socket_errors": d["err_connect"] + d["err_read"] + d["err_write"] + d["err_timeout"],
         "wraps": d["wraps"], "ntokens": d["ntokens"], "sent": d["sent"],
+        "err_connect": d["err_connect"], "err_read": d["err_read"], "err_write": d["err_write"],
+        "err_timeout": d["err_timeout"], "lat_max_ms": d["lat_max_us"] / 1000,
     }
     if d["counting"]:
         run["non2xx"] = d["st401"] + d["st403"] + d["st429"] + d["st4xx"] + d["st5xx"] + d["stother"]
@@ -788,8 +1062,12 @@ def run_all(lab, keys, duration, rounds, only, gate):
                     continue
                 label = f"{sc['name']} round {r + 1}/{rounds}: {name}"
                 t = None
+                backends = faults = None
+                run_s = max(duration, FAILOVER_MIN_S) if sc.get("failover") else duration
                 try:
-                    t = lab.start(name, sc)
+                    if sc.get("failover"):
+                        backends = EchoBackends(f"{sc['name']}-{name}-r{r + 1}")
+                    t = lab.start(name, sc, backends)
                     problems = check_verdicts(t, sc, keys)
                     if problems:
                         fails[name] = "verdict check failed: " + "; ".join(problems)
@@ -798,6 +1076,8 @@ def run_all(lab, keys, duration, rounds, only, gate):
                     before = proc_status(t.proc.pid) if t.proc else None
                     reloads0 = metric_sum(t.metrics_port, "tollgate_jwks_fetch_total", 'result="success"') if t.metrics_port else None
                     pgids = [lab.upstream_proc.pid] + ([t.proc.pid] if t.proc else [])
+                    if backends:
+                        pgids += backends.pids()
                     gate.wait(pgids, label)
                     watch = CpuWatch(pgids)
                     rot = None
@@ -811,11 +1091,16 @@ def run_all(lab, keys, duration, rounds, only, gate):
                             f"{run['per_conn_kib']:.1f} KiB per idle connection, {run['alive']:,} of {run['idle']:,} "
                             f"still open, answers {run['statuses']}")
                         continue
+                    if backends:
+                        faults = FaultScript(backends, run_s)
+                        log_at = log_offset(t.log_path)
                     try:
-                        run = run_wrk(t, sc, duration)
+                        run = run_wrk(t, sc, run_s, on_start=faults.begin if faults else None)
                     finally:
                         if rot:
                             rot.stop()
+                        if faults:
+                            faults.finish()
                     run["foreign_cpu_pct"] = watch.foreign_pct()
                     after = proc_status(t.proc.pid) if t.proc else None
                     if before and after:
@@ -829,7 +1114,27 @@ def run_all(lab, keys, duration, rounds, only, gate):
                             notes["reloads"] += reloads1 - reloads0
                         notes["rotate_errors"] += rot.errors
                         run["rotations"] = rot.rotations
+                    if faults:
+                        run["faults"] = faults.events
+                        for b, n in backends.counts().items():
+                            run[f"served_{b}"] = n
+                        run["client_errors"] = run["non2xx"] + run["socket_errors"]
+                        run["log_lines"], run["log_top"] = log_since(t.log_path, log_at)
+                        if t.metrics_port:
+                            run["metrics"] = upstream_metrics(t.metrics_port)
+                        late = [e for e in faults.events if e["error"] or e["done_s"] - e["planned_s"] > 1.0]
+                        if len(faults.events) < len(FAILOVER_PLAN) or late:
+                            log(f"{label}: fault script: {faults.events}")
                     res[name].append(run)
+                    if faults:
+                        log(f"{label}: {run['requests']:,} requests, {run['rps']:,.0f} req/s, p50 {run['p50_ms']:.2f} ms, "
+                            f"p99 {run['p99_ms']:.2f} ms, non-2xx {run['non2xx']:,} (5xx {run['st5xx']:,}), socket errors "
+                            f"connect/read/write/timeout {run['err_connect']}/{run['err_read']}/{run['err_write']}/"
+                            f"{run['err_timeout']}, errors seen by clients {run['client_errors']:,}; served "
+                            + "/".join(str(run[f'served_{b}']) for b in BACKEND_NAMES)
+                            + f" (b1 since its restart); proxy log lines {run['log_lines']}"
+                            + f", other CPU use {run['foreign_cpu_pct']:.0f}% of a core")
+                        continue
                     log(f"{label}: {run['rps']:,.0f} req/s, p50 {run['p50_ms']:.2f} ms, "
                         f"p99 {run['p99_ms']:.2f} ms, non-2xx {run['non2xx']:,}"
                         + (f", 429 {run['st429']:,}" if 'st429' in run and run['st429'] else "")
@@ -841,8 +1146,12 @@ def run_all(lab, keys, duration, rounds, only, gate):
                     fails[name] = str(e).splitlines()[0][:300]
                     log(f"{label}: FAILED: {e}")
                 finally:
+                    if faults:
+                        faults.finish()
                     if t is not None:
                         t.stop()
+                    if backends:
+                        backends.stop()
     return results, failures, extra
 
 
@@ -860,11 +1169,14 @@ def summary(runs):
                                     "st2xx", "st401", "st429", "st5xx", "sent_valid", "sent_forged",
                                     "rss_before_kb", "rss_after_kb", "hwm_kb", "wraps", "seconds",
                                     "v2xx", "v401", "vother", "f2xx", "f401", "fother", "unmarked",
-                                    "foreign_cpu_pct", "per_conn_kib", "alive", "idle")}
+                                    "foreign_cpu_pct", "per_conn_kib", "alive", "idle",
+                                    "p999_ms", "st4xx", "err_connect", "err_read", "err_write", "err_timeout",
+                                    "client_errors", "log_lines", "served_b1", "served_b2", "served_b3")}
     s["foreign_cpu_max"] = max((r.get("foreign_cpu_pct") or 0) for r in runs)
     # Where the goal is zero, every run counts, not the median one.
     s["total"] = {k: sum(r.get(k) or 0 for r in runs)
-                  for k in ("st5xx", "v2xx", "v401", "vother", "f2xx", "socket_errors", "non2xx", "unmarked")}
+                  for k in ("st5xx", "v2xx", "v401", "vother", "f2xx", "socket_errors", "non2xx", "unmarked",
+                            "client_errors", "requests", "err_connect", "err_read", "err_write", "err_timeout")}
     s["rounds"] = [r.get("rps") for r in runs]
     s["n"] = len(runs)
     return s
@@ -933,6 +1245,72 @@ def scenario_table(sc, res, fails):
                      f"{fmt_int(s['non2xx'])} | {s['foreign_cpu_pct']:.0f}% | {rounds}{note} |")
     if sc["name"] == "rotate":
         lines.append("| haproxy | n/a | | | | | keys are loaded at start; no live rotation |")
+    return lines
+
+
+def failover_table(sc, res, fails, S):
+    """failover: errors seen by clients and latency per target, the backends' shares, the
+    faults as applied and what the proxies logged."""
+    secs = [s["seconds"] for s in S.values() if s and s.get("seconds")]
+    d = f"D = {statistics.median(secs):.0f} s" if secs else f"D ≥ {FAILOVER_MIN_S} s"
+    lines = [f"Fault script, the same for every target and run ({d}; three backends started fresh for each run): "
+             + "; ".join(f"{frac:.2f}·D {what}" for frac, what, _ in FAILOVER_PLAN)
+             + ". Plain `GET /api/item` without a token, `wrk -t1 -c50`; each target balances by least "
+             "connections / least requests with 1 s connect and read timeouts and one retry on another backend "
+             "(nginx: `proxy_next_upstream error timeout http_502 http_503`, `max_fails=3 fail_timeout=5s`, "
+             "no active checks; HAProxy: `httpchk` every 1 s, fall 2 / rise 2, `observe layer7 error-limit 3 "
+             "on-error mark-down`, `retry-on conn-failure empty-response response-timeout 502 503` with "
+             "`redispatch`; tollgate: `least_request`, HTTP health check every 1 s, thresholds 2 / 2, "
+             "`outlier_detection` 3 failures / 5 s, `retry_on: [reset, 502, 503]`). Errors seen by clients = "
+             "non-2xx answers + wrk's socket errors. Median run; \"served\" counts the requests each backend "
+             "answered (b1 only since its restart).", "",
+             "| target | requests | req/s | non-2xx (5xx) | socket errors conn / read / write / timeout | "
+             "**errors seen by clients** | p50 | **p99** | p99.9 | served b1 / b2 / b3 | other CPU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in sc["targets"]:
+        s = S.get(name)
+        if not s:
+            lines.append(f"| {name} | **failed**: {fails.get(name, 'not run')} | | | | | | | | | |")
+            continue
+        lines.append(
+            f"| {name} | {fmt_int(s['requests'])} | {fmt_int(s['rps'])} | {fmt_int(s['non2xx'])} ({fmt_int(s['st5xx'])}) | "
+            f"{fmt_int(s['err_connect'])} / {fmt_int(s['err_read'])} / {fmt_int(s['err_write'])} / {fmt_int(s['err_timeout'])} | "
+            f"**{fmt_int(s['client_errors'])}** | {fmt_ms(s['p50_ms'])} | **{fmt_ms(s['p99_ms'])}** | {fmt_ms(s['p999_ms'])} | "
+            f"{fmt_int(s['served_b1'])} / {fmt_int(s['served_b2'])} / {fmt_int(s['served_b3'])} | {s['foreign_cpu_pct']:.0f}% |")
+    tot = [f"{t} {S[t]['total']['client_errors']:,.0f} in {S[t]['total']['requests']:,.0f} answers"
+           for t in sc["targets"] if S.get(t)]
+    if tot:
+        n = max(S[t]["n"] for t in sc["targets"] if S.get(t))
+        lines += ["", f"Errors seen by clients, all {n} run(s) added up: " + "; ".join(tot) + "."]
+    lag, errs = 0.0, []
+    for name in sc["targets"]:
+        for run in res.get(name, []):
+            for e in run.get("faults", []):
+                lag = max(lag, e["done_s"] - e["planned_s"])
+                if e["error"]:
+                    errs.append(f"{name}: {e['what']}: {e['error']}")
+            if len(run.get("faults", [])) < len(FAILOVER_PLAN):
+                errs.append(f"{name}: only {len(run.get('faults', []))} of {len(FAILOVER_PLAN)} faults applied")
+    lines += ["", f"Faults applied at most {lag:.2f} s after their planned time (b1's restart: once it listens)"
+              + (". Problems: " + "; ".join(errs[:5]) if errs else "") + "."]
+    logs = []
+    for name in sc["targets"]:
+        runs = res.get(name, [])
+        if not runs or runs[0].get("log_lines") is None:
+            continue
+        r0 = runs[len(runs) // 2]
+        top = "; ".join(f"{n} × `{k.strip()[:200]}`" for k, n in (r0.get("log_top") or [])[:3])
+        logs.append(f"- {name}: {r0['log_lines']:,} line(s)" + (f", most frequent: {top}" if top else ""))
+    if logs:
+        lines += ["", "What the proxies logged during a run (median run; nginx: error log at `warn`; HAProxy: its "
+                  "stderr, no log section; tollgate: `level: warn`, no access log, backtrace frames not counted; "
+                  "numbers masked as N):", ""] + logs
+    runs = res.get("tollgate", [])
+    if runs and runs[len(runs) // 2].get("metrics") is not None:
+        m = runs[len(runs) // 2]["metrics"]
+        lines += ["", "tollgate's counters after the median run: "
+                  + (", ".join(f"`{k}` {v:,.0f}" for k, v in sorted(m.items())) if m else "no retries, outlier events "
+                     "or open circuits") + "."]
     return lines
 
 
@@ -1040,6 +1418,21 @@ def goals(SS):
         g.append(("rotate: zero 5xx and zero false 401", "not measured", "NOT MEASURED"))
     g.append(goal("repeat: tollgate-open ≥ 0.8× nginx req/s",
                   ratio(get(rep, "tollgate-open", "rps"), get(rep, "nginx", "rps")), 0.8))
+    fo = SS.get("failover", {})
+    peers = ("haproxy", "nginx")
+    if all(fo.get(t) for t in ("tollgate",) + peers):
+        errs = {t: fo[t]["total"]["client_errors"] for t in ("tollgate",) + peers}
+        ok = errs["tollgate"] == 0 or errs["tollgate"] < min(errs[t] for t in peers)
+        g.append(("failover: tollgate has fewer errors seen by clients than haproxy and nginx (or none; all runs added up)",
+                  ", ".join(f"{t} {v:,.0f}" for t, v in errs.items()), "met" if ok else "**NOT MET**"))
+        p99 = {t: fo[t]["p99_ms"] for t in ("tollgate",) + peers}
+        best = min(p99[t] for t in peers)
+        g.append(goal("failover: tollgate p99 lower than haproxy's and nginx's (ratio to the lower of the two < 1.0; "
+                      + ", ".join(f"{t} {fmt_ms(v)}" for t, v in p99.items()) + ")",
+                      ratio(p99["tollgate"], best), 1.0, higher_is_better=False))
+    else:
+        g.append(("failover: tollgate has fewer errors seen by clients and a lower p99 than haproxy and nginx",
+                  "not measured", "NOT MEASURED"))
     return g
 
 
@@ -1164,10 +1557,13 @@ def write_report(SS, results, failures, extra, info, mode, duration, rounds, sta
                     out.append(f"| {t} | failed: {why or 'not run'} | | | |")
             out.append("")
             continue
-        out += scenario_table(sc, results[sc["name"]], failures.get(sc["name"], {}))
-        out += ratio_line(sc["name"], S)
+        if sc.get("failover"):
+            out += failover_table(sc, results[sc["name"]], failures.get(sc["name"], {}), S)
+        else:
+            out += scenario_table(sc, results[sc["name"]], failures.get(sc["name"], {}))
+            out += ratio_line(sc["name"], S)
         errs = [f"{t}: {s['socket_errors']:,.0f}" for t, s in S.items() if s and s.get("socket_errors")]
-        if errs:
+        if errs and not sc.get("failover"):
             out += ["", "Socket errors (median run): " + ", ".join(errs) + "."]
         busy = [f"{t} {s['foreign_cpu_max']:.0f}%" for t, s in S.items() if s and s.get("foreign_cpu_max", 0) > DISTURBED_PCT]
         if busy:
@@ -1345,7 +1741,13 @@ def main():
                     help="measure nothing: re-render the report from a saved results/runs.json")
     ap.add_argument("--no-build", action="store_true",
                     help="use target/release/tollgate as it is (make's `build` prerequisite just built it)")
+    ap.add_argument("--results-dir", metavar="DIR",
+                    help="write RESULTS.md, chart.svg and runs.json (also with --only) into DIR instead of "
+                         "loadtest/results")
     a = ap.parse_args()
+    global RESULTS_DIR
+    if a.results_dir:
+        RESULTS_DIR = os.path.abspath(a.results_dir)
     quick = a.quick or os.environ.get("QUICK", "") not in ("", "0")
     mode = "quick" if quick else "full"
     duration = a.duration or (2 if quick else 8)
@@ -1418,7 +1820,7 @@ def main():
     data = {"mode": mode, "duration": duration, "rounds": rounds, "started": started,
             "wall": time.monotonic() - t0, "gate": {"per_run": gate.per_run, "total": gate.total, "spent": gate.spent},
             "info": machine_info(), "results": results, "failures": failures, "extra": extra}
-    if not only:
+    if not only or a.results_dir:
         with open(os.path.join(RESULTS_DIR, "runs.json"), "w") as f:
             json.dump(data, f, indent=1)
     render_all(data, write_readme=not a.no_readme and not only)
