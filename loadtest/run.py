@@ -1260,7 +1260,7 @@ def failover_table(sc, res, fails, S):
              "(nginx: `proxy_next_upstream error timeout http_502 http_503`, `max_fails=3 fail_timeout=5s`, "
              "no active checks; HAProxy: `httpchk` every 1 s, fall 2 / rise 2, `observe layer7 error-limit 3 "
              "on-error mark-down`, `retry-on conn-failure empty-response response-timeout 502 503` with "
-             "`redispatch`; tollgate: `least_request`, HTTP health check every 1 s, thresholds 2 / 2, "
+             "`redispatch`; tollgate: `peak_ewma`, `retry_budget` 50 %, HTTP health check every 1 s, thresholds 2 / 2, "
              "`outlier_detection` 3 failures / 5 s, `retry_on: [reset, 502, 503]`). Errors seen by clients = "
              "non-2xx answers + wrk's socket errors. Median run; \"served\" counts the requests each backend "
              "answered (b1 only since its restart).", "",

@@ -38,9 +38,48 @@ pub struct BackendState {
     ramp_from: AtomicU64,
     window_total: AtomicU32,
     window_failed: AtomicU32,
+    /// Peak-EWMA response time in microseconds (`f64` bits), and when it was last set (ms).
+    ewma_us: AtomicU64,
+    ewma_at: AtomicU64,
 }
 
+/// How fast an unrefreshed response-time estimate fades: a backend avoided for being slow
+/// is tried again once its estimate has decayed to its peers' (about 10 s from 200 ms to 1 ms).
+const EWMA_DECAY_MS: f64 = 2_000.0;
+/// Share of a faster sample taken in at once (a slower one is taken whole: the peak).
+const EWMA_GAIN: f64 = 0.3;
+/// What a failure counts as: a response this slow.
+const FAILURE_US: f64 = 1_000_000.0;
+/// No estimate is below this (and a backend not yet measured starts here).
+const EWMA_FLOOR_US: f64 = 100.0;
+
 impl BackendState {
+    /// The response-time estimate now (µs): the last one, faded by the time since.
+    pub fn ewma_us(&self, now_ms: u64) -> f64 {
+        let at = self.ewma_at.load(Ordering::Relaxed);
+        let v = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));
+        let faded = v * (-(now_ms.saturating_sub(at) as f64) / EWMA_DECAY_MS).exp();
+        faded.max(EWMA_FLOOR_US)
+    }
+
+    /// Takes in one response time: a slower one at once, a faster one by `EWMA_GAIN`.
+    pub fn observe_latency(&self, sample_us: f64) {
+        let now = now_ms();
+        let cur = self.ewma_us(now);
+        let new = if sample_us > cur {
+            sample_us
+        } else {
+            cur + (sample_us - cur) * EWMA_GAIN
+        };
+        self.ewma_us.store(new.to_bits(), Ordering::Relaxed);
+        self.ewma_at.store(now, Ordering::Relaxed);
+    }
+
+    /// A failed attempt weighs as a very slow answer.
+    pub fn observe_failure(&self) {
+        self.observe_latency(FAILURE_US);
+    }
+
     pub fn ejected(&self, now_ms: u64) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && until > now_ms
@@ -446,6 +485,28 @@ mod tests {
         }
         assert_eq!(least_request(&[]), None);
         assert_eq!(least_request(&[(7, 1.0, 100)]), Some(7));
+    }
+
+    #[test]
+    fn peak_ewma_takes_a_slow_answer_at_once_and_fades_when_not_refreshed() {
+        let st = BackendState::default();
+        assert_eq!(st.ewma_us(now_ms()), EWMA_FLOOR_US, "not yet measured");
+        st.observe_latency(200_000.0);
+        assert!(
+            (st.ewma_us(now_ms()) - 200_000.0).abs() < 2_000.0,
+            "the peak at once"
+        );
+        st.observe_latency(1_000.0);
+        let after = st.ewma_us(now_ms());
+        assert!(
+            after > 100_000.0 && after < 150_000.0,
+            "a fast answer pulls it down by 30 %: {after}"
+        );
+        // Ten seconds without an answer: faded to nearly nothing.
+        let later = st.ewma_us(now_ms() + 10_000);
+        assert!(later < 1_000.0, "{later}");
+        st.observe_failure();
+        assert!(st.ewma_us(now_ms()) >= 999_000.0);
     }
 
     #[test]

@@ -218,6 +218,8 @@ enum Selector {
     Consistent(LoadBalancer<Consistent>),
     /// Pingora's balancer keeps the health view; the choice is [`crate::balance::least_request`].
     LeastRequest(LoadBalancer<RoundRobin>),
+    /// The same, with each backend's weight divided by its peak-EWMA response time.
+    PeakEwma(LoadBalancer<RoundRobin>),
 }
 
 pub struct Cluster {
@@ -300,6 +302,7 @@ impl Cluster {
             LoadBalancing::RoundRobin => Selector::RoundRobin(static_lb(view)),
             LoadBalancing::ConsistentHash(_) => Selector::Consistent(static_lb(view)),
             LoadBalancing::LeastRequest => Selector::LeastRequest(static_lb(view)),
+            LoadBalancing::PeakEwma => Selector::PeakEwma(static_lb(view)),
         };
         let hash_on = match &u.lb {
             LoadBalancing::ConsistentHash(on) => Some(on.clone()),
@@ -356,7 +359,9 @@ impl Cluster {
 
     fn backends(&self) -> &Backends {
         match &self.selector {
-            Selector::RoundRobin(lb) | Selector::LeastRequest(lb) => lb.backends(),
+            Selector::RoundRobin(lb) | Selector::LeastRequest(lb) | Selector::PeakEwma(lb) => {
+                lb.backends()
+            }
             Selector::Consistent(lb) => lb.backends(),
         }
     }
@@ -380,7 +385,8 @@ impl Cluster {
                     })
             }),
             Selector::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, eligible),
-            Selector::LeastRequest(lb) => {
+            Selector::LeastRequest(lb) | Selector::PeakEwma(lb) => {
+                let ewma = matches!(self.selector, Selector::PeakEwma(_));
                 let view = lb.backends();
                 let candidates: Vec<(usize, f64, usize)> = members
                     .list
@@ -388,7 +394,11 @@ impl Cluster {
                     .enumerate()
                     .filter(|(_, (b, _))| eligible(b, view.ready(b)))
                     .map(|(i, (_, info))| {
-                        let weight = f64::from(info.weight) * info.state.ramp(self.slow_start, now);
+                        let mut weight =
+                            f64::from(info.weight) * info.state.ramp(self.slow_start, now);
+                        if ewma {
+                            weight /= info.state.ewma_us(now);
+                        }
                         let in_flight = info
                             .state
                             .in_flight
@@ -454,6 +464,20 @@ impl Cluster {
         let members = self.members.load();
         let info = members.infos.get(backend)?;
         Some(Attempt::start(info.state.clone(), self.load.clone()))
+    }
+
+    /// How long `backend` took to answer (its response header), for `peak_ewma`; a failed
+    /// attempt (`None`) weighs as a very slow answer.
+    pub fn observe(&self, backend: &Backend, took: Option<Duration>) {
+        if !matches!(self.selector, Selector::PeakEwma(_)) {
+            return;
+        }
+        if let Some(info) = self.members.load().infos.get(backend) {
+            match took {
+                Some(t) => info.state.observe_latency(t.as_secs_f64() * 1e6),
+                None => info.state.observe_failure(),
+            }
+        }
     }
 
     /// Tells outlier detection how an attempt on `backend` ended.
@@ -665,7 +689,9 @@ impl Cluster {
             self.discovered.store(Arc::new(members.backend_set()));
             self.members.store(Arc::new(members));
             let updated = match &self.selector {
-                Selector::RoundRobin(lb) | Selector::LeastRequest(lb) => lb.update().await,
+                Selector::RoundRobin(lb) | Selector::LeastRequest(lb) | Selector::PeakEwma(lb) => {
+                    lb.update().await
+                }
                 Selector::Consistent(lb) => lb.update().await,
             };
             if let Err(e) = updated {

@@ -167,6 +167,13 @@ fn internal(what: &'static str) -> impl FnOnce(http::Error) -> Box<Error> {
     move |_| Error::explain(ErrorType::InternalError, what)
 }
 
+/// Whether the error's retry was decided, and decided yes: by `upstream_response_filter` for
+/// a status in `retry_on`. Pingora marks a failure on a pooled connection "retry if it was
+/// reused", undecided; asking such an error `retry()` panics, so this never does.
+fn decided_retry(e: &Error) -> bool {
+    matches!(e.retry, pingora_core::RetryType::Decided(true))
+}
+
 /// The error `upstream_peer` returns when the cluster's circuit breaker is open.
 const CIRCUIT_OPEN: ErrorType = ErrorType::Custom("circuit breaker open");
 
@@ -362,6 +369,7 @@ impl ProxyHttp for Gateway {
                 info.count(outcome);
             }
             cluster.record(backend, false);
+            cluster.observe(backend, None);
         }
         if ctx.may_retry("connect") {
             e.set_retry(true);
@@ -387,20 +395,21 @@ impl ProxyHttp for Gateway {
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
         let upstream_failed = e.esource() == &ErrorSource::Upstream;
+        let status_retry = decided_retry(&e);
         if let (true, Some(cluster), Some(backend)) =
             (upstream_failed, ctx.cluster(), ctx.tried.last())
         {
             // A retry on a status was already recorded as that status.
-            if !e.retry() {
+            if !status_retry {
                 cluster.record(backend, false);
+                cluster.observe(backend, None);
             }
         }
         if !replayable {
             e.set_retry(false);
             return e;
         }
-        if e.retry() {
-            // Decided by `upstream_response_filter` (a status in `retry_on`).
+        if status_retry {
             return e;
         }
         let reset = matches!(
@@ -530,6 +539,8 @@ impl ProxyHttp for Gateway {
         let status = upstream_response.status.as_u16();
         if let (Some(cluster), Some(backend)) = (ctx.cluster(), ctx.tried.last()) {
             cluster.record(backend, status < 500);
+            let took = ctx.attempt_started.map(|s| s.elapsed());
+            cluster.observe(backend, if status < 500 { took } else { None });
         }
         let listed = ctx
             .passage
@@ -727,5 +738,24 @@ fn subject_for_log(claims: &crate::limits::Claims, how: &SubjectInLog) -> String
                 .map(|b| format!("{b:02x}"))
                 .collect()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undecided_retry_on_a_pooled_connection_is_read_without_panicking() {
+        // Found by the failover load test: a killed backend's pooled connections fail with
+        // Pingora's "retry only if reused", and reading it with `retry()` panicked.
+        let mut e = Error::explain(ErrorType::ConnectionClosed, "pooled connection closed");
+        e.retry = pingora_core::RetryType::ReusedOnly;
+        assert!(!decided_retry(&e));
+        e.retry.decide_reuse(true);
+        assert!(decided_retry(&e));
+        let mut e = Error::explain(ErrorType::HTTPStatus(503), "retry_on");
+        e.set_retry(true);
+        assert!(decided_retry(&e));
     }
 }

@@ -322,6 +322,9 @@ pub enum LoadBalancing {
     ConsistentHash(HashOn),
     /// Power of two choices over requests in flight, weighted.
     LeastRequest,
+    /// Power of two choices over requests in flight times the backend's peak-EWMA
+    /// response time, weighted.
+    PeakEwma,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

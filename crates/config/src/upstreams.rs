@@ -82,11 +82,14 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
     let lb = match raw.lb.as_deref() {
         None | Some("round_robin") => LoadBalancing::RoundRobin,
         Some("least_request") => LoadBalancing::LeastRequest,
+        Some("peak_ewma") => LoadBalancing::PeakEwma,
         Some("consistent_hash") => LoadBalancing::ConsistentHash(hash_on),
         Some(other) => {
             problems.add(
                 format!("{base}.lb"),
-                format!("expected round_robin, least_request or consistent_hash, found {other:?}"),
+                format!(
+                    "expected round_robin, least_request, peak_ewma or consistent_hash, found {other:?}"
+                ),
             );
             LoadBalancing::RoundRobin
         }
@@ -94,7 +97,7 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
     let hashing = matches!(lb, LoadBalancing::ConsistentHash(_));
     let known_lb = matches!(
         raw.lb.as_deref(),
-        None | Some("round_robin" | "least_request")
+        None | Some("round_robin" | "least_request" | "peak_ewma")
     );
     if raw.hash_on.is_some() && !hashing && known_lb {
         problems.add(

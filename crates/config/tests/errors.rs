@@ -189,7 +189,7 @@ routes:
         "upstreams.echo.backends[0].weight: must be between 1 and 1000",
         "upstreams.echo.backends[1].addr: duplicate of upstreams.echo.backends[0]",
         "upstreams.echo.hash_on: expected client_ip, header:NAME or claim:NAME",
-        "upstreams.echo.lb: expected round_robin, least_request or consistent_hash",
+        "upstreams.echo.lb: expected round_robin, least_request, peak_ewma or consistent_hash",
         "upstreams.echo.health_check.path: only applies with type: http",
         "upstreams.echo.health_check.healthy_threshold: must be at least 1",
         "upstreams.empty.backends: at least one backend is required",
@@ -832,7 +832,7 @@ routes:
     assert_problems(
         &p,
         &[
-            "upstreams.u.lb: expected round_robin, least_request or consistent_hash",
+            "upstreams.u.lb: expected round_robin, least_request, peak_ewma or consistent_hash",
             "upstreams.k.hash_on: only applies with lb: consistent_hash",
             "upstreams.u.outlier_detection.consecutive_failures: must be at least 1",
             "upstreams.u.outlier_detection.success_rate.threshold: must be a share",

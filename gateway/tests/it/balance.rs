@@ -52,7 +52,7 @@ fn share(counts: &HashMap<String, u32>, name: &str) -> f64 {
 }
 
 #[test]
-fn least_request_sends_less_to_a_slow_backend_than_round_robin() {
+fn least_request_and_peak_ewma_send_less_to_a_slow_backend_than_round_robin() {
     let fast = Echo::start("fast");
     let slow = Echo::start("slow");
     slow.set("delay_ms=60");
@@ -76,6 +76,16 @@ fn least_request_sends_less_to_a_slow_backend_than_round_robin() {
         lr_slow < rr_slow - 0.2,
         "least request sent {lr_slow:.2} to the slow backend, round robin {rr_slow:.2} \
          ({lr_counts:?} against {rr_counts:?})"
+    );
+    drop(lr);
+    // Peak EWMA also weighs each backend's response time: the slow one is all but avoided.
+    let ewma = Gateway::start(&config("peak_ewma"));
+    let ewma_counts = spread(&ewma, "/", 8, 50);
+    let ewma_slow = share(&ewma_counts, "slow");
+    println!("slow backend's share: round robin {rr_slow:.3}, least request {lr_slow:.3}, peak EWMA {ewma_slow:.3}");
+    assert!(
+        ewma_slow < 0.08,
+        "peak EWMA sent {ewma_slow:.3} to the slow backend ({ewma_counts:?}), least request {lr_slow:.3}"
     );
 }
 
