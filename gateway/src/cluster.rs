@@ -378,11 +378,13 @@ impl Cluster {
         };
         match &self.selector {
             Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, |b, healthy| {
-                eligible(b, healthy)
-                    && state(b).is_none_or(|s| {
-                        let share = s.ramp(self.slow_start, now);
-                        share >= 1.0 || fastrand::f64() < share
-                    })
+                if !healthy || tried.contains(b) {
+                    return false;
+                }
+                state(b).is_none_or(|s| {
+                    let share = s.ramp(self.slow_start, now);
+                    !s.ejected(now) && (share >= 1.0 || fastrand::f64() < share)
+                })
             }),
             Selector::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, eligible),
             Selector::LeastRequest(lb) | Selector::PeakEwma(lb) => {
@@ -422,21 +424,22 @@ impl Cluster {
         tried: &[Backend],
     ) -> Option<Backend> {
         let owned;
-        let key: &[u8] = match &self.hash_on {
-            None => b"",
-            Some(HashOn::Header(name)) if req.headers.contains_key(name.as_str()) => req
+        let claim = match &self.hash_on {
+            Some(HashOn::Claim(name)) => claims.and_then(|c| c.get(name)),
+            _ => None,
+        };
+        let key: &[u8] = match (&self.hash_on, claim) {
+            (None, _) => b"",
+            (Some(HashOn::Header(name)), _) if req.headers.contains_key(name.as_str()) => req
                 .headers
                 .get(name.as_str())
                 .map_or(&b""[..], |v| v.as_bytes()),
-            Some(HashOn::Claim(name)) if claims.and_then(|c| c.get(name)).is_some() => {
-                owned = match claims.and_then(|c| c.get(name)) {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
-                    None => String::new(),
-                };
+            (_, Some(serde_json::Value::String(s))) => s.as_bytes(),
+            (_, Some(other)) => {
+                owned = other.to_string();
                 owned.as_bytes()
             }
-            Some(_) => {
+            (Some(_), None) => {
                 owned = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
                 owned.as_bytes()
             }
@@ -466,31 +469,30 @@ impl Cluster {
         Some(Attempt::start(info.state.clone(), self.load.clone()))
     }
 
-    /// How long `backend` took to answer (its response header), for `peak_ewma`; a failed
-    /// attempt (`None`) weighs as a very slow answer.
-    pub fn observe(&self, backend: &Backend, took: Option<Duration>) {
-        if !matches!(self.selector, Selector::PeakEwma(_)) {
+    /// How an attempt on `backend` ended: answered (not 5xx) after `took` from choosing it,
+    /// or failed (`None`). Outlier detection counts it; `peak_ewma` takes in the time, and a
+    /// failure as a very slow answer.
+    pub fn record(&self, backend: &Backend, answered: Option<Duration>) {
+        let ewma = matches!(self.selector, Selector::PeakEwma(_));
+        if self.detector.is_none() && !ewma {
             return;
         }
-        if let Some(info) = self.members.load().infos.get(backend) {
-            match took {
-                Some(t) => info.state.observe_latency(t.as_secs_f64() * 1e6),
-                None => info.state.observe_failure(),
-            }
-        }
-    }
-
-    /// Tells outlier detection how an attempt on `backend` ended.
-    pub fn record(&self, backend: &Backend, ok: bool) {
-        let Some(detector) = &self.detector else {
-            return;
-        };
         let Some(addr) = backend.addr.as_inet() else {
             return;
         };
         let members = self.members.load();
-        if let Some(i) = members.infos.0.iter().position(|(a, _)| a == addr) {
-            detector.record(&members.watched[i], ok, &members.watched);
+        let Some(i) = members.infos.0.iter().position(|(a, _)| a == addr) else {
+            return;
+        };
+        if let Some(detector) = &self.detector {
+            detector.record(&members.watched[i], answered.is_some(), &members.watched);
+        }
+        if ewma {
+            let state = &members.infos.0[i].1.state;
+            match answered {
+                Some(t) => state.observe_latency(t.as_secs_f64() * 1e6),
+                None => state.observe_failure(),
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use pingora_load_balancing::Backend;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tollgate_config::{AuthMode, SubjectInLog};
 
 /// `tollgate_requests_total{route="unmatched"}`.
@@ -368,8 +368,7 @@ impl ProxyHttp for Gateway {
             if let Some(info) = cluster.info(backend) {
                 info.count(outcome);
             }
-            cluster.record(backend, false);
-            cluster.observe(backend, None);
+            cluster.record(backend, None);
         }
         if ctx.may_retry("connect") {
             e.set_retry(true);
@@ -401,8 +400,7 @@ impl ProxyHttp for Gateway {
         {
             // A retry on a status was already recorded as that status.
             if !status_retry {
-                cluster.record(backend, false);
-                cluster.observe(backend, None);
+                cluster.record(backend, None);
             }
         }
         if !replayable {
@@ -538,9 +536,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         if let (Some(cluster), Some(backend)) = (ctx.cluster(), ctx.tried.last()) {
-            cluster.record(backend, status < 500);
-            let took = ctx.attempt_started.map(|s| s.elapsed());
-            cluster.observe(backend, if status < 500 { took } else { None });
+            // A 5xx is a failure; a success's time runs from choosing the backend.
+            let took = ctx.attempt_started.map_or(Duration::ZERO, |s| s.elapsed());
+            cluster.record(backend, (status < 500).then_some(took));
         }
         let listed = ctx
             .passage

@@ -463,9 +463,7 @@ fn hmac_secret_from_environment_and_bad_key_config_is_refused() {
 fn token_headers_and_query_parameters_are_not_forwarded() {
     let echo = Echo::start("E");
     let key = TestKey::es256("k1");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jwks.json");
-    std::fs::write(&path, jwks(&[&key])).unwrap();
+    let (_dir, path) = jwks_file(&[&key]);
     let gw = gateway(
         &echo,
         &format!(
@@ -525,9 +523,7 @@ fn forwarded_arrays_are_unambiguous_and_dotted_claim_names_are_found() {
 fn token_types_refuse_tokens_of_another_type() {
     let echo = Echo::start("E");
     let key = TestKey::es256("k1");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jwks.json");
-    std::fs::write(&path, jwks(&[&key])).unwrap();
+    let (_dir, path) = jwks_file(&[&key]);
     let source = |types: &str| {
         format!(
             "      jwks_file: \"{}\"\n      token_types: {types}",

@@ -427,9 +427,7 @@ fn a_claim_matched_canary_reaches_only_its_cluster_and_never_on_an_unverified_to
     let beta = Echo::start("beta");
     let stable = Echo::start("stable");
     let key = TestKey::es256("k1");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jwks.json");
-    std::fs::write(&path, jwks(&[&key])).unwrap();
+    let (_dir, path) = jwks_file(&[&key]);
     let gw = Gateway::start(&auth_config(
         &path,
         &format!(
@@ -475,9 +473,7 @@ fn a_claim_matched_canary_reaches_only_its_cluster_and_never_on_an_unverified_to
 fn hashing_on_a_verified_claim_keeps_a_subject_on_one_backend() {
     let e: Vec<Echo> = ["c1", "c2", "c3"].iter().map(|n| Echo::start(n)).collect();
     let key = TestKey::es256("k1");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jwks.json");
-    std::fs::write(&path, jwks(&[&key])).unwrap();
+    let (_dir, path) = jwks_file(&[&key]);
     let gw = Gateway::start(&auth_config(
         &path,
         &format!(

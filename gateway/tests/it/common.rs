@@ -618,6 +618,14 @@ impl TestKey {
 }
 
 /// A JWKS document holding the public keys of `keys`.
+/// A JWKS file of `keys` in a fresh directory (kept while the returned guard lives).
+pub fn jwks_file(keys: &[&TestKey]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks(keys)).unwrap();
+    (dir, path)
+}
+
 pub fn jwks(keys: &[&TestKey]) -> String {
     serde_json::json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() }).to_string()
 }

@@ -333,9 +333,7 @@ fn start(http: &str) -> Setup {
 fn start_with(http: &str, auth_extra: &str) -> Setup {
     let up = RecordingUpstream::start();
     let key = TestKey::es256("k1");
-    let dir = tempfile::tempdir().unwrap();
-    let jwks_path = dir.path().join("jwks.json");
-    std::fs::write(&jwks_path, jwks(&[&key])).unwrap();
+    let (dir, jwks_path) = jwks_file(&[&key]);
     let yaml = format!(
         "auth:
   providers:

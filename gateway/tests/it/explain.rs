@@ -91,9 +91,7 @@ fn explain_and_the_proxy_agree_on_every_enumerated_request() {
     let echo = Echo::start("E");
     let key = TestKey::es256("k");
     let other = TestKey::es256("k");
-    let dir = tempfile::tempdir().unwrap();
-    let jwks_path = dir.path().join("jwks.json");
-    std::fs::write(&jwks_path, jwks(&[&key])).unwrap();
+    let (_dir, jwks_path) = jwks_file(&[&key]);
     let gw = Gateway::start(&config(&echo, &jwks_path));
 
     let sign = |k: &TestKey, extra: serde_json::Value| {
@@ -244,9 +242,7 @@ fn explain_shows_the_upstream_a_verified_token_reaches_and_the_proxy_sends_it_th
     let beta = Echo::start("beta");
     let stable = Echo::start("stable");
     let key = TestKey::es256("k");
-    let dir = tempfile::tempdir().unwrap();
-    let jwks_path = dir.path().join("jwks.json");
-    std::fs::write(&jwks_path, jwks(&[&key])).unwrap();
+    let (dir, jwks_path) = jwks_file(&[&key]);
     let yaml = format!(
         "auth:
   providers:
