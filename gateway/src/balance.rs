@@ -151,20 +151,24 @@ pub fn shared_state(upstream: &str, addr: SocketAddr, joins_running: bool) -> Ar
     state
 }
 
+/// The addresses one configured backend stands for now, each with its weight (the
+/// configured one, or an SRV record's).
+pub type Resolved = Vec<(SocketAddr, u32)>;
+
 /// The last addresses a backend's name resolved to, by upstream and configured address:
 /// a cluster built by a reload starts from them instead of from nothing.
-type ResolvedByName = HashMap<(String, String), Vec<SocketAddr>>;
+type ResolvedByName = HashMap<(String, String), Resolved>;
 static RESOLVED: once_cell::sync::Lazy<Mutex<ResolvedByName>> =
     once_cell::sync::Lazy::new(Default::default);
 
-pub fn last_resolved(upstream: &str, addr: &str) -> Vec<SocketAddr> {
+pub fn last_resolved(upstream: &str, addr: &str) -> Resolved {
     let all = RESOLVED.lock().unwrap_or_else(|e| e.into_inner());
     all.get(&(upstream.to_owned(), addr.to_owned()))
         .cloned()
         .unwrap_or_default()
 }
 
-pub fn remember_resolved(upstream: &str, addr: &str, resolved: &[SocketAddr]) {
+pub fn remember_resolved(upstream: &str, addr: &str, resolved: &[(SocketAddr, u32)]) {
     let mut all = RESOLVED.lock().unwrap_or_else(|e| e.into_inner());
     all.insert((upstream.to_owned(), addr.to_owned()), resolved.to_vec());
 }

@@ -2,8 +2,8 @@
 //! the peer options every connection gets, and its health-check loop.
 
 use crate::balance::{
-    shared_load, shared_state, Attempt, BackendState, ClusterLoad, Detector, RequestSlot, Tripped,
-    Watched,
+    shared_load, shared_state, Attempt, BackendState, ClusterLoad, Detector, RequestSlot, Resolved,
+    Tripped, Watched,
 };
 use crate::limits::Claims;
 use crate::metrics::METRICS;
@@ -89,6 +89,10 @@ impl PeerTls {
     fn sni_for(&self, addr: &str) -> String {
         if let Some(sni) = &self.config.sni {
             return sni.clone();
+        }
+        if addr.starts_with("srv:") {
+            // Validation asked for `sni` unless `verify: false`.
+            return String::new();
         }
         let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
         if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
@@ -233,8 +237,8 @@ pub struct Cluster {
     health_interval: Option<Duration>,
     /// The backends now: fixed, or re-resolved by [`Cluster::spawn_background`] (`dns`).
     members: ArcSwap<Members>,
-    /// Backends given by name under `dns`: (index in `upstreams.NAME.backends`, host, port).
-    dynamic: Vec<(usize, String, u16)>,
+    /// Backends re-resolved under `dns`: (index in `upstreams.NAME.backends`, what to ask).
+    dynamic: Vec<(usize, Lookup)>,
     dns: Option<tollgate_config::Dns>,
     /// What Pingora's balancer discovers: the current backends.
     discovered: Arc<ArcSwap<BTreeSet<Backend>>>,
@@ -259,15 +263,31 @@ impl Cluster {
     pub fn build(u: &Upstream) -> Result<Cluster, Problem> {
         let (load, running) = shared_load(&u.name);
         let mut dynamic = Vec::new();
-        let mut addrs: Vec<Vec<std::net::SocketAddr>> = Vec::with_capacity(u.backends.len());
+        let mut addrs: Vec<Resolved> = Vec::with_capacity(u.backends.len());
         for (i, b) in u.backends.iter().enumerate() {
-            let (host, port) = b.addr.rsplit_once(':').expect("validated host:port");
-            let by_name = host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('[');
-            if u.dns.is_some() && by_name {
+            let lookup = match b.srv() {
+                Some(name) => Some(Lookup::Srv(name.to_owned())),
+                None => {
+                    let (host, port) = b.addr.rsplit_once(':').expect("validated host:port");
+                    let by_name =
+                        host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('[');
+                    by_name.then(|| Lookup::Name {
+                        host: host.to_owned(),
+                        port: port.parse().expect("validated port"),
+                    })
+                }
+            };
+            if let (Some(lookup), Some(_)) = (&lookup, &u.dns) {
                 // Resolved in the background; a reload starts from the last answer.
-                dynamic.push((i, host.to_owned(), port.parse().expect("validated port")));
+                dynamic.push((i, lookup.clone()));
                 addrs.push(crate::balance::last_resolved(&u.name, &b.addr));
                 continue;
+            }
+            if let Some(Lookup::Srv(_)) = lookup {
+                return Err(Problem {
+                    path: format!("upstreams.{}.backends[{i}].addr", u.name),
+                    message: "an SRV backend needs upstreams.NAME.dns".into(),
+                });
             }
             let resolved = b
                 .addr
@@ -278,7 +298,7 @@ impl Cluster {
                     path: format!("upstreams.{}.backends[{i}].addr", u.name),
                     message: format!("cannot resolve {:?}", b.addr),
                 })?;
-            addrs.push(vec![resolved]);
+            addrs.push(vec![(resolved, b.weight)]);
         }
         let members = Members::build(&u.name, &u.backends, &addrs, running);
         let infos = members.infos.clone();
@@ -630,49 +650,36 @@ impl Cluster {
         let dns = self.dns.as_ref().expect("only clusters with dns resolve");
         let mut next = dns.max_ttl;
         let current = self.members.load();
-        let mut addrs: Vec<Vec<std::net::SocketAddr>> = current.addrs.clone();
-        for (i, host, port) in &self.dynamic {
+        let mut addrs: Vec<Resolved> = current.addrs.clone();
+        for (i, lookup) in &self.dynamic {
+            let weight = self.configured[*i].weight;
             let result =
-                tokio::time::timeout(Duration::from_secs(5), resolver.lookup_ip(host.as_str()))
-                    .await;
-            match result {
-                Ok(Ok(answer)) => {
-                    let ttl = answer
-                        .valid_until()
-                        .saturating_duration_since(std::time::Instant::now());
+                tokio::time::timeout(Duration::from_secs(5), lookup.run(resolver, weight)).await;
+            let error = match result {
+                Ok(Ok((mut found, valid_until))) => {
+                    let ttl = valid_until.saturating_duration_since(std::time::Instant::now());
                     next = next.min(ttl);
-                    let mut found: Vec<std::net::SocketAddr> = answer
-                        .iter()
-                        .map(|ip| std::net::SocketAddr::new(ip, *port))
-                        .collect();
                     found.sort();
-                    found.dedup();
+                    found.dedup_by_key(|(addr, _)| *addr);
                     METRICS
                         .dns_resolutions
                         .with_label_values(&[&self.name, "success"])
                         .inc();
                     addrs[*i] = found;
+                    continue;
                 }
-                Ok(Err(e)) => {
-                    next = dns.min_ttl;
-                    METRICS
-                        .dns_resolutions
-                        .with_label_values(&[&self.name, "error"])
-                        .inc();
-                    tracing::warn!(upstream = %self.name, host = %host, error = %e, "DNS resolution failed; keeping the last addresses");
-                }
-                Err(_) => {
-                    next = dns.min_ttl;
-                    METRICS
-                        .dns_resolutions
-                        .with_label_values(&[&self.name, "error"])
-                        .inc();
-                    tracing::warn!(upstream = %self.name, host = %host, "DNS resolution timed out; keeping the last addresses");
-                }
-            }
+                Ok(Err(e)) => e,
+                Err(_) => "timed out after 5 s".to_owned(),
+            };
+            next = dns.min_ttl;
+            METRICS
+                .dns_resolutions
+                .with_label_values(&[&self.name, "error"])
+                .inc();
+            tracing::warn!(upstream = %self.name, backend = %self.configured[*i].addr, error = %error, "DNS resolution failed; keeping the last addresses");
         }
         if addrs != current.addrs {
-            for (i, _, _) in &self.dynamic {
+            for (i, _) in &self.dynamic {
                 crate::balance::remember_resolved(
                     &self.name,
                     &self.configured[*i].addr,
@@ -704,11 +711,101 @@ impl Cluster {
     }
 }
 
+/// What the DNS task asks for one configured backend.
+#[derive(Debug, Clone)]
+enum Lookup {
+    /// `host:port`: the host's A and AAAA records, on the configured port and weight.
+    Name { host: String, port: u16 },
+    /// `srv:NAME`: NAME's SRV records of the lowest priority whose targets resolve
+    /// (RFC 2782: higher priorities are fallbacks), each target's addresses on the
+    /// record's port with the record's weight.
+    Srv(String),
+}
+
+/// An SRV weight as a backend weight: 0 ("no preference") counts as 1, and weights are
+/// capped at the configured maximum (weighted round robin expands them into a table).
+fn srv_weight(weight: u16) -> u32 {
+    u32::from(weight).clamp(1, 1000)
+}
+
+impl Lookup {
+    /// The addresses now, and until when the answer holds (the shortest TTL met).
+    async fn run(
+        &self,
+        resolver: &hickory_resolver::TokioResolver,
+        weight: u32,
+    ) -> Result<(Resolved, std::time::Instant), String> {
+        match self {
+            Lookup::Name { host, port } => {
+                let answer = resolver
+                    .lookup_ip(host.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let found = answer
+                    .iter()
+                    .map(|ip| (std::net::SocketAddr::new(ip, *port), weight))
+                    .collect();
+                Ok((found, answer.valid_until()))
+            }
+            Lookup::Srv(name) => {
+                use hickory_resolver::proto::rr::RData;
+                let answer = resolver
+                    .srv_lookup(name.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut valid_until = answer.valid_until();
+                let mut records: Vec<_> = answer
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::SRV(srv) => Some(srv),
+                        _ => None,
+                    })
+                    .collect();
+                records.sort_by_key(|srv| srv.priority);
+                let mut found = Vec::new();
+                let mut failures = Vec::new();
+                for (n, srv) in records.iter().enumerate() {
+                    let lower_priority_done =
+                        n > 0 && records[n - 1].priority != srv.priority && !found.is_empty();
+                    if lower_priority_done {
+                        break;
+                    }
+                    // A target of "." says the service is not offered at this name.
+                    if srv.target.is_root() {
+                        continue;
+                    }
+                    match resolver.lookup_ip(srv.target.clone()).await {
+                        Ok(ips) => {
+                            valid_until = valid_until.min(ips.valid_until());
+                            found.extend(ips.iter().map(|ip| {
+                                (
+                                    std::net::SocketAddr::new(ip, srv.port),
+                                    srv_weight(srv.weight),
+                                )
+                            }));
+                        }
+                        Err(e) => failures.push(format!("{}: {e}", srv.target)),
+                    }
+                }
+                if found.is_empty() {
+                    return Err(if failures.is_empty() {
+                        "no SRV record names a target".to_owned()
+                    } else {
+                        format!("no SRV target resolved ({})", failures.join("; "))
+                    });
+                }
+                Ok((found, valid_until))
+            }
+        }
+    }
+}
+
 /// A cluster's backends at one time: each configured entry's addresses (one, or what its
 /// name resolved to), with their counters and state.
 struct Members {
     /// Per configured backend, its addresses now.
-    addrs: Vec<Vec<std::net::SocketAddr>>,
+    addrs: Vec<Resolved>,
     infos: BackendInfos,
     /// Every address, for least request.
     list: Vec<(Backend, Arc<BackendInfo>)>,
@@ -720,17 +817,17 @@ impl Members {
     fn build(
         upstream: &str,
         configured: &[tollgate_config::Backend],
-        addrs: &[Vec<std::net::SocketAddr>],
+        addrs: &[Resolved],
         running: bool,
     ) -> Members {
         let mut infos = BackendInfos::default();
         let mut list = Vec::new();
         for (b, resolved) in configured.iter().zip(addrs) {
-            for &addr in resolved {
+            for &(addr, weight) in resolved {
                 if infos.0.iter().any(|(a, _)| *a == addr) {
                     continue;
                 }
-                let backend = Backend::new_with_weight(&addr.to_string(), b.weight as usize)
+                let backend = Backend::new_with_weight(&addr.to_string(), weight as usize)
                     .expect("a resolved socket address parses");
                 let info = Arc::new(BackendInfo {
                     addr: b.addr.as_str().into(),
@@ -739,7 +836,7 @@ impl Members {
                             .upstream_requests
                             .with_label_values(&[upstream, &b.addr, o])
                     }),
-                    weight: b.weight,
+                    weight,
                     state: shared_state(upstream, addr, running),
                 });
                 infos.0.push((addr, info.clone()));

@@ -308,10 +308,18 @@ pub struct UpstreamTls {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
-    /// `host:port`; names are resolved when the config is loaded.
+    /// `host:port`; names are resolved when the config is loaded (and re-resolved under
+    /// `dns`). Or `srv:NAME`: the targets of NAME's SRV records, re-resolved under `dns`.
     pub addr: String,
-    /// Relative share of requests. Default 1.
+    /// Relative share of requests. Default 1. An SRV backend takes its targets' weights.
     pub weight: u32,
+}
+
+impl Backend {
+    /// The name of an `srv:NAME` backend.
+    pub fn srv(&self) -> Option<&str> {
+        self.addr.strip_prefix("srv:")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

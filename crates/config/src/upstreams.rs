@@ -6,8 +6,20 @@ use crate::raw::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// `host:port` with a non-empty host and a port in 1..=65535 (IPv6 in brackets).
+/// A DNS name: letters, digits, dots, hyphens and underscores (SRV labels start with one).
+fn dns_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+/// `host:port` with a non-empty host and a port in 1..=65535 (IPv6 in brackets), or
+/// `srv:NAME`.
 fn backend_addr_ok(addr: &str) -> bool {
+    if let Some(name) = addr.strip_prefix("srv:") {
+        return dns_name_ok(name);
+    }
     let Some((host, port)) = addr.rsplit_once(':') else {
         return false;
     };
@@ -16,10 +28,7 @@ fn backend_addr_ok(addr: &str) -> bool {
         v6.strip_suffix(']')
             .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
     } else {
-        !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        dns_name_ok(host)
     };
     port_ok && host_ok
 }
@@ -42,8 +51,27 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
         if !backend_addr_ok(&b.addr) {
             problems.add(
                 format!("{path}.addr"),
-                format!("invalid backend address {:?}, expected host:port", b.addr),
+                format!(
+                    "invalid backend address {:?}, expected host:port or srv:NAME",
+                    b.addr
+                ),
             );
+        } else if b.addr.starts_with("srv:") {
+            if raw.dns.is_none() {
+                problems.add(
+                    format!("{path}.addr"),
+                    format!(
+                        "an SRV backend is looked up and re-resolved in the background: \
+                         add {base}.dns (dns: {{}} asks the system's resolver)"
+                    ),
+                );
+            }
+            if b.weight.is_some() {
+                problems.add(
+                    format!("{path}.weight"),
+                    "an SRV backend takes its weights from its SRV records",
+                );
+            }
         }
         if let Some(first) = seen.insert(&b.addr, i) {
             problems.add(
@@ -201,11 +229,19 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
             let host = b.addr.rsplit_once(':').map_or(b.addr.as_str(), |(h, _)| h);
             host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok()
         });
-        if t.sni.is_none() && t.verify != Some(false) && by_ip {
+        let by_srv = raw.backends.iter().any(|b| b.addr.starts_with("srv:"));
+        if t.sni.is_none() && t.verify != Some(false) && (by_ip || by_srv) {
+            let which = if by_ip {
+                "backends given by IP address have"
+            } else {
+                "SRV backends have"
+            };
             problems.add(
                 format!("{base}.tls.sni"),
-                "backends given by IP address have no name to check their certificate \
-                 against: give the name their certificate carries (or verify: false)",
+                format!(
+                    "{which} no name to check their certificate against: give the name \
+                     their certificate carries (or verify: false)"
+                ),
             );
         }
         UpstreamTls {

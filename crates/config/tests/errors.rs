@@ -857,3 +857,51 @@ routes:
         0,
     );
 }
+
+#[test]
+fn srv_backends_need_dns_take_their_weights_from_dns_and_need_sni_for_tls() {
+    let c = parse(
+        r#"
+upstreams:
+  api:
+    backends: [{ addr: "srv:_http._tcp.api.test" }, { addr: "api.test:8080" }]
+    dns: { resolver: "127.0.0.1:5353" }
+routes:
+  - { name: all, path: /, upstream: api }
+"#,
+    )
+    .unwrap();
+    let api = &c.upstreams[0];
+    assert_eq!(api.backends[0].srv(), Some("_http._tcp.api.test"));
+    assert_eq!(api.backends[1].srv(), None);
+    assert_eq!(api.backends[0].weight, 1);
+    let p = problems(
+        r#"
+upstreams:
+  nodns:
+    backends: [{ addr: "srv:_http._tcp.api.test", weight: 3 }]
+  tls:
+    backends: [{ addr: "srv:_https._tcp.api.test" }]
+    dns: {}
+    tls: {}
+  bad:
+    backends: [{ addr: "srv:" }, { addr: "srv:a b" }]
+    dns: {}
+routes:
+  - { name: a, path: /a, upstream: nodns }
+  - { name: b, path: /b, upstream: tls }
+  - { name: c, path: /c, upstream: bad }
+"#,
+    );
+    assert_problems(
+        &p,
+        &[
+            "upstreams.nodns.backends[0].addr: an SRV backend is looked up and re-resolved in the background: add upstreams.nodns.dns",
+            "upstreams.nodns.backends[0].weight: an SRV backend takes its weights from its SRV records",
+            "upstreams.tls.tls.sni: SRV backends have no name to check their certificate against",
+            "upstreams.bad.backends[0].addr: invalid backend address \"srv:\", expected host:port or srv:NAME",
+            "upstreams.bad.backends[1].addr: invalid backend address \"srv:a b\"",
+        ],
+        0,
+    );
+}

@@ -544,11 +544,22 @@ routes:
     assert_eq!(main.count(), 21);
 }
 
+/// An SRV record: priority, weight, port, target name.
+type Srv = (u16, u16, u16, &'static str);
+
+/// What the test's DNS server answers now: A records (for any name) and SRV records.
+#[derive(Default)]
+struct Zone {
+    a: Vec<std::net::Ipv4Addr>,
+    srv: Vec<Srv>,
+}
+
 /// A DNS server on 127.0.0.1 (UDP) that answers A queries for any name with the
-/// addresses it holds now, TTL 1 s; AAAA and other types get an empty answer.
+/// addresses it holds now and SRV queries with its SRV records, TTL 1 s; other types get
+/// an empty answer.
 struct DnsServer {
     port: u16,
-    answers: Arc<std::sync::Mutex<Vec<std::net::Ipv4Addr>>>,
+    zone: Arc<std::sync::Mutex<Zone>>,
     queries: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -556,14 +567,17 @@ impl DnsServer {
     fn start(first: std::net::Ipv4Addr) -> DnsServer {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = socket.local_addr().unwrap().port();
-        let answers = Arc::new(std::sync::Mutex::new(vec![first]));
+        let zone = Arc::new(std::sync::Mutex::new(Zone {
+            a: vec![first],
+            srv: Vec::new(),
+        }));
         let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (a, q) = (answers.clone(), queries.clone());
+        let (z, q) = (zone.clone(), queries.clone());
         // The thread ends with the test process; the socket is only ever read here.
         std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                if let Some(reply) = dns_reply(&buf[..n], &a.lock().unwrap()) {
+                if let Some(reply) = dns_reply(&buf[..n], &z.lock().unwrap()) {
                     q.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = socket.send_to(&reply, from);
                 }
@@ -571,18 +585,23 @@ impl DnsServer {
         });
         DnsServer {
             port,
-            answers,
+            zone,
             queries,
         }
     }
 
     fn set(&self, ip: std::net::Ipv4Addr) {
-        *self.answers.lock().unwrap() = vec![ip];
+        self.zone.lock().unwrap().a = vec![ip];
+    }
+
+    fn set_srv(&self, records: &[Srv]) {
+        self.zone.lock().unwrap().srv = records.to_vec();
     }
 }
 
-/// The answer to one query (RFC 1035 §4.1): the question echoed, and A records for it.
-fn dns_reply(query: &[u8], ips: &[std::net::Ipv4Addr]) -> Option<Vec<u8>> {
+/// The answer to one query (RFC 1035 §4.1): the question echoed, and its records, each
+/// named by a pointer to the question's name. SRV data as in RFC 2782.
+fn dns_reply(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
     if query.len() < 12 {
         return None;
     }
@@ -593,19 +612,100 @@ fn dns_reply(query: &[u8], ips: &[std::net::Ipv4Addr]) -> Option<Vec<u8>> {
     }
     let end = i + 5;
     let qtype = u16::from_be_bytes([*query.get(i + 1)?, *query.get(i + 2)?]);
-    let records: &[std::net::Ipv4Addr] = if qtype == 1 { ips } else { &[] };
-    let mut r = Vec::with_capacity(end + 16 * records.len());
+    let rdatas: Vec<Vec<u8>> = match qtype {
+        1 => zone.a.iter().map(|ip| ip.octets().to_vec()).collect(),
+        33 => zone
+            .srv
+            .iter()
+            .map(|&(priority, weight, port, target)| {
+                let mut d = Vec::new();
+                for field in [priority, weight, port] {
+                    d.extend_from_slice(&field.to_be_bytes());
+                }
+                for label in target.split('.') {
+                    d.push(label.len() as u8);
+                    d.extend_from_slice(label.as_bytes());
+                }
+                d.push(0);
+                d
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut r = Vec::with_capacity(end + 64 * rdatas.len());
     r.extend_from_slice(&query[..2]); // id
     r.extend_from_slice(&[0x81, 0x80]); // response, recursion desired and available, NOERROR
     r.extend_from_slice(&[0, 1]);
-    r.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    r.extend_from_slice(&(rdatas.len() as u16).to_be_bytes());
     r.extend_from_slice(&[0, 0, 0, 0]);
     r.extend_from_slice(query.get(12..end)?);
-    for ip in records {
-        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
-        r.extend_from_slice(&ip.octets());
+    for data in rdatas {
+        r.extend_from_slice(&[0xc0, 0x0c]);
+        r.extend_from_slice(&qtype.to_be_bytes());
+        r.extend_from_slice(&[0, 1, 0, 0, 0, 1]); // class IN, TTL 1 s
+        r.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        r.extend_from_slice(&data);
     }
     Some(r)
+}
+
+#[test]
+fn an_srv_backend_follows_its_records_ports_weights_and_priorities_without_a_reload() {
+    let (heavy, light, fallback) = (
+        Echo::start("heavy"),
+        Echo::start("light"),
+        Echo::start("fallback"),
+    );
+    let dns = DnsServer::start("127.0.0.1".parse().unwrap());
+    dns.set_srv(&[
+        (10, 3, heavy.port, "heavy.svc.test"),
+        (10, 1, light.port, "light.svc.test"),
+        (20, 1, fallback.port, "fallback.svc.test"),
+    ]);
+    let gw = Gateway::start(&format!(
+        "upstreams:
+  pool:
+    backends: [{{ addr: \"srv:_http._tcp.svc.test\" }}]
+    dns: {{ resolver: \"127.0.0.1:{}\", min_ttl: 100ms }}
+routes:
+  - {{ name: all, path: /, upstream: pool }}
+",
+        dns.port
+    ));
+    wait_for("the first answer from DNS", Duration::from_secs(10), || {
+        (gw.get("/", &[]).status == 200).then_some(())
+    });
+    let seen = spread(&gw, "/", 2, 100);
+    let heavy_share = f64::from(seen.get("heavy").copied().unwrap_or(0)) / 200.0;
+    assert_eq!(seen.get("fallback"), None, "priority 20 is only a fallback");
+    assert!(
+        (0.65..=0.85).contains(&heavy_share),
+        "SRV weights 3:1 give heavy about 0.75, got {seen:?}"
+    );
+    // The records change: only the fallback is left, on its own port.
+    dns.set_srv(&[(20, 1, fallback.port, "fallback.svc.test")]);
+    wait_for(
+        "the SRV records' new target",
+        Duration::from_secs(10),
+        || {
+            let r = gw.get("/", &[]);
+            assert_eq!(r.status, 200, "no request is lost while the records change");
+            (r.server() == "fallback").then_some(())
+        },
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            gw.get("/", &[]).server(),
+            "fallback",
+            "the old targets drained"
+        );
+    }
+    assert_eq!(
+        gw.metric("tollgate_config_reloads_total", &[]),
+        0.0,
+        "no reload"
+    );
+    assert!(dns.queries.load(std::sync::atomic::Ordering::Relaxed) >= 4);
 }
 
 #[test]
