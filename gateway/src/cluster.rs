@@ -397,6 +397,23 @@ impl Cluster {
             healthy && !tried.contains(b) && !state(b).is_some_and(|s| s.ejected(now))
         };
         match &self.selector {
+            Selector::RoundRobin(lb) if !tried.is_empty() => {
+                // A retry takes the next eligible backend after the one that failed, in list
+                // order, without drawing from the shared counter: drawing twice per retried
+                // request gave every first attempt the same parity (with two backends, one
+                // of them down, every request started on the one that was down).
+                let view = lb.backends();
+                let n = members.list.len();
+                let after = members
+                    .list
+                    .iter()
+                    .position(|(b, _)| tried.last() == Some(b))
+                    .map_or(0, |i| i + 1);
+                (0..n)
+                    .map(|k| &members.list[(after + k) % n].0)
+                    .find(|b| eligible(b, view.ready(b)))
+                    .cloned()
+            }
             Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, |b, healthy| {
                 if !healthy || tried.contains(b) {
                     return false;
@@ -771,8 +788,9 @@ impl Lookup {
                     if lower_priority_done {
                         break;
                     }
-                    // A target of "." says the service is not offered at this name.
-                    if srv.target.is_root() {
+                    // A target of "." says the service is not offered at this name; port 0
+                    // cannot be connected to.
+                    if srv.target.is_root() || srv.port == 0 {
                         continue;
                     }
                     match resolver.lookup_ip(srv.target.clone()).await {

@@ -35,6 +35,75 @@ pub fn parse_remote_jwks(bytes: &[u8]) -> Result<KeySet, String> {
     KeySet::from_remote_jwks(bytes).map_err(|e| e.to_string())
 }
 
+/// What tollgate takes from an OpenID provider's discovery document.
+#[derive(Debug, PartialEq)]
+pub struct Discovered {
+    pub jwks_uri: String,
+    /// `id_token_signing_alg_values_supported`, the algorithms tollgate knows among them;
+    /// `None` when the document does not say.
+    pub algorithms: Option<Vec<Algorithm>>,
+}
+
+/// Reads a discovery document (OIDC Discovery 1.0 §3; RFC 8414 §2 has the same members).
+/// Its `issuer` must equal the provider's exactly (OIDC Discovery §4.3: a document from
+/// elsewhere would hand over another issuer's keys), and its `jwks_uri` is held to the rule
+/// a configured `jwks_uri` is.
+pub fn parse_discovery(
+    body: &[u8],
+    issuer: &str,
+    insecure_http: bool,
+) -> Result<Discovered, String> {
+    use serde_json::Value;
+    let doc: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the discovery document is not JSON: {e}"))?;
+    let doc = doc
+        .as_object()
+        .ok_or("the discovery document is not a JSON object")?;
+    match doc.get("issuer") {
+        Some(Value::String(found)) if found == issuer => {}
+        Some(Value::String(found)) => {
+            return Err(format!(
+                "the discovery document's issuer {found:?} is not the provider's issuer {issuer:?}"
+            ))
+        }
+        _ => return Err("the discovery document has no issuer string".into()),
+    }
+    let Some(Value::String(jwks_uri)) = doc.get("jwks_uri") else {
+        return Err("the discovery document has no jwks_uri string".into());
+    };
+    if let Some(problem) = tollgate_config::fetch_url_problem(jwks_uri, insecure_http) {
+        return Err(format!(
+            "the discovery document's jwks_uri {jwks_uri:?} {problem}"
+        ));
+    }
+    let algorithms = match doc.get("id_token_signing_alg_values_supported") {
+        None => None,
+        Some(Value::Array(list)) => {
+            let known: Vec<Algorithm> = list
+                .iter()
+                .filter_map(Value::as_str)
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            if known.is_empty() {
+                return Err("no algorithm in the discovery document's \
+                     id_token_signing_alg_values_supported is one tollgate verifies"
+                    .into());
+            }
+            Some(known)
+        }
+        Some(_) => {
+            return Err(
+                "the discovery document's id_token_signing_alg_values_supported is not a list"
+                    .into(),
+            )
+        }
+    };
+    Ok(Discovered {
+        jwks_uri: jwks_uri.clone(),
+        algorithms,
+    })
+}
+
 /// Loads the keys a source can give synchronously (everything but `jwks_uri`, which
 /// starts empty and is fetched before the gateway reports ready). Errors never quote a
 /// secret.
@@ -60,7 +129,7 @@ pub fn load_local(source: &KeySource) -> Result<Option<KeySet>, String> {
             let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
             parse_key_file(&bytes).map(Some)
         }
-        KeySource::Uri(_) => Ok(None),
+        KeySource::Uri(_) | KeySource::Discovery(_) => Ok(None),
         KeySource::HmacFile { path, alg } => {
             let mut secret = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
             while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -76,7 +145,7 @@ pub fn load_local(source: &KeySource) -> Result<Option<KeySet>, String> {
     }
 }
 
-/// GETs a JWKS URL within `timeout`, connect to last byte.
+/// GETs a JWKS (or discovery) URL within `timeout`, connect to last byte.
 pub async fn fetch(
     connector: &Connector,
     uri: &str,
@@ -159,4 +228,82 @@ async fn fetch_inner(
         body.extend_from_slice(&chunk);
     }
     Ok(Fetched { body, max_age })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(issuer: &str, jwks_uri: &str, algs: serde_json::Value) -> Vec<u8> {
+        serde_json::json!({ "issuer": issuer, "jwks_uri": jwks_uri,
+            "id_token_signing_alg_values_supported": algs })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_discovery_document_is_taken_only_for_its_exact_issuer_and_a_safe_jwks_uri() {
+        let iss = "https://idp.example/realms/a";
+        let good = doc(
+            iss,
+            "https://idp.example/certs",
+            serde_json::json!(["ES256", "none", "XX9"]),
+        );
+        assert_eq!(
+            parse_discovery(&good, iss, false).unwrap(),
+            Discovered {
+                jwks_uri: "https://idp.example/certs".into(),
+                algorithms: Some(vec![Algorithm::ES256]),
+            }
+        );
+        let refused = |body: Vec<u8>| parse_discovery(&body, iss, false).unwrap_err();
+        // Exact comparison: a trailing slash or another case is another issuer.
+        for other in [
+            "https://idp.example/realms/a/",
+            "https://IDP.example/realms/a",
+            "https://idp.example/realms/b",
+        ] {
+            assert!(refused(doc(
+                other,
+                "https://idp.example/certs",
+                serde_json::json!(["ES256"])
+            ))
+            .contains("is not the provider's issuer"));
+        }
+        assert!(refused(doc(
+            iss,
+            "http://idp.example/certs",
+            serde_json::json!(["ES256"])
+        ))
+        .contains("must be an https:// URL"));
+        assert!(parse_discovery(
+            &doc(
+                iss,
+                "http://idp.example/certs",
+                serde_json::json!(["ES256"])
+            ),
+            iss,
+            true
+        )
+        .is_ok());
+        assert!(refused(doc(
+            iss,
+            "https://idp.example/certs",
+            serde_json::json!(["none"])
+        ))
+        .contains("no algorithm"));
+        assert!(
+            refused(br#"{"jwks_uri": "https://idp.example/certs"}"#.to_vec()).contains("no issuer")
+        );
+        assert!(
+            refused(br#"{"issuer": "https://idp.example/realms/a"}"#.to_vec())
+                .contains("no jwks_uri")
+        );
+        assert!(refused(b"[1]".to_vec()).contains("not a JSON object"));
+        let unlisted = br#"{"issuer": "https://idp.example/realms/a", "jwks_uri": "https://idp.example/certs"}"#;
+        assert_eq!(
+            parse_discovery(unlisted, iss, false).unwrap().algorithms,
+            None
+        );
+    }
 }

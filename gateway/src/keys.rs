@@ -36,8 +36,10 @@ pub struct Provider {
     pub token_sources: Vec<TokenSource>,
     /// Tokens must be bound to the client certificate (RFC 8705 §3).
     pub require_certificate_binding: bool,
-    /// `ca_file`: what the `jwks_uri` server's certificate must chain to.
+    /// `ca_file`: what the `jwks_uri` (and discovery) server's certificate must chain to.
     ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+    /// A discovered `jwks_uri` may be plain http off loopback.
+    insecure_http: bool,
     keys: ArcSwap<KeyState>,
     /// Initial keys are in place (always true but for `jwks_uri` before its first fetch).
     ready: AtomicBool,
@@ -83,6 +85,7 @@ impl Provider {
             require_exp: p.require_exp,
             require_certificate_binding: p.require_certificate_binding,
             ca,
+            insecure_http: p.insecure_http,
             source: p.keys.clone(),
             refresh: p.refresh.clone(),
             token_sources: p.token_sources.clone(),
@@ -124,10 +127,17 @@ impl Provider {
         }
     }
 
-    /// Installs keys parsed from `body` unless they are the ones already in use.
-    /// Returns whether the keys changed.
-    fn install(&self, body: &[u8]) -> Result<bool, String> {
-        let d = digest(body);
+    /// Installs keys parsed from `body` (limited to `algorithms` when given) unless they are
+    /// the ones already in use. Returns whether the keys changed.
+    fn install(
+        &self,
+        body: &[u8],
+        algorithms: Option<Vec<tollgate_jwt::Algorithm>>,
+    ) -> Result<bool, String> {
+        let d = match &algorithms {
+            None => digest(body),
+            Some(list) => digest(&[body, format!("\0{list:?}").as_bytes()].concat()),
+        };
         let current = self.keys.load();
         if current.digest == d && self.is_ready() {
             self.keys.store(Arc::new(KeyState {
@@ -139,11 +149,14 @@ impl Provider {
             self.publish_key_metrics();
             return Ok(false);
         }
-        let set = match self.source {
+        let mut set = match self.source {
             // A document from a URL never contributes secrets (see `KeySet::from_remote_jwks`).
-            KeySource::Uri(_) => jwks::parse_remote_jwks(body)?,
+            KeySource::Uri(_) | KeySource::Discovery(_) => jwks::parse_remote_jwks(body)?,
             _ => jwks::parse_key_file(body)?,
         };
+        if let Some(list) = algorithms {
+            set.limit_algorithms(list);
+        }
         if set.skipped_symmetric() > 0 {
             tracing::warn!(
                 provider = %self.name,
@@ -172,17 +185,13 @@ impl Provider {
             .inc();
     }
 
-    /// One fetch of a `jwks_uri`; returns the `max-age` the server asked for.
+    /// One fetch of a `jwks_uri` (for `discovery`: of the document, then of the `jwks_uri`
+    /// it names); returns whether the keys changed and the `max-age` the servers asked for.
     async fn fetch_once(&self, connector: &Connector) -> Result<(bool, Option<Duration>), String> {
-        let KeySource::Uri(uri) = &self.source else {
-            return Err("not a jwks_uri provider".into());
-        };
-        let result = match jwks::fetch(connector, uri, self.refresh.timeout, self.ca.as_ref()).await
-        {
-            Ok(fetched) => self
-                .install(&fetched.body)
-                .map(|changed| (changed, fetched.max_age)),
-            Err(e) => Err(e),
+        let result = match &self.source {
+            KeySource::Uri(uri) => self.fetch_keys(connector, uri, None).await,
+            KeySource::Discovery(url) => self.fetch_discovered(connector, url).await,
+            _ => return Err("not a fetched key source".into()),
         };
         self.count_fetch(result.is_ok());
         if let Err(e) = &result {
@@ -190,6 +199,47 @@ impl Provider {
             self.expire_stale_keys();
         }
         result
+    }
+
+    async fn fetch_keys(
+        &self,
+        connector: &Connector,
+        uri: &str,
+        algorithms: Option<Vec<tollgate_jwt::Algorithm>>,
+    ) -> Result<(bool, Option<Duration>), String> {
+        let fetched = jwks::fetch(connector, uri, self.refresh.timeout, self.ca.as_ref()).await?;
+        let changed = self.install(&fetched.body, algorithms)?;
+        Ok((changed, fetched.max_age))
+    }
+
+    /// The discovery document, checked, then the key set it names. The document is read
+    /// again on every refresh, so a provider that moves its `jwks_uri` is followed.
+    async fn fetch_discovered(
+        &self,
+        connector: &Connector,
+        url: &str,
+    ) -> Result<(bool, Option<Duration>), String> {
+        let doc = jwks::fetch(connector, url, self.refresh.timeout, self.ca.as_ref())
+            .await
+            .map_err(|e| format!("discovery document {url}: {e}"))
+            .and_then(|fetched| {
+                let found = jwks::parse_discovery(&fetched.body, &self.issuer, self.insecure_http)?;
+                Ok((found, fetched.max_age))
+            });
+        METRICS
+            .oidc_discovery
+            .with_label_values(&[&*self.name, if doc.is_ok() { "success" } else { "error" }])
+            .inc();
+        let (found, doc_max_age) = doc?;
+        let (changed, keys_max_age) = self
+            .fetch_keys(connector, &found.jwks_uri, found.algorithms)
+            .await
+            .map_err(|e| format!("jwks_uri {} (from discovery): {e}", found.jwks_uri))?;
+        let max_age = match (doc_max_age, keys_max_age) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok((changed, max_age))
     }
 
     /// Drops keys older than `max_stale`: past that, refusing tokens is safer than trusting
@@ -220,7 +270,7 @@ impl Provider {
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|e| format!("cannot read {path}: {e}"))?;
-        self.install(&bytes)
+        self.install(&bytes, None)
     }
 
     /// Keeps the keys fresh until the provider is dropped (a reload replaced it):
@@ -229,7 +279,7 @@ impl Provider {
     pub fn spawn_refresh(self: &Arc<Self>, connector: Arc<Connector>) {
         let weak: Weak<Provider> = Arc::downgrade(self);
         match &self.source {
-            KeySource::Uri(_) => {
+            KeySource::Uri(_) | KeySource::Discovery(_) => {
                 tokio::spawn(async move {
                     let mut failures = 0u32;
                     loop {
@@ -300,7 +350,7 @@ impl Provider {
         connector: &Connector,
         seen_generation: u64,
     ) -> bool {
-        if !matches!(self.source, KeySource::Uri(_)) {
+        if !matches!(self.source, KeySource::Uri(_) | KeySource::Discovery(_)) {
             return false;
         }
         let mut last = self.unknown_kid_refetch.lock().await;

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub dns_resolutions: IntCounterVec,
     pub auth_decisions: IntCounterVec,
     pub jwks_fetch: IntCounterVec,
+    pub oidc_discovery: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
     pub jwks_last_success: GaugeVec,
     pub token_cache_hit: IntCounter,
@@ -192,6 +193,15 @@ impl Metrics {
             Opts::new(
                 "tollgate_jwks_fetch_total",
                 "Key set loads (jwks_uri fetches, jwks_file reloads), by provider and result.",
+            ),
+            &["provider", "result"],
+        )
+        .expect("valid metric");
+        let oidc_discovery = IntCounterVec::new(
+            Opts::new(
+                "tollgate_oidc_discovery_fetch_total",
+                "OpenID discovery document fetches, by provider and result (success, error: \
+                 unreachable, not JSON, an issuer other than the provider's, a refused jwks_uri).",
             ),
             &["provider", "result"],
         )
@@ -451,6 +461,7 @@ impl Metrics {
             Box::new(ratelimit_keys.clone()),
             Box::new(auth_decisions.clone()),
             Box::new(jwks_fetch.clone()),
+            Box::new(oidc_discovery.clone()),
             Box::new(jwks_keys.clone()),
             Box::new(jwks_last_success.clone()),
             Box::new(token_cache.clone()),
@@ -487,6 +498,7 @@ impl Metrics {
             dns_resolutions,
             auth_decisions,
             jwks_fetch,
+            oidc_discovery,
             jwks_keys,
             jwks_last_success,
             token_cache_hit: token_cache.with_label_values(&["hit"]),

@@ -63,6 +63,9 @@ pub struct RequestCtx {
     passage: Passage,
     /// Backends already attempted, in order; the last is the current one.
     tried: Vec<Backend>,
+    /// The route's mirror copy was sent (or sampled out): once per request, on the first
+    /// attempt that got a connection (an attempt that failed to connect never gets here).
+    mirror_decided: bool,
     /// Whether the current attempt got a connection (so its failure is not a connect error).
     connected: bool,
     /// When the current attempt's backend was chosen (connect and response times).
@@ -229,6 +232,7 @@ impl ProxyHttp for Gateway {
             snapshot: None,
             passage: Passage::default(),
             tried: Vec::new(),
+            mirror_decided: false,
             connected: false,
             attempt_started: None,
             upstream_ms: None,
@@ -470,7 +474,8 @@ impl ProxyHttp for Gateway {
                 .strip_prefix_from(upstream)
                 .map_err(internal("stripped path is not a valid URI"))?;
             // Once per request, not per attempt.
-            if let (Some(mirror), 1) = (&route.mirror, ctx.tried.len()) {
+            if let (Some(mirror), false) = (&route.mirror, ctx.mirror_decided) {
+                ctx.mirror_decided = true;
                 if mirror.sampled() {
                     mirror.send(upstream, !session.is_body_empty());
                 }

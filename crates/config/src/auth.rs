@@ -6,7 +6,7 @@ use crate::model::{
     TokenSource,
 };
 use crate::problems::{duration, header_name, Problems};
-use crate::raw::{RawAudiences, RawAuth, RawProvider, RawRefresh, RawRevocation};
+use crate::raw::{RawAudiences, RawAuth, RawDiscovery, RawProvider, RawRefresh, RawRevocation};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -222,16 +222,37 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
     if let Some(path) = &p.jwks_file {
         sources.push(KeySource::File(path.clone()));
     }
-    if p.ca_file.is_some() && p.jwks_uri.is_none() {
-        problems.add(format!("{base}.ca_file"), "only applies with jwks_uri");
+    let discovery = match &p.discovery {
+        None | Some(RawDiscovery::On(false)) => None,
+        // OIDC Discovery §4: a trailing `/` of the issuer is removed before the suffix.
+        Some(RawDiscovery::On(true)) => Some(format!(
+            "{}/.well-known/openid-configuration",
+            p.issuer.trim_end_matches('/')
+        )),
+        Some(RawDiscovery::Url(url)) => Some(url.clone()),
+    };
+    let fetched = p.jwks_uri.is_some() || discovery.is_some();
+    if p.ca_file.is_some() && !fetched {
+        problems.add(
+            format!("{base}.ca_file"),
+            "only applies with jwks_uri or discovery",
+        );
     }
+    let insecure_http = p.insecure_http.unwrap_or(false);
     if let Some(uri) = &p.jwks_uri {
-        jwks_uri(base, uri, p.insecure_http.unwrap_or(false), problems);
+        fetch_url(&format!("{base}.jwks_uri"), uri, insecure_http, problems);
         sources.push(KeySource::Uri(uri.clone()));
-    } else if p.insecure_http.is_some() {
+    }
+    if let Some(url) = discovery {
+        // With `discovery: true` the URL comes from the issuer: the problem is the issuer's
+        // scheme, but it is reported where the choice was made.
+        fetch_url(&format!("{base}.discovery"), &url, insecure_http, problems);
+        sources.push(KeySource::Discovery(url));
+    }
+    if !fetched && p.insecure_http.is_some() {
         problems.add(
             format!("{base}.insecure_http"),
-            "only applies with an http:// jwks_uri",
+            "only applies with an http:// jwks_uri or discovery URL",
         );
     }
     if let Some(path) = &p.hmac_secret_file {
@@ -269,7 +290,7 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
         0 => {
             problems.add(
                 base,
-                "needs one key source: jwks, jwks_file, jwks_uri, hmac_secret_file or hmac_secret_env",
+                "needs one key source: jwks, jwks_file, jwks_uri, discovery, hmac_secret_file or hmac_secret_env",
             );
             KeySource::Inline(String::new())
         }
@@ -314,33 +335,38 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
         require_exp: p.require_exp.unwrap_or(true),
         keys,
         ca_file: p.ca_file.clone(),
+        insecure_http,
         refresh: refresh(&format!("{base}.refresh"), p.refresh.as_ref(), problems),
         token_sources,
         require_certificate_binding: p.require_certificate_binding.unwrap_or(false),
     }
 }
 
-/// Keys fetched over plain http can be swapped in transit by anyone on the path, and with
-/// them every token: only https is accepted, but for a loopback host (a sidecar or a test)
-/// or when the provider says `insecure_http: true`.
-fn jwks_uri(base: &str, uri: &str, insecure_http: bool, problems: &mut Problems) {
-    let path = format!("{base}.jwks_uri");
+fn fetch_url(path: &str, uri: &str, insecure_http: bool, problems: &mut Problems) {
+    if let Some(problem) = fetch_url_problem(uri, insecure_http) {
+        problems.add(path, problem);
+    }
+}
+
+/// What is wrong with a URL keys (or a discovery document) would be fetched from, if
+/// anything. Keys fetched over plain http can be swapped in transit by anyone on the path,
+/// and with them every token: only https is accepted, but for a loopback host (a sidecar or
+/// a test) or when the provider says `insecure_http: true`. The gateway holds the
+/// `jwks_uri` a discovery document names to the same rule.
+pub fn fetch_url_problem(uri: &str, insecure_http: bool) -> Option<&'static str> {
     if let Some(rest) = uri.strip_prefix("https://") {
-        if host_of(rest).is_empty() {
-            problems.add(path, "has no host");
-        }
+        host_of(rest).is_empty().then_some("has no host")
     } else if let Some(rest) = uri.strip_prefix("http://") {
         let host = host_of(rest);
         if host.is_empty() {
-            problems.add(path, "has no host");
+            Some("has no host")
         } else if !insecure_http && !is_loopback(host) {
-            problems.add(
-                path,
-                "must be an https:// URL (http:// only on a loopback host, or with insecure_http: true)",
-            );
+            Some("must be an https:// URL (http:// only on a loopback host, or with insecure_http: true)")
+        } else {
+            None
         }
     } else {
-        problems.add(path, "must be an https:// URL");
+        Some("must be an https:// URL")
     }
 }
 

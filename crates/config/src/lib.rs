@@ -28,6 +28,7 @@ mod tls;
 mod upstreams;
 mod validate;
 
+pub use auth::fetch_url_problem;
 pub use model::*;
 
 /// Parses and validates a config file's text.

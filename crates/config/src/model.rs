@@ -61,7 +61,10 @@ impl Config {
             }
             match &mut provider.keys {
                 KeySource::File(path) | KeySource::HmacFile { path, .. } => resolve(path),
-                KeySource::Inline(_) | KeySource::Uri(_) | KeySource::HmacEnv { .. } => {}
+                KeySource::Inline(_)
+                | KeySource::Uri(_)
+                | KeySource::Discovery(_)
+                | KeySource::HmacEnv { .. } => {}
             }
         }
     }
@@ -607,9 +610,12 @@ pub struct Provider {
     /// Refuse tokens without `exp`. Default true.
     pub require_exp: bool,
     pub keys: KeySource,
-    /// With `jwks_uri`: a PEM bundle the identity provider's certificate must chain to,
-    /// instead of the system roots.
+    /// With `jwks_uri` or `discovery`: a PEM bundle the identity provider's certificate
+    /// must chain to, instead of the system roots.
     pub ca_file: Option<String>,
+    /// Plain-http key URLs allowed off loopback (a configured `jwks_uri`, the discovery URL
+    /// and the `jwks_uri` a discovery document names). Default false.
+    pub insecure_http: bool,
     pub refresh: Refresh,
     /// Where tokens are read from, in order. Default: `Authorization: Bearer`.
     pub token_sources: Vec<TokenSource>,
@@ -636,6 +642,11 @@ pub enum KeySource {
     /// A JWKS URL, fetched before ready and refreshed: https, or http on a loopback host or
     /// with `insecure_http: true`. Symmetric (`oct`) keys in it are never used.
     Uri(String),
+    /// An OpenID Connect discovery document's URL (OIDC Discovery 1.0 §4): fetched before
+    /// ready and on every refresh; its `issuer` must equal the provider's exactly, and its
+    /// `jwks_uri` (held to the same rule as a configured one) is then fetched like
+    /// [`KeySource::Uri`]; its `id_token_signing_alg_values_supported` limits the algorithms.
+    Discovery(String),
     /// An HMAC secret read from a file.
     HmacFile { path: String, alg: String },
     /// An HMAC secret read from an environment variable.

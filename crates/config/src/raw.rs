@@ -284,6 +284,7 @@ pub struct RawProvider {
     pub jwks: Option<serde_yaml::Value>,
     pub jwks_file: Option<String>,
     pub jwks_uri: Option<String>,
+    pub discovery: Option<RawDiscovery>,
     pub insecure_http: Option<bool>,
     pub ca_file: Option<String>,
     pub hmac_secret_file: Option<String>,
@@ -292,6 +293,14 @@ pub struct RawProvider {
     pub refresh: Option<RawRefresh>,
     pub token_sources: Option<Vec<String>>,
     pub require_certificate_binding: Option<bool>,
+}
+
+/// `discovery: true` (at the issuer) or `discovery: URL`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawDiscovery {
+    On(bool),
+    Url(String),
 }
 
 #[derive(Debug, Default, Deserialize)]

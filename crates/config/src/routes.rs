@@ -298,10 +298,19 @@ fn conditions(
     let mut value = |path: String, v: &serde_yaml::Value| -> Option<String> {
         match v {
             serde_yaml::Value::String(s) => Some(s.clone()),
-            serde_yaml::Value::Number(n) => Some(n.to_string()),
+            // An integer is compared in decimal (`0x10` is 16). A float would be compared
+            // as YAML reads it, not as written (`1.50` is 1.5, `1e3` is 1000.0): refused.
+            serde_yaml::Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            serde_yaml::Value::Number(_) => {
+                problems.add(
+                    path,
+                    "a decimal number is read as YAML rewrites it (1.50 as 1.5): quote it",
+                );
+                None
+            }
             serde_yaml::Value::Bool(b) => Some(b.to_string()),
             _ => {
-                problems.add(path, "expected a string, number or boolean");
+                problems.add(path, "expected a string, integer or boolean");
                 None
             }
         }

@@ -426,7 +426,7 @@ fn jwks_uri_must_be_https_except_on_loopback_or_when_insecure_http_is_said() {
         problems(&with_provider(
             "audiences: any, jwks: { keys: [] }, insecure_http: true"
         )),
-        ["auth.providers[0].insecure_http: only applies with an http:// jwks_uri"]
+        ["auth.providers[0].insecure_http: only applies with an http:// jwks_uri or discovery URL"]
     );
 }
 
@@ -903,5 +903,70 @@ routes:
             "upstreams.bad.backends[1].addr: invalid backend address \"srv:a b\"",
         ],
         0,
+    );
+}
+
+#[test]
+fn discovery_is_at_the_issuer_or_a_url_and_held_to_the_jwks_uri_rules() {
+    use tollgate_config::KeySource;
+    let keys = |yaml: &str| {
+        parse(&with_provider(yaml)).unwrap().auth.providers[0]
+            .keys
+            .clone()
+    };
+    // OIDC Discovery §4: the issuer without its trailing `/`, then the well-known path.
+    assert_eq!(
+        keys("audiences: any, discovery: true"),
+        KeySource::Discovery("https://a/.well-known/openid-configuration".into())
+    );
+    assert_eq!(
+        keys("audiences: any, discovery: \"http://127.0.0.1:8080/realms/x/.well-known/openid-configuration\""),
+        KeySource::Discovery(
+            "http://127.0.0.1:8080/realms/x/.well-known/openid-configuration".into()
+        )
+    );
+    assert_eq!(
+        problems(&with_provider(
+            "audiences: any, discovery: \"http://idp.example/.well-known/openid-configuration\""
+        )),
+        ["auth.providers[0].discovery: must be an https:// URL (http:// only on a loopback host, or with insecure_http: true)"]
+    );
+    assert_eq!(
+        problems(&with_provider(
+            "audiences: any, discovery: true, jwks_uri: \"https://a/jwks\""
+        )),
+        ["auth.providers[0]: has more than one key source; give exactly one"]
+    );
+    assert_eq!(
+        problems(&with_provider("audiences: any, discovery: false")),
+        ["auth.providers[0]: needs one key source: jwks, jwks_file, jwks_uri, discovery, hmac_secret_file or hmac_secret_env"]
+    );
+    assert!(parse(&with_provider(
+        "audiences: any, discovery: \"http://idp.example/.well-known/openid-configuration\", insecure_http: true"
+    ))
+    .is_ok());
+}
+
+#[test]
+fn a_when_value_yaml_would_rewrite_is_refused_and_integers_are_decimal() {
+    let yaml = |v: &str| {
+        format!(
+            "upstreams:\n  a: {{ backends: [{{ addr: \"127.0.0.1:9000\" }}] }}\n  b: {{ backends: [{{ addr: \"127.0.0.1:9001\" }}] }}\n\
+             routes:\n  - {{ name: r, path: /, upstreams: [{{ name: b, when: {{ header: {{ X-Canary: {v} }} }} }}, {{ name: a }}] }}\n"
+        )
+    };
+    assert_eq!(
+        problems(&yaml("1.50")),
+        ["routes[0].upstreams[0].when.header.X-Canary: a decimal number is read as YAML rewrites it (1.50 as 1.5): quote it"]
+    );
+    assert_eq!(problems(&yaml("1e3")).len(), 1);
+    assert!(parse(&yaml("\"1.50\"")).is_ok());
+    let c = parse(&yaml("7")).unwrap();
+    assert_eq!(
+        c.routes[0].targets[0].when,
+        vec![tollgate_config::Condition::Header(
+            "x-canary".into(),
+            "7".into()
+        )]
     );
 }

@@ -161,6 +161,9 @@ pub struct KeySet {
     kidless: Vec<usize>,
     skipped: usize,
     skipped_symmetric: usize,
+    /// When set, only these algorithms verify, whatever the keys would fit (an OpenID
+    /// provider's published list).
+    algorithms: Option<Vec<Algorithm>>,
 }
 
 impl KeySet {
@@ -288,6 +291,19 @@ impl KeySet {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Only `algorithms` verify from now on: a token whose `alg` is not listed is refused
+    /// (`alg`) even when a key fits it. Narrows; never widens what a key allows.
+    pub fn limit_algorithms(&mut self, algorithms: Vec<Algorithm>) {
+        self.algorithms = Some(algorithms);
+    }
+
+    /// Whether `alg` may verify at all with this set (see [`KeySet::limit_algorithms`]).
+    pub fn allows(&self, alg: Algorithm) -> bool {
+        self.algorithms
+            .as_ref()
+            .is_none_or(|list| list.contains(&alg))
     }
 
     pub fn is_empty(&self) -> bool {

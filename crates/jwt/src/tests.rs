@@ -946,3 +946,19 @@ fn parsing_once_decides_as_verify_signature_does() {
         Some("https://issuer.example")
     );
 }
+
+#[test]
+fn a_set_limited_to_some_algorithms_refuses_the_others_even_when_the_key_fits() {
+    let rsa = key(RSA_KEY);
+    let mut set = public_set(&rsa, None, None);
+    let rs256 = sign(Algorithm::RS256, None, &claims(), &rsa).unwrap();
+    let ps256 = sign(Algorithm::PS256, None, &claims(), &rsa).unwrap();
+    assert_eq!((check(&rs256, &set), check(&ps256, &set)), ("ok", "ok"));
+    set.limit_algorithms(vec![Algorithm::RS256]);
+    assert_eq!(check(&rs256, &set), "ok");
+    assert_eq!(check(&ps256, &set), "alg");
+    // A listed algorithm the key does not fit stays refused: the list only narrows.
+    set.limit_algorithms(vec![Algorithm::ES256, Algorithm::RS256]);
+    let es256 = sign(Algorithm::ES256, None, &claims(), &key(P256_KEY)).unwrap();
+    assert_ne!(check(&es256, &set), "ok");
+}

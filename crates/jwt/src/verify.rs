@@ -352,7 +352,7 @@ fn check_signature(p: &Parsed<'_>, keys: &KeySet) -> Result<(), Rejection> {
     let mut verified = false;
     for key in keys.candidates(p.kid.as_deref()) {
         any_candidate = true;
-        if !key.fits(p.alg) {
+        if !key.fits(p.alg) || !keys.allows(p.alg) {
             continue;
         }
         any_fit = true;

@@ -15,7 +15,12 @@ fn claims(sub: &str) -> serde_json::Value {
 
 /// A gateway whose `main` provider reads keys from `key_source` (a YAML fragment).
 fn gateway(echo: &Echo, key_source: &str, extra_routes: &str) -> Gateway {
-    Gateway::start(&format!(
+    Gateway::start(&config(echo, key_source, extra_routes))
+}
+
+/// The config of [`gateway`], without its listeners.
+fn config(echo: &Echo, key_source: &str, extra_routes: &str) -> String {
+    format!(
         "auth:
   providers:
     - name: main
@@ -37,7 +42,7 @@ routes:
   - {{ name: keep, path: /keep, upstream: echo, keep_authorization: true }}
 {extra_routes}",
         echo.addr()
-    ))
+    )
 }
 
 fn bearer(token: &str) -> String {
@@ -902,4 +907,135 @@ routes:
         let r = request(&url("/api/x"), "GET", &[("authorization", &bearer(&token))]);
         (r.status == 200).then_some(())
     });
+}
+
+const DISCOVERY: &str = "/.well-known/openid-configuration";
+
+/// A discovery document naming `jwks_path` on `server` and signing algorithms `algs`.
+fn discovery_doc(server: &JwksServer, issuer: &str, jwks_path: &str, algs: &[&str]) -> String {
+    json!({
+        "issuer": issuer,
+        "jwks_uri": format!("http://127.0.0.1:{}{jwks_path}", server.port),
+        "id_token_signing_alg_values_supported": algs,
+        "response_types_supported": ["code"],
+    })
+    .to_string()
+}
+
+#[test]
+fn oidc_discovery_finds_the_keys_follows_the_document_and_refuses_another_issuers() {
+    let echo = Echo::start("E");
+    let (a, b) = (TestKey::es256("a"), TestKey::es256("b"));
+    let server = JwksServer::start("not served");
+    server.set_path("/a/jwks", &jwks(&[&a]));
+    server.set_path("/b/jwks", &jwks(&[&b]));
+    server.set_path(
+        DISCOVERY,
+        &discovery_doc(&server, ISS, "/a/jwks", &["ES256", "none"]),
+    );
+    let source = format!(
+        "      discovery: \"http://127.0.0.1:{}{DISCOVERY}\"\n      refresh: {{ interval: 100ms }}",
+        server.port
+    );
+    let gw = gateway(&echo, &source, "");
+    let mut n = 0;
+    let mut fresh = |key: &TestKey| {
+        n += 1;
+        bearer(&key.sign(claims(&format!("user{n}"))))
+    };
+    let r = gw.get("/api", &[("authorization", &fresh(&a))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("user1")
+    );
+
+    // The provider stops listing ES256: its ES256 tokens are refused, though the key fits.
+    server.set_path(
+        DISCOVERY,
+        &discovery_doc(&server, ISS, "/a/jwks", &["RS256"]),
+    );
+    wait_for("the narrowed algorithms", Duration::from_secs(10), || {
+        let r = gw.get("/api", &[("authorization", &fresh(&a))]);
+        (r.status == 401 && r.json()["reason"] == "alg").then_some(())
+    });
+
+    // The provider moves its keys: the document is read again and the new jwks_uri followed.
+    server.set_path(
+        DISCOVERY,
+        &discovery_doc(&server, ISS, "/b/jwks", &["ES256"]),
+    );
+    wait_for("the moved key set", Duration::from_secs(10), || {
+        (gw.get("/api", &[("authorization", &fresh(&b))]).status == 200).then_some(())
+    });
+    let r = gw.get("/api", &[("authorization", &fresh(&a))]);
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (401, Some("unknown_kid"))
+    );
+
+    // A document for another issuer is refused; the last good keys stay (stale on error).
+    let errors = || {
+        gw.metric(
+            "tollgate_oidc_discovery_fetch_total",
+            &[("provider", "main"), ("result", "error")],
+        )
+    };
+    assert_eq!(errors(), 0.0);
+    server.set_path(
+        DISCOVERY,
+        &discovery_doc(&server, "https://evil.test", "/a/jwks", &["ES256"]),
+    );
+    wait_for("the refused document", Duration::from_secs(10), || {
+        (errors() >= 2.0).then_some(())
+    });
+    assert_eq!(gw.get("/api", &[("authorization", &fresh(&b))]).status, 200);
+    let r = gw.get("/api", &[("authorization", &fresh(&a))]);
+    assert_eq!(
+        r.status, 401,
+        "the other issuer's jwks_uri was not followed"
+    );
+    let log = gw.proc.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("evil.test")
+            && l.contains("is not the provider's issuer")
+            && l.contains("keeping the last good keys")),
+        "{log}"
+    );
+
+    // A gateway starting against that document never becomes ready.
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let conf = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: {{ http: \"127.0.0.1:{}\" }}\nmetrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\n\
+             server: {{ threads: 1, grace_period: 1s, graceful_shutdown_timeout: 1s }}\n{}",
+            free_port(),
+            config(&echo, &source, "")
+        ),
+    )
+    .unwrap();
+    let mut refused = Proc::spawn(
+        &["run", "-c", conf.to_str().unwrap()],
+        dir.path().join("gateway.log"),
+        &[],
+    );
+    wait_for("the refusal at start", Duration::from_secs(10), || {
+        assert!(!refused.exited(), "{}", refused.log_text());
+        refused
+            .log_text()
+            .contains("is not the provider's issuer")
+            .then_some(())
+    });
+    let ready = raw_request(
+        metrics_port,
+        "GET /readyz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        ready.as_ref().map_or(true, |r| r.status != 200),
+        "not ready without keys"
+    );
+    refused.kill();
 }

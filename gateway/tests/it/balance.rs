@@ -509,7 +509,7 @@ fn hashing_on_a_verified_claim_keeps_a_subject_on_one_backend() {
 fn mirrored_requests_reach_the_shadow_and_never_change_the_clients_answer() {
     let main = Echo::start("main");
     let shadow = Echo::start("shadow");
-    shadow.set("status=500&delay_ms=300");
+    shadow.set("status=500&delay_ms=1500");
     let gw = Gateway::start(&format!(
         "upstreams:
   main: {{ backends: {} }}
@@ -525,7 +525,7 @@ routes:
         let r = gw.get(&format!("/item/{i}"), &[]);
         assert_eq!((r.status, r.server()), (200, "main".to_owned()));
         assert!(
-            started.elapsed() < Duration::from_millis(300),
+            started.elapsed() < Duration::from_millis(1500),
             "the answer did not wait for the shadow"
         );
     }
@@ -542,6 +542,41 @@ routes:
             .then_some(())
     });
     assert_eq!(main.count(), 21);
+}
+
+#[test]
+fn a_request_retried_after_a_failed_connect_is_mirrored_once_and_the_next_starts_elsewhere() {
+    let live = Echo::start("live");
+    let shadow = Echo::start("shadow");
+    let dead = free_port();
+    let gw = Gateway::start(&format!(
+        "upstreams:
+  main: {{ retries: 1, backends: [{{ addr: \"127.0.0.1:{dead}\" }}, {{ addr: \"{}\" }}] }}
+  shadow: {{ backends: {} }}
+routes:
+  - {{ name: all, path: /, upstream: main, mirror: {{ upstream: shadow, percent: 100 }} }}
+",
+        live.addr(),
+        backends(&[&shadow])
+    ));
+    for i in 0..20 {
+        let r = gw.get(&format!("/item/{i}"), &[]);
+        assert_eq!((r.status, r.server()), (200, "live".to_owned()));
+    }
+    wait_for(
+        "a copy of each request at the shadow",
+        Duration::from_secs(10),
+        || (shadow.count() == 20).then_some(()),
+    );
+    // Round robin alternates first attempts: the dead backend is tried first by half of
+    // the requests, not by all of them.
+    let retried = gw.metric(
+        "tollgate_upstream_retries_total",
+        &[("upstream", "main"), ("reason", "connect")],
+    );
+    assert!((9.0..=11.0).contains(&retried), "{retried} connect retries");
+    assert_eq!(live.count(), 20);
+    assert_eq!(shadow.count(), 20, "one copy per request");
 }
 
 /// An SRV record: priority, weight, port, target name.

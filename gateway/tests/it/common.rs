@@ -484,8 +484,9 @@ pub fn parse_reply(out: &str) -> std::io::Result<Reply> {
     })
 }
 
-/// A JWKS endpoint on 127.0.0.1: serves whatever document it is given, counts fetches,
-/// and can be made to fail (500) to stand for an identity provider that is down.
+/// A JWKS endpoint on 127.0.0.1: serves whatever document it is given (or, for a path
+/// given its own with `set_path`, that one), counts fetches, and can be made to fail (500)
+/// to stand for an identity provider that is down.
 pub struct JwksServer {
     pub port: u16,
     state: std::sync::Arc<JwksState>,
@@ -493,6 +494,7 @@ pub struct JwksServer {
 
 struct JwksState {
     body: std::sync::Mutex<String>,
+    paths: std::sync::Mutex<std::collections::HashMap<String, String>>,
     fetches: std::sync::atomic::AtomicUsize,
     down: std::sync::atomic::AtomicBool,
     stop: std::sync::atomic::AtomicBool,
@@ -505,6 +507,7 @@ impl JwksServer {
         let port = listener.local_addr().unwrap().port();
         let state = std::sync::Arc::new(JwksState {
             body: std::sync::Mutex::new(body.to_owned()),
+            paths: Default::default(),
             fetches: Default::default(),
             down: Default::default(),
             stop: Default::default(),
@@ -527,10 +530,16 @@ impl JwksServer {
                     }
                 }
                 s.fetches.fetch_add(1, Ordering::AcqRel);
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split(' ').nth(1).unwrap_or("");
+                let own = s.paths.lock().unwrap().get(path).cloned();
                 let (status, body) = if s.down.load(Ordering::Acquire) {
                     ("500 Internal Server Error", "down".to_owned())
                 } else {
-                    ("200 OK", s.body.lock().unwrap().clone())
+                    (
+                        "200 OK",
+                        own.unwrap_or_else(|| s.body.lock().unwrap().clone()),
+                    )
                 };
                 let _ = write!(
                     conn,
@@ -548,6 +557,15 @@ impl JwksServer {
 
     pub fn set(&self, body: &str) {
         *self.state.body.lock().unwrap() = body.to_owned();
+    }
+
+    /// Serves `body` at `path` (exactly, query included) from now on.
+    pub fn set_path(&self, path: &str, body: &str) {
+        self.state
+            .paths
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), body.to_owned());
     }
 
     pub fn fetches(&self) -> usize {
