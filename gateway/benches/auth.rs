@@ -72,5 +72,52 @@ fn auth_paths(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, auth_paths);
+/// `upstream_token`: minting (a new caller: claims copied, EdDSA signature, cache insert)
+/// next to reusing the token minted for a caller seen within half the TTL.
+fn upstream_tokens(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.pem");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    std::fs::write(&file, key.serialize_pem()).unwrap();
+    let keys = tollgate_config::SigningKeys {
+        issuer: "https://gateway.bench".into(),
+        current: "gw".into(),
+        keys: vec![tollgate_config::SigningKeyFile {
+            kid: "gw".into(),
+            file: file.to_str().unwrap().into(),
+        }],
+    };
+    let minter = tollgate::mint::Minter::build(&keys).unwrap();
+    let spec = tollgate_config::UpstreamToken {
+        header: http::header::AUTHORIZATION,
+        audience: "billing".into(),
+        ttl: std::time::Duration::from_secs(3600),
+        claims: vec!["sub".into(), "roles".into()],
+    };
+    let caller = |sub: u64| {
+        serde_json::json!({ "iss": "https://issuer.bench", "sub": format!("user-{sub}"),
+            "roles": ["reader", "writer"] })
+        .as_object()
+        .unwrap()
+        .clone()
+    };
+    let hot = caller(0);
+    minter.token_for("r", &spec, &hot).unwrap();
+    c.bench_function("mint/cache_hit", |b| {
+        b.iter(|| black_box(minter.token_for("r", &spec, black_box(&hot))))
+    });
+    let mut n = 1;
+    c.bench_function("mint/sign_eddsa", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                caller(n)
+            },
+            |claims| black_box(minter.token_for("r", &spec, &claims)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, auth_paths, upstream_tokens);
 criterion_main!(benches);

@@ -44,7 +44,11 @@ fn needs_outside_world(config: &Config) -> bool {
                 .iter()
                 .any(|b| b.addr.parse::<std::net::SocketAddr>().is_err())
     });
-    files || names || config.listen.tls.is_some() || config.auth.revocation.is_some()
+    files
+        || names
+        || config.listen.tls.is_some()
+        || config.auth.revocation.is_some()
+        || config.auth.signing_keys.is_some()
 }
 
 /// A fixed gateway on which requests are decided: routes with host, prefix, exact and

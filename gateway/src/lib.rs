@@ -16,6 +16,7 @@ pub mod explain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;
+pub mod mint;
 pub mod probe;
 pub mod proxy;
 pub mod runtime;

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub auth_decisions: IntCounterVec,
     pub jwks_fetch: IntCounterVec,
     pub oidc_discovery: IntCounterVec,
+    pub upstream_tokens: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
     pub jwks_last_success: GaugeVec,
     pub token_cache_hit: IntCounter,
@@ -204,6 +205,15 @@ impl Metrics {
                  unreachable, not JSON, an issuer other than the provider's, a refused jwks_uri).",
             ),
             &["provider", "result"],
+        )
+        .expect("valid metric");
+        let upstream_tokens = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_tokens_total",
+                "Tokens for upstreams (upstream_token), by route and result: minted (signed \
+                 now), cached (reused within half its lifetime) or error.",
+            ),
+            &["route", "result"],
         )
         .expect("valid metric");
         let jwks_keys = IntGaugeVec::new(
@@ -462,6 +472,7 @@ impl Metrics {
             Box::new(auth_decisions.clone()),
             Box::new(jwks_fetch.clone()),
             Box::new(oidc_discovery.clone()),
+            Box::new(upstream_tokens.clone()),
             Box::new(jwks_keys.clone()),
             Box::new(jwks_last_success.clone()),
             Box::new(token_cache.clone()),
@@ -499,6 +510,7 @@ impl Metrics {
             auth_decisions,
             jwks_fetch,
             oidc_discovery,
+            upstream_tokens,
             jwks_keys,
             jwks_last_success,
             token_cache_hit: token_cache.with_label_values(&["hit"]),
@@ -582,7 +594,8 @@ pub static READY: AtomicBool = AtomicBool::new(false);
 /// on closes its connection.
 pub static DRAINING: AtomicBool = AtomicBool::new(false);
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on the metrics listener.
+/// Serves `/metrics`, `/healthz`, `/readyz` and the gateway's public keys
+/// (`/.well-known/jwks.json`) on the metrics listener.
 pub struct MetricsApp;
 
 fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -604,6 +617,14 @@ impl ServeHttp for MetricsApp {
                 METRICS.render(),
             ),
             "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/.well-known/jwks.json" => match crate::mint::published() {
+                Some(jwks) => text(StatusCode::OK, "application/jwk-set+json", jwks.to_vec()),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    b"no auth.signing_keys\n".to_vec(),
+                ),
+            },
             "/readyz" if READY.load(Ordering::Acquire) => {
                 text(StatusCode::OK, "text/plain", b"ready\n".to_vec())
             }

@@ -103,18 +103,20 @@ impl RequestCtx {
         self.passage.target.as_ref().map(|(c, _)| c)
     }
 
-    /// Whether another attempt may follow: tries left, and a retry from the budget.
-    fn may_retry(&mut self, reason: &'static str) -> bool {
+    /// Whether another attempt may follow: tries left, and (when `budgeted`) a retry from
+    /// the budget.
+    fn may_retry(&mut self, reason: &'static str, budgeted: bool) -> bool {
         let Some(cluster) = self.passage.target.as_ref().map(|(c, _)| c.clone()) else {
             return false;
         };
         if self.tried.len() > cluster.retries as usize {
             return false;
         }
-        let granted = self
-            .slot
-            .as_mut()
-            .is_some_and(|s| s.try_retry(&cluster.retry_budget));
+        let granted = !budgeted
+            || self
+                .slot
+                .as_mut()
+                .is_some_and(|s| s.try_retry(&cluster.retry_budget));
         METRICS
             .upstream_retries
             .with_label_values(&[
@@ -374,7 +376,11 @@ impl ProxyHttp for Gateway {
             }
             cluster.record(backend, None);
         }
-        if ctx.may_retry("connect") {
+        // The budget keeps retries from multiplying the load on struggling backends; a
+        // refused connection put none on any (the request never left), so its retry is
+        // bounded by `retries` alone. A connect timeout may be an overloaded backend: budgeted.
+        let refused = matches!(e.etype(), ErrorType::ConnectRefused);
+        if ctx.may_retry("connect", !refused) {
             e.set_retry(true);
         }
         e
@@ -420,7 +426,7 @@ impl ProxyHttp for Gateway {
         );
         let on_reset = ctx.passage.route.as_ref().is_some_and(|r| r.retry_on.reset);
         if upstream_failed && reset && on_reset && !client_reused {
-            let retry = ctx.may_retry("reset");
+            let retry = ctx.may_retry("reset", true);
             e.set_retry(retry);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -446,6 +452,25 @@ impl ProxyHttp for Gateway {
         }
         for (name, value) in passage.caller.iter().flat_map(|c| c.headers.iter()) {
             upstream.insert_header(name.clone(), value.clone())?;
+        }
+        let minting = passage.route.as_ref().and_then(|r| {
+            let (minter, spec) = r.upstream_token.as_ref()?;
+            let caller = passage.caller.as_ref().filter(|c| c.verified())?;
+            Some((r, minter, spec, caller))
+        });
+        if let Some((route, minter, spec, caller)) = minting {
+            match minter.token_for(&route.name, spec, caller.claims()) {
+                Some(token) => {
+                    upstream.insert_header(spec.header.clone(), token)?;
+                }
+                // Never send the request on without the token the backend expects.
+                None => {
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(500),
+                        "could not mint the upstream token",
+                    ))
+                }
+            }
         }
         if let Some(tls) = ctx.snapshot.as_ref().and_then(|s| s.tls.as_ref()) {
             crate::tls::forward_peer_certificate(
@@ -553,7 +578,7 @@ impl ProxyHttp for Gateway {
         if listed
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
-            && ctx.may_retry("status")
+            && ctx.may_retry("status", true)
         {
             if let (Some(cluster), Some(backend)) = (ctx.cluster(), ctx.tried.last()) {
                 if let Some(info) = cluster.info(backend) {

@@ -50,6 +50,8 @@ pub struct RouteRuntime {
     pub require_client_certificate: bool,
     /// `require_certificate_binding` on the route (a provider may also require it).
     pub require_certificate_binding: bool,
+    /// `upstream_token`: the gateway's minter and what to mint.
+    pub upstream_token: Option<(Arc<crate::mint::Minter>, tollgate_config::UpstreamToken)>,
 }
 
 impl RouteRuntime {
@@ -93,6 +95,8 @@ pub struct RuntimeSnapshot {
     pub strip: crate::edge::StripSet,
     /// `listen.tls`, when the HTTPS listener is configured.
     pub tls: Option<TlsRuntime>,
+    /// `auth.signing_keys`, ready to mint.
+    pub minter: Option<Arc<crate::mint::Minter>>,
 }
 
 /// What requests need of `listen.tls`, and the material for the listener's next handshakes.
@@ -145,6 +149,19 @@ impl RuntimeSnapshot {
                 }
             },
             _ => None,
+        };
+        let minter = match config
+            .auth
+            .signing_keys
+            .as_ref()
+            .map(crate::mint::Minter::build)
+        {
+            None => None,
+            Some(Ok(m)) => Some(Arc::new(m)),
+            Some(Err(errs)) => {
+                problems.extend(errs);
+                None
+            }
         };
         let Some(auth) = auth.filter(|_| problems.is_empty()) else {
             return Err(ConfigError { problems });
@@ -212,6 +229,12 @@ impl RuntimeSnapshot {
                 max_body: r.max_body,
                 require_client_certificate: r.require_client_certificate,
                 require_certificate_binding: r.require_certificate_binding,
+                upstream_token: r.upstream_token.clone().map(|spec| {
+                    let minter = minter
+                        .clone()
+                        .expect("validated: upstream_token needs signing_keys");
+                    (minter, spec)
+                }),
             };
             let methods: Vec<&str> = r.methods.iter().map(String::as_str).collect();
             router
@@ -235,11 +258,21 @@ impl RuntimeSnapshot {
             })
             .flatten()
             .cloned();
+        // A minted token's header is the gateway's: a client's copy never passes, even
+        // where no token is minted (an anonymous caller on an `auth: optional` route).
+        // `Authorization` is left to the routes' own rule (`keep_authorization`).
+        let minted_headers = config
+            .routes
+            .iter()
+            .filter_map(|r| r.upstream_token.as_ref())
+            .map(|t| t.header.clone())
+            .filter(|h| *h != http::header::AUTHORIZATION);
         let identity: Vec<http::HeaderName> = auth
             .identity_headers
             .iter()
             .cloned()
             .chain(cert_headers)
+            .chain(minted_headers)
             .collect();
         let strip = crate::edge::strip_set(&identity, &config.server.http);
         Ok(RuntimeSnapshot {
@@ -252,6 +285,7 @@ impl RuntimeSnapshot {
             http: config.server.http.clone(),
             strip,
             tls,
+            minter,
         })
     }
 

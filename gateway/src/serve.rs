@@ -290,6 +290,7 @@ impl Startup {
             store.swap(tls.material.clone());
             *tls_config.lock().unwrap_or_else(|e| e.into_inner()) = new_config.clone();
         }
+        crate::mint::publish(snapshot.minter.as_deref());
         self.snapshot.store(snapshot);
         METRICS.config_loaded();
         Ok(())
@@ -466,6 +467,7 @@ pub fn run_gateway(
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
 
+    crate::mint::publish(snapshot.minter.as_deref());
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let stores = match Stores::new(&config.rate_limiting) {
         Ok(s) => Arc::new(s),

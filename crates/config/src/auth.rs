@@ -3,10 +3,12 @@
 
 use crate::model::{
     Audiences, Auth, ClaimHeader, KeySource, Provider, Refresh, Revocation, RevocationSource,
-    TokenSource,
+    SigningKeyFile, SigningKeys, TokenSource,
 };
 use crate::problems::{duration, header_name, Problems};
-use crate::raw::{RawAudiences, RawAuth, RawDiscovery, RawProvider, RawRefresh, RawRevocation};
+use crate::raw::{
+    RawAudiences, RawAuth, RawDiscovery, RawProvider, RawRefresh, RawRevocation, RawSigningKeys,
+};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -123,8 +125,10 @@ pub(crate) fn auth(
         .revocation
         .as_ref()
         .and_then(|r| revocation(r, problems));
+    let signing_keys = raw.signing_keys.as_ref().map(|s| signing_keys(s, problems));
     Auth {
         revocation,
+        signing_keys,
         failed_auth_limit,
         max_verifications_in_flight,
         providers: out,
@@ -141,6 +145,56 @@ pub(crate) fn auth(
             Some(r) => r.clone(),
             None => "tollgate".to_owned(),
         },
+    }
+}
+
+/// `auth.signing_keys`: unique, non-empty kids, and `current` among them. The files are
+/// read (and their key types checked) when the gateway compiles the config.
+fn signing_keys(s: &RawSigningKeys, problems: &mut Problems) -> SigningKeys {
+    if s.issuer.is_empty() {
+        problems.add("auth.signing_keys.issuer", "must not be empty");
+    }
+    if s.keys.is_empty() {
+        problems.add(
+            "auth.signing_keys.keys",
+            "must list at least the current key",
+        );
+    }
+    let mut kids: HashMap<&str, usize> = HashMap::new();
+    for (i, k) in s.keys.iter().enumerate() {
+        let base = format!("auth.signing_keys.keys[{i}]");
+        if k.kid.is_empty() {
+            problems.add(format!("{base}.kid"), "must not be empty");
+        } else if let Some(first) = kids.insert(&k.kid, i) {
+            problems.add(
+                format!("{base}.kid"),
+                format!("already used by auth.signing_keys.keys[{first}]"),
+            );
+        }
+        if k.file.is_empty() {
+            problems.add(format!("{base}.file"), "must not be empty");
+        }
+    }
+    if !s.keys.is_empty() && !kids.contains_key(s.current.as_str()) {
+        problems.add(
+            "auth.signing_keys.current",
+            format!(
+                "{:?} is not the kid of a key in auth.signing_keys.keys",
+                s.current
+            ),
+        );
+    }
+    SigningKeys {
+        issuer: s.issuer.clone(),
+        current: s.current.clone(),
+        keys: s
+            .keys
+            .iter()
+            .map(|k| SigningKeyFile {
+                kid: k.kid.clone(),
+                file: k.file.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -55,6 +55,9 @@ impl Config {
                 }
             }
         }
+        for key in self.auth.signing_keys.iter_mut().flat_map(|s| &mut s.keys) {
+            resolve(&mut key.file);
+        }
         for provider in &mut self.auth.providers {
             if let Some(ca) = &mut provider.ca_file {
                 resolve(ca);
@@ -413,6 +416,8 @@ pub struct Route {
     /// Tokens on this route must be bound to the connection's client certificate
     /// (RFC 8705 §3): `cnf.x5t#S256` required and equal to its thumbprint.
     pub require_certificate_binding: bool,
+    /// Mint a token for the upstream instead of forwarding the caller's. Default: none.
+    pub upstream_token: Option<UpstreamToken>,
 }
 
 impl Route {
@@ -567,6 +572,42 @@ pub struct Auth {
     pub max_verifications_in_flight: usize,
     /// The deny list of revoked tokens, checked after verification (cache hits included).
     pub revocation: Option<Revocation>,
+    /// The gateway's own signing keys, for routes with `upstream_token`.
+    pub signing_keys: Option<SigningKeys>,
+}
+
+/// `auth.signing_keys`: every key is published at `/.well-known/jwks.json` on the metrics
+/// listener; `current` signs. Rotation: add the next key (published, so backends learn
+/// it), then make it `current`, then remove the old one after the longest `ttl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeys {
+    /// `iss` of the tokens the gateway mints.
+    pub issuer: String,
+    /// The `kid` that signs.
+    pub current: String,
+    pub keys: Vec<SigningKeyFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyFile {
+    pub kid: String,
+    /// A PKCS#8 PEM private key: Ed25519 (EdDSA) or P-256 (ES256).
+    pub file: String,
+}
+
+/// `routes[].upstream_token`: the upstream gets a short-lived token minted by the gateway
+/// for the verified caller instead of the caller's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamToken {
+    /// Where it goes: `Authorization` (as `Bearer TOKEN`, the default) or another header
+    /// (the token alone).
+    pub header: http::HeaderName,
+    /// The token's `aud`.
+    pub audience: String,
+    /// From `iat` to `exp`. Default 60 s.
+    pub ttl: Duration,
+    /// Claims of the caller's token copied into it, by top-level name (`sub` always is).
+    pub claims: Vec<String>,
 }
 
 /// `auth.revocation`: a deny list of `jti` values and subjects (`tollgate_jwt::DenyList`).

@@ -213,6 +213,33 @@ pub struct RawAuth {
     pub failed_auth_limit: Option<RawFailedAuthLimit>,
     pub max_verifications_in_flight: Option<usize>,
     pub revocation: Option<RawRevocation>,
+    pub signing_keys: Option<RawSigningKeys>,
+}
+
+/// `auth.signing_keys`: the gateway's own keys, for `routes[].upstream_token`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigningKeys {
+    pub issuer: String,
+    pub current: String,
+    pub keys: Vec<RawSigningKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigningKey {
+    pub kid: String,
+    pub file: String,
+}
+
+/// `routes[].upstream_token`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamToken {
+    pub header: Option<String>,
+    pub audience: String,
+    pub ttl: Option<DurationText>,
+    pub claims: Option<Vec<String>>,
 }
 
 /// `auth.revocation`: where the deny list of revoked tokens comes from.
@@ -337,6 +364,7 @@ pub struct RawRoute {
     pub max_body: Option<ByteSize>,
     pub client_certificate: Option<String>,
     pub require_certificate_binding: Option<bool>,
+    pub upstream_token: Option<RawUpstreamToken>,
 }
 
 #[derive(Debug, Deserialize)]

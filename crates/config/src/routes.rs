@@ -167,6 +167,10 @@ pub(crate) fn route(
         limits,
         problems,
     );
+    let upstream_token = raw
+        .upstream_token
+        .as_ref()
+        .map(|t| upstream_token(&base, t, raw, auth_mode, auth, problems));
     if auth_mode == AuthMode::None && raw.providers.is_some() {
         problems.add(
             format!("{base}.providers"),
@@ -203,6 +207,91 @@ pub(crate) fn route(
             }
         },
         require_certificate_binding: raw.require_certificate_binding.unwrap_or(false),
+        upstream_token,
+    }
+}
+
+/// Claims the gateway sets in a minted token itself.
+const MINTED_CLAIMS: &[&str] = &["iss", "aud", "exp", "iat", "nbf", "jti", "act"];
+
+fn upstream_token(
+    base: &str,
+    t: &RawUpstreamToken,
+    route: &RawRoute,
+    auth_mode: AuthMode,
+    auth: &Auth,
+    problems: &mut Problems,
+) -> UpstreamToken {
+    let base = format!("{base}.upstream_token");
+    if auth.signing_keys.is_none() {
+        problems.add(
+            &base,
+            "needs auth.signing_keys: the gateway signs the token with its own key",
+        );
+    }
+    if auth_mode == AuthMode::None {
+        problems.add(
+            &base,
+            "needs a verified caller: does not apply with auth: none",
+        );
+    }
+    let header = match t
+        .header
+        .as_deref()
+        .map_or(Some("authorization".to_owned()), header_name)
+    {
+        Some(h) => {
+            if h == "authorization" && route.keep_authorization == Some(true) {
+                problems.add(
+                    format!("{base}.header"),
+                    "the route keeps the caller's Authorization (keep_authorization): \
+                     give the minted token another header",
+                );
+            }
+            http::HeaderName::try_from(h).unwrap_or(http::header::AUTHORIZATION)
+        }
+        None => {
+            problems.add(
+                format!("{base}.header"),
+                format!(
+                    "invalid header name {:?}",
+                    t.header.as_deref().unwrap_or("")
+                ),
+            );
+            http::header::AUTHORIZATION
+        }
+    };
+    if t.audience.is_empty() {
+        problems.add(format!("{base}.audience"), "must not be empty");
+    }
+    let ttl = crate::problems::duration(
+        &t.ttl,
+        &format!("{base}.ttl"),
+        std::time::Duration::from_secs(60),
+        problems,
+    );
+    if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(86_400)).contains(&ttl)
+    {
+        problems.add(format!("{base}.ttl"), "must be between 1s and 24h");
+    }
+    let mut claims = vec!["sub".to_owned()];
+    for (i, c) in t.claims.iter().flatten().enumerate() {
+        if MINTED_CLAIMS.contains(&c.as_str()) {
+            problems.add(
+                format!("{base}.claims[{i}]"),
+                format!("{c} is set by the gateway in a minted token"),
+            );
+        } else if c.is_empty() {
+            problems.add(format!("{base}.claims[{i}]"), "must not be empty");
+        } else if !claims.contains(c) {
+            claims.push(c.clone());
+        }
+    }
+    UpstreamToken {
+        header,
+        audience: t.audience.clone(),
+        ttl,
+        claims,
     }
 }
 

@@ -970,3 +970,66 @@ fn a_when_value_yaml_would_rewrite_is_refused_and_integers_are_decimal() {
         )]
     );
 }
+
+#[test]
+fn upstream_tokens_need_signing_keys_a_verified_caller_and_leave_reserved_claims_alone() {
+    let c = parse(
+        r#"
+auth:
+  providers: [{ name: p, issuer: "https://i", audiences: any, jwks_file: /dev/null }]
+  signing_keys: { issuer: "https://gw", current: b, keys: [{ kid: a, file: a.pem }, { kid: b, file: b.pem }] }
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: u, upstream_token: { audience: billing, claims: [roles, sub] } }
+"#,
+    )
+    .unwrap();
+    let t = c.routes[0].upstream_token.as_ref().unwrap();
+    assert_eq!(t.header, http::header::AUTHORIZATION);
+    assert_eq!(t.ttl, std::time::Duration::from_secs(60));
+    assert_eq!(t.claims, ["sub", "roles"]);
+    assert_eq!(c.auth.signing_keys.as_ref().unwrap().current, "b");
+
+    let p = problems(
+        r#"
+auth:
+  providers: [{ name: p, issuer: "https://i", audiences: any, jwks_file: /dev/null }]
+  signing_keys: { issuer: "", current: c, keys: [{ kid: a, file: a.pem }, { kid: a, file: "" }] }
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /r, auth: none, upstream: u, upstream_token: { audience: "", ttl: 48h, claims: [exp, act] } }
+  - { name: k, path: /k, keep_authorization: true, upstream: u, upstream_token: { audience: x, header: "bad header" } }
+  - { name: k2, path: /k2, keep_authorization: true, upstream: u, upstream_token: { audience: x } }
+"#,
+    );
+    assert_problems(
+        &p,
+        &[
+            "auth.signing_keys.issuer: must not be empty",
+            "auth.signing_keys.keys[1].kid: already used by auth.signing_keys.keys[0]",
+            "auth.signing_keys.keys[1].file: must not be empty",
+            "auth.signing_keys.current: \"c\" is not the kid of a key",
+            "routes[0].upstream_token: needs a verified caller",
+            "routes[0].upstream_token.audience: must not be empty",
+            "routes[0].upstream_token.ttl: must be between 1s and 24h",
+            "routes[0].upstream_token.claims[0]: exp is set by the gateway",
+            "routes[0].upstream_token.claims[1]: act is set by the gateway",
+            "routes[1].upstream_token.header: invalid header name",
+            "routes[2].upstream_token.header: the route keeps the caller's Authorization",
+        ],
+        0,
+    );
+    let p = problems(
+        "upstreams:\n  u: { backends: [{ addr: \"127.0.0.1:9000\" }] }\nroutes:\n  - { name: r, path: /, upstream: u, upstream_token: { audience: x } }\n",
+    );
+    assert_problems(
+        &p,
+        &[
+            "routes[0].upstream_token: needs auth.signing_keys",
+            "routes[0].upstream_token: needs a verified caller",
+        ],
+        0,
+    );
+}

@@ -11,6 +11,7 @@ mod deploy;
 mod edge;
 mod explain;
 mod lifecycle;
+mod mint;
 mod policy;
 mod proxy;
 mod tls;
