@@ -9,6 +9,7 @@ use crate::limits::Claims;
 use crate::metrics::METRICS;
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
+use prometheus::IntCounter;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,43 @@ pub fn publish(minter: Option<&Minter>) {
 /// The JWKS document the metrics listener serves now.
 pub fn published() -> Option<Arc<Vec<u8>>> {
     PUBLISHED.load_full()
+}
+
+/// A route's `upstream_token`: what to mint, with the minter and the route's counters.
+pub struct RouteTokens {
+    minter: Arc<Minter>,
+    pub spec: UpstreamToken,
+    /// `tollgate_upstream_tokens_total{route}` for minted, cached and error, resolved once.
+    counters: [IntCounter; 3],
+}
+
+impl RouteTokens {
+    pub fn new(route: &str, minter: Arc<Minter>, spec: UpstreamToken) -> RouteTokens {
+        RouteTokens {
+            minter,
+            spec,
+            counters: ["minted", "cached", "error"]
+                .map(|r| METRICS.upstream_tokens.with_label_values(&[route, r])),
+        }
+    }
+
+    /// The header value for `caller`'s request, counted; `None` if signing failed.
+    pub fn value_for(&self, caller: &Claims) -> Option<HeaderValue> {
+        let (value, counter) = match self.minter.token_for(&self.spec, caller) {
+            Some((v, Issued::Minted)) => (Some(v), 0),
+            Some((v, Issued::Cached)) => (Some(v), 1),
+            None => (None, 2),
+        };
+        self.counters[counter].inc();
+        value
+    }
+}
+
+/// Whether a token was signed for this request or reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issued {
+    Minted,
+    Cached,
 }
 
 /// The gateway's signing key and the cache of what it signed.
@@ -111,10 +149,9 @@ impl Minter {
     /// Reused while less than half its lifetime has passed.
     pub fn token_for(
         &self,
-        route: &str,
         spec: &UpstreamToken,
         caller: &Claims,
-    ) -> Option<HeaderValue> {
+    ) -> Option<(HeaderValue, Issued)> {
         let mut claims = Map::new();
         for name in &spec.claims {
             if let Some(v) = caller.get(name) {
@@ -141,19 +178,9 @@ impl Minter {
         let shard = &self.cache[shard_of(&key)];
         let now = Instant::now();
         if let Some(m) = lock(shard).get(&key).filter(|m| m.fresh_until > now) {
-            METRICS
-                .upstream_tokens
-                .with_label_values(&[route, "cached"])
-                .inc();
-            return Some(m.value.clone());
+            return Some((m.value.clone(), Issued::Cached));
         }
-        let value = self.mint(spec, claims);
-        let outcome = if value.is_some() { "minted" } else { "error" };
-        METRICS
-            .upstream_tokens
-            .with_label_values(&[route, outcome])
-            .inc();
-        let value = value?;
+        let value = self.mint(spec, claims)?;
         let mut entries = lock(shard);
         if entries.len() >= CACHE_ENTRIES / SHARDS {
             entries.retain(|_, m| m.fresh_until > now);
@@ -168,7 +195,7 @@ impl Minter {
                 fresh_until: now + spec.ttl / 2,
             },
         );
-        Some(value)
+        Some((value, Issued::Minted))
     }
 
     fn mint(&self, spec: &UpstreamToken, mut claims: Map<String, Value>) -> Option<HeaderValue> {

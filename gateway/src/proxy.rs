@@ -454,14 +454,14 @@ impl ProxyHttp for Gateway {
             upstream.insert_header(name.clone(), value.clone())?;
         }
         let minting = passage.route.as_ref().and_then(|r| {
-            let (minter, spec) = r.upstream_token.as_ref()?;
+            let tokens = r.upstream_token.as_ref()?;
             let caller = passage.caller.as_ref().filter(|c| c.verified())?;
-            Some((r, minter, spec, caller))
+            Some((tokens, caller))
         });
-        if let Some((route, minter, spec, caller)) = minting {
-            match minter.token_for(&route.name, spec, caller.claims()) {
+        if let Some((tokens, caller)) = minting {
+            match tokens.value_for(caller.claims()) {
                 Some(token) => {
-                    upstream.insert_header(spec.header.clone(), token)?;
+                    upstream.insert_header(tokens.spec.header.clone(), token)?;
                 }
                 // Never send the request on without the token the backend expects.
                 None => {

@@ -51,7 +51,7 @@ pub struct RouteRuntime {
     /// `require_certificate_binding` on the route (a provider may also require it).
     pub require_certificate_binding: bool,
     /// `upstream_token`: the gateway's minter and what to mint.
-    pub upstream_token: Option<(Arc<crate::mint::Minter>, tollgate_config::UpstreamToken)>,
+    pub upstream_token: Option<crate::mint::RouteTokens>,
 }
 
 impl RouteRuntime {
@@ -233,7 +233,7 @@ impl RuntimeSnapshot {
                     let minter = minter
                         .clone()
                         .expect("validated: upstream_token needs signing_keys");
-                    (minter, spec)
+                    crate::mint::RouteTokens::new(&r.name, minter, spec)
                 }),
             };
             let methods: Vec<&str> = r.methods.iter().map(String::as_str).collect();

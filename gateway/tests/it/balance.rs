@@ -684,6 +684,25 @@ fn dns_reply(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
     Some(r)
 }
 
+/// A gateway whose one upstream is `backend`, re-resolved through `dns`, once the name's
+/// first answer arrived.
+fn dns_gateway(dns: &DnsServer, backend: &str) -> Gateway {
+    let gw = Gateway::start(&format!(
+        "upstreams:
+  pool:
+    backends: [{{ addr: \"{backend}\" }}]
+    dns: {{ resolver: \"127.0.0.1:{}\", min_ttl: 100ms }}
+routes:
+  - {{ name: all, path: /, upstream: pool }}
+",
+        dns.port
+    ));
+    wait_for("the first answer from DNS", Duration::from_secs(10), || {
+        (gw.get("/", &[]).status == 200).then_some(())
+    });
+    gw
+}
+
 #[test]
 fn an_srv_backend_follows_its_records_ports_weights_and_priorities_without_a_reload() {
     let (heavy, light, fallback) = (
@@ -697,19 +716,7 @@ fn an_srv_backend_follows_its_records_ports_weights_and_priorities_without_a_rel
         (10, 1, light.port, "light.svc.test"),
         (20, 1, fallback.port, "fallback.svc.test"),
     ]);
-    let gw = Gateway::start(&format!(
-        "upstreams:
-  pool:
-    backends: [{{ addr: \"srv:_http._tcp.svc.test\" }}]
-    dns: {{ resolver: \"127.0.0.1:{}\", min_ttl: 100ms }}
-routes:
-  - {{ name: all, path: /, upstream: pool }}
-",
-        dns.port
-    ));
-    wait_for("the first answer from DNS", Duration::from_secs(10), || {
-        (gw.get("/", &[]).status == 200).then_some(())
-    });
+    let gw = dns_gateway(&dns, "srv:_http._tcp.svc.test");
     let seen = spread(&gw, "/", 2, 100);
     let heavy_share = f64::from(seen.get("heavy").copied().unwrap_or(0)) / 200.0;
     assert_eq!(seen.get("fallback"), None, "priority 20 is only a fallback");
@@ -760,19 +767,7 @@ fn a_backend_name_moves_to_its_new_address_without_a_reload() {
         std::net::TcpStream::connect(&second_addr).ok()
     });
     let dns = DnsServer::start("127.0.0.1".parse().unwrap());
-    let gw = Gateway::start(&format!(
-        "upstreams:
-  pool:
-    backends: [{{ addr: \"svc.test:{port}\" }}]
-    dns: {{ resolver: \"127.0.0.1:{}\", min_ttl: 100ms }}
-routes:
-  - {{ name: all, path: /, upstream: pool }}
-",
-        dns.port
-    ));
-    wait_for("the first answer from DNS", Duration::from_secs(10), || {
-        (gw.get("/", &[]).status == 200).then_some(())
-    });
+    let gw = dns_gateway(&dns, &format!("svc.test:{port}"));
     assert_eq!(gw.get("/", &[]).server(), "first");
     dns.set("127.0.0.2".parse().unwrap());
     let mut answers = 0;
