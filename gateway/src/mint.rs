@@ -180,7 +180,12 @@ impl Minter {
         if let Some(m) = lock(shard).get(&key).filter(|m| m.fresh_until > now) {
             return Some((m.value.clone(), Issued::Cached));
         }
-        let value = self.mint(spec, claims)?;
+        let caller_exp = caller
+            .get("exp")
+            .and_then(Value::as_f64)
+            .filter(|e| e.is_finite() && *e >= 0.0)
+            .map(|e| e as u64);
+        let (value, lifetime) = self.mint(spec, claims, caller_exp)?;
         let mut entries = lock(shard);
         if entries.len() >= CACHE_ENTRIES / SHARDS {
             entries.retain(|_, m| m.fresh_until > now);
@@ -192,23 +197,35 @@ impl Minter {
             key,
             Minted {
                 value: value.clone(),
-                fresh_until: now + spec.ttl / 2,
+                fresh_until: now + lifetime / 2,
             },
         );
         Some((value, Issued::Minted))
     }
 
-    fn mint(&self, spec: &UpstreamToken, mut claims: Map<String, Value>) -> Option<HeaderValue> {
+    /// Signs a token for `claims`, expiring after `spec.ttl` but never after the caller's
+    /// own token (`caller_exp`; at least 1 s, for a caller accepted within the leeway).
+    /// Returns the header value and the token's lifetime.
+    fn mint(
+        &self,
+        spec: &UpstreamToken,
+        mut claims: Map<String, Value>,
+        caller_exp: Option<u64>,
+    ) -> Option<(HeaderValue, Duration)> {
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs();
+        let exp = caller_exp
+            .map_or(u64::MAX, |e| e)
+            .min(iat + spec.ttl.as_secs().max(1))
+            .max(iat + 1);
         let mut jti = [0u8; 16];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut jti).ok()?;
         claims.insert("iss".into(), self.issuer.clone().into());
         claims.insert("aud".into(), spec.audience.clone().into());
         claims.insert("iat".into(), iat.into());
-        claims.insert("exp".into(), (iat + spec.ttl.as_secs().max(1)).into());
+        claims.insert("exp".into(), exp.into());
         claims.insert(
             "jti".into(),
             tollgate_jwt::codec::b64url_encode(&jti).into(),
@@ -222,7 +239,8 @@ impl Minter {
         } else {
             token
         };
-        HeaderValue::from_str(&text).ok()
+        let value = HeaderValue::from_str(&text).ok()?;
+        Some((value, Duration::from_secs(exp - iat)))
     }
 }
 
@@ -234,4 +252,73 @@ fn shard_of(key: &str) -> usize {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minter(dir: &std::path::Path) -> Minter {
+        let file = dir.join("gw.pem");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        std::fs::write(&file, key.serialize_pem()).unwrap();
+        Minter::build(&SigningKeys {
+            issuer: "https://gw.test".into(),
+            current: "gw".into(),
+            keys: vec![tollgate_config::SigningKeyFile {
+                kid: "gw".into(),
+                file: file.to_str().unwrap().into(),
+            }],
+        })
+        .unwrap()
+    }
+
+    fn claims_of(value: &HeaderValue) -> Map<String, Value> {
+        let token = value.to_str().unwrap().strip_prefix("Bearer ").unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        let bytes = tollgate_jwt::codec::b64url_decode(payload).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn a_minted_token_never_outlives_the_callers_and_is_reused_only_while_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = minter(dir.path());
+        let spec = UpstreamToken {
+            header: http::header::AUTHORIZATION,
+            audience: "billing".into(),
+            ttl: Duration::from_secs(600),
+            claims: vec!["sub".into()],
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let caller = |sub: &str, exp: u64| {
+            json!({ "iss": "https://idp.test", "sub": sub, "exp": exp })
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        // The caller's token ends in 30 s: so does the minted one, not in 600 s.
+        let (short, issued) = m.token_for(&spec, &caller("alice", now + 30)).unwrap();
+        assert_eq!(issued, Issued::Minted);
+        let exp = claims_of(&short)["exp"].as_u64().unwrap();
+        assert!(
+            exp <= now + 30 && exp + 5 >= now + 30,
+            "exp {exp}, now {now}"
+        );
+        // A caller with a long-lived token gets the route's TTL.
+        let (long, _) = m.token_for(&spec, &caller("bob", now + 86_400)).unwrap();
+        let c = claims_of(&long);
+        assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 600);
+        assert_eq!(c["act"], json!({ "iss": "https://idp.test", "sub": "bob" }));
+        // A caller accepted within the leeway (exp just passed) still gets a token of 1 s.
+        let (late, _) = m.token_for(&spec, &caller("carol", now - 5)).unwrap();
+        let c = claims_of(&late);
+        assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 1);
+        // Reused while fresh: the same caller claims get the same token.
+        let (again, issued) = m.token_for(&spec, &caller("bob", now + 86_400)).unwrap();
+        assert_eq!((again, issued), (long, Issued::Cached));
+    }
 }
