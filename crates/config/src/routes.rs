@@ -247,6 +247,16 @@ fn upstream_token(
                     "the route keeps the caller's Authorization (keep_authorization): \
                      give the minted token another header",
                 );
+            } else if h != "authorization" && crate::auth::RESERVED_HEADERS.contains(&h.as_str()) {
+                problems.add(
+                    format!("{base}.header"),
+                    format!("{h} is reserved: it carries the request's framing or routing"),
+                );
+            } else if auth.forward_claims.iter().any(|c| c.header.as_str() == h) {
+                problems.add(
+                    format!("{base}.header"),
+                    format!("{h} is already set from a claim by auth.forward_claims"),
+                );
             }
             http::HeaderName::try_from(h).unwrap_or(http::header::AUTHORIZATION)
         }

@@ -996,12 +996,15 @@ routes:
 auth:
   providers: [{ name: p, issuer: "https://i", audiences: any, jwks_file: /dev/null }]
   signing_keys: { issuer: "", current: c, keys: [{ kid: a, file: a.pem }, { kid: a, file: "" }] }
+  forward_claims: [{ claim: sub, header: X-Auth-Subject }]
 upstreams:
   u: { backends: [{ addr: "127.0.0.1:9000" }] }
 routes:
   - { name: r, path: /r, auth: none, upstream: u, upstream_token: { audience: "", ttl: 48h, claims: [exp, act] } }
   - { name: k, path: /k, keep_authorization: true, upstream: u, upstream_token: { audience: x, header: "bad header" } }
   - { name: k2, path: /k2, keep_authorization: true, upstream: u, upstream_token: { audience: x } }
+  - { name: h, path: /h, upstream: u, upstream_token: { audience: x, header: Content-Length } }
+  - { name: f, path: /f, upstream: u, upstream_token: { audience: x, header: X-Auth-Subject } }
 "#,
     );
     assert_problems(
@@ -1018,6 +1021,8 @@ routes:
             "routes[0].upstream_token.claims[1]: act is set by the gateway",
             "routes[1].upstream_token.header: invalid header name",
             "routes[2].upstream_token.header: the route keeps the caller's Authorization",
+            "routes[3].upstream_token.header: content-length is reserved",
+            "routes[4].upstream_token.header: x-auth-subject is already set from a claim by auth.forward_claims",
         ],
         0,
     );
