@@ -740,9 +740,9 @@ enum Lookup {
 }
 
 /// An SRV weight as a backend weight: 0 ("no preference") counts as 1, and weights are
-/// capped at the configured maximum (weighted round robin expands them into a table).
+/// capped at a configured backend's maximum.
 fn srv_weight(weight: u16) -> u32 {
-    u32::from(weight).clamp(1, 1000)
+    u32::from(weight).clamp(1, tollgate_config::MAX_BACKEND_WEIGHT)
 }
 
 impl Lookup {

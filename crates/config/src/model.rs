@@ -312,6 +312,10 @@ pub struct UpstreamTls {
     pub client_cert: Option<(String, String)>,
 }
 
+/// Largest backend weight (an SRV record's weight is capped at it too): weighted round
+/// robin expands weights into a table.
+pub const MAX_BACKEND_WEIGHT: u32 = 1000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     /// `host:port`; names are resolved when the config is loaded (and re-resolved under

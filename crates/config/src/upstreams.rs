@@ -33,9 +33,6 @@ fn backend_addr_ok(addr: &str) -> bool {
     port_ok && host_ok
 }
 
-/// Largest backend weight: weighted round robin expands weights into a table.
-const MAX_WEIGHT: u32 = 1000;
-
 pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -> Upstream {
     let base = format!("upstreams.{name}");
     if raw.backends.is_empty() {
@@ -80,10 +77,10 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
             );
         }
         let weight = b.weight.unwrap_or(1);
-        if !(1..=MAX_WEIGHT).contains(&weight) {
+        if !(1..=MAX_BACKEND_WEIGHT).contains(&weight) {
             problems.add(
                 format!("{path}.weight"),
-                format!("must be between 1 and {MAX_WEIGHT}"),
+                format!("must be between 1 and {MAX_BACKEND_WEIGHT}"),
             );
         }
         backends.push(Backend {
