@@ -43,6 +43,8 @@ pub struct Authenticator {
     pub brakes: crate::preauth::Brakes,
     /// `auth.revocation`: checked after verification, cache hits included.
     revocation: Option<Arc<crate::revocation::Revocations>>,
+    /// `auth.dpop`: how proofs are checked.
+    pub dpop: tollgate_config::DpopSettings,
 }
 
 /// Why `verify` gave no identity.
@@ -110,6 +112,7 @@ impl Authenticator {
                 max_in_flight: auth.max_verifications_in_flight,
             },
             revocation,
+            dpop: auth.dpop.clone(),
         })
     }
 

@@ -5,6 +5,7 @@
 //! gateway takes as a token is exactly one it strips: a name is compared as an upstream's
 //! form parser would decode it (`access%5Ftoken` is `access_token`).
 
+use crate::dpop::Scheme;
 use crate::respond::Refusal;
 use pingora_http::RequestHeader;
 use tollgate_config::TokenSource;
@@ -57,16 +58,27 @@ fn token_params<'q, 'n>(
 /// Finds the token in a request, looking at `sources`. `Ok(None)` when there is none;
 /// [`Refusal::MultipleTokens`] when there are several (RFC 6750 §2: a client must use only
 /// one method).
+#[cfg(test)]
 pub fn find_token<'a>(
     req: &'a RequestHeader,
     sources: &[TokenSource],
 ) -> Result<Option<&'a str>, Refusal> {
-    let mut found: Option<&str> = None;
-    let mut add = |t: &'a str| -> Result<(), Refusal> {
+    Ok(find_presented(req, sources, false)?.map(|(t, _)| t))
+}
+
+/// [`find_token`], with the scheme it came under: with `accept_dpop`, `Authorization: DPoP`
+/// (RFC 9449 §7.1) counts wherever `Authorization: Bearer` does.
+pub fn find_presented<'a>(
+    req: &'a RequestHeader,
+    sources: &[TokenSource],
+    accept_dpop: bool,
+) -> Result<Option<(&'a str, Scheme)>, Refusal> {
+    let mut found: Option<(&str, Scheme)> = None;
+    let mut add = |t: &'a str, scheme: Scheme| -> Result<(), Refusal> {
         if found.is_some() {
             return Err(Refusal::MultipleTokens);
         }
-        found = Some(t);
+        found = Some((t, scheme));
         Ok(())
     };
     for source in sources {
@@ -76,7 +88,9 @@ pub fn find_token<'a>(
                     let Ok(v) = v.to_str() else { continue };
                     if let Some((scheme, token)) = v.split_once(' ') {
                         if scheme.eq_ignore_ascii_case("bearer") {
-                            add(token.trim())?;
+                            add(token.trim(), Scheme::Bearer)?;
+                        } else if accept_dpop && scheme.eq_ignore_ascii_case("dpop") {
+                            add(token.trim(), Scheme::Dpop)?;
                         }
                     }
                 }
@@ -84,7 +98,7 @@ pub fn find_token<'a>(
             TokenSource::Header(name) => {
                 for v in req.headers.get_all(name.as_str()) {
                     if let Ok(v) = v.to_str() {
-                        add(v.trim())?;
+                        add(v.trim(), Scheme::Bearer)?;
                     }
                 }
             }
@@ -95,7 +109,7 @@ pub fn find_token<'a>(
                         if let Some((k, val)) = pair.trim().split_once('=') {
                             // `tok =x` is `tok` to most cookie parsers (RFC 6265 §5.2 trims).
                             if k.trim() == name {
-                                add(val.trim())?;
+                                add(val.trim(), Scheme::Bearer)?;
                             }
                         }
                     }
@@ -105,13 +119,13 @@ pub fn find_token<'a>(
                 let query = req.uri.query().unwrap_or("");
                 for (_, is_token, value) in token_params(query, name) {
                     if let (true, Some(value)) = (is_token, value) {
-                        add(value)?;
+                        add(value, Scheme::Bearer)?;
                     }
                 }
             }
         }
     }
-    Ok(found.filter(|t| !t.is_empty()))
+    Ok(found.filter(|(t, _)| !t.is_empty()))
 }
 
 /// Removes the credentials `sources` read tokens from, so a token does not travel on to
@@ -120,6 +134,8 @@ pub fn find_token<'a>(
 /// carries more than the token.
 pub fn strip(upstream: &mut RequestHeader, sources: &[TokenSource]) -> Result<(), http::Error> {
     upstream.remove_header(&http::header::AUTHORIZATION);
+    // A DPoP proof is a credential too (and names this hop's URI, not the upstream's).
+    upstream.remove_header("dpop");
     for source in sources {
         match source {
             TokenSource::Header(name) => {

@@ -36,6 +36,8 @@ pub struct Provider {
     pub token_sources: Vec<TokenSource>,
     /// Tokens must be bound to the client certificate (RFC 8705 §3).
     pub require_certificate_binding: bool,
+    /// DPoP (RFC 9449) for this provider's tokens.
+    pub dpop: tollgate_config::DpopMode,
     /// `ca_file`: what the `jwks_uri` (and discovery) server's certificate must chain to.
     ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
     /// A discovered `jwks_uri` may be plain http off loopback.
@@ -84,6 +86,7 @@ impl Provider {
             },
             require_exp: p.require_exp,
             require_certificate_binding: p.require_certificate_binding,
+            dpop: p.dpop,
             ca,
             insecure_http: p.insecure_http,
             source: p.keys.clone(),

@@ -28,6 +28,7 @@ mod clock;
 mod cluster;
 mod conn;
 mod credentials;
+mod dpop;
 mod echo;
 mod edge;
 mod jwks;

@@ -90,6 +90,22 @@ impl RedisStore {
         true
     }
 
+    pub(crate) fn connection(&self) -> Option<Arc<redis::aio::ConnectionManager>> {
+        self.conn.load_full()
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(crate) fn on_error(&self) -> OnStoreError {
+        self.on_error
+    }
+
+    pub(crate) fn count_error(&self) {
+        self.errors.inc();
+    }
+
     async fn check(&self, key: &[u8], gcra: &Gcra, consume: bool) -> Result<Verdict, String> {
         let conn = self.conn.load_full().ok_or("not connected")?;
         let mut conn = (*conn).clone();

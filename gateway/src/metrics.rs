@@ -34,6 +34,7 @@ pub struct Metrics {
     pub auth_decisions: IntCounterVec,
     pub jwks_fetch: IntCounterVec,
     pub oidc_discovery: IntCounterVec,
+    pub dpop_proofs: IntCounterVec,
     pub upstream_tokens: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
     pub jwks_last_success: GaugeVec,
@@ -205,6 +206,16 @@ impl Metrics {
                  unreachable, not JSON, an issuer other than the provider's, a refused jwks_uri).",
             ),
             &["provider", "result"],
+        )
+        .expect("valid metric");
+        let dpop_proofs = IntCounterVec::new(
+            Opts::new(
+                "tollgate_dpop_proofs_total",
+                "DPoP proofs checked, by result: accepted, invalid (refused by the proof's own \
+                 checks or its key not the token's), replayed (jti already used), unavailable \
+                 (the replay cache was full or its Redis store failed with on_store_error: deny).",
+            ),
+            &["result"],
         )
         .expect("valid metric");
         let upstream_tokens = IntCounterVec::new(
@@ -472,6 +483,7 @@ impl Metrics {
             Box::new(auth_decisions.clone()),
             Box::new(jwks_fetch.clone()),
             Box::new(oidc_discovery.clone()),
+            Box::new(dpop_proofs.clone()),
             Box::new(upstream_tokens.clone()),
             Box::new(jwks_keys.clone()),
             Box::new(jwks_last_success.clone()),
@@ -510,6 +522,7 @@ impl Metrics {
             auth_decisions,
             jwks_fetch,
             oidc_discovery,
+            dpop_proofs,
             upstream_tokens,
             jwks_keys,
             jwks_last_success,

@@ -21,6 +21,7 @@
 //! [`Mode::DryRun`], where limits are looked at but not spent, so the two cannot drift.
 
 use crate::auth::{Identity, IdentityHeaders, VerifyError};
+use crate::dpop::DpopRefusal;
 use crate::limits::{Claims, Stores};
 use crate::metrics::METRICS;
 use crate::preauth::{PreAuthRefusal, PREAUTH};
@@ -135,11 +136,13 @@ impl Pipeline<'_> {
             return Err(Refusal::ClientCertificateRequired);
         }
         self.declared_body(req, &route)?;
+        let https = passage.transport.tls.is_some()
+            || passage.edge.forwarded_proto.as_deref() == Some("https");
         passage.caller = self
             .authenticate(
                 req,
                 &route,
-                (passage.edge.client_ip, &passage.transport),
+                (passage.edge.client_ip, &passage.transport, https),
                 &mut passage.auth,
             )
             .await?;
@@ -244,7 +247,7 @@ impl Pipeline<'_> {
         &self,
         req: &RequestHeader,
         route: &RouteRuntime,
-        (client, transport): (Option<IpAddr>, &crate::tls::Transport),
+        (client, transport, https): (Option<IpAddr>, &crate::tls::Transport, bool),
         outcome: &mut Option<(&'static str, &'static str)>,
     ) -> Result<Option<Caller>, Refusal> {
         if route.auth == AuthMode::None {
@@ -276,8 +279,11 @@ impl Pipeline<'_> {
                     .inc();
             }
         };
-        let token = match crate::credentials::find_token(req, &route.token_sources) {
-            Ok(Some(token)) => token,
+        let schemes = route.schemes();
+        let presented =
+            crate::credentials::find_presented(req, &route.token_sources, route.accepts_dpop);
+        let (token, scheme) = match presented {
+            Ok(Some(found)) => found,
             Ok(None) if route.auth == AuthMode::Optional => {
                 count("none", "anonymous", "missing");
                 return Ok(None);
@@ -288,6 +294,7 @@ impl Pipeline<'_> {
                     reason: Reason::Missing,
                     detail: "a bearer token is required",
                     presented: false,
+                    schemes,
                 });
             }
             Err(refusal) => {
@@ -301,7 +308,7 @@ impl Pipeline<'_> {
         {
             Ok(Identity {
                 provider,
-                token,
+                token: verified,
                 headers,
             }) => {
                 // After the cache as before it: a bound token is held to the certificate of
@@ -309,7 +316,7 @@ impl Pipeline<'_> {
                 let must_bind =
                     provider.require_certificate_binding || route.require_certificate_binding;
                 if let Err(detail) =
-                    certificate_binding(&token.claims, must_bind, transport.peer_certificate())
+                    certificate_binding(&verified.claims, must_bind, transport.peer_certificate())
                 {
                     if enforces {
                         PREAUTH.record_failure(client, &auth.brakes, crate::clock::now_ns());
@@ -319,7 +326,54 @@ impl Pipeline<'_> {
                         reason: Reason::Binding,
                         detail,
                         presented: true,
+                        schemes,
                     });
+                }
+                if route.accepts_dpop {
+                    let checked = crate::dpop::check(
+                        req,
+                        token,
+                        &verified.claims,
+                        scheme,
+                        provider.dpop.max(route.dpop),
+                        crate::dpop::request_htu(req, https).as_deref(),
+                        &auth.dpop,
+                        self.stores,
+                        enforces,
+                        crate::clock::unix_seconds(),
+                    )
+                    .await;
+                    let refusal = match checked {
+                        Ok(()) => None,
+                        Err(DpopRefusal::Token(detail)) => Some((
+                            Reason::Binding.as_str(),
+                            Refusal::Unauthorized {
+                                reason: Reason::Binding,
+                                detail,
+                                presented: true,
+                                schemes,
+                            },
+                        )),
+                        Err(DpopRefusal::Proof(detail)) => {
+                            Some(("dpop_proof", Refusal::InvalidDpopProof { detail, schemes }))
+                        }
+                        Err(DpopRefusal::Unavailable) => {
+                            *outcome = Some(("refused", "dpop_replay_unavailable"));
+                            return Err(Refusal::Overloaded {
+                                reason: "dpop_replay_unavailable",
+                                message:
+                                    "DPoP proofs cannot be checked for replay now; retry later",
+                                retry_after_secs: 1,
+                            });
+                        }
+                    };
+                    if let Some((reason, refusal)) = refusal {
+                        if enforces {
+                            PREAUTH.record_failure(client, &auth.brakes, crate::clock::now_ns());
+                        }
+                        count(&provider.name, "deny", reason);
+                        return Err(refusal);
+                    }
                 }
                 *outcome = Some(("allow", "ok"));
                 if enforces {
@@ -327,7 +381,7 @@ impl Pipeline<'_> {
                 }
                 Ok(Some(Caller {
                     provider: provider.name.clone(),
-                    claims: CallerClaims::Verified(token),
+                    claims: CallerClaims::Verified(verified),
                     headers,
                 }))
             }
@@ -360,6 +414,7 @@ impl Pipeline<'_> {
                     reason: rejection.reason,
                     detail: rejection.detail,
                     presented: true,
+                    schemes,
                 })
             }
         }

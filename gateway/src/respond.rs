@@ -51,6 +51,13 @@ pub enum Refusal {
         reason: Reason,
         detail: &'static str,
         presented: bool,
+        schemes: Schemes,
+    },
+    /// 401: the DPoP proof is missing, invalid, for another request or key, or replayed
+    /// (RFC 9449 §7.1 `invalid_dpop_proof`).
+    InvalidDpopProof {
+        detail: &'static str,
+        schemes: Schemes,
     },
     /// 403 from the route's RBAC policy; `scopes` are the scopes that would have allowed it.
     Forbidden { policy: Arc<str>, scopes: Arc<str> },
@@ -87,6 +94,52 @@ pub enum Refusal {
     Internal,
 }
 
+/// The `Authorization` schemes a route takes, which decide its 401 challenges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schemes {
+    Bearer,
+    /// Bearer and DPoP: one challenge for each (RFC 9449 §7.1).
+    BearerAndDpop,
+    Dpop,
+}
+
+impl Schemes {
+    /// `WWW-Authenticate` for each scheme. `error` (code, description) goes on the
+    /// challenge it belongs to: `invalid_dpop_proof` on DPoP's only, a token error on each.
+    fn challenges<'a>(
+        self,
+        mut answer: Answer<'a>,
+        realm: &str,
+        error: Option<(&str, &str)>,
+    ) -> Answer<'a> {
+        let with_error = |mut c: String, scheme_error: bool| {
+            if let (Some((code, description)), true) = (error, scheme_error) {
+                c.push_str(&format!(
+                    ", error=\"{code}\", error_description=\"{description}\""
+                ));
+            }
+            c
+        };
+        let proof_error = error.is_some_and(|(code, _)| code == "invalid_dpop_proof");
+        if self != Schemes::Dpop {
+            answer = answer.header(
+                http::header::WWW_AUTHENTICATE,
+                with_error(format!("Bearer realm=\"{realm}\""), !proof_error),
+            );
+        }
+        if self != Schemes::Bearer {
+            let algs = tollgate_jwt::dpop::PROOF_ALGORITHMS
+                .map(|a| a.as_str())
+                .join(" ");
+            answer = answer.header(
+                http::header::WWW_AUTHENTICATE,
+                with_error(format!("DPoP realm=\"{realm}\", algs=\"{algs}\""), true),
+            );
+        }
+        answer
+    }
+}
+
 impl Refusal {
     /// A refusal before routing, from the canonical-request rules.
     pub fn from_canonical(r: tollgate_canonical::Refusal) -> Refusal {
@@ -105,7 +158,7 @@ impl Refusal {
             Refusal::BodyTooLarge => 413,
             Refusal::NotFound => 404,
             Refusal::MultipleTokens | Refusal::Unreadable => 400,
-            Refusal::Unauthorized { .. } => 401,
+            Refusal::Unauthorized { .. } | Refusal::InvalidDpopProof { .. } => 401,
             Refusal::Forbidden { .. } | Refusal::ClientCertificateRequired => 403,
             Refusal::RedirectToHttps { .. } => 308,
             Refusal::RateLimited { .. } | Refusal::TooManyFailedAttempts { .. } => 429,
@@ -180,19 +233,20 @@ impl Refusal {
                 reason,
                 detail,
                 presented,
+                schemes,
             } => {
-                let challenge = if *presented {
-                    format!(
-                        "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
-                        reason.as_str()
-                    )
-                } else {
-                    format!("Bearer realm=\"{realm}\"")
-                };
-                Answer::new(401, "unauthorized", detail)
-                    .reason(reason.as_str())
-                    .header(http::header::WWW_AUTHENTICATE, challenge)
+                let error = presented.then(|| ("invalid_token", reason.as_str()));
+                schemes.challenges(
+                    Answer::new(401, "unauthorized", detail).reason(reason.as_str()),
+                    realm,
+                    error,
+                )
             }
+            Refusal::InvalidDpopProof { detail, schemes } => schemes.challenges(
+                Answer::new(401, "unauthorized", detail).reason("dpop_proof"),
+                realm,
+                Some(("invalid_dpop_proof", detail)),
+            ),
             Refusal::Forbidden { policy, scopes } => {
                 let mut challenge =
                     format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"");
@@ -345,7 +399,8 @@ impl<'a> Answer<'a> {
         resp.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         for (name, value) in self.headers {
-            resp.insert_header(name, value)?;
+            // Appended: a route taking Bearer and DPoP challenges with both (RFC 9110 §11.6.1).
+            resp.append_header(name, value)?;
         }
         let head_only = session.req_header().method == http::Method::HEAD;
         session
@@ -418,6 +473,7 @@ mod tests {
                 reason: Reason::Expired,
                 detail: "d",
                 presented,
+                schemes: Schemes::Bearer,
             }
             .answer("api")
             .headers[0]

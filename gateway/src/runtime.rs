@@ -50,11 +50,28 @@ pub struct RouteRuntime {
     pub require_client_certificate: bool,
     /// `require_certificate_binding` on the route (a provider may also require it).
     pub require_certificate_binding: bool,
+    /// `dpop` on the route (a provider may ask for more).
+    pub dpop: tollgate_config::DpopMode,
+    /// Whether `Authorization: DPoP` is read here: the route or one of its providers takes DPoP.
+    pub accepts_dpop: bool,
     /// `upstream_token`: the gateway's minter and what to mint.
     pub upstream_token: Option<crate::mint::RouteTokens>,
 }
 
 impl RouteRuntime {
+    /// The schemes this route's 401s challenge for.
+    pub fn schemes(&self) -> crate::respond::Schemes {
+        use tollgate_config::DpopMode;
+        let all_require = self.dpop == DpopMode::Required
+            || (!self.providers.is_empty()
+                && self.providers.iter().all(|p| p.dpop == DpopMode::Required));
+        match (self.accepts_dpop, all_require) {
+            (false, _) => crate::respond::Schemes::Bearer,
+            (true, false) => crate::respond::Schemes::BearerAndDpop,
+            (true, true) => crate::respond::Schemes::Dpop,
+        }
+    }
+
     /// Removes the route's `strip_prefix` from the upstream request's path (in any letter
     /// case when the route ignores case), keeping the query; the rest starts with `/`.
     pub fn strip_prefix_from(&self, upstream: &mut RequestHeader) -> Result<(), http::Error> {
@@ -190,6 +207,10 @@ impl RuntimeSnapshot {
                         .clone()
                 })
                 .collect();
+            let accepts_dpop = r.dpop != tollgate_config::DpopMode::Off
+                || providers
+                    .iter()
+                    .any(|p| p.dpop != tollgate_config::DpopMode::Off);
             let mut token_sources: Vec<TokenSource> = Vec::new();
             for s in providers.iter().flat_map(|p| &p.token_sources) {
                 if !token_sources.contains(s) {
@@ -229,6 +250,8 @@ impl RuntimeSnapshot {
                 max_body: r.max_body,
                 require_client_certificate: r.require_client_certificate,
                 require_certificate_binding: r.require_certificate_binding,
+                dpop: r.dpop,
+                accepts_dpop,
                 upstream_token: r.upstream_token.clone().map(|spec| {
                     let minter = minter
                         .clone()

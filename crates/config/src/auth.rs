@@ -2,8 +2,8 @@
 //! token sources, and the claims forwarded as headers.
 
 use crate::model::{
-    Audiences, Auth, ClaimHeader, KeySource, Provider, Refresh, Revocation, RevocationSource,
-    SigningKeyFile, SigningKeys, TokenSource,
+    Audiences, Auth, ClaimHeader, DpopMode, DpopSettings, KeySource, Provider, Refresh, Revocation,
+    RevocationSource, SigningKeyFile, SigningKeys, TokenSource,
 };
 use crate::problems::{duration, header_name, Problems};
 use crate::raw::{
@@ -126,7 +126,9 @@ pub(crate) fn auth(
         .as_ref()
         .and_then(|r| revocation(r, problems));
     let signing_keys = raw.signing_keys.as_ref().map(|s| signing_keys(s, problems));
+    let dpop = dpop_settings(raw.dpop.as_ref(), problems);
     Auth {
+        dpop,
         revocation,
         signing_keys,
         failed_auth_limit,
@@ -145,6 +147,41 @@ pub(crate) fn auth(
             Some(r) => r.clone(),
             None => "tollgate".to_owned(),
         },
+    }
+}
+
+/// `auth.dpop`, with its defaults.
+fn dpop_settings(raw: Option<&crate::raw::RawDpop>, problems: &mut Problems) -> DpopSettings {
+    let default = DpopSettings::default();
+    let Some(raw) = raw else { return default };
+    let leeway = match &raw.leeway {
+        Some(t) if t.0.trim() == "0" || t.0.trim() == "0s" => Duration::ZERO,
+        other => duration(other, "auth.dpop.leeway", default.leeway, problems),
+    };
+    let replay_cache_size = raw.replay_cache_size.unwrap_or(default.replay_cache_size);
+    if replay_cache_size == 0 {
+        problems.add("auth.dpop.replay_cache_size", "must be at least 1");
+    }
+    DpopSettings {
+        max_age: duration(&raw.max_age, "auth.dpop.max_age", default.max_age, problems),
+        leeway,
+        replay_cache_size,
+    }
+}
+
+/// `dpop: off | optional | required` of a provider or route.
+pub(crate) fn dpop_mode(path: &str, raw: Option<&str>, problems: &mut Problems) -> DpopMode {
+    match raw {
+        None | Some("off") => DpopMode::Off,
+        Some("optional") => DpopMode::Optional,
+        Some("required") => DpopMode::Required,
+        Some(other) => {
+            problems.add(
+                path,
+                format!("expected off, optional or required, found {other:?}"),
+            );
+            DpopMode::Off
+        }
     }
 }
 
@@ -380,6 +417,16 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
         ),
         Some(_) => {}
     }
+    let dpop = dpop_mode(&format!("{base}.dpop"), p.dpop.as_deref(), problems);
+    if dpop != DpopMode::Off
+        && !token_sources.is_empty()
+        && !token_sources.contains(&TokenSource::Bearer)
+    {
+        problems.add(
+            format!("{base}.dpop"),
+            "DPoP tokens come in the Authorization header: token_sources must include bearer",
+        );
+    }
     Provider {
         name: p.name.clone(),
         issuer: p.issuer.clone(),
@@ -393,6 +440,7 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
         refresh: refresh(&format!("{base}.refresh"), p.refresh.as_ref(), problems),
         token_sources,
         require_certificate_binding: p.require_certificate_binding.unwrap_or(false),
+        dpop,
     }
 }
 

@@ -420,6 +420,8 @@ pub struct Route {
     /// Tokens on this route must be bound to the connection's client certificate
     /// (RFC 8705 §3): `cnf.x5t#S256` required and equal to its thumbprint.
     pub require_certificate_binding: bool,
+    /// DPoP on this route, at least as strict as its provider's. Default off.
+    pub dpop: DpopMode,
     /// Mint a token for the upstream instead of forwarding the caller's. Default: none.
     pub upstream_token: Option<UpstreamToken>,
 }
@@ -578,6 +580,7 @@ pub struct Auth {
     pub revocation: Option<Revocation>,
     /// The gateway's own signing keys, for routes with `upstream_token`.
     pub signing_keys: Option<SigningKeys>,
+    pub dpop: DpopSettings,
 }
 
 /// `auth.signing_keys`: every key is published at `/.well-known/jwks.json` on the metrics
@@ -667,6 +670,44 @@ pub struct Provider {
     /// Refuse tokens not bound to the client certificate (RFC 8705 §3: `cnf.x5t#S256`).
     /// A token that is bound is held to its binding whatever this says. Default false.
     pub require_certificate_binding: bool,
+    /// DPoP (RFC 9449) for this provider's tokens. Default off.
+    pub dpop: DpopMode,
+}
+
+/// Whether requests carry DPoP proofs (RFC 9449).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DpopMode {
+    /// `Authorization: DPoP` is not accepted; `cnf.jkt` is not looked at.
+    #[default]
+    Off,
+    /// `Authorization: DPoP` with a proof is accepted beside `Bearer`; a token bound to a
+    /// key (`cnf.jkt`) must come with a proof by that key.
+    Optional,
+    /// Every token must be bound to a key and come with a proof by it.
+    Required,
+}
+
+/// `auth.dpop`: proof checking for providers and routes with `dpop`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopSettings {
+    /// How long after its `iat` a proof is accepted (and its `jti` remembered). Default 60 s.
+    pub max_age: Duration,
+    /// How far in the future a proof's `iat` may be. Default 5 s.
+    pub leeway: Duration,
+    /// Proof `jti`s remembered in this process (Redis, when rate limits use it, holds them
+    /// for the fleet). When full of unexpired entries, proofs are refused with 503. Default
+    /// 1,000,000.
+    pub replay_cache_size: usize,
+}
+
+impl Default for DpopSettings {
+    fn default() -> Self {
+        DpopSettings {
+            max_age: Duration::from_secs(60),
+            leeway: Duration::from_secs(5),
+            replay_cache_size: 1_000_000,
+        }
+    }
 }
 
 /// The audiences a provider accepts.

@@ -214,6 +214,16 @@ pub struct RawAuth {
     pub max_verifications_in_flight: Option<usize>,
     pub revocation: Option<RawRevocation>,
     pub signing_keys: Option<RawSigningKeys>,
+    pub dpop: Option<RawDpop>,
+}
+
+/// `auth.dpop`: how DPoP proofs are checked, for providers and routes that take them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDpop {
+    pub max_age: Option<DurationText>,
+    pub leeway: Option<DurationText>,
+    pub replay_cache_size: Option<usize>,
 }
 
 /// `auth.signing_keys`: the gateway's own keys, for `routes[].upstream_token`.
@@ -320,6 +330,7 @@ pub struct RawProvider {
     pub refresh: Option<RawRefresh>,
     pub token_sources: Option<Vec<String>>,
     pub require_certificate_binding: Option<bool>,
+    pub dpop: Option<String>,
 }
 
 /// `discovery: true` (at the issuer) or `discovery: URL`.
@@ -364,6 +375,7 @@ pub struct RawRoute {
     pub max_body: Option<ByteSize>,
     pub client_certificate: Option<String>,
     pub require_certificate_binding: Option<bool>,
+    pub dpop: Option<String>,
     pub upstream_token: Option<RawUpstreamToken>,
 }
 

@@ -177,6 +177,9 @@ pub(crate) fn route(
             "does not apply with auth: none",
         );
     }
+    if auth_mode == AuthMode::None && raw.dpop.is_some() {
+        problems.add(format!("{base}.dpop"), "does not apply with auth: none");
+    }
     Route {
         name: raw.name.clone(),
         host: raw.host.clone(),
@@ -207,6 +210,7 @@ pub(crate) fn route(
             }
         },
         require_certificate_binding: raw.require_certificate_binding.unwrap_or(false),
+        dpop: crate::auth::dpop_mode(&format!("{base}.dpop"), raw.dpop.as_deref(), problems),
         upstream_token,
     }
 }

@@ -1038,3 +1038,49 @@ routes:
         0,
     );
 }
+
+#[test]
+fn dpop_is_off_optional_or_required_and_needs_the_authorization_header() {
+    let c = parse(
+        r#"
+auth:
+  dpop: { max_age: 30s, leeway: 0s, replay_cache_size: 1000 }
+  providers: [{ name: p, issuer: "https://i", audiences: any, jwks_file: /dev/null, dpop: optional }]
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: u, dpop: required }
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.auth.providers[0].dpop, tollgate_config::DpopMode::Optional);
+    assert_eq!(c.routes[0].dpop, tollgate_config::DpopMode::Required);
+    assert_eq!(c.auth.dpop.max_age, std::time::Duration::from_secs(30));
+    assert_eq!(c.auth.dpop.leeway, std::time::Duration::ZERO);
+    assert_eq!(c.auth.dpop.replay_cache_size, 1000);
+
+    let p = problems(
+        r#"
+auth:
+  dpop: { max_age: forever, replay_cache_size: 0 }
+  providers:
+    - { name: p, issuer: "https://i", audiences: any, jwks_file: /dev/null, dpop: yes please }
+    - { name: q, issuer: "https://q", audiences: any, jwks_file: /dev/null, dpop: required, token_sources: ["cookie:t"] }
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, auth: none, upstream: u, dpop: required }
+"#,
+    );
+    assert_problems(
+        &p,
+        &[
+            "auth.dpop.max_age:",
+            "auth.dpop.replay_cache_size: must be at least 1",
+            "auth.providers[0].dpop: expected off, optional or required, found \"yes please\"",
+            "auth.providers[1].dpop: DPoP tokens come in the Authorization header",
+            "routes[0].dpop: does not apply with auth: none",
+        ],
+        0,
+    );
+}

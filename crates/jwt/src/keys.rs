@@ -271,6 +271,26 @@ impl KeySet {
         set
     }
 
+    /// The one public key a DPoP proof carries in its `jwk` header (RFC 9449 §4.2): an
+    /// asymmetric key of a supported type and curve, with no private member. Its `kid`, if
+    /// any, is dropped so the proof's header `kid` cannot steer key selection.
+    pub(crate) fn from_proof_jwk(jwk: &Map<String, Value>) -> Result<KeySet, &'static str> {
+        const PRIVATE: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+        if PRIVATE.iter().any(|m| jwk.contains_key(*m)) {
+            return Err("the DPoP proof jwk holds private key material");
+        }
+        if jwk.get("kty").and_then(Value::as_str) == Some("oct") {
+            return Err("the DPoP proof jwk must be an asymmetric key");
+        }
+        let Ok(Some(mut key)) = parse_jwk(jwk) else {
+            return Err("the DPoP proof jwk is not a usable public key");
+        };
+        key.kid = None;
+        let mut set = KeySet::new();
+        set.push(key);
+        Ok(set)
+    }
+
     /// Combines several sets (e.g. a JWKS and a PEM file for the same provider).
     pub fn merge(sets: impl IntoIterator<Item = KeySet>) -> KeySet {
         let mut out = KeySet::new();

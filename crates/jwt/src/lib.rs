@@ -24,6 +24,7 @@
 
 mod alg;
 pub mod codec;
+pub mod dpop;
 mod error;
 mod keys;
 mod revoke;
@@ -34,7 +35,7 @@ pub use alg::Algorithm;
 pub use error::KeyError;
 pub use keys::KeySet;
 pub use revoke::{DenyList, Entry as DenyEntry, ListError, Revoked};
-pub use sign::{sign, SigningKey};
+pub use sign::{sign, sign_with_header, SigningKey};
 pub use verify::{
     decode_unverified, parse_token, peek_issuer, verdict_json, verify, verify_signature,
     ParsedToken, Reason, Rejection, Validation, VerifiedToken, MAX_TOKEN_BYTES,

@@ -204,24 +204,36 @@ pub fn sign(
     claims: &Value,
     key: &SigningKey,
 ) -> Result<String, KeyError> {
-    if !key.supports(header_alg) {
-        return Err(KeyError::AlgorithmMismatch { alg: header_alg });
-    }
-    if !claims.is_object() {
-        return Err(KeyError::ClaimsNotObject);
-    }
     let mut header = Map::new();
     header.insert("alg".into(), header_alg.as_str().into());
     if let Some(kid) = kid {
         header.insert("kid".into(), kid.into());
     }
     header.insert("typ".into(), "JWT".into());
+    sign_with_header(header_alg, header, claims, key)
+}
+
+/// Signs `claims` under `header`, to which `alg` is set: for JWS of other types, such as
+/// a DPoP proof (`typ: dpop+jwt` and a `jwk`).
+pub fn sign_with_header(
+    alg: Algorithm,
+    mut header: Map<String, Value>,
+    claims: &Value,
+    key: &SigningKey,
+) -> Result<String, KeyError> {
+    if !key.supports(alg) {
+        return Err(KeyError::AlgorithmMismatch { alg });
+    }
+    if !claims.is_object() {
+        return Err(KeyError::ClaimsNotObject);
+    }
+    header.insert("alg".into(), alg.as_str().into());
     let header = serde_json::to_vec(&header).map_err(|_| KeyError::Json)?;
     let payload = serde_json::to_vec(claims).map_err(|_| KeyError::Json)?;
     let mut token = b64url_encode(&header);
     token.push('.');
     token.push_str(&b64url_encode(&payload));
-    let sig = key.sign_bytes(header_alg, token.as_bytes())?;
+    let sig = key.sign_bytes(alg, token.as_bytes())?;
     token.push('.');
     token.push_str(&b64url_encode(&sig));
     Ok(token)

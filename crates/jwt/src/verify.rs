@@ -156,13 +156,15 @@ impl fmt::Debug for VerifiedToken {
 }
 
 /// Everything rules 1-7 establish, borrowed from the token where possible.
-struct Parsed<'t> {
+pub(crate) struct Parsed<'t> {
     signing_input: &'t str,
     signature: Vec<u8>,
-    alg: Algorithm,
+    pub(crate) alg: Algorithm,
     kid: Option<String>,
-    typ: Option<String>,
-    claims: Map<String, Value>,
+    pub(crate) typ: Option<String>,
+    /// The whole JOSE header: only a DPoP proof reads more of it (its `jwk`).
+    pub(crate) header: Map<String, Value>,
+    pub(crate) claims: Map<String, Value>,
 }
 
 /// The decoded segments of a compact JWS.
@@ -222,7 +224,7 @@ enum Part {
 }
 
 /// Rules 1-7, in order.
-fn parse(token: &str) -> Result<Parsed<'_>, Rejection> {
+pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, Rejection> {
     let Segments {
         signing_input,
         header,
@@ -264,6 +266,7 @@ fn parse(token: &str) -> Result<Parsed<'_>, Rejection> {
         alg,
         kid,
         typ,
+        header,
         claims,
     })
 }
@@ -298,7 +301,7 @@ fn check_claim_types(claims: &Map<String, Value>) -> Result<(), Rejection> {
 }
 
 /// A JSON number in [0, 2^63); fractions are allowed (RFC 7519 §2 NumericDate).
-fn numeric_date(v: &Value) -> Option<f64> {
+pub(crate) fn numeric_date(v: &Value) -> Option<f64> {
     let n = v.as_number()?;
     if let Some(u) = n.as_u64() {
         // Checked on the integer so values just above 2^63 cannot round down into range.
@@ -347,7 +350,7 @@ impl ParsedToken<'_> {
 
 /// Rules 8-11: some key among the candidates for the token's `kid` fits its `alg`, is strong
 /// enough, and verifies the signature.
-fn check_signature(p: &Parsed<'_>, keys: &KeySet) -> Result<(), Rejection> {
+pub(crate) fn check_signature(p: &Parsed<'_>, keys: &KeySet) -> Result<(), Rejection> {
     let (mut any_candidate, mut any_fit, mut any_strong) = (false, false, false);
     let mut verified = false;
     for key in keys.candidates(p.kid.as_deref()) {
@@ -447,7 +450,7 @@ impl Validation {
 
 /// Media types compared the way RFC 7515 §4.1.9 allows `typ` to be written: case-insensitively,
 /// with `application/` left out when no other `/` follows (`application/at+jwt` = `AT+JWT`).
-fn same_media_type(a: &str, b: &str) -> bool {
+pub(crate) fn same_media_type(a: &str, b: &str) -> bool {
     fn short(t: &str) -> &str {
         match t.get(..12) {
             Some(p) if p.eq_ignore_ascii_case("application/") && !t[12..].contains('/') => &t[12..],

@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod config;
 mod deploy;
+mod dpop;
 mod edge;
 mod explain;
 mod lifecycle;

@@ -1,0 +1,290 @@
+//! DPoP (RFC 9449): a token bound to a client key passes only with a fresh proof by that key
+//! for this very request, once; checked on what the client got and what the upstream received.
+
+use crate::common::*;
+use serde_json::json;
+use tollgate_jwt::dpop::{key_thumbprint, make_proof};
+use tollgate_jwt::SigningKey;
+
+const ISS: &str = "https://issuer.test";
+const AUD: &str = "api://tests";
+
+fn client_key() -> SigningKey {
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    SigningKey::from_pkcs8_der(pkcs8.as_ref()).unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token bound to `client` (`cnf.jkt`), or unbound.
+fn token(issuer: &TestKey, client: Option<&SigningKey>) -> String {
+    let mut claims = json!({ "iss": ISS, "aud": AUD, "sub": "alice" });
+    if let Some(c) = client {
+        claims["cnf"] = json!({ "jkt": key_thumbprint(c).unwrap() });
+    }
+    issuer.sign(claims)
+}
+
+static JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A fresh proof by `key` for `method` on `url`, for `token`.
+fn proof(key: &SigningKey, method: &str, url: &str, token: &str) -> String {
+    let jti = format!(
+        "jti-{}",
+        JTI.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    make_proof(key, method, url, Some(token), &jti, now()).unwrap()
+}
+
+fn config(jwks: &std::path::Path, echo: &Echo, extra: &str) -> String {
+    format!(
+        "auth:
+  providers:
+    - {{ name: main, issuer: \"{ISS}\", audiences: [\"{AUD}\"], jwks_file: \"{}\", dpop: required }}
+    - {{ name: soft, issuer: \"https://soft.test\", audiences: any, jwks_file: \"{}\", dpop: optional }}
+upstreams:
+  echo: {{ backends: [{{ addr: \"{}\" }}] }}
+routes:
+  - {{ name: api, path: /api, path_match: prefix, upstream: echo, providers: [main] }}
+  - {{ name: soft, path: /soft, path_match: prefix, upstream: echo, providers: [soft] }}
+{extra}",
+        jwks.display(),
+        jwks.display(),
+        echo.addr()
+    )
+}
+
+/// The whole answer to `request`, as text (repeated header fields kept).
+fn raw_text(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn dpop_get(gw: &Gateway, path: &str, token: &str, proof: Option<&str>) -> Reply {
+    let auth = format!("DPoP {token}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    if let Some(p) = proof {
+        headers.push(("dpop", p));
+    }
+    gw.get(path, &headers)
+}
+
+fn assert_proof_refused(r: &Reply, what: &str) {
+    assert_eq!(r.status, 401, "{what}: {}", r.body);
+    assert_eq!(r.json()["reason"], "dpop_proof", "{what}: {}", r.body);
+    let challenge = r.header("www-authenticate").unwrap_or("");
+    assert!(
+        challenge.starts_with("DPoP ") && challenge.contains("error=\"invalid_dpop_proof\""),
+        "{what}: {challenge}"
+    );
+}
+
+#[test]
+fn a_bound_token_passes_only_with_a_fresh_proof_by_its_key_for_this_request() {
+    let issuer = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&issuer]);
+    let echo = Echo::start("e1");
+    let gw = Gateway::start(&config(&jwks, &echo, ""));
+    let alice = client_key();
+    let bound = token(&issuer, Some(&alice));
+    let url = gw.url("/api/items");
+
+    // A valid proof: accepted, and neither the token nor the proof reaches the upstream.
+    let first = proof(&alice, "GET", &url, &bound);
+    let r = dpop_get(&gw, "/api/items?page=2", &bound, Some(&first));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.upstream_header("dpop"), None);
+    assert_eq!(r.upstream_header("authorization"), None);
+
+    // The same proof again: a replay.
+    let r = dpop_get(&gw, "/api/items", &bound, Some(&first));
+    assert_proof_refused(&r, "replayed jti");
+    assert!(r.body.contains("already used"), "{}", r.body);
+
+    // A proof for another method, another URI, another port.
+    for (method, target, what) in [
+        ("POST", url.clone(), "wrong htm"),
+        ("GET", gw.url("/api/other"), "wrong htu path"),
+        (
+            "GET",
+            url.replace("127.0.0.1", "localhost"),
+            "wrong htu host",
+        ),
+    ] {
+        let p = proof(&alice, method, &target, &bound);
+        assert_proof_refused(&dpop_get(&gw, "/api/items", &bound, Some(&p)), what);
+    }
+
+    // A token bound to another key, with a proof by alice's.
+    let mallory = client_key();
+    let theirs = token(&issuer, Some(&mallory));
+    let p = proof(&alice, "GET", &url, &theirs);
+    let r = dpop_get(&gw, "/api/items", &theirs, Some(&p));
+    assert_proof_refused(&r, "token bound to another key");
+    assert!(
+        r.body.contains("not the key the token is bound to"),
+        "{}",
+        r.body
+    );
+
+    // A proof for another token (its ath).
+    let p = proof(&alice, "GET", &url, &theirs);
+    assert_proof_refused(&dpop_get(&gw, "/api/items", &bound, Some(&p)), "wrong ath");
+
+    // No proof where DPoP is required; two proofs.
+    assert_proof_refused(&dpop_get(&gw, "/api/items", &bound, None), "missing proof");
+    let (a, b) = (
+        proof(&alice, "GET", &url, &bound),
+        proof(&alice, "GET", &url, &bound),
+    );
+    let raw = raw_text(
+        gw.port,
+        &format!(
+            "GET /api/items HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: DPoP {bound}\r\nDPoP: {a}\r\nDPoP: {b}\r\nConnection: close\r\n\r\n",
+            gw.port
+        ),
+    );
+    let r = parse_reply(&raw).unwrap();
+    assert_proof_refused(&r, "two proofs");
+
+    // The bound token as a bearer token, and an unbound token, on a route that requires DPoP.
+    for (auth, what) in [
+        (format!("Bearer {bound}"), "bearer use of a bound token"),
+        (format!("DPoP {}", token(&issuer, None)), "unbound token"),
+    ] {
+        let p = proof(&alice, "GET", &url, &bound);
+        let r = gw.get("/api/items", &[("authorization", &auth), ("dpop", &p)]);
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+        assert_eq!(r.json()["reason"], "binding", "{what}");
+        let challenge = r.header("www-authenticate").unwrap();
+        assert!(
+            challenge.starts_with("DPoP ") && challenge.contains("algs=\"ES256"),
+            "{what}: {challenge}"
+        );
+    }
+
+    // Only the first proof reached the upstream.
+    assert_eq!(echo.count(), 1);
+    assert_eq!(
+        gw.metric("tollgate_dpop_proofs_total", &[("result", "accepted")]),
+        1.0
+    );
+    assert_eq!(
+        gw.metric("tollgate_dpop_proofs_total", &[("result", "replayed")]),
+        1.0
+    );
+    assert_eq!(
+        gw.metric(
+            "tollgate_auth_decisions_total",
+            &[
+                ("provider", "main"),
+                ("result", "deny"),
+                ("reason", "dpop_proof")
+            ]
+        ),
+        8.0
+    );
+}
+
+#[test]
+fn where_dpop_is_optional_unbound_bearer_tokens_pass_and_bound_ones_need_their_proof() {
+    let issuer = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&issuer]);
+    let echo = Echo::start("e1");
+    let gw = Gateway::start(&config(&jwks, &echo, ""));
+    let soft = |client: Option<&SigningKey>| {
+        let mut claims = json!({ "iss": "https://soft.test", "sub": "bob" });
+        if let Some(c) = client {
+            claims["cnf"] = json!({ "jkt": key_thumbprint(c).unwrap() });
+        }
+        issuer.sign(claims)
+    };
+    let unbound = soft(None);
+    let r = gw.get("/soft", &[("authorization", &format!("Bearer {unbound}"))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let bob = client_key();
+    let bound = soft(Some(&bob));
+    let r = gw.get("/soft", &[("authorization", &format!("Bearer {bound}"))]);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.json()["reason"], "binding");
+    // Both schemes are challenged where both are taken (RFC 9449 §7.1).
+    let raw = raw_text(
+        gw.port,
+        &format!(
+            "GET /soft HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {bound}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    let challenges: Vec<&str> = raw
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+        .collect();
+    assert_eq!(challenges.len(), 2, "{raw}");
+    assert!(challenges[0].contains("Bearer realm=") && challenges[0].contains("invalid_token"));
+    assert!(challenges[1].contains("DPoP realm=") && challenges[1].contains("algs="));
+    let p = proof(&bob, "GET", &gw.url("/soft"), &bound);
+    assert_eq!(dpop_get(&gw, "/soft", &bound, Some(&p)).status, 200);
+}
+
+#[test]
+fn a_proof_used_at_one_gateway_is_refused_at_another_sharing_its_redis() {
+    let redis = RedisServer::start();
+    let issuer = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&issuer]);
+    let echo = Echo::start("e1");
+    let shared = format!(
+        "rate_limiting:\n  redis: {{ url: \"{}\", on_store_error: deny }}\n",
+        redis.url()
+    );
+    let one = Gateway::start(&config(&jwks, &echo, &shared));
+    let two = Gateway::start(&config(&jwks, &echo, &shared));
+    let alice = client_key();
+    let bound = token(&issuer, Some(&alice));
+    // Both proofs name the same URI: the gateways differ only by port, so the Host each
+    // sees is given explicitly as the one the client addressed.
+    let host = "api.test:8443";
+    let url = format!("http://{host}/api/x");
+    let send = |gw: &Gateway, p: &str| {
+        gw.get(
+            "/api/x",
+            &[
+                ("host", host),
+                ("authorization", &format!("DPoP {bound}")),
+                ("dpop", p),
+            ],
+        )
+    };
+    // Readiness: each gateway has its Redis connection (with `deny`, none means 503).
+    for gw in [&one, &two] {
+        wait_for(
+            "the gateway's Redis connection",
+            std::time::Duration::from_secs(20),
+            || {
+                let r = send(gw, &proof(&alice, "GET", &url, &bound));
+                assert!(r.status == 200 || r.status == 503, "{}", r.body);
+                (r.status == 200).then_some(())
+            },
+        );
+    }
+    let p = proof(&alice, "GET", &url, &bound);
+    assert_eq!(send(&one, &p).status, 200);
+    let r = send(&two, &p);
+    assert_proof_refused(&r, "replayed at another gateway");
+    assert_eq!(
+        two.metric("tollgate_dpop_proofs_total", &[("result", "replayed")]),
+        1.0
+    );
+}
