@@ -23,6 +23,32 @@ const FORGED: Rejection = Rejection {
     detail: "signature does not verify",
 };
 
+/// The answer to an opaque token its provider says is not active.
+const INACTIVE: Rejection = Rejection {
+    reason: Reason::Revoked,
+    detail: "the token is not active (introspection)",
+};
+
+/// The answer to an introspected token whose `iss` is another issuer's.
+const ISSUER: Rejection = Rejection {
+    reason: Reason::Issuer,
+    detail: "the introspection answer names another issuer",
+};
+
+/// Whether `token` has the shape of a JWS: three segments, the first a base64url JSON
+/// object. Anything else is an opaque token, for an introspection provider.
+fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    tollgate_jwt::codec::b64url_decode(header).is_some_and(|h| {
+        h.first() == Some(&b'{') && tollgate_jwt::codec::parse_json_object(&h).is_ok()
+    })
+}
+
 /// The answer to a token on the deny list.
 const REVOKED: Rejection = Rejection {
     reason: Reason::Revoked,
@@ -149,11 +175,82 @@ impl Authenticator {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs();
+        let introspecting = providers.iter().find(|p| {
+            p.introspector
+                .as_ref()
+                .is_some_and(|i| i.all_tokens || !looks_like_jwt(token))
+        });
+        let (provider, verified, headers) = if let Some(provider) = introspecting {
+            let verified = self
+                .introspect(provider, token, now_s, client)
+                .await
+                .map_err(|e| match e {
+                    Ok(r) => VerifyError::Rejected(Some(provider.clone()), r),
+                    Err(refused) => VerifyError::Refused(refused),
+                })?;
+            let headers: IdentityHeaders = self.identity_headers(&verified.claims).into();
+            (provider.clone(), verified, headers)
+        } else {
+            self.verify_jwt(token, providers, client).await?
+        };
+        if provider.introspector.is_some() {
+            // RFC 7662 §2.2: `iss` is optional in an answer; when present it must be ours.
+            if verified.iss.as_ref().is_some_and(|i| *i != provider.issuer) {
+                return Err((Some(provider), ISSUER).into());
+            }
+        }
+        self.accept(provider, verified, headers, now_s)
+    }
+
+    /// An opaque token (or any token, with `tokens: all`) asked about at `provider`'s
+    /// introspection endpoint. `Err(Ok(_))`: refused (401); `Err(Err(_))`: not checked (503).
+    async fn introspect(
+        &self,
+        provider: &Arc<Provider>,
+        token: &str,
+        now_s: u64,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Arc<VerifiedToken>, Result<Rejection, crate::preauth::PreAuthRefusal>> {
+        use crate::introspect::Refused;
+        let introspector = provider.introspector.as_ref().expect("chosen for it");
+        let answer = match introspector.cached(token, now_s) {
+            Some(answer) => answer,
+            None => {
+                // A call costs the identity provider: the same brakes as a signature check.
+                let _permit = crate::preauth::PREAUTH
+                    .admit(client, &self.brakes, crate::clock::now_ns())
+                    .map_err(Err)?;
+                introspector.introspect(&self.connector, token, now_s).await
+            }
+        };
+        answer.map_err(|r| match r {
+            Refused::Inactive => Ok(INACTIVE),
+            Refused::Malformed(detail) => Ok(Rejection {
+                reason: Reason::Malformed,
+                detail,
+            }),
+            Refused::Unavailable => {
+                METRICS
+                    .preauth_refusals
+                    .with_label_values(&["introspection_unavailable"])
+                    .inc();
+                Err(crate::preauth::PreAuthRefusal::IntrospectionUnavailable)
+            }
+        })
+    }
+
+    /// A JWT: from the verified-token cache, or verified now.
+    async fn verify_jwt(
+        &self,
+        token: &str,
+        providers: &[Arc<Provider>],
+        client: Option<std::net::IpAddr>,
+    ) -> Result<(Arc<Provider>, Arc<VerifiedToken>, IdentityHeaders), VerifyError> {
         let key = digest(token.as_bytes());
         // A hit names the provider that verified these exact bytes (chosen by their `iss`, so
         // the same choice as below); it counts only while that provider's keys are unchanged.
         let hit = self.cache.verified(&key, providers);
-        let (provider, verified, headers) = match hit {
+        Ok(match hit {
             Some((provider, entry)) => {
                 METRICS.token_cache_hit.inc();
                 (provider, entry.token.clone(), entry.headers.clone())
@@ -208,7 +305,18 @@ impl Authenticator {
                 );
                 (provider, token_v, headers)
             }
-        };
+        })
+    }
+
+    /// The claims stage, `require_exp` and the deny list, on a token verified or
+    /// introspected for `provider`.
+    fn accept(
+        &self,
+        provider: Arc<Provider>,
+        verified: Arc<VerifiedToken>,
+        headers: IdentityHeaders,
+        now_s: u64,
+    ) -> Result<Identity, VerifyError> {
         if let Err(r) = provider.validation.check_claims(&verified, now_s) {
             return Err((Some(provider), r).into());
         }

@@ -130,6 +130,8 @@ pub fn load_local(source: &KeySource) -> Result<Option<KeySet>, String> {
             parse_key_file(&bytes).map(Some)
         }
         KeySource::Uri(_) | KeySource::Discovery(_) => Ok(None),
+        // Nothing to verify with: the provider is asked about each token.
+        KeySource::Introspection(_) => Ok(Some(KeySet::new())),
         KeySource::HmacFile { path, alg } => {
             let mut secret = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
             while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -162,6 +164,51 @@ async fn fetch_inner(
     uri: &str,
     ca: Option<&Arc<CaType>>,
 ) -> Result<Fetched, String> {
+    let (status, max_age, body) = exchange(connector, "GET", uri, &[], None, ca).await?;
+    if status != 200 {
+        return Err(format!("status {status}"));
+    }
+    Ok(Fetched { body, max_age })
+}
+
+/// POSTs a form (`application/x-www-form-urlencoded`) within `timeout`, connect to last
+/// byte, with `Authorization: authorization`; the answer's status and body.
+pub async fn post_form(
+    connector: &Connector,
+    uri: &str,
+    authorization: &str,
+    form: String,
+    timeout: Duration,
+    ca: Option<&Arc<CaType>>,
+) -> Result<(u16, Vec<u8>), String> {
+    let headers = [
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("authorization", authorization),
+    ];
+    let call = exchange(
+        connector,
+        "POST",
+        uri,
+        &headers,
+        Some(form.into_bytes()),
+        ca,
+    );
+    let (status, _, body) = tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| format!("timed out after {timeout:?}"))??;
+    Ok((status, body))
+}
+
+/// One HTTP/1.1 request to `uri` on a fresh connection from Pingora's connector: its
+/// status, `Cache-Control: max-age` and body (at most [`MAX_JWKS_BYTES`]).
+async fn exchange(
+    connector: &Connector,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+    ca: Option<&Arc<CaType>>,
+) -> Result<(u16, Option<Duration>, Vec<u8>), String> {
     let parsed: http::Uri = uri.parse().map_err(|e| format!("invalid URL: {e}"))?;
     let tls = parsed.scheme_str() == Some("https");
     let host = parsed.host().ok_or("URL has no host")?.to_owned();
@@ -178,7 +225,7 @@ async fn fetch_inner(
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let path = parsed.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
+    let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(|e| e.to_string())?;
     let host_header = match parsed.port_u16() {
         Some(p) => format!("{host}:{p}"),
         None => host.clone(),
@@ -192,10 +239,24 @@ async fn fetch_inner(
         concat!("tollgate/", env!("CARGO_PKG_VERSION")),
     )
     .map_err(|e| e.to_string())?;
+    for (name, value) in headers {
+        req.insert_header(name.to_string(), *value)
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(body) = &body {
+        req.insert_header("content-length", body.len())
+            .map_err(|e| e.to_string())?;
+    }
     session
         .write_request_header(Box::new(req))
         .await
         .map_err(|e| format!("send: {e}"))?;
+    if let Some(body) = body {
+        session
+            .write_request_body(body.into(), false)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+    }
     session
         .finish_request_body()
         .await
@@ -205,9 +266,7 @@ async fn fetch_inner(
         .await
         .map_err(|e| format!("read: {e}"))?;
     let resp = session.response_header().ok_or("no response header")?;
-    if resp.status != 200 {
-        return Err(format!("status {}", resp.status.as_u16()));
-    }
+    let status = resp.status.as_u16();
     let max_age = resp
         .headers
         .get_all(http::header::CACHE_CONTROL)
@@ -227,7 +286,7 @@ async fn fetch_inner(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(Fetched { body, max_age })
+    Ok((status, max_age, body))
 }
 
 #[cfg(test)]

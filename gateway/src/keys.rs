@@ -38,6 +38,8 @@ pub struct Provider {
     pub require_certificate_binding: bool,
     /// DPoP (RFC 9449) for this provider's tokens.
     pub dpop: tollgate_config::DpopMode,
+    /// `type: introspection`: tokens are checked by asking the provider.
+    pub introspector: Option<Arc<crate::introspect::Introspector>>,
     /// `ca_file`: what the `jwks_uri` (and discovery) server's certificate must chain to.
     ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
     /// A discovered `jwks_uri` may be plain http off loopback.
@@ -69,13 +71,23 @@ impl Provider {
         let local = jwks::load_local(&p.keys)?;
         let ca = p.ca_file.as_deref().map(crate::tls::load_ca).transpose()?;
         let ready = local.is_some();
+        let introspector =
+            match &p.keys {
+                KeySource::Introspection(c) => Some(Arc::new(
+                    crate::introspect::Introspector::build(&p.name, c, ca.clone())?,
+                )),
+                _ => None,
+            };
         let provider = Provider {
+            // RFC 7662 §2.2: `iss` is optional in an introspection answer; the claims
+            // stage then checks it only when present (see `auth`).
+            introspector,
             index,
             name: p.name.as_str().into(),
             issuer: p.issuer.clone(),
             validation: Validation {
                 leeway_s: p.leeway.as_secs(),
-                issuer: Some(p.issuer.clone()),
+                issuer: (!matches!(p.keys, KeySource::Introspection(_))).then(|| p.issuer.clone()),
                 // The verifier skips the check for an empty list; validation never leaves
                 // a `List` empty, so only an explicit `any` gets here with nothing to check.
                 audiences: match &p.audiences {

@@ -31,6 +31,7 @@ mod credentials;
 mod dpop;
 mod echo;
 mod edge;
+mod introspect;
 mod jwks;
 mod keys;
 mod metrics;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub jwks_fetch: IntCounterVec,
     pub oidc_discovery: IntCounterVec,
     pub dpop_proofs: IntCounterVec,
+    pub introspection_calls: IntCounterVec,
+    pub introspection_cache: IntCounterVec,
     pub upstream_tokens: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
     pub jwks_last_success: GaugeVec,
@@ -216,6 +218,25 @@ impl Metrics {
                  (the replay cache was full or its Redis store failed with on_store_error: deny).",
             ),
             &["result"],
+        )
+        .expect("valid metric");
+        let introspection_calls = IntCounterVec::new(
+            Opts::new(
+                "tollgate_introspection_requests_total",
+                "Token introspection calls (RFC 7662), by provider and result: active, inactive, \
+                 malformed (claims of the wrong type), error (timeout, unreachable, non-200, \
+                 not JSON: the token is refused with 503), circuit_open (not called: the \
+                 circuit is open after consecutive errors; refused with 503).",
+            ),
+            &["provider", "result"],
+        )
+        .expect("valid metric");
+        let introspection_cache = IntCounterVec::new(
+            Opts::new(
+                "tollgate_introspection_cache_total",
+                "Introspection answers looked up, by provider and result (hit, miss).",
+            ),
+            &["provider", "result"],
         )
         .expect("valid metric");
         let upstream_tokens = IntCounterVec::new(
@@ -484,6 +505,8 @@ impl Metrics {
             Box::new(jwks_fetch.clone()),
             Box::new(oidc_discovery.clone()),
             Box::new(dpop_proofs.clone()),
+            Box::new(introspection_calls.clone()),
+            Box::new(introspection_cache.clone()),
             Box::new(upstream_tokens.clone()),
             Box::new(jwks_keys.clone()),
             Box::new(jwks_last_success.clone()),
@@ -523,6 +546,8 @@ impl Metrics {
             jwks_fetch,
             oidc_discovery,
             dpop_proofs,
+            introspection_calls,
+            introspection_cache,
             upstream_tokens,
             jwks_keys,
             jwks_last_success,

@@ -402,6 +402,11 @@ impl Pipeline<'_> {
                         message: "the revocation list has not been read yet; retry later",
                         retry_after_secs: 1,
                     },
+                    PreAuthRefusal::IntrospectionUnavailable => Refusal::Overloaded {
+                        reason: "introspection_unavailable",
+                        message: "the token could not be checked with its issuer; retry later",
+                        retry_after_secs: 1,
+                    },
                 })
             }
             Err(VerifyError::Rejected(provider, rejection)) => {

@@ -32,6 +32,9 @@ pub enum PreAuthRefusal {
     /// The revocation list has not been read yet (its Redis down since start): 503. Counted
     /// where it is decided, not by the brakes.
     RevocationUnavailable,
+    /// The introspection endpoint could not answer, or its circuit is open: 503 (fail
+    /// closed). Counted where it is decided.
+    IntrospectionUnavailable,
 }
 
 impl PreAuthRefusal {
@@ -40,6 +43,7 @@ impl PreAuthRefusal {
             PreAuthRefusal::FailedAuthLimit { .. } => "failed_auth_limit",
             PreAuthRefusal::Busy => "verification_budget",
             PreAuthRefusal::RevocationUnavailable => "revocation_unavailable",
+            PreAuthRefusal::IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 }

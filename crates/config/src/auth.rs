@@ -2,8 +2,8 @@
 //! token sources, and the claims forwarded as headers.
 
 use crate::model::{
-    Audiences, Auth, ClaimHeader, DpopMode, DpopSettings, KeySource, Provider, Refresh, Revocation,
-    RevocationSource, SigningKeyFile, SigningKeys, TokenSource,
+    Audiences, Auth, ClaimHeader, DpopMode, DpopSettings, Introspection, KeySource, Provider,
+    Refresh, Revocation, RevocationSource, SecretSource, SigningKeyFile, SigningKeys, TokenSource,
 };
 use crate::problems::{duration, header_name, Problems};
 use crate::raw::{
@@ -287,6 +287,79 @@ fn revocation(r: &RawRevocation, problems: &mut Problems) -> Option<Revocation> 
     Some(Revocation { source, poll })
 }
 
+/// `providers[].introspection`, with its defaults.
+fn introspection(
+    base: &str,
+    raw: &crate::raw::RawIntrospection,
+    insecure_http: bool,
+    problems: &mut Problems,
+) -> Introspection {
+    fetch_url(
+        &format!("{base}.endpoint"),
+        &raw.endpoint,
+        insecure_http,
+        problems,
+    );
+    if raw.client_id.is_empty() || raw.client_id.contains(':') {
+        // RFC 7617 §2: the user-id of Basic authentication cannot contain a colon.
+        problems.add(
+            format!("{base}.client_id"),
+            "must not be empty nor contain a colon",
+        );
+    }
+    let client_secret = match (&raw.client_secret_file, &raw.client_secret_env) {
+        (Some(f), None) => SecretSource::File(f.clone()),
+        (None, Some(v)) => SecretSource::Env(v.clone()),
+        _ => {
+            problems.add(
+                base,
+                "needs exactly one of client_secret_file and client_secret_env",
+            );
+            SecretSource::Env(String::new())
+        }
+    };
+    let all_tokens = match raw.tokens.as_deref() {
+        None | Some("opaque") => false,
+        Some("all") => true,
+        Some(other) => {
+            problems.add(
+                format!("{base}.tokens"),
+                format!("expected opaque or all, found {other:?}"),
+            );
+            false
+        }
+    };
+    let d =
+        |v: &Option<crate::raw::DurationText>, key: &str, secs: u64, problems: &mut Problems| {
+            duration(
+                v,
+                &format!("{base}.{key}"),
+                Duration::from_secs(secs),
+                problems,
+            )
+        };
+    let cache_size = raw.cache_size.unwrap_or(100_000);
+    if cache_size == 0 {
+        problems.add(format!("{base}.cache_size"), "must be at least 1");
+    }
+    let failure_threshold = raw.failure_threshold.unwrap_or(5);
+    if failure_threshold == 0 {
+        problems.add(format!("{base}.failure_threshold"), "must be at least 1");
+    }
+    Introspection {
+        endpoint: raw.endpoint.clone(),
+        client_id: raw.client_id.clone(),
+        client_secret,
+        all_tokens,
+        timeout: d(&raw.timeout, "timeout", 2, problems),
+        cache_max_ttl: d(&raw.cache_max_ttl, "cache_max_ttl", 300, problems),
+        negative_cache_ttl: d(&raw.negative_cache_ttl, "negative_cache_ttl", 10, problems),
+        cache_size,
+        failure_threshold,
+        open_for: d(&raw.open_for, "open_for", 10, problems),
+    }
+}
+
 fn default_failed_limit() -> tollgate_ratelimit::Gcra {
     tollgate_ratelimit::Gcra::new(
         tollgate_ratelimit::Rate::parse("5/s").expect("a valid rate"),
@@ -322,11 +395,11 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
         )),
         Some(RawDiscovery::Url(url)) => Some(url.clone()),
     };
-    let fetched = p.jwks_uri.is_some() || discovery.is_some();
+    let fetched = p.jwks_uri.is_some() || discovery.is_some() || p.introspection.is_some();
     if p.ca_file.is_some() && !fetched {
         problems.add(
             format!("{base}.ca_file"),
-            "only applies with jwks_uri or discovery",
+            "only applies with jwks_uri, discovery or introspection",
         );
     }
     let insecure_http = p.insecure_http.unwrap_or(false);
@@ -358,6 +431,34 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
             alg: String::new(),
         });
     }
+    let introspecting = match p.kind.as_deref() {
+        None | Some("jwt") => false,
+        Some("introspection") => true,
+        Some(other) => {
+            problems.add(
+                format!("{base}.type"),
+                format!("expected jwt or introspection, found {other:?}"),
+            );
+            false
+        }
+    };
+    match (&p.introspection, introspecting) {
+        (Some(raw), true) => sources.push(KeySource::Introspection(introspection(
+            &format!("{base}.introspection"),
+            raw,
+            insecure_http,
+            problems,
+        ))),
+        (None, true) => problems.add(
+            format!("{base}.introspection"),
+            "is required with type: introspection (endpoint, client_id, client secret)",
+        ),
+        (Some(_), false) => problems.add(
+            format!("{base}.type"),
+            "must be introspection for a provider with an introspection section",
+        ),
+        (None, false) => {}
+    }
     let keys = match sources.len() {
         1 => match sources.pop().expect("one source") {
             KeySource::HmacFile { path, .. } => KeySource::HmacFile {
@@ -381,7 +482,7 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
         0 => {
             problems.add(
                 base,
-                "needs one key source: jwks, jwks_file, jwks_uri, discovery, hmac_secret_file or hmac_secret_env",
+                "needs one key source: jwks, jwks_file, jwks_uri, discovery, hmac_secret_file, hmac_secret_env, or type: introspection",
             );
             KeySource::Inline(String::new())
         }

@@ -64,7 +64,12 @@ impl Config {
             }
             match &mut provider.keys {
                 KeySource::File(path) | KeySource::HmacFile { path, .. } => resolve(path),
-                KeySource::Inline(_)
+                KeySource::Introspection(Introspection {
+                    client_secret: SecretSource::File(path),
+                    ..
+                }) => resolve(path),
+                KeySource::Introspection(_)
+                | KeySource::Inline(_)
                 | KeySource::Uri(_)
                 | KeySource::Discovery(_)
                 | KeySource::HmacEnv { .. } => {}
@@ -674,6 +679,40 @@ pub struct Provider {
     pub dpop: DpopMode,
 }
 
+/// `type: introspection`: tokens are sent to the provider's introspection endpoint
+/// (RFC 7662), and an `active` answer's members are the token's claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introspection {
+    /// https, or http on a loopback host or with `insecure_http: true`.
+    pub endpoint: String,
+    /// HTTP Basic client authentication (RFC 7662 §2.1, RFC 6749 §2.3.1).
+    pub client_id: String,
+    pub client_secret: SecretSource,
+    /// Only tokens that are not JWTs (the default), or every token of the routes using it.
+    pub all_tokens: bool,
+    /// One call, connect to last byte. Default 2 s.
+    pub timeout: Duration,
+    /// An active answer is reused until the token's `exp`, and no longer than this.
+    /// Default 5 min.
+    pub cache_max_ttl: Duration,
+    /// An inactive answer is reused this long. Default 10 s.
+    pub negative_cache_ttl: Duration,
+    /// Answers remembered. Default 100,000.
+    pub cache_size: u64,
+    /// Consecutive failed calls that open the circuit. Default 5.
+    pub failure_threshold: u32,
+    /// How long an open circuit refuses uncached tokens before one call tries again.
+    /// Default 10 s.
+    pub open_for: Duration,
+}
+
+/// Where a secret is read from when the gateway starts or reloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    File(String),
+    Env(String),
+}
+
 /// Whether requests carry DPoP proofs (RFC 9449).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DpopMode {
@@ -733,6 +772,8 @@ pub enum KeySource {
     /// `jwks_uri` (held to the same rule as a configured one) is then fetched like
     /// [`KeySource::Uri`]; its `id_token_signing_alg_values_supported` limits the algorithms.
     Discovery(String),
+    /// No keys: tokens are checked by asking the provider (RFC 7662 token introspection).
+    Introspection(Introspection),
     /// An HMAC secret read from a file.
     HmacFile { path: String, alg: String },
     /// An HMAC secret read from an environment variable.

@@ -312,6 +312,10 @@ impl<'de> Deserialize<'de> for RawAudiences {
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     pub name: String,
+    /// `jwt` (the default) or `introspection`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub introspection: Option<RawIntrospection>,
     pub issuer: String,
     pub audiences: Option<RawAudiences>,
     pub token_types: Option<Vec<String>>,
@@ -331,6 +335,23 @@ pub struct RawProvider {
     pub token_sources: Option<Vec<String>>,
     pub require_certificate_binding: Option<bool>,
     pub dpop: Option<String>,
+}
+
+/// `introspection:` of a provider with `type: introspection` (RFC 7662).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    pub endpoint: String,
+    pub client_id: String,
+    pub client_secret_file: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub tokens: Option<String>,
+    pub timeout: Option<DurationText>,
+    pub cache_max_ttl: Option<DurationText>,
+    pub negative_cache_ttl: Option<DurationText>,
+    pub cache_size: Option<u64>,
+    pub failure_threshold: Option<u32>,
+    pub open_for: Option<DurationText>,
 }
 
 /// `discovery: true` (at the issuer) or `discovery: URL`.

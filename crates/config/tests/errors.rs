@@ -1053,7 +1053,10 @@ routes:
 "#,
     )
     .unwrap();
-    assert_eq!(c.auth.providers[0].dpop, tollgate_config::DpopMode::Optional);
+    assert_eq!(
+        c.auth.providers[0].dpop,
+        tollgate_config::DpopMode::Optional
+    );
     assert_eq!(c.routes[0].dpop, tollgate_config::DpopMode::Required);
     assert_eq!(c.auth.dpop.max_age, std::time::Duration::from_secs(30));
     assert_eq!(c.auth.dpop.leeway, std::time::Duration::ZERO);
@@ -1080,6 +1083,73 @@ routes:
             "auth.providers[0].dpop: expected off, optional or required, found \"yes please\"",
             "auth.providers[1].dpop: DPoP tokens come in the Authorization header",
             "routes[0].dpop: does not apply with auth: none",
+        ],
+        0,
+    );
+}
+
+#[test]
+fn an_introspection_provider_needs_an_endpoint_client_credentials_and_no_keys() {
+    let c = parse(
+        r#"
+auth:
+  providers:
+    - name: p
+      issuer: "https://i"
+      audiences: any
+      type: introspection
+      introspection: { endpoint: "https://i/introspect", client_id: gw, client_secret_file: s.txt, tokens: all, cache_max_ttl: 1m }
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: u }
+"#,
+    )
+    .unwrap();
+    let tollgate_config::KeySource::Introspection(i) = &c.auth.providers[0].keys else {
+        panic!("an introspection provider")
+    };
+    assert!(i.all_tokens);
+    assert_eq!(i.cache_max_ttl, std::time::Duration::from_secs(60));
+    assert_eq!(i.negative_cache_ttl, std::time::Duration::from_secs(10));
+    assert_eq!(
+        i.client_secret,
+        tollgate_config::SecretSource::File("s.txt".into())
+    );
+
+    let p = problems(
+        r#"
+auth:
+  providers:
+    - { name: a, issuer: "https://a", audiences: any, type: introspection }
+    - name: b
+      issuer: "https://b"
+      audiences: any
+      type: introspection
+      jwks_file: /dev/null
+      introspection: { endpoint: "http://idp.example/introspect", client_id: "g:w", client_secret_file: s, client_secret_env: S, tokens: some, failure_threshold: 0 }
+    - { name: c, issuer: "https://c", audiences: any, type: opaque, jwks_file: /dev/null }
+    - { name: d, issuer: "https://d", audiences: any, introspection: { endpoint: "https://d/i", client_id: gw, client_secret_env: S } }
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: u }
+"#,
+    );
+    assert_problems(
+        &p,
+        &[
+            "auth.providers[0].introspection: is required with type: introspection",
+            "auth.providers[0]: needs one key source",
+            "auth.providers[1].introspection.endpoint: must be an https:// URL",
+            "auth.providers[1].introspection.client_id: must not be empty nor contain a colon",
+            "auth.providers[1].introspection: needs exactly one of client_secret_file and client_secret_env",
+            "auth.providers[1].introspection.tokens: expected opaque or all",
+            "auth.providers[1].introspection.failure_threshold: must be at least 1",
+            "auth.providers[1]: has more than one key source",
+            "auth.providers[2].type: expected jwt or introspection",
+            "auth.providers[3].type: must be introspection",
+            "auth.providers[3]: needs one key source",
         ],
         0,
     );

@@ -37,8 +37,8 @@ pub use keys::KeySet;
 pub use revoke::{DenyList, Entry as DenyEntry, ListError, Revoked};
 pub use sign::{sign, sign_with_header, SigningKey};
 pub use verify::{
-    decode_unverified, parse_token, peek_issuer, verdict_json, verify, verify_signature,
-    ParsedToken, Reason, Rejection, Validation, VerifiedToken, MAX_TOKEN_BYTES,
+    claims_token, decode_unverified, parse_token, peek_issuer, verdict_json, verify,
+    verify_signature, ParsedToken, Reason, Rejection, Validation, VerifiedToken, MAX_TOKEN_BYTES,
 };
 
 #[cfg(test)]

@@ -123,7 +123,9 @@ pub struct Validation {
 /// time-checked: that is [`Validation::check_claims`].
 #[derive(Clone, PartialEq)]
 pub struct VerifiedToken {
-    pub alg: Algorithm,
+    /// The JWS algorithm; `None` for claims that came from elsewhere than a JWS the
+    /// verifier checked (an opaque token's introspection answer, [`claims_token`]).
+    pub alg: Option<Algorithm>,
     /// The `kid` from the token header.
     pub kid: Option<String>,
     /// The `typ` from the token header, when it is a string.
@@ -386,8 +388,25 @@ pub(crate) fn check_signature(p: &Parsed<'_>, keys: &KeySet) -> Result<(), Rejec
     Ok(())
 }
 
+/// Claims vouched for by something other than a signature (an RFC 7662 introspection
+/// answer) as a [`VerifiedToken`], so that the claims stage, policies, limits and identity
+/// headers treat them exactly as a JWT's: the same claim type rules apply (rule 7).
+pub fn claims_token(claims: Map<String, Value>) -> Result<VerifiedToken, Rejection> {
+    check_claim_types(&claims)?;
+    Ok(token_of(None, None, None, claims))
+}
+
 fn verified_token(p: Parsed<'_>) -> VerifiedToken {
-    let c = &p.claims;
+    token_of(Some(p.alg), p.kid, p.typ, p.claims)
+}
+
+fn token_of(
+    alg: Option<Algorithm>,
+    kid: Option<String>,
+    typ: Option<String>,
+    claims: Map<String, Value>,
+) -> VerifiedToken {
+    let c = &claims;
     let string = |name: &str| c.get(name).and_then(Value::as_str).map(str::to_owned);
     let date = |name: &str| c.get(name).and_then(numeric_date);
     let aud = match c.get("aud") {
@@ -399,16 +418,16 @@ fn verified_token(p: Parsed<'_>) -> VerifiedToken {
         _ => Vec::new(),
     };
     VerifiedToken {
-        alg: p.alg,
+        alg,
         exp: date("exp"),
         nbf: date("nbf"),
         iat: date("iat"),
         iss: string("iss"),
         sub: string("sub"),
         aud,
-        kid: p.kid,
-        typ: p.typ,
-        claims: p.claims,
+        kid,
+        typ,
+        claims,
     }
 }
 
@@ -506,7 +525,7 @@ pub fn verdict_json(result: &Result<VerifiedToken, Rejection>) -> Value {
     match result {
         Ok(t) => json!({
             "valid": true,
-            "alg": t.alg.as_str(),
+            "alg": t.alg.map(Algorithm::as_str),
             "kid": t.kid,
             "claims": t.claims,
         }),

@@ -1,0 +1,315 @@
+//! Opaque tokens checked by introspection (RFC 7662), against a real HTTP introspection
+//! server on 127.0.0.1 that checks the gateway's client credentials and counts its calls.
+
+use crate::common::*;
+use serde_json::json;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const ISS: &str = "https://idp.test";
+/// `Basic base64("gw:s3cret/x")`, the secret form-encoded first (RFC 6749 §2.3.1).
+const CLIENT: &str = "Basic Z3c6czNjcmV0JTJGeA==";
+
+struct State {
+    answers: Mutex<HashMap<String, serde_json::Value>>,
+    calls: AtomicUsize,
+    down: AtomicBool,
+    delay_ms: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// Answers `POST /introspect` from its table (unknown tokens: `{"active": false}`), after
+/// checking HTTP Basic client credentials; when down, closes connections unanswered.
+struct IntrospectionServer {
+    port: u16,
+    state: Arc<State>,
+}
+
+impl IntrospectionServer {
+    fn start() -> IntrospectionServer {
+        let listener = listen_on_free_port();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(State {
+            answers: Mutex::new(HashMap::new()),
+            calls: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let s = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let s = s.clone();
+                std::thread::spawn(move || serve(conn, &s));
+            }
+        });
+        IntrospectionServer { port, state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/introspect", self.port)
+    }
+
+    fn answer(&self, token: &str, answer: serde_json::Value) {
+        self.state
+            .answers
+            .lock()
+            .unwrap()
+            .insert(token.to_owned(), answer);
+    }
+
+    fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for IntrospectionServer {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Release);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(mut conn: std::net::TcpStream, s: &State) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    };
+    let len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    if conn.read_exact(&mut body).is_err() {
+        return;
+    }
+    s.calls.fetch_add(1, Ordering::AcqRel);
+    if s.down.load(Ordering::Acquire) {
+        return;
+    }
+    std::thread::sleep(Duration::from_millis(s.delay_ms.load(Ordering::Acquire)));
+    let body = String::from_utf8_lossy(&body);
+    let token = body
+        .split('&')
+        .find_map(|p| p.strip_prefix("token="))
+        .unwrap_or("")
+        .to_owned();
+    let (status, answer) = if !head.starts_with("POST /introspect ")
+        || header("authorization").as_deref() != Some(CLIENT)
+        || header("content-type").as_deref() != Some("application/x-www-form-urlencoded")
+    {
+        ("401 Unauthorized", json!({"error": "invalid_client"}))
+    } else {
+        let known = s.answers.lock().unwrap().get(&token).cloned();
+        ("200 OK", known.unwrap_or(json!({"active": false})))
+    };
+    let answer = answer.to_string();
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+}
+
+fn config(server: &IntrospectionServer, jwks: &std::path::Path, echo: &Echo) -> String {
+    format!(
+        "auth:
+  forward_claims: [{{ claim: sub, header: X-Auth-Subject }}, {{ claim: scope, header: X-Auth-Scope }}]
+  providers:
+    - {{ name: jwt, issuer: \"https://jwt.test\", audiences: any, jwks_file: \"{}\" }}
+    - name: idp
+      issuer: \"{ISS}\"
+      audiences: any
+      type: introspection
+      introspection: {{ endpoint: \"{}\", client_id: gw, client_secret_env: TEST_INTROSPECTION_SECRET,
+                       negative_cache_ttl: 30s, failure_threshold: 2, open_for: 1s, timeout: 1s }}
+upstreams:
+  echo: {{ backends: [{{ addr: \"{}\" }}] }}
+routes:
+  - {{ name: api, path: /api, upstream: echo, providers: [jwt, idp] }}
+",
+        jwks.display(),
+        server.url(),
+        echo.addr()
+    )
+}
+
+fn start(server: &IntrospectionServer, jwks: &std::path::Path, echo: &Echo) -> Gateway {
+    Gateway::start_with_env(
+        &[("TEST_INTROSPECTION_SECRET", "s3cret/x")],
+        &config(server, jwks, echo),
+    )
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[test]
+fn a_thousand_requests_with_one_opaque_token_make_one_call_and_its_claims_reach_the_upstream() {
+    let server = IntrospectionServer::start();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    server.answer(
+        "opaque-alice",
+        json!({"active": true, "iss": ISS, "sub": "alice", "scope": "read write", "exp": exp}),
+    );
+    // Long enough that the first concurrent requests all wait on the one call.
+    server.state.delay_ms.store(300, Ordering::Release);
+    let key = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&key]);
+    let echo = Echo::start("e1");
+    let gw = start(&server, &jwks, &echo);
+
+    let ok = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..20 {
+            scope.spawn(|| {
+                for _ in 0..50 {
+                    let r = gw.get("/api", &[("authorization", &bearer("opaque-alice"))]);
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    assert_eq!(
+                        r.upstream_header("x-auth-subject").as_deref(),
+                        Some("alice")
+                    );
+                    assert_eq!(
+                        r.upstream_header("x-auth-scope").as_deref(),
+                        Some("read write")
+                    );
+                    assert_eq!(r.upstream_header("authorization"), None);
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    assert_eq!(ok.load(Ordering::Relaxed), 1000);
+    assert_eq!(
+        server.calls(),
+        1,
+        "one introspection call for 1,000 requests"
+    );
+    assert_eq!(
+        gw.metric(
+            "tollgate_introspection_requests_total",
+            &[("provider", "idp"), ("result", "active")]
+        ),
+        1.0
+    );
+    assert!(
+        gw.metric(
+            "tollgate_introspection_cache_total",
+            &[("provider", "idp"), ("result", "hit")]
+        ) >= 980.0
+    );
+
+    // A JWT on the same route is verified, not introspected.
+    let jwt = key.sign(json!({"iss": "https://jwt.test", "sub": "bob"}));
+    let r = gw.get("/api", &[("authorization", &bearer(&jwt))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.upstream_header("x-auth-subject").as_deref(), Some("bob"));
+    // An answer naming another issuer, and one whose token has expired, are refused.
+    server.answer(
+        "opaque-foreign",
+        json!({"active": true, "iss": "https://other.test", "sub": "eve", "exp": exp}),
+    );
+    server.answer(
+        "opaque-expired",
+        json!({"active": true, "sub": "old", "exp": exp - 7200}),
+    );
+    for (token, reason) in [("opaque-foreign", "issuer"), ("opaque-expired", "expired")] {
+        let r = gw.get("/api", &[("authorization", &bearer(token))]);
+        assert_eq!(r.status, 401, "{token}: {}", r.body);
+        assert_eq!(r.json()["reason"], reason, "{token}");
+    }
+    assert_eq!(server.calls(), 3);
+}
+
+#[test]
+fn inactive_tokens_are_refused_and_a_down_endpoint_fails_closed_until_it_answers_again() {
+    let server = IntrospectionServer::start();
+    server.answer(
+        "opaque-bob",
+        json!({"active": true, "sub": "bob", "exp": 4_000_000_000u64}),
+    );
+    let key = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&key]);
+    let echo = Echo::start("e1");
+    let gw = start(&server, &jwks, &echo);
+
+    // Inactive (here: unknown to the server): 401, and the answer is remembered.
+    for _ in 0..3 {
+        let r = gw.get("/api", &[("authorization", &bearer("opaque-revoked"))]);
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(r.json()["reason"], "revoked");
+        assert!(r.body.contains("not active"), "{}", r.body);
+    }
+    assert_eq!(server.calls(), 1);
+    assert_eq!(
+        gw.metric(
+            "tollgate_introspection_requests_total",
+            &[("provider", "idp"), ("result", "inactive")]
+        ),
+        1.0
+    );
+
+    // Down: a token not yet cached is refused with 503, never let through.
+    server.state.down.store(true, Ordering::Release);
+    for _ in 0..2 {
+        let r = gw.get("/api", &[("authorization", &bearer("opaque-bob"))]);
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.json()["reason"], "introspection_unavailable");
+        assert!(r.header("retry-after").is_some());
+    }
+    assert_eq!(
+        gw.metric(
+            "tollgate_introspection_requests_total",
+            &[("provider", "idp"), ("result", "error")]
+        ),
+        2.0
+    );
+    // Two failures opened the circuit: the next request is refused without a call.
+    let calls = server.calls();
+    let r = gw.get("/api", &[("authorization", &bearer("opaque-bob"))]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(server.calls(), calls);
+    assert_eq!(
+        gw.metric(
+            "tollgate_introspection_requests_total",
+            &[("provider", "idp"), ("result", "circuit_open")]
+        ),
+        1.0
+    );
+    assert_eq!(echo.count(), 0);
+
+    // Back up: once the circuit lets a call through, the token is accepted.
+    server.state.down.store(false, Ordering::Release);
+    wait_for("the circuit to close", Duration::from_secs(10), || {
+        let r = gw.get("/api", &[("authorization", &bearer("opaque-bob"))]);
+        assert!(r.status == 200 || r.status == 503, "{}", r.body);
+        (r.status == 200).then_some(())
+    });
+    assert_eq!(echo.count(), 1);
+}
