@@ -229,6 +229,10 @@ impl Authenticator {
                 reason: Reason::Malformed,
                 detail,
             }),
+            Refused::BadRequest => Ok(Rejection {
+                reason: Reason::Malformed,
+                detail: "the introspection endpoint refused this token as a bad request",
+            }),
             Refused::Unavailable => {
                 METRICS
                     .preauth_refusals

@@ -29,6 +29,8 @@ pub enum Refused {
     Inactive,
     /// The answer's claims break the claim type rules (401 `malformed`).
     Malformed(&'static str),
+    /// The endpoint answered 400 for this token (401 `malformed`).
+    BadRequest,
     /// The endpoint could not answer, or the circuit is open (503, fail closed).
     Unavailable,
 }
@@ -265,6 +267,10 @@ impl Introspector {
         .await
         .and_then(|(status, body)| match status {
             200 => parse_answer(&body),
+            // The endpoint refused this request (RFC 6749 §5.2 `invalid_request`): about
+            // this token, which the client chose, so it must not count against the
+            // endpoint's health, or one client could open the circuit for everyone.
+            400 => Ok(Err(Refused::BadRequest)),
             s => Err(format!("status {s}")),
         });
         let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
@@ -275,6 +281,7 @@ impl Introspector {
                 let result = match &outcome {
                     Ok(Answer::Active(_)) => "active",
                     Ok(Answer::Inactive) => "inactive",
+                    Err(Refused::BadRequest) => "bad_request",
                     Err(_) => "malformed",
                 };
                 self.count(&METRICS.introspection_calls, result);

@@ -224,7 +224,8 @@ impl Metrics {
             Opts::new(
                 "tollgate_introspection_requests_total",
                 "Token introspection calls (RFC 7662), by provider and result: active, inactive, \
-                 malformed (claims of the wrong type), error (timeout, unreachable, non-200, \
+                 malformed (claims of the wrong type), bad_request (a 400 for this token: refused, \
+                 not counted against the endpoint), error (timeout, unreachable, other non-200, \
                  not JSON: the token is refused with 503), circuit_open (not called: the \
                  circuit is open after consecutive errors; refused with 503).",
             ),

@@ -137,8 +137,14 @@ fn init_logging(level: &str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
+    // Pingora's own debug lines print whole request headers (`Authorization`, `DPoP`,
+    // minted tokens): they stay at info whatever `logging.level` says.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| {
+            tracing_subscriber::EnvFilter::try_new(format!(
+                "{level},pingora_proxy=info,pingora_core=info"
+            ))
+        })
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let hint = <tracing_subscriber::EnvFilter as tracing_subscriber::layer::Filter<
         tracing_subscriber::Registry,

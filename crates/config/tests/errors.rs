@@ -939,7 +939,7 @@ fn discovery_is_at_the_issuer_or_a_url_and_held_to_the_jwks_uri_rules() {
     );
     assert_eq!(
         problems(&with_provider("audiences: any, discovery: false")),
-        ["auth.providers[0]: needs one key source: jwks, jwks_file, jwks_uri, discovery, hmac_secret_file or hmac_secret_env"]
+        ["auth.providers[0]: needs one key source: jwks, jwks_file, jwks_uri, discovery, hmac_secret_file, hmac_secret_env, or type: introspection"]
     );
     assert!(parse(&with_provider(
         "audiences: any, discovery: \"http://idp.example/.well-known/openid-configuration\", insecure_http: true"

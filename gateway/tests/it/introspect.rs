@@ -114,7 +114,9 @@ fn serve(mut conn: std::net::TcpStream, s: &State) {
         .find_map(|p| p.strip_prefix("token="))
         .unwrap_or("")
         .to_owned();
-    let (status, answer) = if !head.starts_with("POST /introspect ")
+    let (status, answer) = if token == "poison" {
+        ("400 Bad Request", json!({"error": "invalid_request"}))
+    } else if !head.starts_with("POST /introspect ")
         || header("authorization").as_deref() != Some(CLIENT)
         || header("content-type").as_deref() != Some("application/x-www-form-urlencoded")
     {
@@ -273,6 +275,21 @@ fn inactive_tokens_are_refused_and_a_down_endpoint_fails_closed_until_it_answers
             &[("provider", "idp"), ("result", "inactive")]
         ),
         1.0
+    );
+
+    // A token the endpoint refuses as a bad request is refused, and however often a client
+    // sends it, the circuit stays closed for everyone else (failure_threshold is 2).
+    for _ in 0..3 {
+        let r = gw.get("/api", &[("authorization", &bearer("poison"))]);
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(r.json()["reason"], "malformed");
+    }
+    assert_eq!(
+        gw.metric(
+            "tollgate_introspection_requests_total",
+            &[("provider", "idp"), ("result", "circuit_open")]
+        ),
+        0.0
     );
 
     // Down: a token not yet cached is refused with 503, never let through.
