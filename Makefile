@@ -73,6 +73,10 @@ deps-loadtest: deps-build
 	@$(call need,taskset,util-linux)
 	@$(call need,openssl,openssl)
 	@$(call need,python3,python3)
+	@# The dpop scenario's proofs are signed (ES256) by loadtest/dpop_proofs.py under Debian's Python.
+	@/usr/bin/python3 -c 'import cryptography' 2>/dev/null || { echo "installing python3-cryptography"; \
+	  if [ ! -f $(APT_UPDATED) ]; then apt-get update -qq && touch $(APT_UPDATED); fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-cryptography >/dev/null; }
 
 # Comparative load test (loadtest/run.py): tollgate vs HAProxy, nginx, tollgate without auth
 # and the bare upstream, on 127.0.0.1 only; writes loadtest/results/RESULTS.md and chart.svg

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""tollgate's comparative load test (standard library only).
+"""tollgate's comparative load test (standard library only; the `dpop` scenario has its proofs
+signed by loadtest/dpop_proofs.py under Debian's Python, which has python3-cryptography).
 
 `make loadtest` (or `QUICK=1 make loadtest`) runs this. Everything listens on 127.0.0.1 only;
 every load loop is a time-bounded `wrk` run. See loadtest/README.md for the design.
@@ -17,6 +18,7 @@ import argparse
 import base64
 import datetime
 import glob
+import hashlib
 import http.client
 import json
 import os
@@ -39,6 +41,10 @@ RESULTS_DIR = os.path.join(LT, "results")
 TEMPLATES = os.path.join(LT, "templates")
 BIN = os.path.join(ROOT, "target", "release", "tollgate")
 LUA = os.path.join(LT, "tokens.lua")
+DPOP_PROOFS = os.path.join(LT, "dpop_proofs.py")
+# Debian's Python, where `make deps-loadtest` installs python3-cryptography (the `python3`
+# that runs this file may be another one, without it).
+DEBIAN_PYTHON = "/usr/bin/python3"
 README = os.path.join(ROOT, "README.md")
 
 ISSUER = "https://issuer.loadtest"
@@ -56,6 +62,16 @@ N_COLD = 20_000
 HIGH_RATE = ("100000/s", 100_000, 100_000_000)  # tollgate rate, burst; haproxy per 10 s
 LOW_RATE = ("5/s", 10, 50)  # limited: a few requests per second per subject
 ROTATE_EVERY_S = 2.0
+# The `upstream-token` scenario: the gateway's own issuer and Ed25519 key (kid gw1).
+GATEWAY_ISSUER = "https://tollgate.loadtest"
+UPSTREAM_TOKEN = "{ audience: billing, ttl: 60s, header: Authorization, claims: [sub] }"
+# The `dpop` scenario signs one proof per request it may send before each run: run length ×
+# this ceiling on the rate. Each request costs at least an ES256 verification of its proof on
+# top of tollgate-open's proxying (~14,000 req/s on the reference machine's core), so 20,000/s
+# is out of reach there; a faster machine that runs out fails the run (never replays a proof)
+# and says to raise it.
+DPOP_MAX_RPS = 20_000
+DPOP_MAX_AGE_S = 60  # auth.dpop.max_age, at least; see Lab.start
 
 # The `connections` scenario: 10,000 idle connections, or fewer where the open-file hard
 # limit cannot be raised (HAProxy reserves two descriptors per connection it may accept).
@@ -120,6 +136,21 @@ SCENARIOS = [
         "title": "routes10k: repeat tokens, tollgate with 1 route vs 10,000 routes (requests hit /svc-5000/item)",
         "targets": ["tollgate", "tollgate-10k"],
         "tokens": "repeat.txt",
+    },
+    {
+        "name": "upstream-token",
+        "title": "upstream-token: the repeat scenario's 1,000 caller tokens, the route minting an Ed25519 token for "
+                 "the upstream (ttl 60 s, kept per caller for half of it: one signature per caller, then cache hits)",
+        "targets": ["tollgate"],
+        "tokens": "repeat.txt",
+        "upstream_token": True,
+    },
+    {
+        "name": "dpop",
+        "title": "dpop: one DPoP-bound access token (RFC 9449), a fresh ES256 proof on every request",
+        "targets": ["tollgate"],
+        "tokens": "dpop-token.txt",
+        "dpop": True,
     },
     {
         "name": "failover",
@@ -411,6 +442,14 @@ def gen_key(name):
     return priv, pub, jwk
 
 
+def jwk_thumbprint(jwk):
+    """RFC 7638: base64url SHA-256 of the key's required members, names in lexicographic
+    order, no whitespace (a DPoP token's `cnf.jkt`)."""
+    required = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
+    members = {k: jwk[k] for k in required[jwk["kty"]]}
+    return b64url(hashlib.sha256(json.dumps(members, separators=(",", ":"), sort_keys=True).encode()).digest())
+
+
 def write_atomic(path, data):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -418,9 +457,11 @@ def write_atomic(path, data):
     os.replace(tmp, path)
 
 
-def mint(key, sub, count, scope="api:read"):
+def mint(key, sub, count, scope="api:read", claims=None):
     cmd = [BIN, "token", "mint", "--key", key, "--kid", KID, "--iss", ISSUER, "--aud", AUDIENCE,
            "--scope", scope, "--sub", sub, "--count", str(count), "--expires-in", "2h"]
+    if claims:
+        cmd += ["--claims", json.dumps(claims)]
     out = run_cmd(cmd).stdout.decode().split()
     if len(out) != count or not all(t.count(".") == 2 for t in out):
         raise Failure(f"tollgate token mint printed {len(out)} tokens, wanted {count}")
@@ -454,6 +495,14 @@ def prepare_tokens():
     noscope = mint(priv, "check-noscope", 1, scope="api:write")[0]
     write_lines("repeat.txt", repeat)
     write_lines("unique.txt", unique)
+    # upstream-token: the gateway's signing key. dpop: the client's proof key (P-256) and an
+    # access token bound to it (`cnf.jkt`, its RFC 7638 thumbprint).
+    gw_key = os.path.join(WORK, "keys", "gw1.pem")
+    run_cmd(["openssl", "genpkey", "-algorithm", "ed25519", "-out", gw_key])
+    os.chmod(gw_key, 0o600)
+    dpop_key, _, dpop_jwk = gen_key("lt-dpop")
+    dpop_token = mint(priv, "dpop-user", 1, claims={"cnf": {"jkt": jwk_thumbprint(dpop_jwk)}})[0]
+    write_lines("dpop-token.txt", [dpop_token])
     forged = []
     n_valid = n_forged = 0
     for i in range(N_FORGED_LINES):
@@ -478,12 +527,14 @@ def prepare_tokens():
     tls_pem = os.path.join(WORK, "keys", "tls.pem")
     with open(tls_pem, "wb") as f, open(tls_cert, "rb") as c, open(tls_key, "rb") as k:
         f.write(c.read() + k.read())
-    log(f"keys and {N_REPEAT + N_UNIQUE + 2 + N_COLD + 4:,} tokens minted in {time.monotonic() - t0:.1f} s")
+    log(f"keys and {N_REPEAT + N_UNIQUE + 2 + N_COLD + 5:,} tokens minted in {time.monotonic() - t0:.1f} s")
     return {
         "tls_cert": tls_cert, "tls_key": tls_key, "tls_pem": tls_pem,
         "priv": priv, "pub": pub, "jwk": jwk, "jwks": jwks_path,
         "check": check[0], "check_ratelimit": check[1], "check_other": check[2],
         "tampered": forge(check[0], check[2]), "noscope": noscope,
+        "gw_key": gw_key, "dpop_key": dpop_key, "dpop_token": dpop_token,
+        "dpop_token_file": os.path.join(WORK, "tokens", "dpop-token.txt"),
     }
 
 
@@ -504,10 +555,11 @@ def render(template, out_name, **values):
     return path
 
 
-def tollgate_routes(n_routes, rate, burst):
+def tollgate_routes(n_routes, rate, burst, extra=""):
+    """`extra`: more fields of the route, e.g. `, upstream_token: {...}` (one route only)."""
     limit = f'rate_limits: [{{ name: per-sub, key: "claim:sub", rate: "{rate}", burst: {burst} }}]'
     if n_routes == 1:
-        return f"  - {{ name: api, path: /, upstream: up, policy: read, {limit} }}"
+        return f"  - {{ name: api, path: /, upstream: up, policy: read, {limit}{extra} }}"
     return "\n".join(
         f"  - {{ name: r{i}, path: /svc-{i}, upstream: up, policy: read, {limit} }}"
         for i in range(n_routes))
@@ -519,6 +571,8 @@ class Target:
         self.tls = tls
         # The proxy's own log (failover: read for what it said during the run).
         self.log_path = log_path
+        # dpop: this run's proof file (for wrk) and whole proofs for the verdict check.
+        self.proofs, self.dpop_checks = None, None
 
     def stop(self):
         if self.proc is not None:
@@ -529,8 +583,9 @@ class Target:
 class Lab:
     """Starts the upstream once and each target per run."""
 
-    def __init__(self, keys):
+    def __init__(self, keys, duration):
         self.keys = keys
+        self.duration = duration
         self.upstream_port = None
         self.checked_configs = set()
         self.run_id = 0
@@ -610,9 +665,22 @@ class Lab:
             conf = render("tollgate-open.yaml", "tollgate-open.yaml", **common)
         else:
             n_routes = 10_000 if name == "tollgate-10k" else 1
+            auth_extra = provider_extra = route_extra = ""
+            if scenario.get("upstream_token"):
+                auth_extra = (f"  signing_keys:\n    issuer: {GATEWAY_ISSUER}\n    current: gw1\n    keys:\n"
+                              f"      - {{ kid: gw1, file: {self.keys['gw_key']} }}")
+                route_extra = f", upstream_token: {UPSTREAM_TOKEN}"
+            if scenario.get("dpop"):
+                # Proofs are signed before the run (1.2-1.9 s per run second on the reference
+                # machine, idle to busy), the quiet wait may take up to 20 s, then the run: a
+                # proof may be sent up to about 3 × duration + 20 s after its iat.
+                max_age = max(DPOP_MAX_AGE_S, 3 * self.duration + 30)
+                auth_extra = f"  dpop: {{ max_age: {max_age}s }}"
+                provider_extra = "      dpop: required"
             conf = render("tollgate.yaml", f"{name}-{scenario['name']}.yaml", JWKS=self.keys["jwks"],
-                          ROUTES=tollgate_routes(n_routes, rate, burst), **common)
-        key = (name, rate, tls)
+                          ROUTES=tollgate_routes(n_routes, rate, burst, route_extra), AUTH_EXTRA=auth_extra,
+                          PROVIDER_EXTRA=provider_extra, **common)
+        key = (name, rate, tls, conf)
         if key not in self.checked_configs:
             r = subprocess.run([BIN, "check", "-c", conf], capture_output=True, text=True)
             if r.returncode != 0:
@@ -699,6 +767,8 @@ def check_verdicts(t, scenario, keys):
 
     if scenario.get("failover"):
         return check_balancing(t)
+    if scenario.get("dpop"):
+        return check_dpop(t, keys)
     s, body = get(t.path, keys["check"])
     expect("valid token", 200, s)
     if t.name not in AUTH_TARGETS:
@@ -714,6 +784,61 @@ def check_verdicts(t, scenario, keys):
         statuses = [get(t.path, keys["check_ratelimit"])[0] for _ in range(80)]
         if 429 not in statuses:
             problems.append(f"80 quick requests of one subject under a 5/s limit: no 429 ({sorted(set(statuses))})")
+    return problems
+
+
+def sign_proofs(t, keys, duration):
+    """dpop: signs this run's proofs, for the target's port (htu), with Debian's Python
+    (loadtest/dpop_proofs.py): duration × DPOP_MAX_RPS for wrk, a few whole ones for the check."""
+    count = duration * DPOP_MAX_RPS
+    # Only the latest run's proofs are kept (tens of MB each), for `dpop_proofs.py verify`.
+    for old in glob.glob(os.path.join(WORK, "tokens", "dpop-proofs-*.txt")):
+        os.remove(old)
+    t.proofs = os.path.join(WORK, "tokens", f"dpop-proofs-{t.port}.txt")
+    checks = os.path.join(WORK, "tokens", f"dpop-checks-{t.port}.json")
+    t0 = time.monotonic()
+    try:
+        run_cmd([DEBIAN_PYTHON, DPOP_PROOFS, "sign", "--key", keys["dpop_key"], "--token", keys["dpop_token_file"],
+                 "--htu", f"http://127.0.0.1:{t.port}{t.path}", "--count", str(count), "--out", t.proofs,
+                 "--checks", checks])
+    except (subprocess.CalledProcessError, OSError) as e:
+        detail = e.stderr.decode(errors="replace").strip().splitlines()[-1:] if getattr(e, "stderr", None) else []
+        raise Failure(f"{DEBIAN_PYTHON} {os.path.relpath(DPOP_PROOFS, ROOT)} sign failed (python3-cryptography: "
+                      f"make deps-loadtest): {e} {' '.join(detail)}")
+    with open(checks) as f:
+        t.dpop_checks = json.load(f)
+    log(f"dpop: {count:,} proofs for 127.0.0.1:{t.port} signed in {time.monotonic() - t0:.1f} s")
+
+
+def check_dpop(t, keys):
+    """dpop: the bound token with a fresh proof → 200; the same proof again (replayed jti),
+    no proof, a proof for another token (ath) or another path (htu), and the token as a
+    Bearer token → 401; the subject forwarded in X-Auth-Subject."""
+    problems = []
+    proofs = t.dpop_checks
+
+    def get(path, proof=None, scheme="DPoP", headers=None):
+        h = dict(headers or {}, Authorization=f"{scheme} {keys['dpop_token']}")
+        if proof is not None:
+            h["DPoP"] = proof
+        return http_get(t.port, path, headers=h)[0]
+
+    def expect(label, want, got):
+        if got != want:
+            problems.append(f"{label}: expected {want}, got {got}")
+
+    expect("token with a fresh proof", 200, get(t.path, proofs["item"]))
+    expect("the same proof again", 401, get(t.path, proofs["item"]))
+    expect("no proof", 401, get(t.path))
+    expect("proof for another token (ath)", 401, get(t.path, proofs["wrong_ath"]))
+    expect("proof for another path (htu)", 401, get(t.path, proofs["wrong_htu"]))
+    expect("the bound token as a Bearer token", 401, get(t.path, scheme="Bearer"))
+    whoami = t.path.rsplit("/", 1)[0] + "/whoami"
+    h = {"Authorization": f"DPoP {keys['dpop_token']}", "DPoP": proofs["whoami"],
+         "X-Auth-Subject": "forged-by-client"}
+    s, body = http_get(t.port, whoami, headers=h)
+    expect("X-Auth-Subject forwarded (status)", 200, s)
+    expect("X-Auth-Subject forwarded (value)", "dpop-user", body.strip())
     return problems
 
 
@@ -962,6 +1087,7 @@ def run_wrk(t, scenario, duration, on_start=None):
     env["LT_HOST"] = f"127.0.0.1:{t.port}"
     env["LT_COUNT"] = "1" if scenario.get("count") else "0"
     env["LT_SPLIT"] = "1" if scenario.get("split_clients") else "0"
+    env["LT_PROOFS"] = t.proofs if scenario.get("dpop") else ""
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s",
            "--timeout", "5s", "-s", LUA, f"{'https' if t.tls else 'http'}://127.0.0.1:{t.port}{t.path}"]
     p = PROCS.start(f"wrk-{scenario['name']}-{t.name}", cmd, env=env,
@@ -982,6 +1108,9 @@ def run_wrk(t, scenario, duration, on_start=None):
     if p.returncode != 0 or not m:
         raise Failure(f"wrk failed (exit {p.returncode}): {err.decode(errors='replace')[-500:]}")
     d = json.loads(m.group(1))
+    if d["proofs_short"]:
+        raise Failure(f"the {d['nproofs']:,} DPoP proofs ran out before the end of the run (wrk stopped; no proof "
+                      f"is replayed): raise DPOP_MAX_RPS ({DPOP_MAX_RPS:,}/s) in loadtest/run.py")
     secs = d["duration_us"] / 1e6
     run = {
         "requests": d["requests"], "seconds": secs, "rps": d["requests"] / secs,
@@ -991,6 +1120,8 @@ def run_wrk(t, scenario, duration, on_start=None):
         "err_connect": d["err_connect"], "err_read": d["err_read"], "err_write": d["err_write"],
         "err_timeout": d["err_timeout"], "lat_max_ms": d["lat_max_us"] / 1000,
     }
+    if scenario.get("dpop"):
+        run["proofs"] = d["nproofs"]
     if d["counting"]:
         run["non2xx"] = d["st401"] + d["st403"] + d["st429"] + d["st4xx"] + d["st5xx"] + d["stother"]
         for k in ("st2xx", "st401", "st403", "st429", "st4xx", "st5xx", "stother", "sent_valid", "sent_forged",
@@ -1068,6 +1199,8 @@ def run_all(lab, keys, duration, rounds, only, gate):
                     if sc.get("failover"):
                         backends = EchoBackends(f"{sc['name']}-{name}-r{r + 1}")
                     t = lab.start(name, sc, backends)
+                    if sc.get("dpop"):
+                        sign_proofs(t, keys, run_s)
                     problems = check_verdicts(t, sc, keys)
                     if problems:
                         fails[name] = "verdict check failed: " + "; ".join(problems)
@@ -1075,6 +1208,9 @@ def run_all(lab, keys, duration, rounds, only, gate):
                         continue
                     before = proc_status(t.proc.pid) if t.proc else None
                     reloads0 = metric_sum(t.metrics_port, "tollgate_jwks_fetch_total", 'result="success"') if t.metrics_port else None
+                    if sc.get("upstream_token"):
+                        minted0 = {r: metric_sum(t.metrics_port, "tollgate_upstream_tokens_total", f'result="{r}"')
+                                   for r in ("minted", "cached")}
                     pgids = [lab.upstream_proc.pid] + ([t.proc.pid] if t.proc else [])
                     if backends:
                         pgids += backends.pids()
@@ -1114,6 +1250,14 @@ def run_all(lab, keys, duration, rounds, only, gate):
                             notes["reloads"] += reloads1 - reloads0
                         notes["rotate_errors"] += rot.errors
                         run["rotations"] = rot.rotations
+                    if sc.get("upstream_token"):
+                        # What the run cost in signatures (tollgate_upstream_tokens_total).
+                        for r, n0 in minted0.items():
+                            n1 = metric_sum(t.metrics_port, "tollgate_upstream_tokens_total", f'result="{r}"')
+                            run[f"tokens_{r}"] = n1 - n0 if n0 is not None and n1 is not None else None
+                        if run["tokens_minted"] == 0 and run["tokens_cached"] == 0:
+                            raise Failure("no upstream token minted or taken from the cache during the run "
+                                          "(tollgate_upstream_tokens_total)")
                     if faults:
                         run["faults"] = faults.events
                         for b, n in backends.counts().items():
@@ -1143,7 +1287,8 @@ def run_all(lab, keys, duration, rounds, only, gate):
                            if 'v2xx' in run and not sc.get("low_limit") else "")
                         + f", other CPU use {run['foreign_cpu_pct']:.0f}% of a core")
                 except Failure as e:
-                    fails[name] = str(e).splitlines()[0][:300]
+                    # All its lines, joined: `tollgate check` says what is wrong on the third.
+                    fails[name] = " ".join(l.strip() for l in str(e).splitlines() if l.strip())[:300]
                     log(f"{label}: FAILED: {e}")
                 finally:
                     if faults:
@@ -1171,7 +1316,8 @@ def summary(runs):
                                     "v2xx", "v401", "vother", "f2xx", "f401", "fother", "unmarked",
                                     "foreign_cpu_pct", "per_conn_kib", "alive", "idle",
                                     "p999_ms", "st4xx", "err_connect", "err_read", "err_write", "err_timeout",
-                                    "client_errors", "log_lines", "served_b1", "served_b2", "served_b3")}
+                                    "client_errors", "log_lines", "served_b1", "served_b2", "served_b3",
+                                    "tokens_minted", "tokens_cached", "proofs")}
     s["foreign_cpu_max"] = max((r.get("foreign_cpu_pct") or 0) for r in runs)
     # Where the goal is zero, every run counts, not the median one.
     s["total"] = {k: sum(r.get(k) or 0 for r in runs)
@@ -1329,6 +1475,34 @@ def ratio_line(sc_name, S):
         parts.append(f"tollgate-10k/tollgate: req/s **{fmt_ratio(ratio(o['rps'], tg['rps']))}**, "
                      f"p99 {fmt_ratio(ratio(o['p99_ms'], tg['p99_ms']))}")
     return ["", "Ratios (medians): " + "; ".join(parts) + "."] if parts else []
+
+
+IDENTITY_SCENARIOS = ("upstream-token", "dpop")
+
+
+def identity_table(SS, failures):
+    """upstream-token and dpop next to tollgate's repeat: what each feature costs (tollgate only:
+    HAProxy and nginx do neither)."""
+    base = (SS.get("repeat") or {}).get("tollgate")
+    lines = ["## Identity features: cost next to repeat", "",
+             "tollgate only (HAProxy and nginx mint no tokens and check no DPoP proofs); same setup as `repeat`. "
+             "`repeat` and `upstream-token` cycle through the same 1,000 callers' tokens; `dpop` sends one caller's "
+             "DPoP-bound token with a new proof each time. "
+             "Errors: non-2xx answers + socket errors (median run). \"vs repeat\": req/s ÷ tollgate's `repeat` "
+             "req/s in this run.", "",
+             "| scenario | req/s | p50 | p99 | errors | vs repeat |", "|---|---:|---:|---:|---:|---:|"]
+    for name in ("repeat",) + IDENTITY_SCENARIOS:
+        s = (SS.get(name) or {}).get("tollgate")
+        why = (failures.get(name) or {}).get("tollgate")
+        if not s:
+            lines.append(f"| {name} | **failed**: {why} | | | | |" if why else
+                         f"| {name} | not run | | | | |")
+            continue
+        vs = fmt_ratio(ratio(s["rps"], base["rps"])) if base else "– (repeat not run)"
+        note = f" (failed later: {why})" if why else ""
+        lines.append(f"| {name}{note} | {fmt_int(s['rps'])} | {fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | "
+                     f"{fmt_int(s['non2xx'] + s['socket_errors'])} | {vs} |")
+    return lines + [""]
 
 
 def goal(text, value, want, higher_is_better=True, fmt=lambda v: f"{v:.3f}×"):
@@ -1616,7 +1790,22 @@ def write_report(SS, results, failures, extra, info, mode, duration, rounds, sta
                         f"reported (`tollgate_jwks_fetch_total{{result=\"success\"}}`): {e.get('reloads', 0):.0f}. "
                         f"Median run: {fmt_int(s['st5xx'])} × 5xx, {fmt_int(s['v401'])} × 401 (every token is valid), {fmt_int(s['st2xx'])} × 2xx."
                         + (f" Rotation errors: {'; '.join(e['rotate_errors'][:3])}" if e.get("rotate_errors") else "")]
+        if sc["name"] == "upstream-token" and S.get("tollgate"):
+            s = S["tollgate"]
+            out += ["", f"Route: `upstream_token: {UPSTREAM_TOKEN}`, signed with an Ed25519 key (`auth.signing_keys`). "
+                    f"Upstream tokens in the median run (`tollgate_upstream_tokens_total`): "
+                    f"{fmt_int(s['tokens_minted'])} minted, {fmt_int(s['tokens_cached'])} from the per-caller cache: "
+                    "after one signature per caller, this measures the cache-hit path."]
+        if sc["name"] == "dpop" and S.get("tollgate"):
+            s = S["tollgate"]
+            out += ["", f"Provider `dpop: required`. Each run's proofs are signed just before it by "
+                    f"`loadtest/dpop_proofs.py` ({fmt_int(s['proofs'])} per run: the run's seconds × {DPOP_MAX_RPS:,}/s, "
+                    "a ceiling; a run that needs more fails rather than replay one) and sent once each, in order, "
+                    "by `tokens.lua` (`Authorization: DPoP`, `DPoP: <proof>`). Every request carries a new `jti`, so "
+                    "every proof's ES256 signature is verified and its `jti` recorded."]
         out.append("")
+    if any(n in results for n in IDENTITY_SCENARIOS):
+        out += identity_table(SS, failures)
     # Memory
     mem = []
     for sc in SCENARIOS:
@@ -1797,7 +1986,7 @@ def main():
         os.makedirs(RESULTS_DIR, exist_ok=True)
         log(f"{mode} mode: {rounds} round(s) x {duration} s per target; work files in {WORK}")
         keys = prepare_tokens()
-        lab = Lab(keys)
+        lab = Lab(keys, duration)
         lab.start_upstream()
         gate = QuietGate(per_run=3 if quick else 20, total=20 if quick else 150)
         results, failures, extra = run_all(lab, keys, duration, rounds, only, gate)

@@ -15,6 +15,13 @@
 --              addresses in 198.51.100.0/24 on forged ones (tollgate trusts 127.0.0.1 as a
 --              proxy in the load test, so its per-client brakes can tell them apart; wrk
 --              cannot choose its source address)
+--   LT_PROOFS  DPoP proofs (the `dpop` scenario; written by loadtest/dpop_proofs.py): the
+--              proofs' common header on the first line, then one `payload.signature` per
+--              line. Every request then carries `Authorization: DPoP <the first token>` and
+--              `DPoP: <the next proof>`, each proof sent once, in order (one wrk thread only:
+--              a second would send the same ones). When they run out, the request that found
+--              none goes without a proof (it is refused, never a replay), the thread stops and
+--              done() reports `proofs_short`, on which loadtest/run.py fails the run.
 --
 -- With LT_COUNT=1 each request also carries `X-Request-Id: lt-v` (a valid token) or `lt-f`
 -- (a forged one); tollgate returns the client's request id on every answer, and the HAProxy
@@ -29,11 +36,15 @@ local path = os.getenv("LT_PATH") or "/api/item"
 local host = os.getenv("LT_HOST") or "127.0.0.1"
 local counting = os.getenv("LT_COUNT") == "1"
 local split = os.getenv("LT_SPLIT") == "1"
+local proof_file = os.getenv("LT_PROOFS") or ""
 
 local threads = {}
 
 function setup(thread)
    table.insert(threads, thread)
+   if proof_file ~= "" and #threads > 1 then
+      error("LT_PROOFS needs one wrk thread (-t1): each DPoP proof may be sent only once")
+   end
 end
 
 -- Per-thread state (globals of the thread's Lua state, read back in done()).
@@ -59,6 +70,11 @@ st429 = 0
 st4xx = 0
 st5xx = 0
 stother = 0
+proofs = {}
+nproofs = 0
+proof_idx = 0
+proofs_short = 0
+dpop_prefix = nil
 
 local prefix = "GET " .. path .. " HTTP/1.1\r\nHost: " .. host .. "\r\n"
 local auth_prefix = prefix .. "Authorization: Bearer "
@@ -99,6 +115,18 @@ function init(args)
       end
       f:close()
    end
+   if proof_file ~= "" then
+      local f = assert(io.open(proof_file, "r"))
+      local header = f:read("*l")
+      for line in f:lines() do
+         if #line > 0 then
+            nproofs = nproofs + 1
+            proofs[nproofs] = line
+         end
+      end
+      f:close()
+      dpop_prefix = prefix .. "Authorization: DPoP " .. tokens[1] .. "\r\nDPoP: " .. header .. "."
+   end
 end
 
 function request()
@@ -117,6 +145,19 @@ function request()
    end
    sent_forged = sent_forged + 1
    return forged_prefixes[(sent_forged % #forged_prefixes) + 1] .. tokens[idx] .. suffix
+end
+
+if proof_file ~= "" then
+   function request()
+      sent = sent + 1
+      proof_idx = proof_idx + 1
+      if proof_idx > nproofs then
+         proofs_short = proofs_short + 1
+         wrk.thread:stop()
+         return prefix .. "Authorization: DPoP " .. tokens[1] .. suffix
+      end
+      return dpop_prefix .. proofs[proof_idx] .. suffix
+   end
 end
 
 if counting then
@@ -151,7 +192,8 @@ end
 function done(summary, latency, requests)
    local names = { "sent", "sent_valid", "sent_forged", "wraps", "ntokens", "st2xx",
                    "st401", "st403", "st429", "st4xx", "st5xx", "stother",
-                   "v2xx", "v401", "vother", "f2xx", "f401", "fother", "unmarked" }
+                   "v2xx", "v401", "vother", "f2xx", "f401", "fother", "unmarked",
+                   "nproofs", "proofs_short" }
    local totals = {}
    for _, n in ipairs(names) do totals[n] = 0 end
    for _, t in ipairs(threads) do

@@ -181,8 +181,9 @@ impl Authenticator {
                 .is_some_and(|i| i.all_tokens || !looks_like_jwt(token))
         });
         let (provider, verified, headers) = if let Some(provider) = introspecting {
-            let verified = self
-                .introspect(provider, token, now_s, client)
+            // Boxed, as the refetch below: the call's future (an HTTP exchange) is several
+            // KiB, which every JWT verification would otherwise carry and move.
+            let verified = Box::pin(self.introspect(provider, token, now_s, client))
                 .await
                 .map_err(|e| match e {
                     Ok(r) => VerifyError::Rejected(Some(provider.clone()), r),

@@ -127,19 +127,20 @@ impl Introspector {
     ) -> Result<Introspector, String> {
         let secret = match &c.client_secret {
             SecretSource::File(path) => {
-                let mut s = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read the client secret file {path}: {e}"))?;
+                let mut s = std::fs::read_to_string(path).map_err(|e| {
+                    format!("introspection.client_secret_file: cannot read {path}: {e}")
+                })?;
                 while s.ends_with(['\n', '\r']) {
                     s.pop();
                 }
                 s
             }
-            SecretSource::Env(var) => {
-                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
-            }
+            SecretSource::Env(var) => std::env::var(var).map_err(|_| {
+                format!("introspection.client_secret_env: environment variable {var} is not set")
+            })?,
         };
         if secret.is_empty() {
-            return Err("the introspection client secret is empty".into());
+            return Err("introspection: the client secret is empty".into());
         }
         let basic = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
@@ -306,10 +307,9 @@ impl Introspector {
 /// An introspection answer (RFC 7662 §2.2): `active` must be `true` for a usable token,
 /// and then the other members are its claims.
 fn parse_answer(body: &[u8]) -> Result<Outcome, String> {
-    let doc: Map<String, Value> = match serde_json::from_slice(body) {
-        Ok(Value::Object(m)) => m,
-        _ => return Err("the answer is not a JSON object".into()),
-    };
+    // Strict: `{"active": false, "active": true}` is refused, not read by its last member.
+    let doc: Map<String, Value> = tollgate_jwt::codec::parse_json_object(body)
+        .map_err(|_| "the answer is not a JSON object without duplicate members")?;
     match doc.get("active") {
         Some(Value::Bool(true)) => {}
         Some(Value::Bool(false)) => return Ok(Ok(Answer::Inactive)),
@@ -338,6 +338,7 @@ mod tests {
             Ok(Err(Refused::Malformed(_)))
         ));
         assert!(parse_answer(br#"{"active":"yes"}"#).is_err());
+        assert!(parse_answer(br#"{"active":false,"active":true}"#).is_err());
         let Ok(Ok(Answer::Active(t))) =
             parse_answer(br#"{"active":true,"sub":"alice","exp":2000,"scope":"a b"}"#)
         else {

@@ -330,7 +330,9 @@ impl Pipeline<'_> {
                     });
                 }
                 if route.accepts_dpop {
-                    let checked = crate::dpop::check(
+                    // Boxed: its Redis round trip's future would otherwise enlarge every
+                    // request's, DPoP or not.
+                    let checked = Box::pin(crate::dpop::check(
                         req,
                         token,
                         &verified.claims,
@@ -341,7 +343,7 @@ impl Pipeline<'_> {
                         self.stores,
                         enforces,
                         crate::clock::unix_seconds(),
-                    )
+                    ))
                     .await;
                     let refusal = match checked {
                         Ok(()) => None,

@@ -557,6 +557,13 @@ fn fetch_url(path: &str, uri: &str, insecure_http: bool, problems: &mut Problems
 /// a test) or when the provider says `insecure_http: true`. The gateway holds the
 /// `jwks_uri` a discovery document names to the same rule.
 pub fn fetch_url_problem(uri: &str, insecure_http: bool) -> Option<&'static str> {
+    let authority = uri.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or("")
+    });
+    if authority.contains('@') {
+        // Credentials in a URL would be silently ignored (or logged): refuse them.
+        return Some("must not carry credentials (user@host)");
+    }
     if let Some(rest) = uri.strip_prefix("https://") {
         host_of(rest).is_empty().then_some("has no host")
     } else if let Some(rest) = uri.strip_prefix("http://") {

@@ -401,12 +401,22 @@ fn jwks_uri_must_be_https_except_on_loopback_or_when_insecure_http_is_said() {
         // Look-alikes of a loopback host are not one.
         "jwks_uri: \"http://localhost.evil.example/jwks\"",
         "jwks_uri: \"http://127.0.0.1.evil.example/jwks\"",
-        "jwks_uri: \"http://127.0.0.1@evil.example/jwks\"",
         "jwks_uri: \"http://[::2]/jwks\"",
     ] {
         assert_eq!(
             problems(&with_provider(&format!("audiences: any, {bad}"))),
             [format!("auth.providers[0].jwks_uri: {https_only}")],
+            "{bad}"
+        );
+    }
+    // A loopback look-alike with userinfo, and credentials in any URL, are refused as such.
+    for bad in [
+        "jwks_uri: \"http://127.0.0.1@evil.example/jwks\"",
+        "jwks_uri: \"https://user:pass@idp.example/jwks\"",
+    ] {
+        assert_eq!(
+            problems(&with_provider(&format!("audiences: any, {bad}"))),
+            ["auth.providers[0].jwks_uri: must not carry credentials (user@host)"],
             "{bad}"
         );
     }
@@ -1130,6 +1140,7 @@ auth:
       introspection: { endpoint: "http://idp.example/introspect", client_id: "g:w", client_secret_file: s, client_secret_env: S, tokens: some, failure_threshold: 0 }
     - { name: c, issuer: "https://c", audiences: any, type: opaque, jwks_file: /dev/null }
     - { name: d, issuer: "https://d", audiences: any, introspection: { endpoint: "https://d/i", client_id: gw, client_secret_env: S } }
+    - { name: e, issuer: "https://e", audiences: any, type: introspection, introspection: { endpoint: "https://u:p@e/i", client_id: gw, client_secret_env: S } }
 upstreams:
   u: { backends: [{ addr: "127.0.0.1:9000" }] }
 routes:
@@ -1150,6 +1161,7 @@ routes:
             "auth.providers[2].type: expected jwt or introspection",
             "auth.providers[3].type: must be introspection",
             "auth.providers[3]: needs one key source",
+            "auth.providers[4].introspection.endpoint: must not carry credentials",
         ],
         0,
     );
