@@ -138,13 +138,14 @@ fn init_logging(level: &str) {
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     // Pingora's own debug lines print whole request headers (`Authorization`, `DPoP`,
-    // minted tokens): they stay at info whatever `logging.level` says.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-        .or_else(|_| {
-            tracing_subscriber::EnvFilter::try_new(format!(
-                "{level},pingora_proxy=info,pingora_core=info"
-            ))
-        })
+    // minted tokens): they stay at info whatever `logging.level` or `TOLLGATE_LOG` says.
+    let with_pingora_held = |l: &str| {
+        tracing_subscriber::EnvFilter::try_new(format!("{l},pingora_proxy=info,pingora_core=info"))
+    };
+    let filter = std::env::var("TOLLGATE_LOG")
+        .map_err(|_| ())
+        .and_then(|l| with_pingora_held(&l).map_err(|_| ()))
+        .or_else(|_| with_pingora_held(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let hint = <tracing_subscriber::EnvFilter as tracing_subscriber::layer::Filter<
         tracing_subscriber::Registry,

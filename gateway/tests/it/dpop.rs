@@ -288,3 +288,39 @@ fn a_proof_used_at_one_gateway_is_refused_at_another_sharing_its_redis() {
         1.0
     );
 }
+
+#[test]
+fn at_debug_level_neither_the_token_nor_the_proof_is_logged_even_when_forwarded() {
+    let issuer = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&issuer]);
+    let echo = Echo::start("e1");
+    // `TOLLGATE_LOG` overrides `logging.level`: neither opens Pingora's header dumps.
+    let gw = Gateway::start_with_env(
+        &[("TOLLGATE_LOG", "debug")],
+        &format!(
+            "logging: {{ level: debug }}
+{}",
+            config(&jwks, &echo, "").replace(
+                "providers: [main] }",
+                "providers: [main], keep_authorization: true }"
+            )
+        ),
+    );
+    let alice = client_key();
+    let bound = token(&issuer, Some(&alice));
+    let p = proof(&alice, "GET", &gw.url("/api/x"), &bound);
+    let r = dpop_get(&gw, "/api/x", &bound, Some(&p));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Forwarded as asked: the upstream got both.
+    assert_eq!(r.upstream_header("dpop").as_deref(), Some(p.as_str()));
+    // The access log line of that request is written after the answer.
+    wait_for(
+        "the access log line",
+        std::time::Duration::from_secs(10),
+        || gw.proc.log_text().contains("/api/x").then_some(()),
+    );
+    let log = gw.proc.log_text();
+    let signature = |jws: &str| jws.rsplit('.').next().unwrap().to_owned();
+    assert!(!log.contains(&signature(&bound)), "the token is in the log");
+    assert!(!log.contains(&signature(&p)), "the proof is in the log");
+}
