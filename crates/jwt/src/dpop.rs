@@ -333,6 +333,16 @@ mod tests {
         leeway_s: 5,
     };
 
+    /// A fresh P-256 key, as a DPoP client would make.
+    fn p256() -> SigningKey {
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        SigningKey::from_pkcs8_der(pkcs8.as_ref()).unwrap()
+    }
+
     fn resource(method: &'static str, htu: &'static str) -> ProofRequest<'static> {
         ProofRequest {
             method,
@@ -452,15 +462,7 @@ mod tests {
 
     #[test]
     fn proofs_must_be_typed_asymmetric_and_carry_only_a_public_key() {
-        let key = SigningKey::from_pkcs8_der(
-            ring::signature::EcdsaKeyPair::generate_pkcs8(
-                &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                &ring::rand::SystemRandom::new(),
-            )
-            .unwrap()
-            .as_ref(),
-        )
-        .unwrap();
+        let key = p256();
         let req = ProofRequest {
             method: "GET",
             htu: "http://127.0.0.1:8080/x",
@@ -522,15 +524,7 @@ mod tests {
             Err(ProofError("the DPoP proof alg must be asymmetric"))
         );
         // Another key's jwk in the header: the signature does not verify under it.
-        let other = SigningKey::from_pkcs8_der(
-            ring::signature::EcdsaKeyPair::generate_pkcs8(
-                &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                &ring::rand::SystemRandom::new(),
-            )
-            .unwrap()
-            .as_ref(),
-        )
-        .unwrap();
+        let other = p256();
         let swapped = signed(json!({"typ": "dpop+jwt", "jwk": other.public_jwk(None, None)}));
         assert_eq!(
             check(&swapped),

@@ -484,6 +484,21 @@ pub fn parse_reply(out: &str) -> std::io::Result<Reply> {
     })
 }
 
+/// Reads a request head up to its blank line, byte by byte (so nothing of the body is
+/// taken), with a 5 s read timeout; `None` if the connection ends or stalls first.
+pub fn read_head(conn: &mut TcpStream) -> Option<String> {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 /// A JWKS endpoint on 127.0.0.1: serves whatever document it is given (or, for a path
 /// given its own with `set_path`, that one), counts fetches, and can be made to fail (500)
 /// to stand for an identity provider that is down.
@@ -519,18 +534,9 @@ impl JwksServer {
                     return;
                 }
                 let Ok(mut conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                // Read the request head; the body of a GET is empty.
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match conn.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => break,
-                    }
-                }
+                // The body of a GET is empty.
+                let head = read_head(&mut conn).unwrap_or_default();
                 s.fetches.fetch_add(1, Ordering::AcqRel);
-                let head = String::from_utf8_lossy(&head);
                 let path = head.split(' ').nth(1).unwrap_or("");
                 let own = s.paths.lock().unwrap().get(path).cloned();
                 let (status, body) = if s.down.load(Ordering::Acquire) {

@@ -78,16 +78,9 @@ impl Drop for IntrospectionServer {
 }
 
 fn serve(mut conn: std::net::TcpStream, s: &State) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match conn.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
+    let Some(head) = read_head(&mut conn) else {
+        return;
+    };
     let header = |name: &str| {
         head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
