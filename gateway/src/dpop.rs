@@ -123,7 +123,11 @@ pub async fn check(
         return Ok(());
     }
     // Remembered until the proof can no longer be accepted anyway.
-    let expires = proof.iat + window.max_age_s + window.leeway_s + 1;
+    let expires = proof
+        .iat
+        .saturating_add(window.max_age_s)
+        .saturating_add(window.leeway_s)
+        .saturating_add(1);
     let key = replay_key(&proof.jkt, &proof.jti);
     match first_use(stores, &key, expires, now).await {
         Ok(true) => {

@@ -47,6 +47,9 @@ struct Entry {
     until: u64,
 }
 
+/// No answer is kept longer than a day, whatever `cache_max_ttl` says.
+const MAX_TTL_S: u64 = 24 * 3600;
+
 /// Entries live until their `until`.
 struct ExpireAtUntil;
 
@@ -57,9 +60,9 @@ impl moka::Expiry<[u8; 32], Arc<Entry>> for ExpireAtUntil {
         value: &Arc<Entry>,
         _now: std::time::Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            value.until.saturating_sub(crate::clock::unix_seconds()),
-        ))
+        // Capped: moka adds this to an `Instant`, which must not overflow.
+        let left = value.until.saturating_sub(crate::clock::unix_seconds());
+        Some(Duration::from_secs(left.min(MAX_TTL_S)))
     }
 }
 
@@ -228,9 +231,9 @@ impl Introspector {
         let until = match outcome {
             Ok(Answer::Active(t)) => {
                 let exp = t.exp.map_or(u64::MAX, |e| e as u64);
-                exp.min(now + self.cache_max_ttl)
+                exp.min(now.saturating_add(self.cache_max_ttl))
             }
-            Ok(Answer::Inactive) => now + self.negative_cache_ttl,
+            Ok(Answer::Inactive) => now.saturating_add(self.negative_cache_ttl),
             Err(_) => return,
         };
         let answer = match outcome {
