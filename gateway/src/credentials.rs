@@ -55,9 +55,7 @@ fn token_params<'q, 'n>(
     })
 }
 
-/// Finds the token in a request, looking at `sources`. `Ok(None)` when there is none;
-/// [`Refusal::MultipleTokens`] when there are several (RFC 6750 §2: a client must use only
-/// one method).
+/// [`find_presented`] without DPoP, the token alone (for the unit tests below).
 #[cfg(test)]
 pub fn find_token<'a>(
     req: &'a RequestHeader,
@@ -66,8 +64,10 @@ pub fn find_token<'a>(
     Ok(find_presented(req, sources, false)?.map(|(t, _)| t))
 }
 
-/// [`find_token`], with the scheme it came under: with `accept_dpop`, `Authorization: DPoP`
-/// (RFC 9449 §7.1) counts wherever `Authorization: Bearer` does.
+/// Finds the token in a request, looking at `sources`, with the scheme it came under.
+/// `Ok(None)` when there is none; [`Refusal::MultipleTokens`] when there are several
+/// (RFC 6750 §2: a client must use only one method). With `accept_dpop`,
+/// `Authorization: DPoP` (RFC 9449 §7.1) counts wherever `Authorization: Bearer` does.
 pub fn find_presented<'a>(
     req: &'a RequestHeader,
     sources: &[TokenSource],
