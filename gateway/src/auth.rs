@@ -214,14 +214,17 @@ impl Authenticator {
     ) -> Result<Arc<VerifiedToken>, Result<Rejection, crate::preauth::PreAuthRefusal>> {
         use crate::introspect::Refused;
         let introspector = provider.introspector.as_ref().expect("chosen for it");
-        let answer = match introspector.cached(token, now_s) {
+        let key = crate::introspect::token_key(token);
+        let answer = match introspector.cached(&key, now_s) {
             Some(answer) => answer,
             None => {
                 // A call costs the identity provider: the same brakes as a signature check.
                 let _permit = crate::preauth::PREAUTH
                     .admit(client, &self.brakes, crate::clock::now_ns())
                     .map_err(Err)?;
-                introspector.introspect(&self.connector, token, now_s).await
+                introspector
+                    .introspect(&self.connector, token, key, now_s)
+                    .await
             }
         };
         answer.map_err(|r| match r {

@@ -22,6 +22,12 @@ use std::time::{Duration, Instant};
 use tollgate_config::{Introspection, SecretSource};
 use tollgate_jwt::VerifiedToken;
 
+/// What answers are cached and calls shared under: the token's SHA-256 (the token itself
+/// is never kept).
+pub fn token_key(token: &str) -> [u8; 32] {
+    digest(token.as_bytes())
+}
+
 /// Why introspection gave no claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -175,9 +181,9 @@ impl Introspector {
     }
 
     /// The cached answer for `token`, if one is fresh at `now`.
-    pub fn cached(&self, token: &str, now: u64) -> Option<Result<Arc<VerifiedToken>, Refused>> {
-        let key = digest(token.as_bytes());
-        let entry = self.answers.get(&key).filter(|e| e.until > now)?;
+    /// `key`: the token's SHA-256 ([`token_key`]).
+    pub fn cached(&self, key: &[u8; 32], now: u64) -> Option<Result<Arc<VerifiedToken>, Refused>> {
+        let entry = self.answers.get(key).filter(|e| e.until > now)?;
         self.count(&METRICS.introspection_cache, "hit");
         Some(match &entry.answer {
             Answer::Active(t) => Ok(t.clone()),
@@ -191,9 +197,9 @@ impl Introspector {
         &self,
         connector: &Connector,
         token: &str,
+        key: [u8; 32],
         now: u64,
     ) -> Result<Arc<VerifiedToken>, Refused> {
-        let key = digest(token.as_bytes());
         let cell = self
             .in_flight
             .lock()
@@ -204,7 +210,7 @@ impl Introspector {
         let outcome = cell
             .get_or_init(|| async {
                 // A request that waited on an earlier call finds its answer cached.
-                if let Some(hit) = self.cached(token, now) {
+                if let Some(hit) = self.cached(&key, now) {
                     return hit.map(Answer::Active);
                 }
                 self.count(&METRICS.introspection_cache, "miss");

@@ -279,9 +279,9 @@ impl Pipeline<'_> {
                     .inc();
             }
         };
-        let schemes = route.schemes();
+        let schemes = route.schemes;
         let presented =
-            crate::credentials::find_presented(req, &route.token_sources, route.accepts_dpop);
+            crate::credentials::find_presented(req, &route.token_sources, route.accepts_dpop());
         let (token, scheme) = match presented {
             Ok(Some(found)) => found,
             Ok(None) if route.auth == AuthMode::Optional => {
@@ -329,7 +329,7 @@ impl Pipeline<'_> {
                         schemes,
                     });
                 }
-                if route.accepts_dpop {
+                if route.accepts_dpop() {
                     // Boxed: its Redis round trip's future would otherwise enlarge every
                     // request's, DPoP or not.
                     let checked = Box::pin(crate::dpop::check(

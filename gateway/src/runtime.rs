@@ -9,6 +9,7 @@ use crate::cluster::Cluster;
 use crate::keys::Provider;
 use crate::limits::LimitRuntime;
 use crate::metrics::{RequestCounters, METRICS};
+use crate::respond::Schemes;
 use pingora_http::RequestHeader;
 use prometheus::Histogram;
 use std::collections::HashMap;
@@ -52,24 +53,31 @@ pub struct RouteRuntime {
     pub require_certificate_binding: bool,
     /// `dpop` on the route (a provider may ask for more).
     pub dpop: tollgate_config::DpopMode,
-    /// Whether `Authorization: DPoP` is read here: the route or one of its providers takes DPoP.
-    pub accepts_dpop: bool,
+    /// The `Authorization` schemes taken here (DPoP when the route or one of its providers
+    /// takes it), which its 401s challenge for; fixed when the snapshot is compiled.
+    pub schemes: crate::respond::Schemes,
     /// `upstream_token`: the gateway's minter and what to mint.
     pub upstream_token: Option<crate::mint::RouteTokens>,
 }
 
+/// The schemes a route with `dpop` and `providers` takes: Bearer alone without DPoP anywhere,
+/// DPoP alone where the route or every provider requires it, else both.
+fn schemes(dpop: tollgate_config::DpopMode, providers: &[Arc<Provider>]) -> Schemes {
+    use tollgate_config::DpopMode;
+    let accepts = dpop != DpopMode::Off || providers.iter().any(|p| p.dpop != DpopMode::Off);
+    let all_require = dpop == DpopMode::Required
+        || (!providers.is_empty() && providers.iter().all(|p| p.dpop == DpopMode::Required));
+    match (accepts, all_require) {
+        (false, _) => Schemes::Bearer,
+        (true, false) => Schemes::BearerAndDpop,
+        (true, true) => Schemes::Dpop,
+    }
+}
+
 impl RouteRuntime {
-    /// The schemes this route's 401s challenge for.
-    pub fn schemes(&self) -> crate::respond::Schemes {
-        use tollgate_config::DpopMode;
-        let all_require = self.dpop == DpopMode::Required
-            || (!self.providers.is_empty()
-                && self.providers.iter().all(|p| p.dpop == DpopMode::Required));
-        match (self.accepts_dpop, all_require) {
-            (false, _) => crate::respond::Schemes::Bearer,
-            (true, false) => crate::respond::Schemes::BearerAndDpop,
-            (true, true) => crate::respond::Schemes::Dpop,
-        }
+    /// Whether `Authorization: DPoP` is read on this route.
+    pub fn accepts_dpop(&self) -> bool {
+        self.schemes != Schemes::Bearer
     }
 
     /// Removes the route's `strip_prefix` from the upstream request's path (in any letter
@@ -207,10 +215,7 @@ impl RuntimeSnapshot {
                         .clone()
                 })
                 .collect();
-            let accepts_dpop = r.dpop != tollgate_config::DpopMode::Off
-                || providers
-                    .iter()
-                    .any(|p| p.dpop != tollgate_config::DpopMode::Off);
+            let schemes = schemes(r.dpop, &providers);
             let mut token_sources: Vec<TokenSource> = Vec::new();
             for s in providers.iter().flat_map(|p| &p.token_sources) {
                 if !token_sources.contains(s) {
@@ -251,7 +256,7 @@ impl RuntimeSnapshot {
                 require_client_certificate: r.require_client_certificate,
                 require_certificate_binding: r.require_certificate_binding,
                 dpop: r.dpop,
-                accepts_dpop,
+                schemes,
                 upstream_token: r.upstream_token.clone().map(|spec| {
                     let minter = minter
                         .clone()
