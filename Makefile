@@ -53,6 +53,11 @@ deps-test: deps-build
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
 	@$(call need,python3,python3)
 	@$(call need,redis-server,redis-server)
+	@# The one-issuer test's authorization server: oidc-provider from npm, pinned by its lockfile.
+	@$(call need,node,nodejs)
+	@$(call need,npm,npm)
+	@[ -d gateway/tests/it/oidc/node_modules/oidc-provider ] || { echo "installing oidc-provider (npm ci)"; \
+	  npm ci --prefix gateway/tests/it/oidc --no-audit --no-fund --loglevel=error >/dev/null; }
 	@# The upstream_token tests' backend verifies with PyJWT, under Debian's own Python.
 	@/usr/bin/python3 -c 'import jwt, cryptography' 2>/dev/null || { echo "installing python3-jwt"; \
 	  if [ ! -f $(APT_UPDATED) ]; then apt-get update -qq && touch $(APT_UPDATED); fi; \

@@ -136,6 +136,8 @@ impl Authenticator {
             brakes: crate::preauth::Brakes {
                 failed_auth_limit: auth.failed_auth_limit,
                 max_in_flight: auth.max_verifications_in_flight,
+                max_network_waits: auth.max_network_waits_in_flight,
+                max_network_waits_per_client: auth.max_network_waits_per_client,
             },
             revocation,
             dpop: auth.dpop.clone(),
@@ -218,12 +220,19 @@ impl Authenticator {
         let answer = match introspector.cached(&key, now_s) {
             Some(answer) => answer,
             None => {
-                // A call costs the identity provider: the same brakes as a signature check.
-                let _permit = crate::preauth::PREAUTH
-                    .admit(client, &self.brakes, crate::clock::now_ns())
-                    .map_err(Err)?;
+                // A call waits on the network: it takes a place in the provider's network
+                // budget and its client's, never a signature check's (a slow endpoint must
+                // not starve local checks). Requests joining a call in flight take none.
+                let admit = || {
+                    crate::preauth::PREAUTH.admit_network(
+                        &provider.network_waits,
+                        client,
+                        &self.brakes,
+                        crate::clock::now_ns(),
+                    )
+                };
                 introspector
-                    .introspect(&self.connector, token, key, now_s)
+                    .introspect(&self.connector, token, key, now_s, admit)
                     .await
             }
         };
@@ -237,6 +246,7 @@ impl Authenticator {
                 reason: Reason::Malformed,
                 detail: "the introspection endpoint refused this token as a bad request",
             }),
+            Refused::Budget(refusal) => Err(refusal),
             Refused::Unavailable => {
                 METRICS
                     .preauth_refusals
@@ -264,7 +274,7 @@ impl Authenticator {
                 (provider, entry.token.clone(), entry.headers.clone())
             }
             None => {
-                let _permit = crate::preauth::PREAUTH
+                let permit = crate::preauth::PREAUTH
                     .admit(client, &self.brakes, crate::clock::now_ns())
                     .map_err(VerifyError::Refused)?;
                 if let Some(provider) = self.cache.forged_for(&key, providers) {
@@ -287,14 +297,28 @@ impl Authenticator {
                 let mut generation = keys.generation;
                 let mut result = parsed.verify_signature(&keys.set);
                 drop(keys);
-                // Boxed: the fetch's future is several KiB, and every call of `verify`
-                // (cache hits included) would otherwise carry and move it.
                 if matches!(result, Err(r) if r.reason == Reason::UnknownKid)
-                    && Box::pin(provider.refetch_for_unknown_kid(&self.connector, generation)).await
+                    && provider.refetches_keys()
                 {
-                    let keys = provider.keys();
-                    generation = keys.generation;
-                    result = parsed.verify_signature(&keys.set);
+                    // The refetch waits on the network: it gives up its signature-check place
+                    // while it waits. The refetch is one fetch per provider at a time and
+                    // at most one per cooldown, however many requests wait on it, so the
+                    // waiters add no network work and hold nothing that local checks need.
+                    drop(permit);
+                    crate::preauth::before_network_wait().await;
+                    // Boxed: the fetch's future is several KiB, and every call of `verify`
+                    // (cache hits included) would otherwise carry and move it.
+                    let changed =
+                        Box::pin(provider.refetch_for_unknown_kid(&self.connector, generation))
+                            .await;
+                    if changed {
+                        let _permit = crate::preauth::PREAUTH
+                            .admit(client, &self.brakes, crate::clock::now_ns())
+                            .map_err(VerifyError::Refused)?;
+                        let keys = provider.keys();
+                        generation = keys.generation;
+                        result = parsed.verify_signature(&keys.set);
+                    }
                 }
                 if matches!(result, Err(r) if r.reason == Reason::Signature) {
                     self.cache.insert_forged(key, provider.index, generation);
@@ -370,8 +394,16 @@ impl Authenticator {
     ) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(self.forward.len());
         for (path, header) in &self.forward {
-            if let Some(v) = path.lookup(claims).and_then(claim_header_value) {
-                out.push((header.clone(), v));
+            let Some(claim) = path.lookup(claims) else {
+                continue;
+            };
+            match claim_header_value(claim) {
+                Some(v) => out.push((header.clone(), v)),
+                // Counted once per verification: the headers are cached with the verdict.
+                None => METRICS
+                    .claims_not_forwarded
+                    .with_label_values(&[header.as_str()])
+                    .inc(),
             }
         }
         out
@@ -386,9 +418,11 @@ impl Authenticator {
 ///   out. Joining with bare commas would let a role `a,admin` read as two roles upstream;
 ///   quoting every element, not only the ones that need it, keeps the format one thing to
 ///   parse;
-/// - anything else (object, null), an array with no element left, or text that cannot be a
-///   header value or an sf-string (control characters, non-ASCII) gives no header: upstreams
-///   see the claim as absent rather than see a different value.
+/// - anything else (object, null), an array with no element left, or text an upstream would
+///   not read back exactly gives no header (and is counted): control characters (a tab
+///   included), anything outside printable ASCII (`аdmin` with a Cyrillic `а` is not
+///   `admin`), and, for a scalar, leading or trailing whitespace (RFC 9110 §5.5 parsers
+///   trim it). Upstreams see the claim as absent rather than see a different value.
 pub fn claim_header_value(value: &Value) -> Option<HeaderValue> {
     fn scalar_text(v: &Value) -> Option<String> {
         match v {
@@ -423,7 +457,16 @@ pub fn claim_header_value(value: &Value) -> Option<HeaderValue> {
             }
             list
         }
-        other => scalar_text(other)?,
+        other => {
+            let text = scalar_text(other)?;
+            let exact = text.bytes().all(|b| (b' '..=b'~').contains(&b))
+                && !text.starts_with(' ')
+                && !text.ends_with(' ');
+            if !exact {
+                return None;
+            }
+            text
+        }
     };
     HeaderValue::from_str(&text).ok()
 }
@@ -438,7 +481,14 @@ fn choose_provider(
     iss: Option<&str>,
     providers: &[Arc<Provider>],
 ) -> Result<Arc<Provider>, (Option<Arc<Provider>>, Rejection)> {
-    let by_issuer = providers.iter().find(|p| iss == Some(p.issuer.as_str()));
+    // An issuer may have a provider for its JWTs beside one introspecting its opaque
+    // tokens: a JWT goes to the one with keys.
+    let same_issuer = |p: &&Arc<Provider>| iss == Some(p.issuer.as_str());
+    let by_issuer = providers
+        .iter()
+        .filter(same_issuer)
+        .find(|p| p.introspector.is_none())
+        .or_else(|| providers.iter().find(same_issuer));
     let chosen = by_issuer.or(match (iss, providers) {
         (None, [only]) => Some(only),
         _ => None,
@@ -505,5 +555,20 @@ mod tests {
         for absent in ["empty", "objects", "utf8", "control", "obj"] {
             assert_eq!(header(absent, &c), None, "{absent}");
         }
+    }
+
+    #[test]
+    fn scalar_claims_an_upstream_would_read_differently_are_not_forwarded() {
+        // Issue 22 (5): each of these was forwarded, and an RFC 9110 parser reads another
+        // value (trimmed) or bytes that merely look like one.
+        let c = claims(
+            r#"{"tab":"alice\t","spaces":" admin@corp.example ","cyrillic":"\u0430dmin",
+                "latin1":"al\u00efce@x","del":"a\u007f","inner":"Alice Smith","plain":"alice"}"#,
+        );
+        for absent in ["tab", "spaces", "cyrillic", "latin1", "del"] {
+            assert_eq!(header(absent, &c), None, "{absent}");
+        }
+        assert_eq!(header("inner", &c).as_deref(), Some("Alice Smith"));
+        assert_eq!(header("plain", &c).as_deref(), Some("alice"));
     }
 }

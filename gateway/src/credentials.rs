@@ -129,9 +129,10 @@ pub fn find_presented<'a>(
 }
 
 /// Removes the credentials `sources` read tokens from, so a token does not travel on to
-/// the upstream: `Authorization`, token headers, and every spelling of token query
-/// parameters (with or without a value). Cookies are left alone: the Cookie header usually
-/// carries more than the token.
+/// the upstream: `Authorization`, token headers, every spelling of token query parameters
+/// (with or without a value), and the token cookies, each read as the token reader reads
+/// it (name trimmed). The Cookie header keeps the request's other cookies; it goes when
+/// none is left.
 pub fn strip(upstream: &mut RequestHeader, sources: &[TokenSource]) -> Result<(), http::Error> {
     upstream.remove_header(&http::header::AUTHORIZATION);
     // A DPoP proof is a credential too (and names this hop's URI, not the upstream's).
@@ -159,7 +160,45 @@ pub fn strip(upstream: &mut RequestHeader, sources: &[TokenSource]) -> Result<()
                 let new: http::Uri = new.parse().map_err(http::Error::from)?;
                 upstream.set_uri(new);
             }
-            TokenSource::Bearer | TokenSource::Cookie(_) => {}
+            TokenSource::Cookie(name) => strip_cookie(upstream, name)?,
+            TokenSource::Bearer => {}
+        }
+    }
+    Ok(())
+}
+
+/// Removes every cookie named `name` from the request's `Cookie` header(s), which the edge
+/// has joined into one (RFC 9113 §8.2.3 crumbs included).
+fn strip_cookie(upstream: &mut RequestHeader, name: &str) -> Result<(), http::Error> {
+    let is_token = |pair: &str| {
+        pair.trim()
+            .split_once('=')
+            .is_some_and(|(k, _)| k.trim() == name)
+    };
+    let carries = upstream
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(';').any(is_token)));
+    if !carries {
+        return Ok(());
+    }
+    let kept: Vec<&str> = upstream
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter(|pair| !pair.trim().is_empty() && !is_token(pair))
+        .map(str::trim)
+        .collect();
+    if kept.is_empty() {
+        upstream.remove_header(&http::header::COOKIE);
+    } else {
+        let value = http::HeaderValue::from_str(&kept.join("; "))?;
+        if upstream.insert_header(http::header::COOKIE, value).is_err() {
+            // Cannot happen with a typed name and value; never leave the token behind.
+            upstream.remove_header(&http::header::COOKIE);
         }
     }
     Ok(())

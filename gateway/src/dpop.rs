@@ -112,7 +112,6 @@ pub async fn check(
         htu,
         access_token: Some(token),
     };
-    REPLAY.set_capacity(settings.replay_cache_size);
     let proof = verify_proof(proof, &request, window, now).map_err(|e| invalid(e.0))?;
     if proof.jkt != *jkt {
         return Err(invalid(
@@ -203,22 +202,51 @@ const SHARDS: usize = 16;
 /// Proof keys until they expire (unix seconds), in shards. It never evicts an entry that has
 /// not expired: at capacity it refuses instead, because forgetting a live jti would let that
 /// proof be replayed.
+///
+/// Each shard keeps its keys by expiry second as well, and drops the expired ones from the
+/// front of that order as time passes: every key is inserted once and removed once, so a
+/// proof costs O(1) amortised (plus the log of the few distinct expiry seconds), full cache
+/// or not, instead of a scan of the shard.
 pub struct ReplayCache {
-    shards: [Mutex<HashMap<[u8; 16], u64>>; SHARDS],
+    shards: [Mutex<ReplayShard>; SHARDS],
     capacity: AtomicUsize,
+}
+
+#[derive(Default)]
+struct ReplayShard {
+    live: HashMap<[u8; 16], u64>,
+    by_expiry: std::collections::BTreeMap<u64, Vec<[u8; 16]>>,
+}
+
+impl ReplayShard {
+    /// Forgets every key expired at `now`.
+    fn expire(&mut self, now: u64) {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            for key in entry.remove() {
+                // A key used again after it expired has a later expiry: keep that one.
+                if self.live.get(&key).is_some_and(|until| *until <= now) {
+                    self.live.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 impl Default for ReplayCache {
     fn default() -> Self {
         ReplayCache {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shards: std::array::from_fn(|_| Mutex::new(ReplayShard::default())),
             capacity: AtomicUsize::new(DpopSettings::default().replay_cache_size),
         }
     }
 }
 
 impl ReplayCache {
-    /// `auth.dpop.replay_cache_size` of the running snapshot.
+    /// `auth.dpop.replay_cache_size` of the snapshot going live (set when it is put in
+    /// use, not per request).
     pub fn set_capacity(&self, entries: usize) {
         self.capacity.store(entries, Ordering::Relaxed);
     }
@@ -234,19 +262,27 @@ impl ReplayCache {
         let mut shard = self.shards[usize::from(key[0]) % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(until) = shard.get(&key) {
-            if *until > now {
-                return Ok(false);
-            }
+        shard.expire(now);
+        if shard.live.contains_key(&key) {
+            return Ok(false);
         }
-        if shard.len() >= per_shard {
-            shard.retain(|_, until| *until > now);
-            if shard.len() >= per_shard {
-                return Err(());
-            }
+        if shard.live.len() >= per_shard {
+            return Err(());
         }
-        shard.insert(key, expires);
+        shard.live.insert(key, expires);
+        shard.by_expiry.entry(expires).or_default().push(key);
         Ok(true)
+    }
+
+    #[cfg(test)]
+    fn entries(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(live, queued), s| {
+            let s = s.lock().unwrap();
+            (
+                live + s.live.len(),
+                queued + s.by_expiry.values().map(Vec::len).sum::<usize>(),
+            )
+        })
     }
 }
 
@@ -283,5 +319,34 @@ mod tests {
         // One entry per shard: shard 0 is full of a live entry.
         assert_eq!(cache.first_use(key(16), 300, 150), Err(()));
         assert_eq!(cache.first_use(key(16), 300, 200), Ok(true));
+    }
+
+    #[test]
+    fn a_full_replay_cache_under_a_flood_does_constant_work_and_stays_bounded() {
+        // Issue 22 (9): once full, every proof scanned its whole shard (`retain`). Now expired
+        // keys leave in expiry order, each once: a flood of a million proofs over 100 s of
+        // clock keeps at most the live window, and refuses nothing that has expired.
+        let cache = ReplayCache::default();
+        cache.set_capacity(16_000);
+        let mut refused = 0;
+        let mut counter = 0u64;
+        for second in 0..100u64 {
+            for _ in 0..10_000 {
+                counter += 1;
+                let mut key = [0u8; 16];
+                key[0] = (counter % 251) as u8;
+                key[1..9].copy_from_slice(&counter.to_le_bytes());
+                // Proofs live 1 s: at most 10,000 are live at once, under the capacity.
+                if cache.first_use(key, second + 1, second) != Ok(true) {
+                    refused += 1;
+                }
+            }
+            let (live, queued) = cache.entries();
+            assert!(
+                live <= 16_000 && queued <= 16_000,
+                "{live} live, {queued} queued"
+            );
+        }
+        assert_eq!(refused, 0, "expired keys always made room");
     }
 }

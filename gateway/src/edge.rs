@@ -165,6 +165,7 @@ pub fn prepare(
     http: &HttpSettings,
     strip: &StripSet,
 ) -> Result<EdgeFacts, Refusal> {
+    join_cookie_crumbs(req)?;
     check_limits(req, http)?;
     // HTTP/2 carries the host in `:authority` (RFC 9113 §8.3.1), which is the request's
     // host; a `Host` field beside it must name the same one, or the two readings differ.
@@ -279,6 +280,30 @@ pub fn prepare(
         req.remove_header(&name);
     }
     Ok(facts)
+}
+
+/// HTTP/2 may split `Cookie` into one field per cookie ("crumbs"), which must be joined
+/// with `"; "` before the request goes on as HTTP/1.1 (RFC 9113 §8.2.3); an HTTP/1.1 client
+/// should send one field (RFC 6265 §5.4) and gets the same treatment. Joined first, so
+/// that routing (`when: {cookie}`), the token reader, the forwarded request and the header
+/// count all see one `Cookie` field with the same value.
+fn join_cookie_crumbs(req: &mut RequestHeader) -> Result<(), Refusal> {
+    let mut crumbs = req.headers.get_all(http::header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return Ok(());
+    }
+    let joined: Vec<&[u8]> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let joined = joined.join(&b"; "[..]);
+    const BAD: Refusal = malformed(400, "invalid_cookie", "the Cookie header is malformed");
+    let value = HeaderValue::from_bytes(&joined).map_err(|_| BAD)?;
+    req.insert_header(http::header::COOKIE, value)
+        .map_err(|_| BAD)?;
+    Ok(())
 }
 
 /// `Content-Length: 5, 5` (or two identical fields) is one length (RFC 9110 §8.6), but an

@@ -268,7 +268,15 @@ fn print_auth(
         (None, _, Err(Refusal::MultipleTokens)) => {
             println!("auth:    refused: more than one token in the request")
         }
-        (None, _, Err(Refusal::TooManyFailedAttempts { .. } | Refusal::Overloaded { .. })) => {
+        (
+            None,
+            _,
+            Err(
+                Refusal::TooManyFailedAttempts { .. }
+                | Refusal::TooManyWaiting
+                | Refusal::Overloaded { .. },
+            ),
+        ) => {
             println!("auth:    not checked (pre-auth brake)")
         }
         (None, AuthMode::Optional, Ok(()) | Err(_)) => {
@@ -278,16 +286,14 @@ fn print_auth(
     }
 }
 
-/// Prints the verdict line: `verdict: refused (STATUS error[/reason])`.
+/// Prints the verdict line: `verdict: refused (STATUS error/reason[/policy or limit])`.
 fn verdict(refusal: Refusal, snapshot: &RuntimeSnapshot) -> Refusal {
     {
         let answer = refusal.answer(&snapshot.auth.realm);
-        let detail = answer
-            .reason
-            .or(answer.policy)
-            .or(answer.limit)
-            .map(|r| format!("/{r}"))
-            .unwrap_or_default();
+        let detail = match answer.policy.or(answer.limit) {
+            Some(name) => format!("/{}/{name}", answer.reason),
+            None => format!("/{}", answer.reason),
+        };
         println!(
             "verdict: refused ({} {}{detail})",
             answer.status, answer.error

@@ -39,6 +39,9 @@ pub enum Refused {
     BadRequest,
     /// The endpoint could not answer, or the circuit is open (503, fail closed).
     Unavailable,
+    /// No call was started: the provider's or the client's network budget is full (the
+    /// request that would have started it, and any that joined it, get this refusal).
+    Budget(crate::preauth::PreAuthRefusal),
 }
 
 #[derive(Clone)]
@@ -192,13 +195,16 @@ impl Introspector {
     }
 
     /// Asks the endpoint about `token` (one call however many requests wait for it) and
-    /// caches the answer.
-    pub async fn introspect(
+    /// caches the answer. Only the request that starts the call asks `admit` for a place in
+    /// the network budget, and holds it for the call; requests that join a call in flight
+    /// add no call and take no place.
+    pub async fn introspect<P>(
         &self,
         connector: &Connector,
         token: &str,
         key: [u8; 32],
         now: u64,
+        admit: impl FnOnce() -> Result<P, crate::preauth::PreAuthRefusal>,
     ) -> Result<Arc<VerifiedToken>, Refused> {
         let cell = self
             .in_flight
@@ -214,6 +220,10 @@ impl Introspector {
                     return hit.map(Answer::Active);
                 }
                 self.count(&METRICS.introspection_cache, "miss");
+                let _place = admit().map_err(Refused::Budget)?;
+                // The proxy looks at the client during this turn: a client already gone
+                // starts no call.
+                crate::preauth::before_network_wait().await;
                 let outcome = self.call(connector, token).await;
                 self.remember(key, &outcome, now);
                 outcome

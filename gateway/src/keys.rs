@@ -52,6 +52,36 @@ pub struct Provider {
     /// When the last refetch for an unknown `kid` started. The async mutex makes that refetch
     /// single-flight: requests that wait on it then see the new generation and do not fetch.
     unknown_kid_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Requests waiting on this provider's network now (see `preauth::admit_network`).
+    pub(crate) network_waits: std::sync::atomic::AtomicUsize,
+}
+
+/// Generations of every provider's key sets, process-wide: unique and increasing, whichever
+/// task installs a set and however installs race.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::AcqRel)
+}
+
+/// One info line per change of a provider's keys, naming the kids added and retired (an
+/// operator otherwise sees a rotation only in metrics). Keys without a `kid` are `-`.
+fn log_key_change(provider: &str, before: &KeySet, after: &KeySet, generation: u64) {
+    use std::collections::BTreeSet;
+    let kids = |s: &KeySet| -> BTreeSet<String> {
+        s.kids().map(|k| k.unwrap_or("-").to_owned()).collect()
+    };
+    let (before, after) = (kids(before), kids(after));
+    let added: Vec<&str> = after.difference(&before).map(String::as_str).collect();
+    let removed: Vec<&str> = before.difference(&after).map(String::as_str).collect();
+    tracing::info!(
+        provider,
+        generation,
+        keys = after.len(),
+        added = %added.join(" "),
+        removed = %removed.join(" "),
+        "provider keys changed"
+    );
 }
 
 pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -106,7 +136,7 @@ impl Provider {
             token_sources: p.token_sources.clone(),
             keys: ArcSwap::from_pointee(KeyState {
                 set: Arc::new(local.unwrap_or_default()),
-                generation: 0,
+                generation: next_generation(),
                 last_success: ready.then(SystemTime::now),
                 digest: [0; 32],
             }),
@@ -115,6 +145,7 @@ impl Provider {
                 .auth_decisions
                 .with_label_values(&[&p.name, "allow", "ok"]),
             unknown_kid_refetch: tokio::sync::Mutex::new(None),
+            network_waits: std::sync::atomic::AtomicUsize::new(0),
         };
         provider.publish_key_metrics();
         Ok(provider)
@@ -144,6 +175,11 @@ impl Provider {
 
     /// Installs keys parsed from `body` (limited to `algorithms` when given) unless they are
     /// the ones already in use. Returns whether the keys changed.
+    ///
+    /// Whoever calls it (the periodic refresh, an unknown-`kid` refetch, a file watch), the
+    /// swap is one compare-and-swap (`ArcSwap::rcu`) and every new key set takes a fresh
+    /// generation from [`next_generation`]: two sets never share a generation, so a verdict
+    /// cached under one is never taken for a verdict under another.
     fn install(
         &self,
         body: &[u8],
@@ -153,14 +189,14 @@ impl Provider {
             None => digest(body),
             Some(list) => digest(&[body, format!("\0{list:?}").as_bytes()].concat()),
         };
-        let current = self.keys.load();
-        if current.digest == d && self.is_ready() {
-            self.keys.store(Arc::new(KeyState {
+        if self.keys.load().digest == d && self.is_ready() {
+            // The same document: only its freshness changes, under the same generation.
+            self.keys.rcu(|current| KeyState {
                 set: current.set.clone(),
                 generation: current.generation,
                 last_success: Some(SystemTime::now()),
-                digest: d,
-            }));
+                digest: current.digest,
+            });
             self.publish_key_metrics();
             return Ok(false);
         }
@@ -182,14 +218,17 @@ impl Provider {
         if set.skipped() > 0 {
             tracing::info!(provider = %self.name, skipped = set.skipped(), "jwks entries skipped as unusable for verification");
         }
-        self.keys.store(Arc::new(KeyState {
-            set: Arc::new(set),
-            generation: current.generation + 1,
+        let set = Arc::new(set);
+        let generation = next_generation();
+        let previous = self.keys.rcu(|_| KeyState {
+            set: set.clone(),
+            generation,
             last_success: Some(SystemTime::now()),
             digest: d,
-        }));
+        });
         self.ready.store(true, Ordering::Release);
         self.publish_key_metrics();
+        log_key_change(&self.name, &previous.set, &set, generation);
         Ok(true)
     }
 
@@ -267,13 +306,15 @@ impl Provider {
             .is_some_and(|age| age > self.refresh.max_stale);
         if stale && !state.set.is_empty() {
             tracing::error!(provider = %self.name, "keys older than max_stale dropped");
-            self.keys.store(Arc::new(KeyState {
+            let generation = next_generation();
+            let previous = self.keys.rcu(|current| KeyState {
                 set: Arc::new(KeySet::new()),
-                generation: state.generation + 1,
-                last_success: state.last_success,
+                generation,
+                last_success: current.last_success,
                 digest: [0; 32],
-            }));
+            });
             self.publish_key_metrics();
+            log_key_change(&self.name, &previous.set, &KeySet::new(), generation);
         }
     }
 
@@ -299,7 +340,13 @@ impl Provider {
                     let mut failures = 0u32;
                     loop {
                         let Some(p) = weak.upgrade() else { return };
-                        let wait = match p.fetch_once(&connector).await {
+                        // One fetch at a time with the unknown-`kid` refetch, so that the two
+                        // cannot install out of order.
+                        let fetched = {
+                            let _one_at_a_time = p.unknown_kid_refetch.lock().await;
+                            p.fetch_once(&connector).await
+                        };
+                        let wait = match fetched {
                             Ok((_, max_age)) => {
                                 failures = 0;
                                 max_age
@@ -357,6 +404,12 @@ impl Provider {
         }
     }
 
+    /// Whether an unknown `kid` makes this provider fetch its keys again (a `jwks_uri` or
+    /// discovery); local keys are what they are.
+    pub(crate) fn refetches_keys(&self) -> bool {
+        matches!(self.source, KeySource::Uri(_) | KeySource::Discovery(_))
+    }
+
     /// A token named a `kid` this provider does not know: refetch, at most once per cooldown
     /// and once however many requests ask at the same time. Returns whether the keys changed
     /// since `seen_generation` (so verifying again may succeed).
@@ -377,5 +430,78 @@ impl Provider {
         }
         *last = Some(Instant::now());
         matches!(self.fetch_once(connector).await, Ok((true, _)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = r#""kty":"EC","crv":"P-256","alg":"ES256","x":"mcViQ6qskFUJI0NOHlIXvx83C9CLvbQhG30mBQx1GD4","y":"__7xcJZLc2vXBUmBRPoTBCYrQJ__KQJHpQsGbu8gXjk""#;
+
+    fn document(kid: &str) -> String {
+        format!(r#"{{"keys":[{{"kid":"{kid}",{KEY}}}]}}"#)
+    }
+
+    fn provider() -> Provider {
+        let yaml = format!(
+            "listen: {{ http: \"127.0.0.1:8080\" }}\n\
+             auth: {{ providers: [{{ name: p, issuer: \"https://issuer.test\", audiences: any, jwks: {} }}] }}\n\
+             upstreams: {{ u: {{ backends: [{{ addr: \"127.0.0.1:9\" }}] }} }}\n\
+             routes: [{{ name: r, path: /, upstream: u }}]\n",
+            document("start")
+        );
+        let config = tollgate_config::parse(&yaml).expect("valid config");
+        Provider::build(0, &config.auth.providers[0]).expect("provider")
+    }
+
+    #[test]
+    fn racing_installs_never_give_two_key_sets_one_generation() {
+        // Issue 22 (8): the periodic refresh and an unknown-kid refetch installed with a load
+        // then a store, so two different key sets could both become generation n+1, and a
+        // verdict cached under one was served under the other (a removed key's verdicts
+        // outliving it). Four writers install two documents (one retiring the other's kid)
+        // while a reader checks that each generation it sees always holds the same kid.
+        let p = provider();
+        let (a, b) = (document("kid-a"), document("kid-b"));
+        let stop = AtomicBool::new(false);
+        let seen = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut seen: std::collections::HashMap<u64, String> = Default::default();
+                while !stop.load(Ordering::Acquire) {
+                    let state = p.keys();
+                    let kid = state.set.kids().next().flatten().unwrap_or("").to_owned();
+                    let first = seen.entry(state.generation).or_insert_with(|| kid.clone());
+                    assert_eq!(
+                        *first, kid,
+                        "generation {} held two key sets",
+                        state.generation
+                    );
+                }
+                seen.len()
+            });
+            let writers: Vec<_> = (0..4)
+                .map(|w| {
+                    let (p, a, b) = (&p, &a, &b);
+                    scope.spawn(move || {
+                        for i in 0..500 {
+                            let doc = if (i + w) % 2 == 0 { a } else { b };
+                            p.install(doc.as_bytes(), None).expect("valid document");
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().expect("writer");
+            }
+            stop.store(true, Ordering::Release);
+            reader.join().expect("reader")
+        });
+        assert!(seen > 1, "the reader saw the keys change");
+        // Generations only grow: a later install never reuses an earlier one.
+        let before = p.keys().generation;
+        p.install(a.as_bytes(), None).unwrap();
+        p.install(b.as_bytes(), None).unwrap();
+        assert!(p.keys().generation > before);
     }
 }

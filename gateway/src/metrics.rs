@@ -54,6 +54,8 @@ pub struct Metrics {
     pub bad_requests: IntCounterVec,
     pub preauth_refusals: IntCounterVec,
     pub verifications_in_flight: IntGauge,
+    pub network_waits_in_flight: IntGauge,
+    pub clients_gone: IntCounter,
     pub requests_in_flight: IntGauge,
     pub config_generation: IntGauge,
     pub config_last_success: prometheus::Gauge,
@@ -69,6 +71,9 @@ pub struct Metrics {
     pub revocation_reloads: IntCounterVec,
     pub revocation_last_success: prometheus::Gauge,
     runtime_alive_tasks: IntGaugeVec,
+    /// Brought up to the log writer's own count at every scrape.
+    log_lines_dropped: IntCounter,
+    pub claims_not_forwarded: IntCounterVec,
 }
 
 /// Buckets for upstream times: 100 µs to 10 s.
@@ -357,6 +362,18 @@ impl Metrics {
             "Token signature checks running now.",
         )
         .expect("valid metric");
+        let network_waits_in_flight = IntGauge::new(
+            "tollgate_auth_network_waits_in_flight",
+            "Introspection calls in flight now, each holding a place in its provider's and \
+             its client's network budget.",
+        )
+        .expect("valid metric");
+        let clients_gone = IntCounter::new(
+            "tollgate_clients_gone_total",
+            "Requests whose client closed the connection (or reset the HTTP/2 stream) while \
+             the gateway was still deciding on them; their work stopped there.",
+        )
+        .expect("valid metric");
         let requests_in_flight = IntGauge::new(
             "tollgate_requests_in_flight",
             "Requests between their header and the end of their answer.",
@@ -476,8 +493,28 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("one process collector");
+        let log_lines_dropped = IntCounter::new(
+            "tollgate_log_lines_dropped_total",
+            "Log lines dropped because the log writer (stdout) could not keep up or was \
+             stalled; requests never wait for the log.",
+        )
+        .expect("valid metric");
+        let claims_not_forwarded = IntCounterVec::new(
+            Opts::new(
+                "tollgate_claims_not_forwarded_total",
+                "forward_claims headers left out because the claim's value would not read \
+                 back the same upstream (control characters, non-ASCII, surrounding \
+                 whitespace, objects), by header.",
+            ),
+            &["header"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(open_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(log_lines_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(network_waits_in_flight.clone()),
+            Box::new(clients_gone.clone()),
+            Box::new(claims_not_forwarded.clone()),
+            Box::new(open_connections.clone()),
             Box::new(requests_in_flight.clone()),
             Box::new(config_generation.clone()),
             Box::new(config_last_success.clone()),
@@ -566,6 +603,8 @@ impl Metrics {
             bad_requests,
             preauth_refusals,
             verifications_in_flight,
+            network_waits_in_flight,
+            clients_gone,
             requests_in_flight,
             config_generation,
             config_last_success,
@@ -581,6 +620,8 @@ impl Metrics {
             revocation_reloads,
             revocation_last_success,
             runtime_alive_tasks,
+            log_lines_dropped,
+            claims_not_forwarded,
         }
     }
 
@@ -601,12 +642,28 @@ impl Metrics {
                 .with_label_values(&[name])
                 .set(handle.metrics().num_alive_tasks() as i64);
         }
+        if let Some(counter) = DROPPED_LOG_LINES.get() {
+            let dropped = counter.dropped_lines() as u64;
+            let seen = self.log_lines_dropped.get();
+            if dropped > seen {
+                self.log_lines_dropped.inc_by(dropped - seen);
+            }
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding to a Vec cannot fail");
         out
     }
+}
+
+/// The log writer's count of dropped lines (see `serve::init_logging`).
+static DROPPED_LOG_LINES: once_cell::sync::OnceCell<tracing_appender::non_blocking::ErrorCounter> =
+    once_cell::sync::OnceCell::new();
+
+/// Reports `counter` as `tollgate_log_lines_dropped_total` (the first writer set up wins).
+pub fn count_dropped_log_lines(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = DROPPED_LOG_LINES.set(counter);
 }
 
 /// The tokio runtimes whose tasks `tollgate_runtime_alive_tasks` counts: Pingora gives each

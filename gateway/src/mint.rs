@@ -11,16 +11,15 @@ use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use prometheus::IntCounter;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate_config::{Problem, SigningKeys, UpstreamToken};
 use tollgate_jwt::{Algorithm, SigningKey};
 
-/// Minted tokens kept, over all shards. Past it a shard drops its expired entries, then
-/// all of them: a bound, not an LRU (entries live half a TTL anyway).
-const CACHE_ENTRIES: usize = 100_000;
-const SHARDS: usize = 16;
+/// Minted tokens kept at most. The cache (moka) evicts by its admission policy past it and
+/// drops each entry when it stops being fresh: O(1) amortised per request whatever the
+/// flood, where a full map used to be scanned and then cleared.
+const CACHE_ENTRIES: u64 = 100_000;
 
 /// The JWKS of the config in use, served by the metrics listener; `None` without
 /// `auth.signing_keys`. Set when a config goes live (not when one is only compiled).
@@ -80,9 +79,10 @@ pub struct Minter {
     alg: Algorithm,
     key: SigningKey,
     jwks: Arc<Vec<u8>>,
-    cache: [Mutex<HashMap<String, Minted>>; SHARDS],
+    cache: moka::sync::Cache<String, Minted>,
 }
 
+#[derive(Clone)]
 struct Minted {
     value: HeaderValue,
     /// Reused until then: half the token's lifetime.
@@ -140,7 +140,10 @@ impl Minter {
             alg,
             key,
             jwks: Arc::new(jwks),
-            cache: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_ENTRIES)
+                .expire_after(FreshFor)
+                .build(),
         })
     }
 
@@ -175,9 +178,8 @@ impl Minter {
             spec.header,
             Value::Object(claims.clone())
         );
-        let shard = &self.cache[shard_of(&key)];
         let now = Instant::now();
-        if let Some(m) = lock(shard).get(&key).filter(|m| m.fresh_until > now) {
+        if let Some(m) = self.cache.get(&key).filter(|m| m.fresh_until > now) {
             return Some((m.value.clone(), Issued::Cached));
         }
         let caller_exp = caller
@@ -186,14 +188,7 @@ impl Minter {
             .filter(|e| e.is_finite() && *e >= 0.0)
             .map(|e| e as u64);
         let (value, lifetime) = self.mint(spec, claims, caller_exp)?;
-        let mut entries = lock(shard);
-        if entries.len() >= CACHE_ENTRIES / SHARDS {
-            entries.retain(|_, m| m.fresh_until > now);
-            if entries.len() >= CACHE_ENTRIES / SHARDS {
-                entries.clear();
-            }
-        }
-        entries.insert(
+        self.cache.insert(
             key,
             Minted {
                 value: value.clone(),
@@ -244,14 +239,18 @@ impl Minter {
     }
 }
 
-fn shard_of(key: &str) -> usize {
-    use std::hash::{BuildHasher, RandomState};
-    static STATE: once_cell::sync::Lazy<RandomState> = once_cell::sync::Lazy::new(RandomState::new);
-    (STATE.hash_one(key) as usize) % SHARDS
-}
+/// A minted token leaves the cache once it is no longer reused (half its lifetime).
+struct FreshFor;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+impl moka::Expiry<String, Minted> for FreshFor {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Minted,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.fresh_until.saturating_duration_since(created_at))
+    }
 }
 
 #[cfg(test)]

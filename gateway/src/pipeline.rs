@@ -409,6 +409,12 @@ impl Pipeline<'_> {
                         message: "the token could not be checked with its issuer; retry later",
                         retry_after_secs: 1,
                     },
+                    PreAuthRefusal::NetworkBusy => Refusal::Overloaded {
+                        reason: "network_budget",
+                        message: "too many tokens are waiting on their issuer; retry later",
+                        retry_after_secs: 1,
+                    },
+                    PreAuthRefusal::ClientNetworkBusy => Refusal::TooManyWaiting,
                 })
             }
             Err(VerifyError::Rejected(provider, rejection)) => {

@@ -9,6 +9,14 @@
 //! - globally, signature checks in flight are capped (`auth.max_verifications_in_flight`);
 //!   past it, 503 with `Retry-After`.
 //!
+//! - network waits never hold a signature-check place, so a slow identity provider never
+//!   starves local checks. Introspection calls have a budget of their own, per provider
+//!   (`auth.max_network_waits_in_flight`) and per client address
+//!   (`auth.max_network_waits_per_client`), counted when a call is admitted, so one client
+//!   cannot hold a provider's whole budget; requests joining a call in flight for the same
+//!   token add no call. An unknown-`kid` refetch is one fetch per provider at a time and
+//!   one per cooldown: its waiters give up their place while they wait.
+//!
 //! The state is process-wide (it outlives reloads, like rate-limit state) and local to the
 //! instance: each gateway of a fleet counts the failures it sees.
 
@@ -35,6 +43,10 @@ pub enum PreAuthRefusal {
     /// The introspection endpoint could not answer, or its circuit is open: 503 (fail
     /// closed). Counted where it is decided.
     IntrospectionUnavailable,
+    /// Too many requests wait on this provider's network at once: 503.
+    NetworkBusy,
+    /// This client has too many requests waiting on the network already: 429.
+    ClientNetworkBusy,
 }
 
 impl PreAuthRefusal {
@@ -44,6 +56,8 @@ impl PreAuthRefusal {
             PreAuthRefusal::Busy => "verification_budget",
             PreAuthRefusal::RevocationUnavailable => "revocation_unavailable",
             PreAuthRefusal::IntrospectionUnavailable => "introspection_unavailable",
+            PreAuthRefusal::NetworkBusy => "network_budget",
+            PreAuthRefusal::ClientNetworkBusy => "client_network_budget",
         }
     }
 }
@@ -58,6 +72,41 @@ pub struct PreAuth {
     /// Until when (ns on the store's clock) a client is over its limit.
     blocked: moka::sync::Cache<IpAddr, u64>,
     in_flight: AtomicUsize,
+    /// Network waits in flight per client bucket; an entry lives only while its count is
+    /// above zero, so the map holds at most the waits in flight.
+    waiting_clients: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// A place among one provider's network waits (and its client's); released on drop.
+pub struct NetworkPermit<'a> {
+    provider: &'a AtomicUsize,
+    client: Option<(
+        IpAddr,
+        &'a std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    )>,
+}
+
+impl Drop for NetworkPermit<'_> {
+    fn drop(&mut self) {
+        self.provider.fetch_sub(1, Ordering::AcqRel);
+        if let Some((ip, clients)) = self.client.take() {
+            let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
+            if let std::collections::hash_map::Entry::Occupied(mut e) = clients.entry(ip) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        METRICS.network_waits_in_flight.dec();
+    }
+}
+
+/// Gives the runtime one turn before a network wait starts: the proxy watches the client
+/// between the turns (see `proxy::request_filter`), so a request whose client has gone
+/// starts no call, while decisions that need no network never pay for the watch.
+pub async fn before_network_wait() {
+    tokio::task::yield_now().await;
 }
 
 /// A place among the signature checks in flight; released on drop.
@@ -77,6 +126,9 @@ impl Drop for VerifyPermit<'_> {
 pub struct Brakes {
     pub failed_auth_limit: Gcra,
     pub max_in_flight: usize,
+    /// Per provider.
+    pub max_network_waits: usize,
+    pub max_network_waits_per_client: usize,
 }
 
 impl Default for PreAuth {
@@ -88,6 +140,7 @@ impl Default for PreAuth {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             in_flight: AtomicUsize::new(0),
+            waiting_clients: Default::default(),
         }
     }
 }
@@ -115,6 +168,50 @@ impl PreAuth {
         Ok(VerifyPermit {
             in_flight: &self.in_flight,
         })
+    }
+
+    /// Admits a network wait for `client` on a provider whose waits are counted in
+    /// `provider_waits`, or says why not. A client over its failed-authentication limit is
+    /// refused first, as for a signature check.
+    pub fn admit_network<'a>(
+        &'a self,
+        provider_waits: &'a AtomicUsize,
+        client: Option<IpAddr>,
+        brakes: &Brakes,
+        now_ns: u64,
+    ) -> Result<NetworkPermit<'a>, PreAuthRefusal> {
+        let bucket = client.map(client_bucket);
+        if let Some(ip) = bucket {
+            if let Some(until) = self.blocked.get(&ip).filter(|until| *until > now_ns) {
+                return Err(self.refused(PreAuthRefusal::FailedAuthLimit {
+                    retry_after_secs: (until - now_ns).div_ceil(1_000_000_000).max(1),
+                }));
+            }
+        }
+        if provider_waits.fetch_add(1, Ordering::AcqRel) >= brakes.max_network_waits {
+            provider_waits.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.refused(PreAuthRefusal::NetworkBusy));
+        }
+        let mut permit = NetworkPermit {
+            provider: provider_waits,
+            client: None,
+        };
+        METRICS.network_waits_in_flight.inc();
+        if let Some(ip) = bucket {
+            let mut clients = self
+                .waiting_clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let waiting = clients.entry(ip).or_insert(0);
+            if *waiting >= brakes.max_network_waits_per_client {
+                drop(clients);
+                drop(permit);
+                return Err(self.refused(PreAuthRefusal::ClientNetworkBusy));
+            }
+            *waiting += 1;
+            permit.client = Some((ip, &self.waiting_clients));
+        }
+        Ok(permit)
     }
 
     fn refused(&self, r: PreAuthRefusal) -> PreAuthRefusal {
@@ -151,6 +248,8 @@ mod tests {
         Brakes {
             failed_auth_limit: Gcra::new(Rate::parse("1/s").unwrap(), 3).unwrap(),
             max_in_flight,
+            max_network_waits: 3,
+            max_network_waits_per_client: 2,
         }
     }
 
@@ -190,5 +289,44 @@ mod tests {
         assert_eq!(p.admit(None, &b, 0).map(|_| ()), Err(PreAuthRefusal::Busy));
         drop(first);
         assert!(p.admit(None, &b, 0).is_ok());
+    }
+
+    #[test]
+    fn network_waits_have_their_own_budget_per_provider_and_per_client() {
+        // Issue 22 (3): waits on a slow identity provider took the signature-check places,
+        // and one client's waits were counted only after their answers.
+        let p = PreAuth::default();
+        let b = brakes(1);
+        let provider = AtomicUsize::new(0);
+        let (a, c, d): (IpAddr, IpAddr, IpAddr) = (
+            "192.0.2.1".parse().unwrap(),
+            "192.0.2.2".parse().unwrap(),
+            "192.0.2.3".parse().unwrap(),
+        );
+        let waits = [
+            p.admit_network(&provider, Some(a), &b, 0).unwrap(),
+            p.admit_network(&provider, Some(a), &b, 0).unwrap(),
+        ];
+        // Client a is at its own limit while the provider still has room.
+        assert_eq!(
+            p.admit_network(&provider, Some(a), &b, 0).map(|_| ()),
+            Err(PreAuthRefusal::ClientNetworkBusy)
+        );
+        let third = p.admit_network(&provider, Some(c), &b, 0).unwrap();
+        assert_eq!(
+            p.admit_network(&provider, Some(d), &b, 0).map(|_| ()),
+            Err(PreAuthRefusal::NetworkBusy)
+        );
+        // Waits hold no signature-check place.
+        let check = p.admit(Some(d), &b, 0).expect("a local check is admitted");
+        drop(check);
+        drop(waits);
+        drop(third);
+        assert_eq!(provider.load(Ordering::Acquire), 0);
+        assert!(
+            p.waiting_clients.lock().unwrap().is_empty(),
+            "no entry outlives its waits"
+        );
+        assert!(p.admit_network(&provider, Some(a), &b, 0).is_ok());
     }
 }

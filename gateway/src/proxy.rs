@@ -207,6 +207,30 @@ fn refusal_for(e: &Error, cluster: Option<&Arc<Cluster>>) -> Option<Refusal> {
     })
 }
 
+/// What stands in for the request header while the request itself is being decided on.
+fn placeholder_request() -> RequestHeader {
+    RequestHeader::build_no_case(http::Method::GET, b"/", Some(0))
+        .expect("a fixed, valid request line")
+}
+
+/// Resolves once the client has gone: an HTTP/2 stream reset or closed, or an HTTP/1.x
+/// connection closed after a request without a body (a request whose body is still
+/// coming is not watched here, since the watch would read the body). Never resolves
+/// otherwise; bytes of a pipelined next request are kept for it by Pingora.
+async fn client_gone(session: &mut pingora_core::protocols::http::ServerSession) {
+    if let Some(closed) = session.watch_h2_stream_close() {
+        let _ = closed.await;
+        return;
+    }
+    if session.as_http1().is_some()
+        && session.is_body_empty()
+        && session.read_body_or_idle(true).await.is_err()
+    {
+        return;
+    }
+    std::future::pending::<()>().await
+}
+
 impl Gateway {
     /// Answers `refusal` on the session, in the realm of the request's snapshot.
     async fn refuse(
@@ -269,15 +293,36 @@ impl ProxyHttp for Gateway {
             mode: Mode::Enforce,
             request_id: &ctx.request_id,
         };
-        let decided = pipeline
-            .decide(session.req_header_mut(), peer, &mut ctx.passage)
-            .await;
+        // The request is decided on while the client is watched: one that leaves while a
+        // decision waits on the network (introspection, a key refetch) stops holding its
+        // places and sockets at once, and starts no call after it left (the pipeline gives
+        // the watch a turn before each network wait). The header is moved out for the
+        // decision, since the watch needs the session; it goes back either way.
+        let mut req = std::mem::replace(session.req_header_mut(), placeholder_request());
+        let decided = {
+            let decide = pipeline.decide(&mut req, peer, &mut ctx.passage);
+            let gone = client_gone(&mut session.downstream_session);
+            tokio::select! {
+                biased;
+                decided = decide => Some(decided),
+                () = gone => None,
+            }
+        };
+        *session.req_header_mut() = req;
         ctx.snapshot = Some(snapshot);
         match decided {
-            Ok(()) => Ok(false),
-            Err(refusal) => {
+            Some(Ok(())) => Ok(false),
+            Some(Err(refusal)) => {
                 self.refuse(session, ctx, &refusal).await?;
                 Ok(true)
+            }
+            None => {
+                METRICS.clients_gone.inc();
+                Err(Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "the client closed the connection while the request was being decided",
+                )
+                .into_down())
             }
         }
     }

@@ -75,6 +75,9 @@ pub enum Refusal {
     },
     /// 429 before any signature check: this client failed authentication too often.
     TooManyFailedAttempts { retry_after_secs: u64 },
+    /// 429: this client already has `auth.max_network_waits_per_client` requests waiting
+    /// on an identity provider.
+    TooManyWaiting,
     /// 503 with `Retry-After`: too many signature checks (`verification_budget`) or
     /// connections (`listener`, `client`) at once.
     Overloaded {
@@ -161,7 +164,9 @@ impl Refusal {
             Refusal::Unauthorized { .. } | Refusal::InvalidDpopProof { .. } => 401,
             Refusal::Forbidden { .. } | Refusal::ClientCertificateRequired => 403,
             Refusal::RedirectToHttps { .. } => 308,
-            Refusal::RateLimited { .. } | Refusal::TooManyFailedAttempts { .. } => 429,
+            Refusal::RateLimited { .. }
+            | Refusal::TooManyFailedAttempts { .. }
+            | Refusal::TooManyWaiting => 429,
             Refusal::Overloaded { .. } | Refusal::NoHealthyBackend => 503,
             Refusal::UpstreamFailed => 502,
             Refusal::UpstreamTimeout => 504,
@@ -194,41 +199,51 @@ impl Refusal {
                 status,
                 reason,
                 message,
-            } => Answer::new(*status, "bad_request", message).reason(reason),
-            Refusal::MethodNotSupported => {
-                Answer::new(405, "method_not_allowed", "this method is not supported")
-                    .reason("method_connect")
-            }
+            } => Answer::new(*status, "bad_request", reason, message),
+            Refusal::MethodNotSupported => Answer::new(
+                405,
+                "method_not_allowed",
+                "method_connect",
+                "this method is not supported",
+            ),
             Refusal::RequestTimeout { reason } => Answer::new(
                 408,
                 "request_timeout",
+                reason,
                 match *reason {
                     "header_timeout" => "the request header was not received in time",
                     _ => "the request body was not received in time",
                 },
-            )
-            .reason(reason),
+            ),
             Refusal::BodyTooLarge => Answer::new(
                 413,
                 "payload_too_large",
+                "body_too_large",
                 "the request body is larger than this route accepts",
-            )
-            .reason("body_too_large"),
-            Refusal::NotFound => Answer::new(404, "not_found", "no route matches this request"),
+            ),
+            Refusal::NotFound => Answer::new(
+                404,
+                "not_found",
+                "no_route",
+                "no route matches this request",
+            ),
             Refusal::MethodNotAllowed { allow } => Answer::new(
                 405,
                 "method_not_allowed",
+                "method",
                 "the route does not accept this method",
             )
             .header(http::header::ALLOW, allow.clone()),
-            Refusal::MultipleTokens => {
-                Answer::new(400, "invalid_request", "more than one token in the request")
-                    .reason("malformed")
-                    .header(
-                        http::header::WWW_AUTHENTICATE,
-                        format!("Bearer realm=\"{realm}\", error=\"invalid_request\""),
-                    )
-            }
+            Refusal::MultipleTokens => Answer::new(
+                400,
+                "invalid_request",
+                "malformed",
+                "more than one token in the request",
+            )
+            .header(
+                http::header::WWW_AUTHENTICATE,
+                format!("Bearer realm=\"{realm}\", error=\"invalid_request\""),
+            ),
             Refusal::Unauthorized {
                 reason,
                 detail,
@@ -237,13 +252,13 @@ impl Refusal {
             } => {
                 let error = presented.then(|| ("invalid_token", reason.as_str()));
                 schemes.challenges(
-                    Answer::new(401, "unauthorized", detail).reason(reason.as_str()),
+                    Answer::new(401, "unauthorized", reason.as_str(), detail),
                     realm,
                     error,
                 )
             }
             Refusal::InvalidDpopProof { detail, schemes } => schemes.challenges(
-                Answer::new(401, "unauthorized", detail).reason("dpop_proof"),
+                Answer::new(401, "unauthorized", "dpop_proof", detail),
                 realm,
                 Some(("invalid_dpop_proof", detail)),
             ),
@@ -256,6 +271,7 @@ impl Refusal {
                 let mut a = Answer::new(
                     403,
                     "forbidden",
+                    "policy",
                     "the policy of this route does not allow this request",
                 )
                 .header(http::header::WWW_AUTHENTICATE, challenge);
@@ -265,11 +281,12 @@ impl Refusal {
             Refusal::ClientCertificateRequired => Answer::new(
                 403,
                 "forbidden",
+                "client_certificate",
                 "this route requires a client certificate (mutual TLS)",
-            )
-            .reason("client_certificate"),
+            ),
             Refusal::RedirectToHttps { location } => Answer::new(
                 308,
+                "https_required",
                 "https_required",
                 "this gateway serves https only; the request was not sent",
             )
@@ -283,6 +300,7 @@ impl Refusal {
                 let mut a = Answer::new(
                     429,
                     "rate_limited",
+                    "rate_limit",
                     "too many requests; retry after the time in Retry-After",
                 )
                 .header(RETRY_AFTER.clone(), retry_after_secs.to_string())
@@ -294,34 +312,48 @@ impl Refusal {
             Refusal::TooManyFailedAttempts { retry_after_secs } => Answer::new(
                 429,
                 "too_many_failed_attempts",
+                "failed_auth_limit",
                 "too many failed authentications from this address; retry later",
             )
-            .reason("failed_auth_limit")
             .header(RETRY_AFTER.clone(), retry_after_secs.to_string()),
+            Refusal::TooManyWaiting => Answer::new(
+                429,
+                "too_many_requests",
+                "client_network_budget",
+                "too many of this client's tokens are waiting on their issuer; retry later",
+            )
+            .header(RETRY_AFTER.clone(), "1".to_owned()),
             Refusal::Overloaded {
                 reason,
                 message,
                 retry_after_secs,
-            } => Answer::new(503, "overloaded", message)
-                .reason(reason)
+            } => Answer::new(503, "overloaded", reason, message)
                 .header(RETRY_AFTER.clone(), retry_after_secs.to_string()),
             Refusal::NoHealthyBackend => Answer::new(
                 503,
+                "no_healthy_backend",
                 "no_healthy_backend",
                 "no healthy backend for this route",
             ),
             Refusal::UpstreamFailed => Answer::new(
                 502,
                 "upstream_error",
+                "upstream_error",
                 "the upstream could not be reached or failed",
             ),
             Refusal::UpstreamTimeout => Answer::new(
                 504,
                 "upstream_timeout",
+                "upstream_timeout",
                 "the upstream did not answer in time",
             ),
-            Refusal::Unreadable => Answer::new(400, "bad_request", "the request could not be read"),
-            Refusal::Internal => Answer::new(500, "internal_error", "internal error"),
+            Refusal::Unreadable => Answer::new(
+                400,
+                "bad_request",
+                "unreadable",
+                "the request could not be read",
+            ),
+            Refusal::Internal => Answer::new(500, "internal_error", "internal", "internal error"),
         };
         if self.closes_connection() {
             a = a.header(http::header::CONNECTION, "close".to_owned());
@@ -335,8 +367,9 @@ pub struct Answer<'a> {
     pub status: u16,
     /// A stable machine-readable code, e.g. `not_found`, `unauthorized`.
     pub error: &'a str,
-    /// The reason from a fixed set (`expired`, `signature`, `empty_segment`, ...).
-    pub reason: Option<&'a str>,
+    /// The reason from a fixed set (`expired`, `signature`, `policy`, `no_route`, ...):
+    /// every answer has one, so a client can always tell refusals apart by it.
+    pub reason: &'a str,
     pub message: &'a str,
     /// For 403: the policy that denied.
     pub policy: Option<&'a str>,
@@ -346,21 +379,16 @@ pub struct Answer<'a> {
 }
 
 impl<'a> Answer<'a> {
-    fn new(status: u16, error: &'a str, message: &'a str) -> Answer<'a> {
+    fn new(status: u16, error: &'a str, reason: &'a str, message: &'a str) -> Answer<'a> {
         Answer {
             status,
             error,
-            reason: None,
+            reason,
             message,
             policy: None,
             limit: None,
             headers: Vec::new(),
         }
-    }
-
-    fn reason(mut self, reason: &'a str) -> Self {
-        self.reason = Some(reason);
-        self
     }
 
     fn header(mut self, name: HeaderName, value: String) -> Self {
@@ -373,9 +401,7 @@ impl<'a> Answer<'a> {
     pub fn body(&self, request_id: Option<&str>) -> Vec<u8> {
         let mut body = serde_json::Map::new();
         body.insert("error".into(), self.error.into());
-        if let Some(r) = self.reason {
-            body.insert("reason".into(), r.into());
-        }
+        body.insert("reason".into(), self.reason.into());
         if let Some(p) = self.policy {
             body.insert("policy".into(), p.into());
         }

@@ -191,6 +191,14 @@ impl RuntimeSnapshot {
         let Some(auth) = auth.filter(|_| problems.is_empty()) else {
             return Err(ConfigError { problems });
         };
+        // A shadow never gets a token from any source a provider reads, whichever route
+        // it came in on (an `auth: none` route's caller may carry another route's cookie).
+        let mut every_token_source: Vec<TokenSource> = Vec::new();
+        for s in config.auth.providers.iter().flat_map(|p| &p.token_sources) {
+            if !every_token_source.contains(s) {
+                every_token_source.push(s.clone());
+            }
+        }
         let mut router = Router::new();
         for r in &config.routes {
             let targets = crate::split::Targets::new(
@@ -204,7 +212,31 @@ impl RuntimeSnapshot {
                     .collect(),
             );
             let mirror = r.mirror.as_ref().map(|m| {
-                crate::split::Mirror::new(&r.name, clusters[m.upstream.as_str()].clone(), m.percent)
+                let shadow = crate::split::ShadowCopy {
+                    token_sources: every_token_source.clone(),
+                    identity_headers: auth
+                        .identity_headers
+                        .iter()
+                        .cloned()
+                        .chain(tls.iter().flat_map(|t| {
+                            [
+                                t.client_cert_headers.subject.clone(),
+                                t.client_cert_headers.sha256.clone(),
+                            ]
+                            .into_iter()
+                            .flatten()
+                        }))
+                        .collect(),
+                    minted_header: r.upstream_token.as_ref().map(|t| t.header.clone()),
+                    identity: m.identity,
+                    cookies: m.cookies,
+                };
+                crate::split::Mirror::new(
+                    &r.name,
+                    clusters[m.upstream.as_str()].clone(),
+                    m.percent,
+                    shadow,
+                )
             });
             let providers: Vec<Arc<Provider>> = r
                 .providers

@@ -133,31 +133,69 @@ impl<S> tracing_subscriber::layer::Filter<S> for KnownNoise {
     }
 }
 
-fn init_logging(level: &str) {
+/// Sets up JSON logging to stdout through a writer thread of its own: no log line is ever
+/// written on a request's worker, so a stalled or slow log reader (a collector that stops
+/// reading the pipe) cannot hold a request, readiness or shutdown. At most `buffer_lines`
+/// lines wait for the writer; past that a line is dropped and counted
+/// (`tollgate_log_lines_dropped_total`), the traffic never waits. Dropping the returned
+/// guard flushes what is buffered, for 2 s at most (see [`LogFlush`]).
+///
+/// `level` (or `TOLLGATE_LOG`) is a ceiling for every target; Pingora's own targets are
+/// further held at info at most, because their debug lines print whole request headers
+/// (`Authorization`, `DPoP`, minted tokens).
+pub fn init_logging(level: &str, buffer_lines: usize) -> LogFlush {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    // Pingora's own debug lines print whole request headers (`Authorization`, `DPoP`,
-    // minted tokens): they stay at info whatever `logging.level` or `TOLLGATE_LOG` says.
-    let with_pingora_held = |l: &str| {
-        tracing_subscriber::EnvFilter::try_new(format!("{l},pingora_proxy=info,pingora_core=info"))
-    };
     let filter = std::env::var("TOLLGATE_LOG")
         .map_err(|_| ())
-        .and_then(|l| with_pingora_held(&l).map_err(|_| ()))
-        .or_else(|_| with_pingora_held(level))
+        .and_then(|l| tracing_subscriber::EnvFilter::try_new(l).map_err(|_| ()))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let hint = <tracing_subscriber::EnvFilter as tracing_subscriber::layer::Filter<
         tracing_subscriber::Registry,
     >>::max_level_hint(&filter);
+    let pingora_at_most_info = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target().starts_with("pingora") && *meta.level() > tracing::Level::INFO)
+    });
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(buffer_lines.max(1))
+        .thread_name("tollgate-log")
+        .finish(std::io::stdout());
+    crate::metrics::count_dropped_log_lines(writer.error_counter());
     let layer = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(false)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .with_filter(filter)
+        .with_filter(pingora_at_most_info)
         .with_filter(KnownNoise { hint });
     let _ = tracing_subscriber::registry().with(layer).try_init();
+    LogFlush(Some(guard))
+}
+
+/// Flushes the log writer when dropped (at exit), waiting 2 s at most. The writer's own
+/// guard waits about a second and then, when the writer is stuck on a stalled stdout,
+/// prints a complaint to that same stdout, which blocks for good: it is dropped on a
+/// thread of its own, and the process exits without it past the deadline.
+pub struct LogFlush(Option<tracing_appender::non_blocking::WorkerGuard>);
+
+impl Drop for LogFlush {
+    fn drop(&mut self) {
+        let Some(guard) = self.0.take() else { return };
+        let (done, flushed) = std::sync::mpsc::channel();
+        let dropper = std::thread::Builder::new()
+            .name("tollgate-log-flush".into())
+            .spawn(move || {
+                drop(guard);
+                let _ = done.send(());
+            });
+        if dropper.is_ok() {
+            let _ = flushed.recv_timeout(Duration::from_secs(2));
+        }
+    }
 }
 
 fn server_conf(c: &Config) -> ServerConf {
@@ -298,6 +336,7 @@ impl Startup {
             *tls_config.lock().unwrap_or_else(|e| e.into_inner()) = new_config.clone();
         }
         crate::mint::publish(snapshot.minter.as_deref());
+        crate::dpop::REPLAY.set_capacity(snapshot.auth.dpop.replay_cache_size);
         self.snapshot.store(snapshot);
         METRICS.config_loaded();
         Ok(())
@@ -464,7 +503,7 @@ pub fn run_gateway(
     daemon: bool,
     upgrade: bool,
 ) -> ExitCode {
-    init_logging(&config.logging.level);
+    let _log_writer = init_logging(&config.logging.level, config.logging.buffer_lines);
     METRICS.config_loaded();
     let opt = Opt {
         daemon,
@@ -475,6 +514,7 @@ pub fn run_gateway(
     server.bootstrap();
 
     crate::mint::publish(snapshot.minter.as_deref());
+    crate::dpop::REPLAY.set_capacity(snapshot.auth.dpop.replay_cache_size);
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let stores = match Stores::new(&config.rate_limiting) {
         Ok(s) => Arc::new(s),
@@ -630,7 +670,7 @@ impl ShutdownSignalWatch for Signals {
 }
 
 pub fn run_echo(listen: &str, name: Option<String>, delay_ms: u64, status: u16) -> ExitCode {
-    init_logging("warn");
+    let _log_writer = init_logging("warn", tollgate_config::DEFAULT_LOG_BUFFER_LINES);
     let conf = ServerConf {
         threads: 1,
         grace_period_seconds: Some(0),

@@ -123,12 +123,52 @@ fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
-/// `mirror`: the shadow cluster and the share of requests copied to it.
+/// `mirror`: the shadow cluster, the share of requests copied to it, and what of the
+/// request a copy may carry.
 pub struct Mirror {
     pub cluster: Arc<Cluster>,
     pub percent: f64,
+    shadow: ShadowCopy,
     /// answered, failed, skipped_body, dropped.
     counters: [IntCounter; 4],
+}
+
+/// What a mirrored copy leaves out. A shadow is usually a less-trusted environment: it never
+/// gets a credential, and gets the caller's identity and cookies only when the operator
+/// named them (`mirror.identity`, `mirror.cookies`).
+pub struct ShadowCopy {
+    /// The route's token sources: their headers, query parameters and cookies go.
+    pub token_sources: Vec<tollgate_config::TokenSource>,
+    /// The gateway-added identity headers (`forward_claims`, client certificate).
+    pub identity_headers: Vec<http::HeaderName>,
+    /// The route's minted token header (`upstream_token.header`): never copied.
+    pub minted_header: Option<http::HeaderName>,
+    pub identity: bool,
+    pub cookies: bool,
+}
+
+impl ShadowCopy {
+    /// `primary`, as the upstream gets it, without what the shadow may not have.
+    fn copy(&self, primary: &RequestHeader) -> Result<RequestHeader, http::Error> {
+        let mut copy = primary.clone();
+        copy.remove_header(&http::header::CONTENT_LENGTH);
+        copy.remove_header(&http::header::TRANSFER_ENCODING);
+        copy.remove_header(&http::header::PROXY_AUTHORIZATION);
+        // `Authorization` and `DPoP` too, whatever `keep_authorization` says.
+        crate::credentials::strip(&mut copy, &self.token_sources)?;
+        if let Some(minted) = &self.minted_header {
+            copy.remove_header(minted);
+        }
+        if !self.identity {
+            for name in &self.identity_headers {
+                copy.remove_header(name);
+            }
+        }
+        if !self.cookies {
+            copy.remove_header(&http::header::COOKIE);
+        }
+        Ok(copy)
+    }
 }
 
 /// Mirrors in flight across the process; past this, copies are dropped (and counted), so a
@@ -143,7 +183,7 @@ static CONNECTOR: once_cell::sync::Lazy<pingora_core::connectors::http::Connecto
     once_cell::sync::Lazy::new(|| pingora_core::connectors::http::Connector::new(None));
 
 impl Mirror {
-    pub fn new(route: &str, cluster: Arc<Cluster>, percent: f64) -> Mirror {
+    pub fn new(route: &str, cluster: Arc<Cluster>, percent: f64, shadow: ShadowCopy) -> Mirror {
         let counters = ["answered", "failed", "skipped_body", "dropped"].map(|r| {
             METRICS
                 .mirror_requests
@@ -152,6 +192,7 @@ impl Mirror {
         Mirror {
             cluster,
             percent,
+            shadow,
             counters,
         }
     }
@@ -161,9 +202,10 @@ impl Mirror {
         self.percent >= 100.0 || fastrand::f64() * 100.0 < self.percent
     }
 
-    /// Sends a copy of `req` (the request as the upstream gets it) to the shadow cluster in
-    /// the background; its answer is read and dropped. Requests with a body are not copied
-    /// (the body streams to the upstream and is not kept), and are counted as skipped.
+    /// Sends a copy of `req` (the request as the upstream gets it, less what
+    /// [`ShadowCopy`] leaves out) to the shadow cluster in the background; its answer is
+    /// read and dropped. Requests with a body are not copied (the body streams to the
+    /// upstream and is not kept), and are counted as skipped.
     pub fn send(&self, req: &RequestHeader, has_body: bool) {
         if has_body {
             self.counters[2].inc();
@@ -175,11 +217,16 @@ impl Mirror {
             self.counters[3].inc();
             return;
         }
-        let cluster = self.cluster.clone();
-        let mut copy = Box::new(req.clone());
-        copy.remove_header(&http::header::CONTENT_LENGTH);
-        copy.remove_header(&http::header::TRANSFER_ENCODING);
         let [answered, failed, ..] = self.counters.clone();
+        let copy = match self.shadow.copy(req) {
+            Ok(copy) => Box::new(copy),
+            Err(_) => {
+                MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+                failed.inc();
+                return;
+            }
+        };
+        let cluster = self.cluster.clone();
         tokio::spawn(async move {
             let ok = tokio::time::timeout(MIRROR_TIMEOUT, mirror_once(&cluster, copy))
                 .await

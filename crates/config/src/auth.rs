@@ -38,7 +38,7 @@ pub(crate) fn auth(
     problems: &mut Problems,
 ) -> Auth {
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut issuers: HashMap<&str, usize> = HashMap::new();
+    let mut issuers: HashMap<(&str, &str), usize> = HashMap::new();
     let mut out = Vec::with_capacity(providers.len());
     for (i, p) in providers {
         let base = format!("auth.providers[{i}]");
@@ -54,15 +54,39 @@ pub(crate) fn auth(
         if p.name.is_empty() {
             problems.add(format!("{base}.name"), "must not be empty");
         }
+        // One issuer may have one provider for its JWTs (by keys) and one for its opaque
+        // tokens (introspection with `tokens: opaque`), as Keycloak, Auth0, Okta and
+        // oidc-provider issue both: a JWT goes to the first by its `iss`, a token that is not
+        // a JWT (and carries no `iss`) to the second. Any other pair is ambiguous.
+        let introspected = p.kind.as_deref() == Some("introspection");
+        let all_tokens = p
+            .introspection
+            .as_ref()
+            .is_some_and(|c| c.tokens.as_deref() == Some("all"));
+        let kinds: &[&str] = match (introspected, all_tokens) {
+            (true, true) => &["jwt", "opaque"],
+            (true, false) => &["opaque"],
+            (false, _) => &["jwt"],
+        };
         if p.issuer.is_empty() {
             problems.add(format!("{base}.issuer"), "must not be empty");
-        } else if let Some(first) = issuers.insert(&p.issuer, *i) {
-            problems.add(
-                format!("{base}.issuer"),
-                format!(
-                    "auth.providers[{first}] has the same issuer: tokens are routed to a provider by `iss`"
-                ),
-            );
+        } else {
+            let mut reported = false;
+            for kind in kinds {
+                if let Some(first) = issuers.insert((&p.issuer, kind), *i) {
+                    if !reported {
+                        problems.add(
+                            format!("{base}.issuer"),
+                            format!(
+                                "auth.providers[{first}] has the same issuer for the same tokens \
+                                 ({kind}): an issuer may have one provider for its JWTs and one \
+                                 (type: introspection, tokens: opaque) for its opaque tokens"
+                            ),
+                        );
+                        reported = true;
+                    }
+                }
+            }
         }
         out.push(provider(&base, p, problems));
     }
@@ -121,6 +145,14 @@ pub(crate) fn auth(
     if max_verifications_in_flight == 0 {
         problems.add("auth.max_verifications_in_flight", "must be at least 1");
     }
+    let max_network_waits_in_flight = raw.max_network_waits_in_flight.unwrap_or(64);
+    if max_network_waits_in_flight == 0 {
+        problems.add("auth.max_network_waits_in_flight", "must be at least 1");
+    }
+    let max_network_waits_per_client = raw.max_network_waits_per_client.unwrap_or(4);
+    if max_network_waits_per_client == 0 {
+        problems.add("auth.max_network_waits_per_client", "must be at least 1");
+    }
     let revocation = raw
         .revocation
         .as_ref()
@@ -133,6 +165,8 @@ pub(crate) fn auth(
         signing_keys,
         failed_auth_limit,
         max_verifications_in_flight,
+        max_network_waits_in_flight,
+        max_network_waits_per_client,
         providers: out,
         forward_claims,
         cache_size,

@@ -182,7 +182,13 @@ pub struct Logging {
     pub access_log_sample: f64,
     /// How the caller's `sub` appears in access lines. Default omitted.
     pub subject: SubjectInLog,
+    /// Log lines held for the writer thread at most; past it (stdout stalled or slower
+    /// than the traffic) lines are dropped and counted, never waited for. Default 16384.
+    pub buffer_lines: usize,
 }
+
+/// `logging.buffer_lines` when not set.
+pub const DEFAULT_LOG_BUFFER_LINES: usize = 16_384;
 
 /// The caller's subject in access lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -460,12 +466,20 @@ pub enum Condition {
     Claim(String, String),
 }
 
-/// `mirror: { upstream, percent }`.
+/// `mirror: { upstream, percent, identity, cookies }`. A mirrored copy never carries a
+/// credential: no `Authorization`, `Proxy-Authorization` or `DPoP`, no token header, query
+/// parameter or cookie, no minted `upstream_token`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mirror {
     pub upstream: String,
     /// 0 to 100. Default 100.
     pub percent: f64,
+    /// The identity headers (`forward_claims`, client certificate) go to the shadow too.
+    /// Default false.
+    pub identity: bool,
+    /// The client's other cookies (a session cookie is a credential too) go to the shadow.
+    /// Default false.
+    pub cookies: bool,
 }
 
 /// `retry_on`: `reset` and HTTP statuses (500 to 599).
@@ -581,6 +595,14 @@ pub struct Auth {
     /// Signature checks running at once (including those waiting for an unknown-kid key
     /// refetch); past it, uncached tokens get 503 with `Retry-After`. Default 256.
     pub max_verifications_in_flight: usize,
+    /// Introspection calls in flight at once for one provider (requests joining a call in
+    /// flight for the same token add none). Apart from `max_verifications_in_flight`, so
+    /// that a slow identity provider never starves local signature checks; past it, 503
+    /// `network_budget`. Default 64.
+    pub max_network_waits_in_flight: usize,
+    /// Of those, started for one client address (IPv6 by /64), counted when admitted; past
+    /// it, 429 `client_network_budget`. Default 4.
+    pub max_network_waits_per_client: usize,
     /// The deny list of revoked tokens, checked after verification (cache hits included).
     pub revocation: Option<Revocation>,
     /// The gateway's own signing keys, for routes with `upstream_token`.

@@ -105,6 +105,7 @@ pub struct RawLogging {
     pub access_log_sample: Option<f64>,
     pub subject: Option<String>,
     pub subject_salt: Option<String>,
+    pub buffer_lines: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +213,8 @@ pub struct RawAuth {
     pub realm: Option<String>,
     pub failed_auth_limit: Option<RawFailedAuthLimit>,
     pub max_verifications_in_flight: Option<usize>,
+    pub max_network_waits_in_flight: Option<usize>,
+    pub max_network_waits_per_client: Option<usize>,
     pub revocation: Option<RawRevocation>,
     pub signing_keys: Option<RawSigningKeys>,
     pub dpop: Option<RawDpop>,
@@ -422,6 +425,8 @@ pub struct RawWhen {
 pub struct RawMirror {
     pub upstream: String,
     pub percent: Option<f64>,
+    pub identity: Option<bool>,
+    pub cookies: Option<bool>,
 }
 
 /// `key: client_ip` or `key: [claim:tenant, route]`.

@@ -46,6 +46,8 @@ pub(crate) fn route(
         Mirror {
             upstream: m.upstream.clone(),
             percent,
+            identity: m.identity.unwrap_or(false),
+            cookies: m.cookies.unwrap_or(false),
         }
     });
     let mut retry_on = RetryOn::default();

@@ -227,6 +227,14 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
             .clone()
             .unwrap_or_else(|| "info".to_owned()),
         access_log: raw.logging.access_log.unwrap_or(true),
+        buffer_lines: match raw.logging.buffer_lines {
+            None => crate::model::DEFAULT_LOG_BUFFER_LINES,
+            Some(0) => {
+                problems.add("logging.buffer_lines", "must be at least 1");
+                crate::model::DEFAULT_LOG_BUFFER_LINES
+            }
+            Some(n) => n,
+        },
         access_log_sample: match raw.logging.access_log_sample {
             None => 1.0,
             Some(s) if (0.0..=1.0).contains(&s) => s,

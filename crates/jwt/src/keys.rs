@@ -342,8 +342,8 @@ impl KeySet {
     }
 
     /// The `kid` of each key, in load order (`None` for keys without one).
-    #[cfg(test)]
-    fn kids(&self) -> impl Iterator<Item = Option<&str>> {
+    /// Each key's `kid` (`None` for a key without one), in the set's order.
+    pub fn kids(&self) -> impl Iterator<Item = Option<&str>> {
         self.keys.iter().map(|k| k.kid())
     }
 

@@ -1039,3 +1039,107 @@ fn oidc_discovery_finds_the_keys_follows_the_document_and_refuses_another_issuer
     );
     refused.kill();
 }
+
+#[test]
+fn claims_the_upstream_would_read_differently_are_left_out_and_counted() {
+    // Issue 22 (5): these reached the upstream as they were, and an RFC 9110 parser reads
+    // `alice` for `alice\t`, the address without its spaces, and bytes that only look like
+    // `admin`.
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k1");
+    let (gw, _dir) = file_gateway(&echo, &[&key]);
+    for (sub, why) in [
+        ("alice\t", "a trailing tab"),
+        (" alice ", "surrounding spaces"),
+        ("\u{430}dmin", "a Cyrillic a"),
+        ("al\u{ef}ce@x", "non-ASCII"),
+    ] {
+        let token = key.sign(json!({ "iss": ISS, "aud": AUD, "sub": sub, "roles": ["reader"] }));
+        let r = gw.get("/api", &[("authorization", &bearer(&token))]);
+        assert_eq!(r.status, 200, "{why}: {}", r.body);
+        assert_eq!(r.upstream_header("x-auth-subject"), None, "{why}");
+        // Other claims of the same token still go.
+        assert_eq!(
+            r.upstream_header("x-auth-roles").as_deref(),
+            Some("\"reader\""),
+            "{why}"
+        );
+    }
+    assert_eq!(
+        gw.metric(
+            "tollgate_claims_not_forwarded_total",
+            &[("header", "x-auth-subject")]
+        ),
+        4.0
+    );
+    let token = key.sign(json!({ "iss": ISS, "aud": AUD, "sub": "Alice Smith" }));
+    let r = gw.get("/api", &[("authorization", &bearer(&token))]);
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("Alice Smith"),
+        "inner spaces read back the same"
+    );
+}
+
+#[test]
+fn a_token_cookie_is_removed_from_what_the_upstream_gets_and_other_cookies_stay() {
+    // Issue 22 (2): with `token_sources: [cookie:at]`, the caller's JWT reached the upstream
+    // in its Cookie header.
+    let echo = Echo::start("E");
+    let key = TestKey::es256("k1");
+    let (_dir, path) = jwks_file(&[&key]);
+    let gw = gateway(
+        &echo,
+        &format!(
+            "      jwks_file: \"{}\"\n      token_sources: [bearer, \"cookie:at\"]",
+            path.display()
+        ),
+        "",
+    );
+    let token = key.sign(claims("alice"));
+    let r = gw.get(
+        "/api",
+        &[("cookie", &format!("theme=dark; at={token}; lang=en"))],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("cookie").as_deref(),
+        Some("theme=dark; lang=en")
+    );
+    let r = gw.get("/api", &[("cookie", &format!("at={token}"))]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.upstream_header("cookie"), None, "nothing left to send");
+}
+
+#[test]
+fn a_change_of_keys_is_logged_once_with_the_kids_added_and_retired() {
+    // Issue 22 (10): key changes were visible only in metrics.
+    let echo = Echo::start("E");
+    let old = TestKey::es256("old-kid");
+    let new = TestKey::es256("new-kid");
+    let (gw, dir) = file_gateway(&echo, &[&old]);
+    std::fs::write(dir.path().join("jwks.json"), jwks(&[&new])).unwrap();
+    let token = new.sign(claims("bob"));
+    wait_for("the new key file", Duration::from_secs(10), || {
+        (gw.get("/api", &[("authorization", &bearer(&token))]).status == 200).then_some(())
+    });
+    let line = wait_for("the key change in the log", Duration::from_secs(10), || {
+        gw.proc
+            .log_text()
+            .lines()
+            .find(|l| l.contains("provider keys changed") && l.contains("new-kid"))
+            .map(str::to_owned)
+    });
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["provider"], "main");
+    assert_eq!(line["added"], "new-kid");
+    assert_eq!(line["removed"], "old-kid");
+    let changes = gw
+        .proc
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("provider keys changed") && l.contains("new-kid"))
+        .count();
+    assert_eq!(changes, 1, "logged once");
+}

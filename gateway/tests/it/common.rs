@@ -62,20 +62,47 @@ const SHUTDOWN: &str = "grace_period: 1s, graceful_shutdown_timeout: 1s";
 pub struct Proc {
     child: Child,
     pub log: PathBuf,
+    /// With [`Gateway::start_with_stalled_stdout`]: the read end of its stdout, never read.
+    _stalled_stdout: Option<std::process::ChildStdout>,
 }
 
 impl Proc {
     pub fn spawn(args: &[&str], log: PathBuf, env: &[(&str, &str)]) -> Proc {
+        Self::spawn_with(args, log, env, false)
+    }
+
+    fn spawn_with(args: &[&str], log: PathBuf, env: &[(&str, &str)], stalled: bool) -> Proc {
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
+            .stdout(if stalled {
+                Stdio::piped()
+            } else {
+                Stdio::from(out.try_clone().unwrap())
+            })
             .stderr(out)
             .spawn()
             .unwrap();
-        Proc { child, log }
+        let stalled_stdout = child.stdout.take();
+        Proc {
+            child,
+            log,
+            _stalled_stdout: stalled_stdout,
+        }
+    }
+
+    /// Waits up to `within` for the process to exit.
+    pub fn exits_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.exited() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.exited()
     }
 
     pub fn pid(&self) -> u32 {
@@ -237,6 +264,12 @@ impl Gateway {
         )
     }
 
+    /// Like `start`, with stdout a pipe that nobody reads (a stalled log collector): once
+    /// the pipe's buffer is full, every write to it blocks. Stderr still goes to the log.
+    pub fn start_with_stalled_stdout(yaml_without_listeners: &str) -> Gateway {
+        Self::launch_full("{}", SHUTDOWN, None, yaml_without_listeners, &[], true)
+    }
+
     fn launch(
         http: &str,
         shutdown: &str,
@@ -253,6 +286,17 @@ impl Gateway {
         yaml_without_listeners: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
+        Self::launch_full(http, shutdown, tls, yaml_without_listeners, env, false)
+    }
+
+    fn launch_full(
+        http: &str,
+        shutdown: &str,
+        tls: Option<&str>,
+        yaml_without_listeners: &str,
+        env: &[(&str, &str)],
+        stalled_stdout: bool,
+    ) -> Gateway {
         let port = free_port();
         let metrics_port = free_port();
         let https_port = if tls.is_some() { free_port() } else { 0 };
@@ -267,10 +311,11 @@ impl Gateway {
         );
         let conf = dir.path().join("gateway.yaml");
         std::fs::write(&conf, format!("{listeners}{yaml_without_listeners}")).unwrap();
-        let mut proc = Proc::spawn(
+        let mut proc = Proc::spawn_with(
             &["run", "-c", conf.to_str().unwrap()],
             dir.path().join("gateway.log"),
             env,
+            stalled_stdout,
         );
         wait_for("gateway /readyz", READY_WITHIN, || {
             assert!(!proc.exited(), "gateway exited: {}", proc.log_text());
@@ -734,4 +779,30 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A blocking connection to `127.0.0.1:port` from the loopback address `from` (another
+/// client, as far as the gateway's per-client brakes can tell).
+pub fn connect_from(from: &str, port: u16) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        socket
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .await
+            .unwrap()
+    });
+    let s = s.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }

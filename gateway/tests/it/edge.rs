@@ -1312,3 +1312,154 @@ fn client_address_and_prefix_headers_are_removed() {
         assert!(got.header(gone).is_empty(), "{gone} passed: {got:?}");
     }
 }
+
+/// A route mirrored to a raw-socket shadow, with a minted upstream token and identity
+/// headers; `mirror_extra` goes into its `mirror` mapping.
+fn mirrored(
+    mirror_extra: &str,
+) -> (
+    Gateway,
+    RecordingUpstream,
+    RecordingUpstream,
+    TestKey,
+    tempfile::TempDir,
+) {
+    let primary = RecordingUpstream::start();
+    let shadow = RecordingUpstream::start();
+    let key = TestKey::es256("k1");
+    let (dir, jwks_path) = jwks_file(&[&key]);
+    let signing = dir.path().join("gateway.pem");
+    std::fs::write(
+        &signing,
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .unwrap()
+            .serialize_pem(),
+    )
+    .unwrap();
+    let gw = Gateway::start(&format!(
+        "auth:
+  providers:
+    - {{ name: main, issuer: \"{ISS}\", audiences: [api], jwks_file: \"{}\",
+         token_sources: [bearer, \"cookie:at\", \"header:X-Token\", \"query:access_token\"] }}
+  forward_claims: [{{ claim: sub, header: X-Auth-Subject }}]
+  signing_keys: {{ issuer: \"https://gateway.test\", current: g1, keys: [{{ kid: g1, file: \"{}\" }}] }}
+upstreams:
+  app: {{ backends: [{{ addr: \"{}\" }}] }}
+  shadow: {{ backends: [{{ addr: \"{}\" }}] }}
+routes:
+  - {{ name: billing, path: /billing, upstream: app, upstream_token: {{ audience: billing, header: X-Upstream-Token }},
+       mirror: {{ upstream: shadow{mirror_extra} }} }}
+  - {{ name: open, path: /open, upstream: app, auth: none, mirror: {{ upstream: shadow{mirror_extra} }} }}
+",
+        jwks_path.display(),
+        signing.display(),
+        primary.addr(),
+        shadow.addr(),
+    ));
+    (gw, primary, shadow, key, dir)
+}
+
+fn one_received(up: &RecordingUpstream, what: &str) -> Received {
+    let got = wait_for(what, Duration::from_secs(10), || {
+        let got = up.received();
+        (!got.is_empty()).then_some(got)
+    });
+    assert_eq!(got.len(), 1, "{what}: {got:?}");
+    up.clear();
+    got.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_mirrored_copy_never_carries_a_credential_or_unasked_identity() {
+    // Issue 22 (2): the shadow received what production received: the minted token for
+    // production's audience, the identity headers, the client's cookies and, from a cookie
+    // token source, the caller's own JWT.
+    let (gw, primary, shadow, key, _dir) = mirrored("");
+    let token = key.sign(json!({ "iss": ISS, "aud": "api", "sub": "alice" }));
+    for presented in [
+        ("authorization", format!("Bearer {token}")),
+        ("cookie", format!("session=s3cr3t; at={token}")),
+        ("x-token", token.clone()),
+    ] {
+        let r = raw_request(
+            gw.port,
+            &format!(
+                "GET /billing/x?q=1 HTTP/1.1\r\nHost: api.test\r\n{}: {}\r\nCookie: theme=dark\r\nConnection: close\r\n\r\n",
+                presented.0, presented.1
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{presented:?}: {}", r.body);
+        let production = one_received(&primary, "the primary's request");
+        let copy = one_received(&shadow, "the shadow's copy");
+        // Production gets what it needs, and never the caller's token.
+        assert_eq!(production.header("x-auth-subject"), ["alice"]);
+        assert_eq!(production.header("x-upstream-token").len(), 1);
+        assert!(
+            !production.head.contains(&token),
+            "{presented:?}: {}",
+            production.head
+        );
+        // The shadow: the same request, without any credential or identity.
+        assert_eq!(copy.request_line(), production.request_line());
+        for name in [
+            "authorization",
+            "x-upstream-token",
+            "x-auth-subject",
+            "x-token",
+            "cookie",
+            "dpop",
+        ] {
+            assert!(
+                copy.header(name).is_empty(),
+                "{presented:?}: the shadow got {name}: {}",
+                copy.head
+            );
+        }
+        assert!(!copy.head.contains(&token), "{presented:?}: {}", copy.head);
+        assert!(
+            !copy.head.contains("s3cr3t"),
+            "{presented:?}: {}",
+            copy.head
+        );
+        assert_eq!(copy.header("host"), ["api.test"]);
+    }
+    // An `auth: none` route forwards the client's Authorization to production, never to
+    // the shadow.
+    let r = raw_request(
+        gw.port,
+        "GET /open/y HTTP/1.1\r\nHost: api.test\r\nAuthorization: Basic dXNlcjpwYXNz\r\nProxy-Authorization: Basic eA==\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let production = one_received(&primary, "the primary's request");
+    assert_eq!(production.header("authorization"), ["Basic dXNlcjpwYXNz"]);
+    let copy = one_received(&shadow, "the shadow's copy");
+    assert!(copy.header("authorization").is_empty(), "{}", copy.head);
+    assert!(
+        copy.header("proxy-authorization").is_empty(),
+        "{}",
+        copy.head
+    );
+}
+
+#[test]
+fn identity_and_cookies_reach_the_shadow_only_when_named_and_tokens_never() {
+    let (gw, primary, shadow, key, _dir) = mirrored(", identity: true, cookies: true");
+    let token = key.sign(json!({ "iss": ISS, "aud": "api", "sub": "alice" }));
+    let r = raw_request(
+        gw.port,
+        &format!(
+            "GET /billing/z HTTP/1.1\r\nHost: api.test\r\nCookie: theme=dark; at={token}; lang=en\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let production = one_received(&primary, "the primary's request");
+    assert_eq!(production.header("cookie"), ["theme=dark; lang=en"]);
+    let copy = one_received(&shadow, "the shadow's copy");
+    assert_eq!(copy.header("x-auth-subject"), ["alice"]);
+    assert_eq!(copy.header("cookie"), ["theme=dark; lang=en"]);
+    assert!(copy.header("x-upstream-token").is_empty(), "{}", copy.head);
+    assert!(!copy.head.contains(&token), "{}", copy.head);
+}

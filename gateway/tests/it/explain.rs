@@ -50,11 +50,11 @@ fn proxy_verdict(r: &Reply) -> String {
     if r.status == 200 && body["server"].is_string() {
         return "allowed".into();
     }
-    let detail = ["reason", "policy", "limit"]
-        .iter()
-        .find_map(|k| body[k].as_str())
-        .map(|d| format!("/{d}"))
-        .unwrap_or_default();
+    // Every refusal has a reason; a policy's or a limit's name follows it.
+    let mut detail = format!("/{}", body["reason"].as_str().unwrap_or("?"));
+    if let Some(name) = ["policy", "limit"].iter().find_map(|k| body[k].as_str()) {
+        detail.push_str(&format!("/{name}"));
+    }
     format!(
         "{} {}{detail}",
         r.status,
@@ -168,14 +168,14 @@ fn explain_and_the_proxy_agree_on_every_enumerated_request() {
     for expected in [
         "allowed",
         "400 bad_request/method_case",
-        "404 not_found",
-        "405 method_not_allowed",
+        "404 not_found/no_route",
+        "405 method_not_allowed/method",
         "400 invalid_request/malformed",
         "401 unauthorized/missing",
         "401 unauthorized/expired",
         "401 unauthorized/signature",
-        "403 forbidden/orders",
-        "403 forbidden/admins",
+        "403 forbidden/policy/orders",
+        "403 forbidden/policy/admins",
     ] {
         assert!(seen.contains(expected), "no {expected:?} among {seen:?}");
     }
@@ -234,7 +234,7 @@ fn explain_reads_a_shared_limit_in_redis_without_spending_it() {
     assert_eq!(gw.get("/", &[]).status, 200);
     assert_eq!(gw.get("/", &[]).status, 429);
     let (verdict, text) = explain();
-    assert_eq!(verdict, "429 rate_limited/fleet", "{text}");
+    assert_eq!(verdict, "429 rate_limited/rate_limit/fleet", "{text}");
 }
 
 #[test]

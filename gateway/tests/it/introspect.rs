@@ -323,3 +323,127 @@ fn inactive_tokens_are_refused_and_a_down_endpoint_fails_closed_until_it_answers
     });
     assert_eq!(echo.count(), 1);
 }
+
+/// Sends a GET with `token` on a new connection from `from`; the connection stays open
+/// (returned) unless `close` says to drop it right after sending.
+fn send_opaque(gw: &Gateway, from: &str, token: &str, close: bool) -> Option<std::net::TcpStream> {
+    let mut s = connect_from(from, gw.port);
+    let _ = write!(
+        s,
+        "GET /api/flood HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    if close {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        return None;
+    }
+    Some(s)
+}
+
+fn answer_of(mut s: std::net::TcpStream) -> Option<Reply> {
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    parse_reply(&out).ok()
+}
+
+#[test]
+fn a_slow_introspection_endpoint_never_starves_local_signature_checks() {
+    // Issue 22 (3): 300 random opaque tokens from one client, against an endpoint answering
+    // in seconds, took every signature-check place (`max_verifications_in_flight: 256`):
+    // valid uncached JWTs from another client went from 75/75 to 1/124 answered. Network
+    // waits now have their own budget, per provider and per client, counted at admission.
+    let server = IntrospectionServer::start();
+    server.state.delay_ms.store(3000, Ordering::Release);
+    let key = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&key]);
+    let echo = Echo::start("e1");
+    let gw = start(&server, &jwks, &echo);
+
+    let flood: Vec<_> = (0..300)
+        .map(|i| send_opaque(&gw, "127.0.0.2", &format!("opaque-flood-{i}"), false).unwrap())
+        .collect();
+    wait_for(
+        "the flood's calls at the endpoint",
+        Duration::from_secs(10),
+        || (server.calls() >= 1).then_some(()),
+    );
+    // While the flood waits: uncached JWTs of another client, each verified locally.
+    for i in 0..50 {
+        let token = key.sign(json!({ "iss": "https://jwt.test", "sub": format!("valid-{i}") }));
+        let r = gw.get("/api", &[("authorization", &bearer(&token))]);
+        assert_eq!(
+            r.status, 200,
+            "valid token {i} during the flood: {}",
+            r.body
+        );
+    }
+    let answers: Vec<Reply> = flood.into_iter().filter_map(answer_of).collect();
+    let over = answers
+        .iter()
+        .filter(|r| r.status == 429 && r.json()["reason"] == "client_network_budget")
+        .count();
+    assert!(
+        server.calls() <= 4,
+        "{} calls: one client holds at most max_network_waits_per_client (4)",
+        server.calls()
+    );
+    assert!(
+        over >= 290,
+        "{over} of 300 flood requests refused at admission"
+    );
+    assert!(
+        answers.iter().all(|r| r.json()["reason"].is_string()),
+        "every refusal says why"
+    );
+}
+
+#[test]
+fn a_request_whose_client_left_stops_holding_places_and_starts_no_call() {
+    // Issue 22 (4): 3,000 distinct opaque tokens, each connection closed right after
+    // sending: the endpoint still got 3,000 calls, and the gateway held 3,000 connections,
+    // budget places and 6,026 descriptors for the endpoint's 5 s.
+    let server = IntrospectionServer::start();
+    server.state.delay_ms.store(3000, Ordering::Release);
+    let key = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&key]);
+    let echo = Echo::start("e1");
+    let gw = Gateway::start_with_env(
+        &[("TEST_INTROSPECTION_SECRET", "s3cret/x")],
+        // Budgets wide open: only the client's leaving limits the work here.
+        &config(&server, &jwks, &echo).replace(
+            "auth:\n",
+            "auth:\n  max_network_waits_in_flight: 10000\n  max_network_waits_per_client: 10000\n",
+        ),
+    );
+    let pid = gw.proc.pid();
+    let fds_before = open_fds(pid);
+    for i in 0..300 {
+        send_opaque(&gw, "127.0.0.2", &format!("opaque-gone-{i}"), true);
+    }
+    // Well within the endpoint's 3 s: nothing is held for the clients that left.
+    let gone = wait_for(
+        "every abandoned request noticed",
+        Duration::from_secs(2),
+        || {
+            let gone = gw.metric("tollgate_clients_gone_total", &[]);
+            (gone >= 300.0).then_some(gone)
+        },
+    );
+    assert_eq!(gone, 300.0);
+    assert_eq!(gw.metric("tollgate_auth_network_waits_in_flight", &[]), 0.0);
+    let fds = open_fds(pid);
+    assert!(
+        fds <= fds_before + 20,
+        "{fds} descriptors open, {fds_before} before the abandoned requests"
+    );
+    assert!(
+        server.calls() <= 3,
+        "{} calls to the endpoint for 300 clients that had left",
+        server.calls()
+    );
+    // A client that stays still gets its answer.
+    let token = key.sign(json!({ "iss": "https://jwt.test", "sub": "stays" }));
+    assert_eq!(
+        gw.get("/api", &[("authorization", &bearer(&token))]).status,
+        200
+    );
+}

@@ -422,3 +422,88 @@ fn a_backend_found_down_stays_down_across_a_reload() {
         0.0
     );
 }
+
+fn open_route(echo: &Echo, logging: &str) -> String {
+    format!(
+        "logging: {logging}\nupstreams:\n  e: {{ backends: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: all, path: /, upstream: e, auth: none }}\n",
+        echo.addr()
+    )
+}
+
+fn sigterm(gw: &Gateway) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &gw.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+#[test]
+fn a_stalled_log_reader_never_holds_a_request_readiness_or_shutdown() {
+    // Issue 22 (1): with stdout a pipe nobody read, the gateway answered about 120 requests
+    // (a 64 KiB pipe of access lines), then none; readiness stayed 200 and SIGTERM did not
+    // end the process. Log lines are now written by a thread of their own and dropped,
+    // counted, when it cannot keep up.
+    let echo = Echo::start("E");
+    let mut gw = Gateway::start_with_stalled_stdout(&open_route(&echo, "{ buffer_lines: 64 }"));
+    // Twelve times what the pipe and the buffer can hold.
+    for i in 0..1500 {
+        let r = gw.get(&format!("/item/{i}"), &[]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    assert_eq!(readiness(&gw), 200);
+    let dropped = gw.metric("tollgate_log_lines_dropped_total", &[]);
+    assert!(
+        dropped >= 1000.0,
+        "{dropped} lines dropped of 1,500 that could not be written"
+    );
+    // Shutdown logs too, and must not wait for the pipe either: grace period (1 s),
+    // connections (1 s), runtimes (1 s) and the log writer's bounded flush.
+    sigterm(&gw);
+    assert!(
+        gw.proc.exits_within(Duration::from_secs(20)),
+        "the gateway did not exit after SIGTERM with its stdout stalled"
+    );
+}
+
+#[test]
+fn the_configured_level_is_a_ceiling_for_every_target_pingoras_included() {
+    // Issue 22 (10): `level: warn` still printed Pingora's INFO lines (start, requests,
+    // shutdown), because Pingora's targets were held at info as a floor.
+    let echo = Echo::start("E");
+    let mut gw = Gateway::start(&format!(
+        "logging: {{ level: warn }}
+upstreams:
+  e: {{ backends: [{{ addr: \"{}\" }}] }}
+  dead: {{ backends: [{{ addr: \"127.0.0.1:{}\" }}], retries: 0 }}
+routes:
+  - {{ name: dead, path: /dead, upstream: dead, auth: none }}
+  - {{ name: all, path: /, upstream: e, auth: none }}
+",
+        echo.addr(),
+        free_port()
+    ));
+    for i in 0..20 {
+        assert_eq!(gw.get(&format!("/item/{i}"), &[]).status, 200);
+    }
+    // An upstream that refuses: an error line, so the log is known to work at this level.
+    assert_eq!(gw.get("/dead", &[]).status, 502);
+    sigterm(&gw);
+    assert!(gw.proc.exits_within(Duration::from_secs(20)));
+    let log = gw.proc.log_text();
+    let below_warn: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| matches!(v["level"].as_str(), Some("INFO" | "DEBUG" | "TRACE")))
+        })
+        .collect();
+    assert!(
+        below_warn.is_empty(),
+        "logged under level warn: {below_warn:#?}"
+    );
+    assert!(
+        log.contains("\"level\":\"ERROR\""),
+        "the refused upstream was logged: {log}"
+    );
+}

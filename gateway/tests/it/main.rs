@@ -14,6 +14,7 @@ mod explain;
 mod introspect;
 mod lifecycle;
 mod mint;
+mod oidc;
 mod policy;
 mod proxy;
 mod tls;

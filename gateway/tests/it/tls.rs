@@ -1341,3 +1341,76 @@ fn a_resumed_session_brings_back_no_certificate_the_listener_no_longer_trusts() 
         "{refused_before} → {refused}"
     );
 }
+
+#[test]
+fn http2_cookie_crumbs_are_joined_before_routing_tokens_and_forwarding() {
+    // Issue 22 (6): `cookie: a=1` and `cookie: canary=yes` as two HTTP/2 fields reached the
+    // HTTP/1.1 upstream as two Cookie lines (RFC 9113 §8.2.3 says join them with "; "), the
+    // split matched the second crumb alone, and 300 crumbs counted as 300 headers (431).
+    let stable = Echo::start("stable");
+    let canary = Echo::start("canary");
+    let key = TestKey::es256("k1");
+    let pki = Pki::new("Test CA");
+    let api = pki.server("api", &["api.test"]);
+    let gw = Gateway::start_with_tls(
+        &format!("{{ certificates: [{{ cert: {}, key: {} }}] }}", yaml_path(&api.cert), yaml_path(&api.key)),
+        &format!(
+            "auth:
+  providers:
+    - {{ name: main, issuer: \"{ISS}\", audiences: [\"{AUD}\"], jwks: {}, token_sources: [bearer, \"cookie:at\"] }}
+  forward_claims: [{{ claim: sub, header: X-Auth-Subject }}]
+upstreams:
+  stable: {{ backends: [{{ addr: \"{}\" }}] }}
+  canary: {{ backends: [{{ addr: \"{}\" }}] }}
+routes:
+  - name: api
+    path: /api
+    upstreams:
+      - {{ name: canary, when: {{ cookie: {{ canary: \"yes\" }} }} }}
+      - {{ name: stable }}
+",
+            jwks(&[&key]),
+            stable.addr(),
+            canary.addr()
+        ),
+    );
+    let token = key.sign(json!({ "iss": ISS, "aud": AUD, "sub": "alice" }));
+    let at = format!("at={token}");
+    let rt = runtime();
+    rt.block_on(async {
+        let client = Client::new(&pki.ca_pem(), None, &["h2"]);
+        let s = client.connect(gw.https_port, "api.test").await.unwrap();
+        let r = h2_get(
+            s,
+            "api.test",
+            "/api/x",
+            &[("cookie", "a=1"), ("cookie", &at), ("cookie", "canary=yes")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.server(), "canary", "routed on the joined cookies");
+        // One line, the crumbs joined, the token cookie (read from a crumb) removed.
+        assert_eq!(
+            r.upstream_header("cookie").as_deref(),
+            Some("a=1; canary=yes")
+        );
+        assert_eq!(
+            r.upstream_header("x-auth-subject").as_deref(),
+            Some("alice")
+        );
+
+        // 300 crumbs are one Cookie field, not 300 header fields.
+        let crumbs: Vec<String> = (0..300).map(|i| format!("c{i}=v")).collect();
+        let mut headers: Vec<(&str, &str)> =
+            crumbs.iter().map(|c| ("cookie", c.as_str())).collect();
+        headers.push(("cookie", &at));
+        let s = client.connect(gw.https_port, "api.test").await.unwrap();
+        let r = h2_get(s, "api.test", "/api/y", &headers).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.server(), "stable");
+        let cookie = r.upstream_header("cookie").unwrap();
+        assert_eq!(cookie.split("; ").count(), 300, "{cookie}");
+        assert!(cookie.starts_with("c0=v; c1=v; "), "{cookie}");
+    });
+}
