@@ -424,18 +424,30 @@ impl Authenticator {
 ///   `admin`), and, for a scalar, leading or trailing whitespace (RFC 9110 §5.5 parsers
 ///   trim it). Upstreams see the claim as absent rather than see a different value.
 pub fn claim_header_value(value: &Value) -> Option<HeaderValue> {
-    fn scalar_text(v: &Value) -> Option<String> {
-        match v {
+    /// A scalar's text; `Some(None)` for what a list leaves out (objects, arrays, null);
+    /// `None` for a number whose text would not be the token's: one read as a float from
+    /// an integer too large for 64 bits (`1.2345678901234568e+22`), or from `1E2` (`100.0`).
+    fn scalar_text(v: &Value) -> Option<Option<String>> {
+        Some(match v {
             Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
+            Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            Value::Number(n) => {
+                let text = n.to_string();
+                let fractional = n.as_f64().is_some_and(|f| f.fract() != 0.0);
+                if !fractional || text.contains(['e', 'E']) {
+                    return None;
+                }
+                Some(text)
+            }
             Value::Bool(b) => Some(b.to_string()),
             _ => None,
-        }
+        })
     }
     let text = match value {
         Value::Array(items) => {
             let mut list = String::new();
-            for item in items.iter().filter_map(scalar_text) {
+            for item in items.iter().map(scalar_text) {
+                let Some(item) = item? else { continue };
                 if !list.is_empty() {
                     list.push_str(", ");
                 }
@@ -458,7 +470,7 @@ pub fn claim_header_value(value: &Value) -> Option<HeaderValue> {
             list
         }
         other => {
-            let text = scalar_text(other)?;
+            let text = scalar_text(other)??;
             let exact = text.bytes().all(|b| (b' '..=b'~').contains(&b))
                 && !text.starts_with(' ')
                 && !text.ends_with(' ');
@@ -570,5 +582,19 @@ mod tests {
         }
         assert_eq!(header("inner", &c).as_deref(), Some("Alice Smith"));
         assert_eq!(header("plain", &c).as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn numbers_are_forwarded_only_as_the_token_wrote_their_value() {
+        // Found by the attacker review: numbers were re-serialised from their f64 reading.
+        let c = claims(
+            r#"{"big":12345678901234567890123,"exp":1E2,"neg0":-0.0,"tiny":0.000001,
+                "int":9007199254740993,"half":4.5,"list":[1,12345678901234567890123]}"#,
+        );
+        for absent in ["big", "exp", "neg0", "tiny", "list"] {
+            assert_eq!(header(absent, &c), None, "{absent}");
+        }
+        assert_eq!(header("int", &c).as_deref(), Some("9007199254740993"));
+        assert_eq!(header("half", &c).as_deref(), Some("4.5"));
     }
 }

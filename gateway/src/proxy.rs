@@ -214,18 +214,16 @@ fn placeholder_request() -> RequestHeader {
 }
 
 /// Resolves once the client has gone: an HTTP/2 stream reset or closed, or an HTTP/1.x
-/// connection closed after a request without a body (a request whose body is still
-/// coming is not watched here, since the watch would read the body). Never resolves
-/// otherwise; bytes of a pipelined next request are kept for it by Pingora.
-async fn client_gone(session: &mut pingora_core::protocols::http::ServerSession) {
+/// connection closed (a half-close included, as nginx's 499) after a request without a
+/// body (`bodyless`, read from the request's own header). A request whose body is still
+/// coming is not watched, since the watch would read its body. Never resolves otherwise;
+/// bytes of a pipelined next request are kept for it by Pingora.
+async fn client_gone(session: &mut pingora_core::protocols::http::ServerSession, bodyless: bool) {
     if let Some(closed) = session.watch_h2_stream_close() {
         let _ = closed.await;
         return;
     }
-    if session.as_http1().is_some()
-        && session.is_body_empty()
-        && session.read_body_or_idle(true).await.is_err()
-    {
+    if session.as_http1().is_some() && bodyless && session.read_body_or_idle(true).await.is_err() {
         return;
     }
     std::future::pending::<()>().await
@@ -298,10 +296,13 @@ impl ProxyHttp for Gateway {
         // places and sockets at once, and starts no call after it left (the pipeline gives
         // the watch a turn before each network wait). The header is moved out for the
         // decision, since the watch needs the session; it goes back either way.
+        // Whether the request has a body is read from its own header, before the header is
+        // moved out (Pingora sets up its body reader from the header on first use).
+        let bodyless = session.is_body_empty();
         let mut req = std::mem::replace(session.req_header_mut(), placeholder_request());
         let decided = {
             let decide = pipeline.decide(&mut req, peer, &mut ctx.passage);
-            let gone = client_gone(&mut session.downstream_session);
+            let gone = client_gone(&mut session.downstream_session, bodyless);
             tokio::select! {
                 biased;
                 decided = decide => Some(decided),
@@ -318,6 +319,23 @@ impl ProxyHttp for Gateway {
             }
             None => {
                 METRICS.clients_gone.inc();
+                // Leaving mid-check costs the client like a failed authentication: a call it
+                // started may still be running at the identity provider, and without this a
+                // client could start calls and leave, again and again, past its budget.
+                let auth = &ctx.snapshot.as_ref().expect("set above").auth;
+                if ctx.passage.auth.is_none()
+                    && ctx
+                        .passage
+                        .route
+                        .as_ref()
+                        .is_some_and(|r| r.auth != AuthMode::None)
+                {
+                    crate::preauth::PREAUTH.record_failure(
+                        ctx.passage.edge.client_ip,
+                        &auth.brakes,
+                        crate::clock::now_ns(),
+                    );
+                }
                 Err(Error::explain(
                     ErrorType::ConnectionClosed,
                     "the client closed the connection while the request was being decided",

@@ -1143,3 +1143,63 @@ fn a_change_of_keys_is_logged_once_with_the_kids_added_and_retired() {
         .count();
     assert_eq!(changes, 1, "logged once");
 }
+
+#[test]
+fn requests_waiting_on_a_slow_key_refetch_never_starve_local_signature_checks() {
+    // Issue 22 (3): 260 tokens with unknown kids while a `jwks_uri` refetch took 5 s held
+    // every signature-check place for the refetch's length: valid uncached JWTs of another
+    // client went to 0/124 answered. Waiters now give their place up while they wait.
+    let echo = Echo::start("E");
+    let a = TestKey::es256("a");
+    let stranger = TestKey::es256("unknown-kid");
+    let server = JwksServer::start(&jwks(&[&a]));
+    let gw = gateway(
+        &echo,
+        &uri_source(
+            &server,
+            "{ interval: 1h, unknown_kid_cooldown: 30s, timeout: 10s }",
+        ),
+        "",
+    );
+    server.set_delay(3000);
+    let flood: Vec<std::net::TcpStream> = (0..300)
+        .map(|i| {
+            use std::io::Write;
+            let token = stranger.sign(claims(&format!("mallory-{i}")));
+            // From three addresses: one client may hold 256 connections.
+            let mut s = connect_from(&format!("127.0.0.{}", 2 + i % 3), gw.port);
+            write!(
+                s,
+                "GET /api/x HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    wait_for(
+        "the flood waiting on the refetch",
+        Duration::from_secs(10),
+        || {
+            (server.fetches() >= 2
+                && gw.metric("tollgate_token_cache_total", &[("result", "miss")]) >= 250.0)
+                .then_some(())
+        },
+    );
+    for i in 0..50 {
+        let token = a.sign(claims(&format!("valid-{i}")));
+        let r = gw.get("/api", &[("authorization", &bearer(&token))]);
+        assert_eq!(
+            r.status, 200,
+            "valid token {i} during the refetch: {}",
+            r.body
+        );
+    }
+    drop(flood);
+    assert_eq!(
+        gw.metric(
+            "tollgate_preauth_refusals_total",
+            &[("reason", "verification_budget")]
+        ),
+        0.0
+    );
+}

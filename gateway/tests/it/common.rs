@@ -557,6 +557,7 @@ struct JwksState {
     paths: std::sync::Mutex<std::collections::HashMap<String, String>>,
     fetches: std::sync::atomic::AtomicUsize,
     down: std::sync::atomic::AtomicBool,
+    delay_ms: std::sync::atomic::AtomicU64,
     stop: std::sync::atomic::AtomicBool,
 }
 
@@ -570,6 +571,7 @@ impl JwksServer {
             paths: Default::default(),
             fetches: Default::default(),
             down: Default::default(),
+            delay_ms: Default::default(),
             stop: Default::default(),
         });
         let s = state.clone();
@@ -582,6 +584,7 @@ impl JwksServer {
                 // The body of a GET is empty.
                 let head = read_head(&mut conn).unwrap_or_default();
                 s.fetches.fetch_add(1, Ordering::AcqRel);
+                std::thread::sleep(Duration::from_millis(s.delay_ms.load(Ordering::Acquire)));
                 let path = head.split(' ').nth(1).unwrap_or("");
                 let own = s.paths.lock().unwrap().get(path).cloned();
                 let (status, body) = if s.down.load(Ordering::Acquire) {
@@ -623,6 +626,13 @@ impl JwksServer {
         self.state
             .fetches
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Answers every request this much later from now on (one at a time).
+    pub fn set_delay(&self, ms: u64) {
+        self.state
+            .delay_ms
+            .store(ms, std::sync::atomic::Ordering::Release);
     }
 
     pub fn set_down(&self, down: bool) {

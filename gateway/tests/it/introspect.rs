@@ -408,10 +408,10 @@ fn a_request_whose_client_left_stops_holding_places_and_starts_no_call() {
     let echo = Echo::start("e1");
     let gw = Gateway::start_with_env(
         &[("TEST_INTROSPECTION_SECRET", "s3cret/x")],
-        // Budgets wide open: only the client's leaving limits the work here.
+        // Budgets and brakes wide open: only the client's leaving limits the work here.
         &config(&server, &jwks, &echo).replace(
             "auth:\n",
-            "auth:\n  max_network_waits_in_flight: 10000\n  max_network_waits_per_client: 10000\n",
+            "auth:\n  max_network_waits_in_flight: 10000\n  max_network_waits_per_client: 10000\n  failed_auth_limit: { rate: 10000/s, burst: 10000 }\n",
         ),
     );
     let pid = gw.proc.pid();
@@ -442,6 +442,79 @@ fn a_request_whose_client_left_stops_holding_places_and_starts_no_call() {
     );
     // A client that stays still gets its answer.
     let token = key.sign(json!({ "iss": "https://jwt.test", "sub": "stays" }));
+    assert_eq!(
+        gw.get("/api", &[("authorization", &bearer(&token))]).status,
+        200
+    );
+}
+
+#[test]
+fn a_request_body_survives_a_wait_on_introspection() {
+    // Found by the attacker review of issue 22: the client watch read the body of a POST
+    // that waited on an introspection call, and the upstream got none of it.
+    let server = IntrospectionServer::start();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    server.answer(
+        "opaque-poster",
+        json!({"active": true, "iss": ISS, "sub": "poster", "exp": exp}),
+    );
+    server.state.delay_ms.store(500, Ordering::Release);
+    let key = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&key]);
+    let echo = Echo::start("e1");
+    let gw = start(&server, &jwks, &echo);
+    let r = raw_request(
+        gw.port,
+        "POST /api/orders HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer opaque-poster\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["body_bytes"], 5, "{}", r.body);
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("poster")
+    );
+}
+
+#[test]
+fn a_client_that_starts_calls_and_leaves_is_held_to_its_failed_auth_limit() {
+    // Found by the attacker review of issue 22: leaving freed the client's places at once
+    // while its calls kept running at the identity provider, so one address kept ~190
+    // calls there at once. Leaving mid-check now counts as a failed authentication.
+    let server = IntrospectionServer::start();
+    server.state.delay_ms.store(3000, Ordering::Release);
+    let key = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&key]);
+    let echo = Echo::start("e1");
+    let gw = Gateway::start_with_env(
+        &[("TEST_INTROSPECTION_SECRET", "s3cret/x")],
+        &config(&server, &jwks, &echo).replace(
+            "auth:\n",
+            "auth:\n  failed_auth_limit: { rate: 1/min, burst: 3 }\n",
+        ),
+    );
+    for i in 0..12 {
+        let s = send_opaque(&gw, "127.0.0.3", &format!("opaque-leaver-{i}"), false).unwrap();
+        // Long enough for the call to start, then gone.
+        std::thread::sleep(Duration::from_millis(100));
+        drop(s);
+    }
+    assert!(
+        server.calls() <= 5,
+        "{} calls started by one client that kept leaving",
+        server.calls()
+    );
+    let r = answer_of(send_opaque(&gw, "127.0.0.3", "opaque-next", false).unwrap()).unwrap();
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (429, Some("failed_auth_limit"))
+    );
+    // Another client is not affected.
+    let token = key.sign(json!({ "iss": "https://jwt.test", "sub": "other" }));
     assert_eq!(
         gw.get("/api", &[("authorization", &bearer(&token))]).status,
         200
