@@ -565,7 +565,12 @@ impl ProxyHttp for Gateway {
             if let (Some(mirror), false) = (&route.mirror, ctx.mirror_decided) {
                 ctx.mirror_decided = true;
                 if mirror.sampled() {
-                    mirror.send(upstream, !session.is_body_empty());
+                    let caller = passage
+                        .caller
+                        .as_ref()
+                        .filter(|c| c.verified())
+                        .map(|c| c.claims());
+                    mirror.send(upstream, !session.is_body_empty(), caller);
                 }
             }
         }

@@ -230,6 +230,12 @@ impl RuntimeSnapshot {
                     minted_header: r.upstream_token.as_ref().map(|t| t.header.clone()),
                     identity: m.identity,
                     cookies: m.cookies,
+                    tokens: m.upstream_token.clone().map(|spec| {
+                        let minter = minter
+                            .clone()
+                            .expect("validated: upstream_token needs signing_keys");
+                        crate::mint::RouteTokens::new(&format!("{}.mirror", r.name), minter, spec)
+                    }),
                 };
                 crate::split::Mirror::new(
                     &r.name,

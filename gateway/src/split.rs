@@ -145,17 +145,25 @@ pub struct ShadowCopy {
     pub minted_header: Option<http::HeaderName>,
     pub identity: bool,
     pub cookies: bool,
+    /// `mirror.upstream_token`: a token for the shadow's own audience.
+    pub tokens: Option<crate::mint::RouteTokens>,
 }
 
 impl ShadowCopy {
-    /// `primary`, as the upstream gets it, without what the shadow may not have.
-    fn copy(&self, primary: &RequestHeader) -> Result<RequestHeader, http::Error> {
+    /// `primary`, as the upstream gets it, without what the shadow may not have, and with
+    /// the shadow's own minted token for a verified `caller`. `None` when that token could
+    /// not be minted (the copy is not sent without it).
+    fn copy(
+        &self,
+        primary: &RequestHeader,
+        caller: Option<&crate::limits::Claims>,
+    ) -> Option<RequestHeader> {
         let mut copy = primary.clone();
         copy.remove_header(&http::header::CONTENT_LENGTH);
         copy.remove_header(&http::header::TRANSFER_ENCODING);
         copy.remove_header(&http::header::PROXY_AUTHORIZATION);
         // `Authorization` and `DPoP` too, whatever `keep_authorization` says.
-        crate::credentials::strip(&mut copy, &self.token_sources)?;
+        crate::credentials::strip(&mut copy, &self.token_sources).ok()?;
         if let Some(minted) = &self.minted_header {
             copy.remove_header(minted);
         }
@@ -167,7 +175,11 @@ impl ShadowCopy {
         if !self.cookies {
             copy.remove_header(&http::header::COOKIE);
         }
-        Ok(copy)
+        if let (Some(tokens), Some(caller)) = (&self.tokens, caller) {
+            let value = tokens.value_for(caller)?;
+            copy.insert_header(tokens.spec.header.clone(), value).ok()?;
+        }
+        Some(copy)
     }
 }
 
@@ -206,7 +218,12 @@ impl Mirror {
     /// [`ShadowCopy`] leaves out) to the shadow cluster in the background; its answer is
     /// read and dropped. Requests with a body are not copied (the body streams to the
     /// upstream and is not kept), and are counted as skipped.
-    pub fn send(&self, req: &RequestHeader, has_body: bool) {
+    pub fn send(
+        &self,
+        req: &RequestHeader,
+        has_body: bool,
+        caller: Option<&crate::limits::Claims>,
+    ) {
         if has_body {
             self.counters[2].inc();
             return;
@@ -218,9 +235,9 @@ impl Mirror {
             return;
         }
         let [answered, failed, ..] = self.counters.clone();
-        let copy = match self.shadow.copy(req) {
-            Ok(copy) => Box::new(copy),
-            Err(_) => {
+        let copy = match self.shadow.copy(req, caller) {
+            Some(copy) => Box::new(copy),
+            None => {
                 MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
                 failed.inc();
                 return;

@@ -480,6 +480,9 @@ pub struct Mirror {
     /// The client's other cookies (a session cookie is a credential too) go to the shadow.
     /// Default false.
     pub cookies: bool,
+    /// A token minted for the shadow's own audience (never the primary's), for a verified
+    /// caller, as `routes[].upstream_token`. Default none.
+    pub upstream_token: Option<UpstreamToken>,
 }
 
 /// `retry_on`: `reset` and HTTP statuses (500 to 599).

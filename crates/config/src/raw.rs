@@ -427,6 +427,7 @@ pub struct RawMirror {
     pub percent: Option<f64>,
     pub identity: Option<bool>,
     pub cookies: Option<bool>,
+    pub upstream_token: Option<RawUpstreamToken>,
 }
 
 /// `key: client_ip` or `key: [claim:tenant, route]`.

@@ -48,6 +48,7 @@ pub(crate) fn route(
             percent,
             identity: m.identity.unwrap_or(false),
             cookies: m.cookies.unwrap_or(false),
+            upstream_token: None,
         }
     });
     let mut retry_on = RetryOn::default();
@@ -173,6 +174,25 @@ pub(crate) fn route(
         .upstream_token
         .as_ref()
         .map(|t| upstream_token(&base, t, raw, auth_mode, auth, problems));
+    // The shadow's own token: minted for its audience, never for the primary's.
+    let mirror = mirror.map(|mut m| {
+        if let Some(t) = raw.mirror.as_ref().and_then(|r| r.upstream_token.as_ref()) {
+            let mirror_base = format!("{base}.mirror");
+            let spec = self::upstream_token(&mirror_base, t, raw, auth_mode, auth, problems);
+            if upstream_token
+                .as_ref()
+                .is_some_and(|primary| primary.audience == spec.audience)
+            {
+                problems.add(
+                    format!("{mirror_base}.upstream_token.audience"),
+                    "must differ from the route's upstream_token.audience: a shadow never \
+                     gets a credential for the primary's audience",
+                );
+            }
+            m.upstream_token = Some(spec);
+        }
+        m
+    });
     if auth_mode == AuthMode::None && raw.providers.is_some() {
         problems.add(
             format!("{base}.providers"),

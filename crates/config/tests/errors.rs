@@ -1166,3 +1166,51 @@ routes:
         0,
     );
 }
+
+#[test]
+fn a_mirror_names_what_its_shadow_may_have_and_never_gets_the_primarys_audience() {
+    let c = parse(
+        r#"
+auth:
+  providers: [{ name: p, issuer: "https://i", audiences: any, jwks_file: /dev/null }]
+  signing_keys: { issuer: "https://gw", current: a, keys: [{ kid: a, file: a.pem }] }
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+  s: { backends: [{ addr: "127.0.0.1:9001" }] }
+routes:
+  - { name: r, path: /, upstream: u, mirror: { upstream: s, upstream_token: { audience: shadow } } }
+  - { name: o, path: /o, upstream: u, auth: none, mirror: { upstream: s, identity: true, cookies: true } }
+"#,
+    )
+    .unwrap();
+    let m = c.routes[0].mirror.as_ref().unwrap();
+    assert_eq!((m.identity, m.cookies), (false, false));
+    assert_eq!(m.upstream_token.as_ref().unwrap().audience, "shadow");
+    let m = c.routes[1].mirror.as_ref().unwrap();
+    assert_eq!(
+        (m.identity, m.cookies, m.upstream_token.is_none()),
+        (true, true, true)
+    );
+
+    let p = problems(
+        r#"
+auth:
+  providers: [{ name: p, issuer: "https://i", audiences: any, jwks_file: /dev/null }]
+  signing_keys: { issuer: "https://gw", current: a, keys: [{ kid: a, file: a.pem }] }
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+  s: { backends: [{ addr: "127.0.0.1:9001" }] }
+routes:
+  - { name: r, path: /, upstream: u, upstream_token: { audience: billing }, mirror: { upstream: s, upstream_token: { audience: billing } } }
+  - { name: o, path: /o, upstream: u, auth: none, mirror: { upstream: s, upstream_token: { audience: x } } }
+"#,
+    );
+    assert_problems(
+        &p,
+        &[
+            "routes[0].mirror.upstream_token.audience: must differ from the route's upstream_token.audience",
+            "routes[1].mirror.upstream_token: needs a verified caller",
+        ],
+        0,
+    );
+}

@@ -1314,9 +1314,11 @@ fn client_address_and_prefix_headers_are_removed() {
 }
 
 /// A route mirrored to a raw-socket shadow, with a minted upstream token and identity
-/// headers; `mirror_extra` goes into its `mirror` mapping.
+/// headers, and an `auth: none` route mirrored too; `billing_extra` and `open_extra` go
+/// into their `mirror` mappings.
 fn mirrored(
-    mirror_extra: &str,
+    billing_extra: &str,
+    open_extra: &str,
 ) -> (
     Gateway,
     RecordingUpstream,
@@ -1348,8 +1350,8 @@ upstreams:
   shadow: {{ backends: [{{ addr: \"{}\" }}] }}
 routes:
   - {{ name: billing, path: /billing, upstream: app, upstream_token: {{ audience: billing, header: X-Upstream-Token }},
-       mirror: {{ upstream: shadow{mirror_extra} }} }}
-  - {{ name: open, path: /open, upstream: app, auth: none, mirror: {{ upstream: shadow{mirror_extra} }} }}
+       mirror: {{ upstream: shadow{billing_extra} }} }}
+  - {{ name: open, path: /open, upstream: app, auth: none, mirror: {{ upstream: shadow{open_extra} }} }}
 ",
         jwks_path.display(),
         signing.display(),
@@ -1374,7 +1376,7 @@ fn a_mirrored_copy_never_carries_a_credential_or_unasked_identity() {
     // Issue 22 (2): the shadow received what production received: the minted token for
     // production's audience, the identity headers, the client's cookies and, from a cookie
     // token source, the caller's own JWT.
-    let (gw, primary, shadow, key, _dir) = mirrored("");
+    let (gw, primary, shadow, key, _dir) = mirrored("", "");
     let token = key.sign(json!({ "iss": ISS, "aud": "api", "sub": "alice" }));
     for presented in [
         ("authorization", format!("Bearer {token}")),
@@ -1445,7 +1447,8 @@ fn a_mirrored_copy_never_carries_a_credential_or_unasked_identity() {
 
 #[test]
 fn identity_and_cookies_reach_the_shadow_only_when_named_and_tokens_never() {
-    let (gw, primary, shadow, key, _dir) = mirrored(", identity: true, cookies: true");
+    let both = ", identity: true, cookies: true";
+    let (gw, primary, shadow, key, _dir) = mirrored(both, both);
     let token = key.sign(json!({ "iss": ISS, "aud": "api", "sub": "alice" }));
     let r = raw_request(
         gw.port,
@@ -1462,4 +1465,51 @@ fn identity_and_cookies_reach_the_shadow_only_when_named_and_tokens_never() {
     assert_eq!(copy.header("cookie"), ["theme=dark; lang=en"]);
     assert!(copy.header("x-upstream-token").is_empty(), "{}", copy.head);
     assert!(!copy.head.contains(&token), "{}", copy.head);
+}
+
+/// The claims of a JWT, unverified (the test only reads what the gateway minted).
+fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn a_shadow_that_needs_a_token_gets_one_minted_for_its_own_audience() {
+    let (gw, primary, shadow, key, _dir) = mirrored(
+        ", upstream_token: { audience: billing-shadow, header: X-Upstream-Token }",
+        "",
+    );
+    let token = key.sign(json!({ "iss": ISS, "aud": "api", "sub": "alice" }));
+    let r = raw_request(
+        gw.port,
+        &format!("GET /billing/t HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let production = one_received(&primary, "the primary's request");
+    let copy = one_received(&shadow, "the shadow's copy");
+    let minted = |r: &Received| jwt_claims(&r.header("x-upstream-token")[0]);
+    assert_eq!(minted(&production)["aud"], "billing");
+    assert_eq!(minted(&copy)["aud"], "billing-shadow");
+    assert_eq!(minted(&copy)["sub"], "alice");
+    assert_ne!(
+        production.header("x-upstream-token"),
+        copy.header("x-upstream-token")
+    );
+    assert!(!copy.head.contains(&token), "{}", copy.head);
+    // Not minted on the `auth: none` route, which has no verified caller.
+    let r = raw_request(
+        gw.port,
+        "GET /open/t HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    one_received(&primary, "the primary's request");
+    assert!(one_received(&shadow, "the shadow's copy")
+        .header("x-upstream-token")
+        .is_empty());
 }
