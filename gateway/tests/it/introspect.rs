@@ -324,6 +324,35 @@ fn inactive_tokens_are_refused_and_a_down_endpoint_fails_closed_until_it_answers
     assert_eq!(echo.count(), 1);
 }
 
+/// A gateway on an introspection server that answers after `delay_ms`; `auth_extra`
+/// (`auth:` entries, two-space indented lines) goes at the top of its `auth` section.
+struct SlowEndpoint {
+    server: IntrospectionServer,
+    key: TestKey,
+    gw: Gateway,
+    _jwks: tempfile::TempDir,
+    _echo: Echo,
+}
+
+fn slow_endpoint(delay_ms: u64, auth_extra: &str) -> SlowEndpoint {
+    let server = IntrospectionServer::start();
+    server.state.delay_ms.store(delay_ms, Ordering::Release);
+    let key = TestKey::es256("k1");
+    let (dir, jwks) = jwks_file(&[&key]);
+    let echo = Echo::start("e1");
+    let gw = Gateway::start_with_env(
+        &[("TEST_INTROSPECTION_SECRET", "s3cret/x")],
+        &config(&server, &jwks, &echo).replace("auth:\n", &format!("auth:\n{auth_extra}")),
+    );
+    SlowEndpoint {
+        server,
+        key,
+        gw,
+        _jwks: dir,
+        _echo: echo,
+    }
+}
+
 /// Sends a GET with `token` on a new connection from `from`; the connection stays open
 /// (returned) unless `close` says to drop it right after sending.
 fn send_opaque(gw: &Gateway, from: &str, token: &str, close: bool) -> Option<std::net::TcpStream> {
@@ -351,12 +380,14 @@ fn a_slow_introspection_endpoint_never_starves_local_signature_checks() {
     // in seconds, took every signature-check place (`max_verifications_in_flight: 256`):
     // valid uncached JWTs from another client went from 75/75 to 1/124 answered. Network
     // waits now have their own budget, per provider and per client, counted at admission.
-    let server = IntrospectionServer::start();
-    server.state.delay_ms.store(3000, Ordering::Release);
-    let key = TestKey::es256("k1");
-    let (_dir, jwks) = jwks_file(&[&key]);
-    let echo = Echo::start("e1");
-    let gw = start(&server, &jwks, &echo);
+    // Every field bound: a field left to `..` would be dropped (its server stopped) here.
+    let SlowEndpoint {
+        server,
+        key,
+        gw,
+        _jwks,
+        _echo,
+    } = slow_endpoint(3000, "");
 
     let flood: Vec<_> = (0..300)
         .map(|i| send_opaque(&gw, "127.0.0.2", &format!("opaque-flood-{i}"), false).unwrap())
@@ -401,18 +432,17 @@ fn a_request_whose_client_left_stops_holding_places_and_starts_no_call() {
     // Issue 22 (4): 3,000 distinct opaque tokens, each connection closed right after
     // sending: the endpoint still got 3,000 calls, and the gateway held 3,000 connections,
     // budget places and 6,026 descriptors for the endpoint's 5 s.
-    let server = IntrospectionServer::start();
-    server.state.delay_ms.store(3000, Ordering::Release);
-    let key = TestKey::es256("k1");
-    let (_dir, jwks) = jwks_file(&[&key]);
-    let echo = Echo::start("e1");
-    let gw = Gateway::start_with_env(
-        &[("TEST_INTROSPECTION_SECRET", "s3cret/x")],
-        // Budgets and brakes wide open: only the client's leaving limits the work here.
-        &config(&server, &jwks, &echo).replace(
-            "auth:\n",
-            "auth:\n  max_network_waits_in_flight: 10000\n  max_network_waits_per_client: 10000\n  failed_auth_limit: { rate: 10000/s, burst: 10000 }\n",
-        ),
+    // Budgets and brakes wide open: only the client's leaving limits the work here.
+    // Every field bound: a field left to `..` would be dropped (its server stopped) here.
+    let SlowEndpoint {
+        server,
+        key,
+        gw,
+        _jwks,
+        _echo,
+    } = slow_endpoint(
+        3000,
+        "  max_network_waits_in_flight: 10000\n  max_network_waits_per_client: 10000\n  failed_auth_limit: { rate: 10000/s, burst: 10000 }\n",
     );
     let pid = gw.proc.pid();
     let fds_before = open_fds(pid);
@@ -452,7 +482,13 @@ fn a_request_whose_client_left_stops_holding_places_and_starts_no_call() {
 fn a_request_body_survives_a_wait_on_introspection() {
     // Found by the attacker review of issue 22: the client watch read the body of a POST
     // that waited on an introspection call, and the upstream got none of it.
-    let server = IntrospectionServer::start();
+    let SlowEndpoint {
+        server,
+        gw,
+        _jwks,
+        _echo,
+        ..
+    } = slow_endpoint(500, "");
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -462,11 +498,6 @@ fn a_request_body_survives_a_wait_on_introspection() {
         "opaque-poster",
         json!({"active": true, "iss": ISS, "sub": "poster", "exp": exp}),
     );
-    server.state.delay_ms.store(500, Ordering::Release);
-    let key = TestKey::es256("k1");
-    let (_dir, jwks) = jwks_file(&[&key]);
-    let echo = Echo::start("e1");
-    let gw = start(&server, &jwks, &echo);
     let r = raw_request(
         gw.port,
         "POST /api/orders HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer opaque-poster\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
@@ -485,18 +516,14 @@ fn a_client_that_starts_calls_and_leaves_is_held_to_its_failed_auth_limit() {
     // Found by the attacker review of issue 22: leaving freed the client's places at once
     // while its calls kept running at the identity provider, so one address kept ~190
     // calls there at once. Leaving mid-check now counts as a failed authentication.
-    let server = IntrospectionServer::start();
-    server.state.delay_ms.store(3000, Ordering::Release);
-    let key = TestKey::es256("k1");
-    let (_dir, jwks) = jwks_file(&[&key]);
-    let echo = Echo::start("e1");
-    let gw = Gateway::start_with_env(
-        &[("TEST_INTROSPECTION_SECRET", "s3cret/x")],
-        &config(&server, &jwks, &echo).replace(
-            "auth:\n",
-            "auth:\n  failed_auth_limit: { rate: 1/min, burst: 3 }\n",
-        ),
-    );
+    // Every field bound: a field left to `..` would be dropped (its server stopped) here.
+    let SlowEndpoint {
+        server,
+        key,
+        gw,
+        _jwks,
+        _echo,
+    } = slow_endpoint(3000, "  failed_auth_limit: { rate: 1/min, burst: 3 }\n");
     for i in 0..12 {
         let s = send_opaque(&gw, "127.0.0.3", &format!("opaque-leaver-{i}"), false).unwrap();
         // Long enough for the call to start, then gone.
