@@ -405,6 +405,30 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
         }
         routes.push(route);
     }
+    // A shadow's minted token is never one that a primary takes: its audience differs from
+    // every route's `upstream_token` audience, not only its own route's (that case is
+    // reported by the route).
+    let minted_for: HashMap<&str, usize> = raw
+        .routes
+        .iter()
+        .zip(&routes)
+        .filter_map(|((i, _), r)| Some((r.upstream_token.as_ref()?.audience.as_str(), *i)))
+        .collect();
+    for ((i, _), r) in raw.routes.iter().zip(&routes) {
+        let Some(shadow) = r.mirror.as_ref().and_then(|m| m.upstream_token.as_ref()) else {
+            continue;
+        };
+        match minted_for.get(shadow.audience.as_str()) {
+            Some(other) if other != i => problems.add(
+                format!("routes[{i}].mirror.upstream_token.audience"),
+                format!(
+                    "routes[{other}] mints its upstream's tokens for this audience: a shadow \
+                     never gets a credential that a primary takes"
+                ),
+            ),
+            _ => {}
+        }
+    }
     Config {
         server,
         listen,

@@ -1203,6 +1203,7 @@ upstreams:
 routes:
   - { name: r, path: /, upstream: u, upstream_token: { audience: billing }, mirror: { upstream: s, upstream_token: { audience: billing } } }
   - { name: o, path: /o, upstream: u, auth: none, mirror: { upstream: s, upstream_token: { audience: x } } }
+  - { name: c, path: /c, upstream: u, upstream_token: { audience: other }, mirror: { upstream: s, upstream_token: { audience: billing } } }
 "#,
     );
     assert_problems(
@@ -1210,6 +1211,7 @@ routes:
         &[
             "routes[0].mirror.upstream_token.audience: must differ from the route's upstream_token.audience",
             "routes[1].mirror.upstream_token: needs a verified caller",
+            "routes[2].mirror.upstream_token.audience: routes[0] mints its upstream's tokens for this audience",
         ],
         0,
     );
