@@ -439,8 +439,13 @@ mod tests {
 
     const KEY: &str = r#""kty":"EC","crv":"P-256","alg":"ES256","x":"mcViQ6qskFUJI0NOHlIXvx83C9CLvbQhG30mBQx1GD4","y":"__7xcJZLc2vXBUmBRPoTBCYrQJ__KQJHpQsGbu8gXjk""#;
 
+    /// A key set of 40 keys named `kid-0`…: parsing it takes long enough for installs to
+    /// overlap.
     fn document(kid: &str) -> String {
-        format!(r#"{{"keys":[{{"kid":"{kid}",{KEY}}}]}}"#)
+        let keys: Vec<String> = (0..40)
+            .map(|i| format!(r#"{{"kid":"{kid}-{i}",{KEY}}}"#))
+            .collect();
+        format!(r#"{{"keys":[{}]}}"#, keys.join(","))
     }
 
     fn provider() -> Provider {
@@ -465,6 +470,8 @@ mod tests {
         let p = provider();
         let (a, b) = (document("kid-a"), document("kid-b"));
         let stop = AtomicBool::new(false);
+        let first = p.keys().generation;
+        let changes = std::sync::atomic::AtomicU64::new(0);
         let seen = std::thread::scope(|scope| {
             let reader = scope.spawn(|| {
                 let mut seen: std::collections::HashMap<u64, String> = Default::default();
@@ -482,11 +489,13 @@ mod tests {
             });
             let writers: Vec<_> = (0..4)
                 .map(|w| {
-                    let (p, a, b) = (&p, &a, &b);
+                    let (p, a, b, changes) = (&p, &a, &b, &changes);
                     scope.spawn(move || {
-                        for i in 0..500 {
+                        for i in 0..2000 {
                             let doc = if (i + w) % 2 == 0 { a } else { b };
-                            p.install(doc.as_bytes(), None).expect("valid document");
+                            if p.install(doc.as_bytes(), None).expect("valid document") {
+                                changes.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     })
                 })
@@ -498,6 +507,14 @@ mod tests {
             reader.join().expect("reader")
         });
         assert!(seen > 1, "the reader saw the keys change");
+        // Every change took a generation of its own (two racing installs that both changed
+        // the keys used to share one).
+        let changes = changes.load(Ordering::Relaxed);
+        assert!(
+            p.keys().generation - first >= changes,
+            "{changes} changes, generations {first} to {}",
+            p.keys().generation
+        );
         // Generations only grow: a later install never reuses an earlier one.
         let before = p.keys().generation;
         p.install(a.as_bytes(), None).unwrap();
