@@ -153,12 +153,8 @@ impl PreAuth {
         brakes: &Brakes,
         now_ns: u64,
     ) -> Result<VerifyPermit<'_>, PreAuthRefusal> {
-        if let Some(ip) = client.map(client_bucket) {
-            if let Some(until) = self.blocked.get(&ip).filter(|until| *until > now_ns) {
-                return Err(self.refused(PreAuthRefusal::FailedAuthLimit {
-                    retry_after_secs: (until - now_ns).div_ceil(1_000_000_000).max(1),
-                }));
-            }
+        if let Some(blocked) = self.blocked_until(client.map(client_bucket), now_ns) {
+            return Err(blocked);
         }
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= brakes.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -181,12 +177,8 @@ impl PreAuth {
         now_ns: u64,
     ) -> Result<NetworkPermit<'a>, PreAuthRefusal> {
         let bucket = client.map(client_bucket);
-        if let Some(ip) = bucket {
-            if let Some(until) = self.blocked.get(&ip).filter(|until| *until > now_ns) {
-                return Err(self.refused(PreAuthRefusal::FailedAuthLimit {
-                    retry_after_secs: (until - now_ns).div_ceil(1_000_000_000).max(1),
-                }));
-            }
+        if let Some(blocked) = self.blocked_until(bucket, now_ns) {
+            return Err(blocked);
         }
         if provider_waits.fetch_add(1, Ordering::AcqRel) >= brakes.max_network_waits {
             provider_waits.fetch_sub(1, Ordering::AcqRel);
@@ -212,6 +204,14 @@ impl PreAuth {
             permit.client = Some((ip, &self.waiting_clients));
         }
         Ok(permit)
+    }
+
+    /// The refusal for a client bucket over its failed-authentication limit at `now_ns`.
+    fn blocked_until(&self, bucket: Option<IpAddr>, now_ns: u64) -> Option<PreAuthRefusal> {
+        let until = self.blocked.get(&bucket?).filter(|until| *until > now_ns)?;
+        Some(self.refused(PreAuthRefusal::FailedAuthLimit {
+            retry_after_secs: (until - now_ns).div_ceil(1_000_000_000).max(1),
+        }))
     }
 
     fn refused(&self, r: PreAuthRefusal) -> PreAuthRefusal {

@@ -74,6 +74,17 @@ fn schemes(dpop: tollgate_config::DpopMode, providers: &[Arc<Provider>]) -> Sche
     }
 }
 
+/// `sources` without repeats, in their first order.
+fn distinct_sources<'a>(sources: impl Iterator<Item = &'a TokenSource>) -> Vec<TokenSource> {
+    let mut out: Vec<TokenSource> = Vec::new();
+    for s in sources {
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    out
+}
+
 impl RouteRuntime {
     /// Whether `Authorization: DPoP` is read on this route.
     pub fn accepts_dpop(&self) -> bool {
@@ -193,12 +204,27 @@ impl RuntimeSnapshot {
         };
         // A shadow never gets a token from any source a provider reads, whichever route
         // it came in on (an `auth: none` route's caller may carry another route's cookie).
-        let mut every_token_source: Vec<TokenSource> = Vec::new();
-        for s in config.auth.providers.iter().flat_map(|p| &p.token_sources) {
-            if !every_token_source.contains(s) {
-                every_token_source.push(s.clone());
-            }
-        }
+        let every_token_source =
+            distinct_sources(config.auth.providers.iter().flat_map(|p| &p.token_sources));
+        // The headers the gateway writes for the caller: `forward_claims` and the client
+        // certificate's. Removed from every client request, and from a shadow's copy
+        // unless `mirror.identity`.
+        let identity: Vec<http::HeaderName> = auth
+            .identity_headers
+            .iter()
+            .cloned()
+            .chain(
+                tls.iter()
+                    .flat_map(|t| {
+                        [
+                            &t.client_cert_headers.subject,
+                            &t.client_cert_headers.sha256,
+                        ]
+                    })
+                    .flatten()
+                    .cloned(),
+            )
+            .collect();
         let mut router = Router::new();
         for r in &config.routes {
             let targets = crate::split::Targets::new(
@@ -214,19 +240,7 @@ impl RuntimeSnapshot {
             let mirror = r.mirror.as_ref().map(|m| {
                 let shadow = crate::split::ShadowCopy {
                     token_sources: every_token_source.clone(),
-                    identity_headers: auth
-                        .identity_headers
-                        .iter()
-                        .cloned()
-                        .chain(tls.iter().flat_map(|t| {
-                            [
-                                t.client_cert_headers.subject.clone(),
-                                t.client_cert_headers.sha256.clone(),
-                            ]
-                            .into_iter()
-                            .flatten()
-                        }))
-                        .collect(),
+                    identity_headers: identity.clone(),
                     minted_header: r.upstream_token.as_ref().map(|t| t.header.clone()),
                     identity: m.identity,
                     cookies: m.cookies,
@@ -254,12 +268,7 @@ impl RuntimeSnapshot {
                 })
                 .collect();
             let schemes = schemes(r.dpop, &providers);
-            let mut token_sources: Vec<TokenSource> = Vec::new();
-            for s in providers.iter().flat_map(|p| &p.token_sources) {
-                if !token_sources.contains(s) {
-                    token_sources.push(s.clone());
-                }
-            }
+            let token_sources = distinct_sources(providers.iter().flat_map(|p| &p.token_sources));
             let limits = r
                 .rate_limits
                 .iter()
@@ -314,16 +323,6 @@ impl RuntimeSnapshot {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
-        let cert_headers = tls
-            .iter()
-            .flat_map(|t| {
-                [
-                    &t.client_cert_headers.subject,
-                    &t.client_cert_headers.sha256,
-                ]
-            })
-            .flatten()
-            .cloned();
         // A minted token's header is the gateway's: a client's copy never passes, even
         // where no token is minted (an anonymous caller on an `auth: optional` route).
         // `Authorization` is left to the routes' own rule (`keep_authorization`).
@@ -333,14 +332,9 @@ impl RuntimeSnapshot {
             .filter_map(|r| r.upstream_token.as_ref())
             .map(|t| t.header.clone())
             .filter(|h| *h != http::header::AUTHORIZATION);
-        let identity: Vec<http::HeaderName> = auth
-            .identity_headers
-            .iter()
-            .cloned()
-            .chain(cert_headers)
-            .chain(minted_headers)
-            .collect();
-        let strip = crate::edge::strip_set(&identity, &config.server.http);
+        let gateway_headers: Vec<http::HeaderName> =
+            identity.into_iter().chain(minted_headers).collect();
+        let strip = crate::edge::strip_set(&gateway_headers, &config.server.http);
         Ok(RuntimeSnapshot {
             router,
             clusters,
