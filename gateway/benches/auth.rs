@@ -4,7 +4,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tollgate::auth::Authenticator;
+use tollgate::identity::auth::Authenticator;
 
 const CONFIG: &str = r#"
 auth:
@@ -87,7 +87,7 @@ fn upstream_tokens(c: &mut Criterion) {
             file: file.to_str().unwrap().into(),
         }],
     };
-    let minter = tollgate::mint::Minter::build(&keys).unwrap();
+    let minter = tollgate::identity::mint::Minter::build(&keys).unwrap();
     let spec = tollgate_config::UpstreamToken {
         header: http::header::AUTHORIZATION,
         audience: "billing".into(),

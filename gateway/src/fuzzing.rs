@@ -3,8 +3,8 @@
 //! crash would break; a panic here is a finding.
 
 use crate::limits::{bucket_key as key_of, Caller, KeyPart, Stores};
-use crate::pipeline::{Mode, Passage, Pipeline};
-use crate::runtime::RuntimeSnapshot;
+use crate::request::pipeline::{Mode, Passage, Pipeline};
+use crate::request::runtime::RuntimeSnapshot;
 use http::header::HeaderValue;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
@@ -171,7 +171,7 @@ impl RequestHarness {
         let route = passage.route.as_ref().map(|r| r.name.to_string());
         match decided {
             Ok(()) => Outcome::Passed(route),
-            Err(crate::respond::Refusal::Malformed { .. }) => Outcome::Malformed,
+            Err(crate::request::respond::Refusal::Malformed { .. }) => Outcome::Malformed,
             Err(refusal) => Outcome::Refused(route, refusal.answer("").status),
         }
     }

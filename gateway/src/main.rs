@@ -4,7 +4,8 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tollgate::{explain, probe, serve, token};
+use tollgate::cli::{echo, explain, probe, token};
+use tollgate::ops::serve;
 
 /// glibc malloc/free was a visible share of the request path's profile. Measured with the
 /// load test's configs (wrk, 5 s runs, 3 alternating runs each): mimalloc gave 39.4k vs
@@ -135,7 +136,7 @@ fn main() -> ExitCode {
             name,
             delay_ms,
             status,
-        } => serve::run_echo(&listen, name, delay_ms, status),
+        } => echo::run(&listen, name, delay_ms, status),
         Command::Explain {
             config,
             method,

@@ -35,6 +35,82 @@ fn backend_addr_ok(addr: &str) -> bool {
 
 pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -> Upstream {
     let base = format!("upstreams.{name}");
+    let backends = backends(&base, raw, problems);
+    let lb = load_balancing(&base, raw, problems);
+    let hashing = matches!(lb, LoadBalancing::ConsistentHash(_));
+    let slow_start = raw.slow_start.as_ref().map(|_| {
+        duration(
+            &raw.slow_start,
+            &format!("{base}.slow_start"),
+            Duration::from_secs(30),
+            problems,
+        )
+    });
+    if slow_start.is_some() && hashing {
+        problems.add(
+            format!("{base}.slow_start"),
+            "applies to round_robin and least_request: consistent hashing keeps a key on \
+             its backend, so it cannot send a returning backend less",
+        );
+    }
+    let outlier_detection = raw
+        .outlier_detection
+        .as_ref()
+        .map(|o| outlier_detection(&format!("{base}.outlier_detection"), o, problems));
+    let circuit_breaker = circuit_breaker(&base, raw, problems);
+    let retry_budget = retry_budget(&base, raw, problems);
+    let health_check = raw
+        .health_check
+        .as_ref()
+        .map(|hc| health_check(&format!("{base}.health_check"), hc, problems));
+    let (protocol, h2_streams) = protocol(&base, raw, problems);
+    let tls = raw
+        .tls
+        .as_ref()
+        .map(|t| upstream_tls(&base, raw, t, problems));
+    Upstream {
+        name: name.to_owned(),
+        backends,
+        lb,
+        health_check,
+        protocol,
+        h2_streams,
+        tls,
+        connect_timeout: duration(
+            &raw.connect_timeout,
+            &format!("{base}.connect_timeout"),
+            Duration::from_secs(1),
+            problems,
+        ),
+        read_timeout: duration(
+            &raw.read_timeout,
+            &format!("{base}.read_timeout"),
+            Duration::from_secs(30),
+            problems,
+        ),
+        write_timeout: duration(
+            &raw.write_timeout,
+            &format!("{base}.write_timeout"),
+            Duration::from_secs(30),
+            problems,
+        ),
+        idle_timeout: duration(
+            &raw.idle_timeout,
+            &format!("{base}.idle_timeout"),
+            Duration::from_secs(60),
+            problems,
+        ),
+        retries: raw.retries.unwrap_or(1),
+        slow_start,
+        outlier_detection,
+        circuit_breaker,
+        retry_budget,
+        dns: raw.dns.as_ref().map(|d| dns(&base, d, problems)),
+    }
+}
+
+/// The backends: addresses (`host:port` or `srv:NAME`), each once, weights in range.
+fn backends(base: &str, raw: &RawUpstream, problems: &mut Problems) -> Vec<Backend> {
     if raw.backends.is_empty() {
         problems.add(
             format!("{base}.backends"),
@@ -88,6 +164,11 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
             weight,
         });
     }
+    backends
+}
+
+/// `lb`, and `hash_on` for `consistent_hash`.
+fn load_balancing(base: &str, raw: &RawUpstream, problems: &mut Problems) -> LoadBalancing {
     let hash_on = match raw.hash_on.as_deref() {
         None | Some("client_ip") => HashOn::ClientIp,
         Some(other) => {
@@ -130,65 +211,51 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
             "only applies with lb: consistent_hash",
         );
     }
-    let slow_start = raw.slow_start.as_ref().map(|_| {
-        duration(
-            &raw.slow_start,
-            &format!("{base}.slow_start"),
-            Duration::from_secs(30),
+    lb
+}
+
+/// `circuit_breaker`: each limit Envoy's default unless set.
+fn circuit_breaker(base: &str, raw: &RawUpstream, problems: &mut Problems) -> CircuitBreaker {
+    let path = format!("{base}.circuit_breaker");
+    let cb = raw.circuit_breaker.as_ref();
+    let mut limit = |v: Option<usize>, key: &str| {
+        let v = v.unwrap_or(DEFAULT_CIRCUIT_LIMIT);
+        if v == 0 {
+            problems.add(format!("{path}.{key}"), "must be at least 1");
+        }
+        v.max(1)
+    };
+    CircuitBreaker {
+        max_requests: limit(cb.and_then(|c| c.max_requests), "max_requests"),
+        max_pending: limit(cb.and_then(|c| c.max_pending), "max_pending"),
+        max_connections: limit(cb.and_then(|c| c.max_connections), "max_connections"),
+        retry_after: duration(
+            &cb.and_then(|c| c.retry_after.clone()),
+            &format!("{path}.retry_after"),
+            Duration::from_secs(1),
             problems,
-        )
-    });
-    if slow_start.is_some() && hashing {
+        ),
+    }
+}
+
+/// `retry_budget`: a share of requests, with a floor.
+fn retry_budget(base: &str, raw: &RawUpstream, problems: &mut Problems) -> RetryBudget {
+    let rb = raw.retry_budget.as_ref();
+    let percent = rb.and_then(|r| r.percent).unwrap_or(20.0);
+    if !(0.0..=100.0).contains(&percent) {
         problems.add(
-            format!("{base}.slow_start"),
-            "applies to round_robin and least_request: consistent hashing keeps a key on \
-             its backend, so it cannot send a returning backend less",
+            format!("{base}.retry_budget.percent"),
+            "must be between 0 and 100",
         );
     }
-    let outlier_detection = raw
-        .outlier_detection
-        .as_ref()
-        .map(|o| outlier_detection(&format!("{base}.outlier_detection"), o, problems));
-    let circuit_breaker = {
-        let path = format!("{base}.circuit_breaker");
-        let cb = raw.circuit_breaker.as_ref();
-        let mut limit = |v: Option<usize>, key: &str| {
-            let v = v.unwrap_or(DEFAULT_CIRCUIT_LIMIT);
-            if v == 0 {
-                problems.add(format!("{path}.{key}"), "must be at least 1");
-            }
-            v.max(1)
-        };
-        CircuitBreaker {
-            max_requests: limit(cb.and_then(|c| c.max_requests), "max_requests"),
-            max_pending: limit(cb.and_then(|c| c.max_pending), "max_pending"),
-            max_connections: limit(cb.and_then(|c| c.max_connections), "max_connections"),
-            retry_after: duration(
-                &cb.and_then(|c| c.retry_after.clone()),
-                &format!("{path}.retry_after"),
-                Duration::from_secs(1),
-                problems,
-            ),
-        }
-    };
-    let retry_budget = {
-        let rb = raw.retry_budget.as_ref();
-        let percent = rb.and_then(|r| r.percent).unwrap_or(20.0);
-        if !(0.0..=100.0).contains(&percent) {
-            problems.add(
-                format!("{base}.retry_budget.percent"),
-                "must be between 0 and 100",
-            );
-        }
-        RetryBudget {
-            percent: percent.clamp(0.0, 100.0),
-            min_retries: rb.and_then(|r| r.min_retries).unwrap_or(3),
-        }
-    };
-    let health_check = raw
-        .health_check
-        .as_ref()
-        .map(|hc| health_check(&format!("{base}.health_check"), hc, problems));
+    RetryBudget {
+        percent: percent.clamp(0.0, 100.0),
+        min_retries: rb.and_then(|r| r.min_retries).unwrap_or(3),
+    }
+}
+
+/// `protocol`, and `h2_streams` for `h2`.
+fn protocol(base: &str, raw: &RawUpstream, problems: &mut Problems) -> (UpstreamProtocol, usize) {
     let protocol = match raw.protocol.as_deref() {
         None | Some("http1") => UpstreamProtocol::Http1,
         Some("h2") => UpstreamProtocol::H2,
@@ -207,124 +274,97 @@ pub(crate) fn upstream(name: &str, raw: &RawUpstream, problems: &mut Problems) -
             "applies to protocol: h2, and must be at least 1",
         );
     }
-    let tls = raw.tls.as_ref().map(|t| {
-        let client_cert = match (&t.client_cert, &t.client_key) {
-            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-            (None, None) => None,
-            _ => {
-                problems.add(
-                    format!("{base}.tls"),
-                    "client_cert and client_key go together",
-                );
-                None
-            }
-        };
-        if t.sni.as_deref() == Some("") {
-            problems.add(format!("{base}.tls.sni"), "must not be empty");
-        }
-        let by_ip = raw.backends.iter().any(|b| {
-            let host = b.addr.rsplit_once(':').map_or(b.addr.as_str(), |(h, _)| h);
-            host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok()
-        });
-        let by_srv = raw.backends.iter().any(|b| b.addr.starts_with("srv:"));
-        if t.sni.is_none() && t.verify != Some(false) && (by_ip || by_srv) {
-            let which = if by_ip {
-                "backends given by IP address have"
-            } else {
-                "SRV backends have"
-            };
+    (protocol, h2_streams)
+}
+
+/// `tls` toward the backends: a name to verify their certificates against, and a client
+/// certificate with its key.
+fn upstream_tls(
+    base: &str,
+    raw: &RawUpstream,
+    t: &RawUpstreamTls,
+    problems: &mut Problems,
+) -> UpstreamTls {
+    let client_cert = match (&t.client_cert, &t.client_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => {
             problems.add(
-                format!("{base}.tls.sni"),
-                format!(
-                    "{which} no name to check their certificate against: give the name \
-                     their certificate carries (or verify: false)"
-                ),
+                format!("{base}.tls"),
+                "client_cert and client_key go together",
             );
+            None
         }
-        UpstreamTls {
-            sni: t.sni.clone(),
-            ca_file: t.ca_file.clone(),
-            verify: t.verify.unwrap_or(true),
-            client_cert,
-        }
+    };
+    if t.sni.as_deref() == Some("") {
+        problems.add(format!("{base}.tls.sni"), "must not be empty");
+    }
+    let by_ip = raw.backends.iter().any(|b| {
+        let host = b.addr.rsplit_once(':').map_or(b.addr.as_str(), |(h, _)| h);
+        host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok()
     });
-    Upstream {
-        name: name.to_owned(),
-        backends,
-        lb,
-        health_check,
-        protocol,
-        h2_streams,
-        tls,
-        connect_timeout: duration(
-            &raw.connect_timeout,
-            &format!("{base}.connect_timeout"),
-            Duration::from_secs(1),
-            problems,
-        ),
-        read_timeout: duration(
-            &raw.read_timeout,
-            &format!("{base}.read_timeout"),
-            Duration::from_secs(30),
-            problems,
-        ),
-        write_timeout: duration(
-            &raw.write_timeout,
-            &format!("{base}.write_timeout"),
-            Duration::from_secs(30),
-            problems,
-        ),
-        idle_timeout: duration(
-            &raw.idle_timeout,
-            &format!("{base}.idle_timeout"),
-            Duration::from_secs(60),
-            problems,
-        ),
-        retries: raw.retries.unwrap_or(1),
-        slow_start,
-        outlier_detection,
-        circuit_breaker,
-        retry_budget,
-        dns: raw.dns.as_ref().map(|d| {
-            let path = format!("{base}.dns");
-            let resolver = d.resolver.as_ref().and_then(|r| {
-                let parsed = r.parse::<std::net::SocketAddr>().ok().or_else(|| {
-                    r.parse::<std::net::IpAddr>()
-                        .ok()
-                        .map(|ip| std::net::SocketAddr::new(ip, 53))
-                });
-                if parsed.is_none() {
-                    problems.add(
-                        format!("{path}.resolver"),
-                        format!("expected an IP address with an optional port, found {r:?}"),
-                    );
-                }
-                parsed
-            });
-            let min_ttl = duration(
-                &d.min_ttl,
-                &format!("{path}.min_ttl"),
-                Duration::from_secs(1),
-                problems,
+    let by_srv = raw.backends.iter().any(|b| b.addr.starts_with("srv:"));
+    if t.sni.is_none() && t.verify != Some(false) && (by_ip || by_srv) {
+        let which = if by_ip {
+            "backends given by IP address have"
+        } else {
+            "SRV backends have"
+        };
+        problems.add(
+            format!("{base}.tls.sni"),
+            format!(
+                "{which} no name to check their certificate against: give the name \
+                 their certificate carries (or verify: false)"
+            ),
+        );
+    }
+    UpstreamTls {
+        sni: t.sni.clone(),
+        ca_file: t.ca_file.clone(),
+        verify: t.verify.unwrap_or(true),
+        client_cert,
+    }
+}
+
+/// `dns`: the resolver (or the system's) and the bounds on how long an answer is kept.
+fn dns(base: &str, d: &RawDns, problems: &mut Problems) -> Dns {
+    let path = format!("{base}.dns");
+    let resolver = d.resolver.as_ref().and_then(|r| {
+        let parsed = r.parse::<std::net::SocketAddr>().ok().or_else(|| {
+            r.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        });
+        if parsed.is_none() {
+            problems.add(
+                format!("{path}.resolver"),
+                format!("expected an IP address with an optional port, found {r:?}"),
             );
-            let max_ttl = duration(
-                &d.max_ttl,
-                &format!("{path}.max_ttl"),
-                Duration::from_secs(300).max(min_ttl),
-                problems,
-            );
-            if max_ttl < min_ttl {
-                problems.add(
-                    format!("{path}.max_ttl"),
-                    "must not be shorter than min_ttl",
-                );
-            }
-            Dns {
-                resolver,
-                min_ttl,
-                max_ttl,
-            }
-        }),
+        }
+        parsed
+    });
+    let min_ttl = duration(
+        &d.min_ttl,
+        &format!("{path}.min_ttl"),
+        Duration::from_secs(1),
+        problems,
+    );
+    let max_ttl = duration(
+        &d.max_ttl,
+        &format!("{path}.max_ttl"),
+        Duration::from_secs(300).max(min_ttl),
+        problems,
+    );
+    if max_ttl < min_ttl {
+        problems.add(
+            format!("{path}.max_ttl"),
+            "must not be shorter than min_ttl",
+        );
+    }
+    Dns {
+        resolver,
+        min_ttl,
+        max_ttl,
     }
 }
 

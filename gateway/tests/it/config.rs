@@ -8,7 +8,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use std::cell::Cell;
-use tollgate::runtime::RuntimeSnapshot;
+use tollgate::request::runtime::RuntimeSnapshot;
 
 const JWK: &str = r#"{"kty":"EC","crv":"P-256","kid":"k","alg":"ES256","x":"mcViQ6qskFUJI0NOHlIXvx83C9CLvbQhG30mBQx1GD4","y":"__7xcJZLc2vXBUmBRPoTBCYrQJ__KQJHpQsGbu8gXjk"}"#;
 

@@ -11,6 +11,7 @@ mod deploy;
 mod dpop;
 mod edge;
 mod explain;
+mod house;
 mod introspect;
 mod lifecycle;
 mod mint;

@@ -1,0 +1,5 @@
+//! The metrics registry every room counts into. On the ground floor with `util`: it imports
+//! only `util`; what a room's labels are is said by that room (see
+//! `listener::handshake::FAILURE_REASONS`).
+
+pub mod metrics;
