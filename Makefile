@@ -15,7 +15,7 @@ RELEASE_BIN := target/release/tollgate
 DEBUG_BIN   := target/debug/tollgate
 APT_UPDATED := /tmp/.tollgate-apt-updated
 
-.PHONY: upgrade help deps-build deps-test deps-loadtest build run test fmt-check lint unit conformance doc deny deploy-check bench fuzz-build fuzz check-config clean soak soak-short
+.PHONY: upgrade help deps-build deps-test deps-loadtest build run test fmt-check lint unit debug-build conformance doc deny deploy-check bench fuzz-build fuzz check-config clean soak soak-short
 
 help:
 	@echo "make run          build release and run the demo (echo backends + gateway)"
@@ -109,8 +109,7 @@ $(SOAK_VENV)/.installed: loadtest/soak-requirements.txt | deps-test
 soak: deps-test build $(SOAK_VENV)/.installed
 	$(SOAK_VENV)/bin/python loadtest/soak.py --bin $(RELEASE_BIN) --duration $(SOAK_DURATION) --out loadtest/results
 
-soak-short: deps-test $(SOAK_VENV)/.installed
-	@$(CARGO) build --locked -p tollgate >/dev/null 2>&1 || $(CARGO) build --locked -p tollgate
+soak-short: deps-test $(SOAK_VENV)/.installed debug-build
 	$(SOAK_VENV)/bin/python loadtest/soak.py --bin $(DEBUG_BIN) --duration 60 --out target/soak
 
 # Graceful upgrade of a running instance to the release binary just built:
@@ -154,15 +153,22 @@ lint:
 unit:
 	$(CARGO) test --workspace --locked
 
+# The debug binary and the examples, resolved as `cargo test --workspace` resolves them (the
+# whole workspace, dev-dependencies on), so that after `make unit` nothing is built again.
+# (`cargo build -p tollgate` resolves features for one package: it rebuilt most dependencies,
+# about 8 minutes of a fresh `make test`.)
+debug-build:
+	@$(CARGO) build --workspace --bins --examples --locked >/dev/null 2>&1 || \
+	  $(CARGO) build --workspace --bins --examples --locked
+
 # Runs the shared JWT corpus through `tollgate token verify`, then the differential property
 # (crates/jwt/examples/mutated_corpus.rs) on its accepted tokens; the corpus is never copied here.
-conformance:
+conformance: debug-build
 	@if [ -f $(CONFORMANCE)/run.py ]; then \
-	  $(CARGO) build --locked -p tollgate >/dev/null 2>&1 || $(CARGO) build --locked -p tollgate; \
 	  echo "JWT conformance ($(CONFORMANCE)):"; \
 	  python3 $(CONFORMANCE)/run.py --bin $(DEBUG_BIN); \
 	  echo "Differential property: the corpus's accepted tokens, mutated, never verify:"; \
-	  $(CARGO) run --locked -q -p tollgate-jwt --example mutated_corpus -- $(CONFORMANCE); \
+	  target/debug/examples/mutated_corpus $(CONFORMANCE); \
 	else \
 	  echo "JWT conformance and its mutated-token property NOT RUN: $(CONFORMANCE) is absent on this machine"; \
 	fi
@@ -179,12 +185,11 @@ deny:
 # deploy/: Kubernetes manifests against the Kubernetes schemas (ServiceMonitor against its own),
 # the Dockerfile linted, Prometheus rules checked and unit-tested, the systemd unit verified
 # (against the debug binary, since systemd-analyze wants the ExecStart binary to exist).
-deploy-check: deps-test $(DEPLOY_VENV)/.installed
+deploy-check: deps-test $(DEPLOY_VENV)/.installed debug-build
 	PATH=$(CURDIR)/$(DEPLOY_VENV)/bin:$$PATH $(DEPLOY_VENV)/bin/python deploy/kubernetes/check.py
 	$(DEPLOY_VENV)/bin/hadolint deploy/docker/Dockerfile
 	promtool check rules deploy/prometheus/tollgate-rules.yaml
 	cd deploy/prometheus && promtool test rules tollgate-rules.test.yaml
-	@$(CARGO) build --locked -p tollgate >/dev/null 2>&1 || $(CARGO) build --locked -p tollgate
 	@unit=$$(mktemp -d)/tollgate.service; \
 	  sed "s#/usr/local/bin/tollgate#$(CURDIR)/$(DEBUG_BIN)#g" deploy/systemd/tollgate.service > $$unit; \
 	  echo "systemd-analyze verify deploy/systemd/tollgate.service"; \

@@ -1,6 +1,8 @@
 //! The authentication hot path: a token already in the verified-token cache (hash, cache
 //! lookup, claim checks, identity headers) next to a full verification of the same token.
 
+#![allow(clippy::disallowed_methods, reason = "a benchmark, not the gateway")]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -248,6 +248,7 @@ pub fn bucket_key(data: &[u8]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests set up files")]
 mod tests {
     use super::*;
 

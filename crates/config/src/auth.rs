@@ -403,6 +403,39 @@ fn default_failed_limit() -> tollgate_ratelimit::Gcra {
 }
 
 fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
+    let insecure_http = p.insecure_http.unwrap_or(false);
+    let sources = key_sources(base, p, problems);
+    let keys = one_key_source(base, p, sources, problems);
+    let token_sources = token_sources(base, p, problems);
+    let dpop = dpop_mode(&format!("{base}.dpop"), p.dpop.as_deref(), problems);
+    if dpop != DpopMode::Off
+        && !token_sources.is_empty()
+        && !token_sources.contains(&TokenSource::Bearer)
+    {
+        problems.add(
+            format!("{base}.dpop"),
+            "DPoP tokens come in the Authorization header: token_sources must include bearer",
+        );
+    }
+    Provider {
+        name: p.name.clone(),
+        issuer: p.issuer.clone(),
+        audiences: audiences(base, p.audiences.as_ref(), problems),
+        token_types: token_types(base, p.token_types.as_deref(), problems),
+        leeway: leeway(&format!("{base}.leeway"), p, problems),
+        require_exp: p.require_exp.unwrap_or(true),
+        keys,
+        ca_file: p.ca_file.clone(),
+        insecure_http,
+        refresh: refresh(&format!("{base}.refresh"), p.refresh.as_ref(), problems),
+        token_sources,
+        require_certificate_binding: p.require_certificate_binding.unwrap_or(false),
+        dpop,
+    }
+}
+
+/// Every key source the provider names (exactly one is allowed: [`one_key_source`]).
+fn key_sources(base: &str, p: &RawProvider, problems: &mut Problems) -> Vec<KeySource> {
     let mut sources: Vec<KeySource> = Vec::new();
     if let Some(doc) = &p.jwks {
         match serde_json::to_string(doc) {
@@ -493,7 +526,17 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
         ),
         (None, false) => {}
     }
-    let keys = match sources.len() {
+    sources
+}
+
+/// The provider's one key source, with its HMAC algorithm where it is a secret.
+fn one_key_source(
+    base: &str,
+    p: &RawProvider,
+    mut sources: Vec<KeySource>,
+    problems: &mut Problems,
+) -> KeySource {
+    match sources.len() {
         1 => match sources.pop().expect("one source") {
             KeySource::HmacFile { path, .. } => KeySource::HmacFile {
                 path,
@@ -524,7 +567,11 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
             problems.add(base, "has more than one key source; give exactly one");
             sources.swap_remove(0)
         }
-    };
+    }
+}
+
+/// Where tokens are read (`bearer` unless listed), each once.
+fn token_sources(base: &str, p: &RawProvider, problems: &mut Problems) -> Vec<TokenSource> {
     let mut token_sources = Vec::new();
     for (i, s) in p.token_sources.iter().flatten().enumerate() {
         let path = format!("{base}.token_sources[{i}]");
@@ -552,31 +599,7 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
         ),
         Some(_) => {}
     }
-    let dpop = dpop_mode(&format!("{base}.dpop"), p.dpop.as_deref(), problems);
-    if dpop != DpopMode::Off
-        && !token_sources.is_empty()
-        && !token_sources.contains(&TokenSource::Bearer)
-    {
-        problems.add(
-            format!("{base}.dpop"),
-            "DPoP tokens come in the Authorization header: token_sources must include bearer",
-        );
-    }
-    Provider {
-        name: p.name.clone(),
-        issuer: p.issuer.clone(),
-        audiences: audiences(base, p.audiences.as_ref(), problems),
-        token_types: token_types(base, p.token_types.as_deref(), problems),
-        leeway: leeway(&format!("{base}.leeway"), p, problems),
-        require_exp: p.require_exp.unwrap_or(true),
-        keys,
-        ca_file: p.ca_file.clone(),
-        insecure_http,
-        refresh: refresh(&format!("{base}.refresh"), p.refresh.as_ref(), problems),
-        token_sources,
-        require_certificate_binding: p.require_certificate_binding.unwrap_or(false),
-        dpop,
-    }
+    token_sources
 }
 
 fn fetch_url(path: &str, uri: &str, insecure_http: bool, problems: &mut Problems) {

@@ -4,6 +4,8 @@
 //! `verify` is the contract of the shared conformance runner: one JSON object on stdout,
 //! exit 0 valid, 1 invalid, 2 usage error or unreadable key file.
 
+#![allow(clippy::disallowed_methods, reason = "a command-line tool")]
+
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};

@@ -219,7 +219,7 @@ impl Authenticator {
         use crate::identity::introspect::Refused;
         let introspector = provider.introspector.as_ref().expect("chosen for it");
         let key = crate::identity::introspect::token_key(token);
-        let answer = match introspector.cached(&key, now_s) {
+        let answer = match introspector.cached(&key, now_s).await {
             Some(answer) => answer,
             None => {
                 // A call waits on the network: it takes a place in the provider's network

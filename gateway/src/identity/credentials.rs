@@ -18,31 +18,13 @@ pub struct MultipleTokens;
 /// Whether a query parameter's name as written (`access%5Ftoken`, `access_token`) is `name`
 /// once decoded as an upstream's form parser decodes it (percent escapes, `+` as space).
 fn query_name_is(raw: &str, name: &str) -> bool {
-    let raw = raw.as_bytes();
-    if !raw.contains(&b'%') && !raw.contains(&b'+') {
-        return raw == name.as_bytes();
+    if !raw.contains(['%', '+']) {
+        return raw == name;
     }
-    let mut decoded = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'%' if i + 2 < raw.len() => {
-                let hex = |b: u8| char::from(b).to_digit(16);
-                match (hex(raw[i + 1]), hex(raw[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        decoded.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => decoded.push(b'%'),
-                }
-            }
-            b'+' => decoded.push(b' '),
-            b => decoded.push(b),
-        }
-        i += 1;
-    }
-    decoded == name.as_bytes()
+    // The name alone, as `application/x-www-form-urlencoded` decodes it.
+    form_urlencoded::parse(raw.as_bytes())
+        .next()
+        .is_some_and(|(decoded, _)| decoded == name)
 }
 
 /// The `&`-separated pairs of `query`, each with whether its name is the parameter `name`

@@ -15,7 +15,6 @@ use base64::Engine as _;
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::tls::CaType;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,8 +97,7 @@ pub struct Introspector {
     cache_max_ttl: u64,
     negative_cache_ttl: u64,
     /// Answers by the token's SHA-256 (the token itself is never kept).
-    answers: moka::sync::Cache<[u8; 32], Arc<Entry>>,
-    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Outcome>>>>,
+    answers: moka::future::Cache<[u8; 32], Arc<Entry>>,
     breaker: Mutex<Breaker>,
     failure_threshold: u32,
     open_for: Duration,
@@ -119,21 +117,15 @@ impl fmt::Debug for Introspector {
 /// RFC 6749 §2.3.1 (which RFC 7662 §2.1 points to): client id and secret are
 /// form-urlencoded before they are joined for HTTP Basic.
 fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(char::from(b))
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 impl Introspector {
     /// Reads the client secret (a config problem when it cannot be read).
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "snapshot compilation, off the workers"
+    )]
     pub fn build(
         provider: &str,
         c: &Introspection,
@@ -169,11 +161,10 @@ impl Introspector {
             timeout: c.timeout,
             cache_max_ttl: c.cache_max_ttl.as_secs().max(1),
             negative_cache_ttl: c.negative_cache_ttl.as_secs().max(1),
-            answers: moka::sync::Cache::builder()
+            answers: moka::future::Cache::builder()
                 .max_capacity(c.cache_size)
                 .expire_after(ExpireAtUntil)
                 .build(),
-            in_flight: Mutex::new(HashMap::new()),
             breaker: Mutex::new(Breaker::default()),
             failure_threshold: c.failure_threshold,
             open_for: c.open_for,
@@ -187,8 +178,12 @@ impl Introspector {
 
     /// The cached answer for `token`, if one is fresh at `now`.
     /// `key`: the token's SHA-256 ([`token_key`]).
-    pub fn cached(&self, key: &[u8; 32], now: u64) -> Option<Result<Arc<VerifiedToken>, Refused>> {
-        let entry = self.answers.get(key).filter(|e| e.until > now)?;
+    pub async fn cached(
+        &self,
+        key: &[u8; 32],
+        now: u64,
+    ) -> Option<Result<Arc<VerifiedToken>, Refused>> {
+        let entry = self.answers.get(key).await.filter(|e| e.until > now)?;
         self.count(&METRICS.introspection_cache, "hit");
         Some(match &entry.answer {
             Answer::Active(t) => Ok(t.clone()),
@@ -208,58 +203,43 @@ impl Introspector {
         now: u64,
         admit: impl FnOnce() -> Result<P, crate::identity::preauth::PreAuthRefusal>,
     ) -> Result<Arc<VerifiedToken>, Refused> {
-        let cell = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
-        let outcome = cell
-            .get_or_init(|| async {
-                // A request that waited on an earlier call finds its answer cached.
-                if let Some(hit) = self.cached(&key, now) {
-                    return hit.map(Answer::Active);
-                }
+        // An answer past its `until` by the caller's clock is not used, nor waited on.
+        if self.answers.get(&key).await.is_some_and(|e| e.until <= now) {
+            self.answers.invalidate(&key).await;
+        }
+        // One call per token however many requests wait: moka runs one `init` per key and
+        // hands its value to every waiter; an error is shared with the waiters of that call
+        // and not kept.
+        let entry = self
+            .answers
+            .try_get_with(key, async {
                 self.count(&METRICS.introspection_cache, "miss");
                 let _place = admit().map_err(Refused::Budget)?;
                 // The proxy looks at the client during this turn: a client already gone
                 // starts no call.
                 crate::identity::preauth::before_network_wait().await;
-                let outcome = self.call(connector, token).await;
-                self.remember(key, &outcome, now);
-                outcome
+                let answer = self.call(connector, token).await?;
+                let until = self.until(&answer, now);
+                Ok(Arc::new(Entry { answer, until }))
             })
             .await
-            .clone();
-        {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                in_flight.remove(&key);
-            }
-        }
-        match outcome {
-            Ok(Answer::Active(t)) => Ok(t),
-            Ok(Answer::Inactive) => Err(Refused::Inactive),
-            Err(r) => Err(r),
+            .map_err(|e: Arc<Refused>| *e)?;
+        match &entry.answer {
+            Answer::Active(t) => Ok(t.clone()),
+            Answer::Inactive => Err(Refused::Inactive),
         }
     }
 
-    fn remember(&self, key: [u8; 32], outcome: &Outcome, now: u64) {
-        let until = match outcome {
-            Ok(Answer::Active(t)) => {
+    /// Until when an answer is used: an active token's `exp` within `cache_max_ttl`, an
+    /// inactive one's for `negative_cache_ttl`.
+    fn until(&self, answer: &Answer, now: u64) -> u64 {
+        match answer {
+            Answer::Active(t) => {
                 let exp = t.exp.map_or(u64::MAX, |e| e as u64);
                 exp.min(now.saturating_add(self.cache_max_ttl))
             }
-            Ok(Answer::Inactive) => now.saturating_add(self.negative_cache_ttl),
-            Err(_) => return,
-        };
-        let answer = match outcome {
-            Ok(a) => a.clone(),
-            Err(_) => return,
-        };
-        // At capacity the cache forgets some answers: that only costs a call later.
-        self.answers.insert(key, Arc::new(Entry { answer, until }));
+            Answer::Inactive => now.saturating_add(self.negative_cache_ttl),
+        }
     }
 
     /// One call through the circuit breaker.

@@ -107,6 +107,10 @@ pub fn parse_discovery(
 /// Loads the keys a source can give synchronously (everything but `jwks_uri`, which
 /// starts empty and is fetched before the gateway reports ready). Errors never quote a
 /// secret.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "snapshot compilation, off the workers"
+)]
 pub fn load_local(source: &KeySource) -> Result<Option<KeySet>, String> {
     let hmac = |secret: &[u8], alg: &str| -> Result<KeySet, String> {
         let alg: Algorithm = alg

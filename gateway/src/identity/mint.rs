@@ -92,6 +92,10 @@ struct Minted {
 impl Minter {
     /// Reads every key of `auth.signing_keys`: Ed25519 (EdDSA) or P-256 (ES256) PKCS#8 PEM.
     /// Errors carry the YAML path of the key that failed.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "snapshot compilation, off the workers"
+    )]
     pub fn build(s: &SigningKeys) -> Result<Minter, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut public = Vec::new();
@@ -254,6 +258,7 @@ impl moka::Expiry<String, Minted> for FreshFor {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests set up files")]
 mod tests {
     use super::*;
 

@@ -41,6 +41,7 @@ impl fmt::Display for LoadError {
 }
 
 /// Reads, validates and compiles a config file: after this, nothing about it can fail.
+#[allow(clippy::disallowed_methods, reason = "config load, off the workers")]
 pub fn load(path: &Path) -> Result<(Config, RuntimeSnapshot), LoadError> {
     let file = path.display().to_string();
     let fail = |problems: Vec<Problem>| LoadError {

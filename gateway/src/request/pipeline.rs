@@ -22,8 +22,8 @@
 
 use crate::identity::auth::{Identity, IdentityHeaders, VerifyError};
 use crate::identity::binding;
-use crate::identity::dpop::Scheme;
 use crate::identity::dpop::DpopRefusal;
+use crate::identity::dpop::Scheme;
 use crate::identity::preauth::PREAUTH;
 use crate::limits::{Claims, Stores};
 use crate::request::respond::Refusal;
@@ -306,29 +306,8 @@ impl Pipeline<'_> {
             peer: transport.peer_certificate(),
             https,
         };
-        let demands = binding::Demands {
-            certificate: route.require_certificate_binding,
-            dpop: route.accepts_dpop().then_some(route.dpop),
-        };
+        self.hold(carrier, route, &identity, &mut tally).await?;
         let provider = &identity.provider;
-        let claims = &identity.token.claims;
-        let bound = binding::check(
-            carrier,
-            claims,
-            provider,
-            demands,
-            &auth.dpop,
-            self.stores,
-            tally.enforces,
-        )
-        .await;
-        if let Err(unbound) = bound {
-            match unbound {
-                DpopRefusal::Unavailable => tally.refused(unbound.reason()),
-                _ => tally.failed(&provider.name, unbound.reason()),
-            }
-            return Err(Refusal::unbound(unbound, route.schemes));
-        }
         tally.allowed(provider);
         let Identity {
             provider,
@@ -340,6 +319,39 @@ impl Pipeline<'_> {
             claims: CallerClaims::Verified(verified),
             headers,
         }))
+    }
+
+    /// The last step: the verified token held to its certificate and DPoP proof.
+    async fn hold(
+        &self,
+        carrier: binding::Carrier<'_>,
+        route: &RouteRuntime,
+        identity: &Identity,
+        tally: &mut Tally<'_>,
+    ) -> Result<(), Refusal> {
+        let demands = binding::Demands {
+            certificate: route.require_certificate_binding,
+            dpop: route.accepts_dpop().then_some(route.dpop),
+        };
+        let auth = &self.snapshot.auth;
+        let (provider, claims) = (&identity.provider, &identity.token.claims);
+        let bound = binding::check(
+            carrier,
+            claims,
+            provider,
+            demands,
+            &auth.dpop,
+            self.stores,
+            tally.enforces,
+        );
+        let Err(unbound) = bound.await else {
+            return Ok(());
+        };
+        match unbound {
+            DpopRefusal::Unavailable => tally.refused(unbound.reason()),
+            _ => tally.failed(&provider.name, unbound.reason()),
+        }
+        Err(Refusal::unbound(unbound, route.schemes))
     }
 
     /// The caller `explain` was given claims for (dry run): no token to look for.

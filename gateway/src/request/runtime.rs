@@ -168,153 +168,27 @@ impl RuntimeSnapshot {
                 None
             }
         };
-        let tls = match (&config.listen.tls, config.listen.https) {
-            (Some(tls), Some(https)) => match crate::tls::material::Material::load(tls) {
-                Ok(material) => Some(TlsRuntime {
-                    material: Arc::new(material),
-                    client_cert_headers: tls.client_cert_headers.clone(),
-                    hsts: tls
-                        .hsts
-                        .as_deref()
-                        .and_then(|v| http::HeaderValue::from_str(v).ok()),
-                    redirect_to: tls.redirect_http.then_some(https.port()),
-                }),
-                Err(errs) => {
-                    problems.extend(errs);
-                    None
-                }
-            },
-            _ => None,
-        };
-        let minter = match config
-            .auth
-            .signing_keys
-            .as_ref()
-            .map(crate::identity::mint::Minter::build)
-        {
-            None => None,
-            Some(Ok(m)) => Some(Arc::new(m)),
-            Some(Err(errs)) => {
-                problems.extend(errs);
-                None
-            }
-        };
+        let tls = tls_runtime(config, &mut problems);
+        let minter = minter(config, &mut problems);
         let Some(auth) = auth.filter(|_| problems.is_empty()) else {
             return Err(ConfigError { problems });
         };
-        // A shadow never gets a token from any source a provider reads, whichever route
-        // it came in on (an `auth: none` route's caller may carry another route's cookie).
-        let every_token_source =
-            distinct_sources(config.auth.providers.iter().flat_map(|p| &p.token_sources));
-        // The headers the gateway writes for the caller: `forward_claims` and the client
-        // certificate's. Removed from every client request, and from a shadow's copy
-        // unless `mirror.identity`.
-        let identity: Vec<http::HeaderName> = auth
-            .identity_headers
-            .iter()
-            .cloned()
-            .chain(
-                tls.iter()
-                    .flat_map(|t| {
-                        [
-                            &t.client_cert_headers.subject,
-                            &t.client_cert_headers.sha256,
-                        ]
-                    })
-                    .flatten()
-                    .cloned(),
-            )
-            .collect();
+        let identity = identity_headers(&auth, tls.as_ref());
+        let shared = Shared {
+            config,
+            clusters: &clusters,
+            auth: &auth,
+            minter: minter.as_ref(),
+            // A shadow never gets a token from any source a provider reads, whichever route
+            // it came in on (an `auth: none` route's caller may carry another route's cookie).
+            every_token_source: distinct_sources(
+                config.auth.providers.iter().flat_map(|p| &p.token_sources),
+            ),
+            identity: &identity,
+        };
         let mut router = Router::new();
         for r in &config.routes {
-            let targets = crate::upstream::split::Targets::new(
-                r.targets
-                    .iter()
-                    .map(|t| crate::upstream::split::Target {
-                        cluster: clusters[t.upstream.as_str()].clone(),
-                        weight: t.weight,
-                        when: t.when.clone(),
-                    })
-                    .collect(),
-            );
-            let mirror = r.mirror.as_ref().map(|m| {
-                let shadow = crate::upstream::split::ShadowCopy {
-                    token_sources: every_token_source.clone(),
-                    identity_headers: identity.clone(),
-                    minted_header: r.upstream_token.as_ref().map(|t| t.header.clone()),
-                    identity: m.identity,
-                    cookies: m.cookies,
-                    tokens: m.upstream_token.clone().map(|spec| {
-                        let minter = minter
-                            .clone()
-                            .expect("validated: upstream_token needs signing_keys");
-                        crate::identity::mint::RouteTokens::new(
-                            &format!("{}.mirror", r.name),
-                            minter,
-                            spec,
-                        )
-                    }),
-                };
-                crate::upstream::split::Mirror::new(
-                    &r.name,
-                    clusters[m.upstream.as_str()].clone(),
-                    m.percent,
-                    shadow,
-                )
-            });
-            let providers: Vec<Arc<Provider>> = r
-                .providers
-                .iter()
-                .map(|name| {
-                    auth.provider(name)
-                        .expect("validated provider name")
-                        .clone()
-                })
-                .collect();
-            let schemes = schemes(r.dpop, &providers);
-            let token_sources = distinct_sources(providers.iter().flat_map(|p| &p.token_sources));
-            let limits = r
-                .rate_limits
-                .iter()
-                .map(|l| LimitRuntime::build(&r.name, l))
-                .collect();
-            let policy = r.policy.as_ref().map(|p| config.policies[p].clone());
-            let rbac_counters = r.policy.as_deref().map(|p| {
-                ["allow", "deny", "shadow_deny"].map(|decision| {
-                    METRICS
-                        .rbac_decisions
-                        .with_label_values(&[&r.name, p, decision])
-                })
-            });
-            let route = RouteRuntime {
-                policy,
-                rbac_counters,
-                limits,
-                name: r.name.as_str().into(),
-                targets,
-                mirror,
-                retry_on: r.retry_on.clone(),
-                strip_prefix: (r.strip_prefix && r.path_match == PathMatch::Prefix)
-                    .then(|| r.path.trim_end_matches('/').into()),
-                case_insensitive: r.case_insensitive,
-                duration: METRICS.request_duration.with_label_values(&[&r.name]),
-                requests: RequestCounters::new(r.name.as_str().into()),
-                auth: r.auth,
-                providers,
-                token_sources,
-                keep_authorization: r.keep_authorization,
-                max_body: r.max_body,
-                require_client_certificate: r.require_client_certificate,
-                require_certificate_binding: r.require_certificate_binding,
-                dpop: r.dpop,
-                schemes,
-                upstream_token: r.upstream_token.clone().map(|spec| {
-                    let minter = minter
-                        .clone()
-                        .expect("validated: upstream_token needs signing_keys");
-                    crate::identity::mint::RouteTokens::new(&r.name, minter, spec)
-                }),
-            };
+            let route = shared.route(r);
             let methods: Vec<&str> = r.methods.iter().map(String::as_str).collect();
             router
                 .insert(
@@ -361,4 +235,181 @@ impl RuntimeSnapshot {
         }
         self.auth.spawn_refresh();
     }
+}
+
+/// What every route of one snapshot is compiled with.
+struct Shared<'a> {
+    config: &'a Config,
+    clusters: &'a HashMap<Arc<str>, Arc<Cluster>>,
+    auth: &'a Authenticator,
+    minter: Option<&'a Arc<crate::identity::mint::Minter>>,
+    every_token_source: Vec<TokenSource>,
+    /// The identity headers the gateway writes ([`identity_headers`]).
+    identity: &'a [http::HeaderName],
+}
+
+impl Shared<'_> {
+    /// A route's mirror: the shadow cluster, and what a copy may carry.
+    fn mirror(
+        &self,
+        r: &tollgate_config::Route,
+        m: &tollgate_config::Mirror,
+    ) -> crate::upstream::split::Mirror {
+        let shadow = crate::upstream::split::ShadowCopy {
+            token_sources: self.every_token_source.clone(),
+            identity_headers: self.identity.to_vec(),
+            minted_header: r.upstream_token.as_ref().map(|t| t.header.clone()),
+            identity: m.identity,
+            cookies: m.cookies,
+            tokens: m.upstream_token.clone().map(|spec| {
+                let minter = self
+                    .minter
+                    .cloned()
+                    .expect("validated: upstream_token needs signing_keys");
+                crate::identity::mint::RouteTokens::new(&format!("{}.mirror", r.name), minter, spec)
+            }),
+        };
+        crate::upstream::split::Mirror::new(
+            &r.name,
+            self.clusters[m.upstream.as_str()].clone(),
+            m.percent,
+            shadow,
+        )
+    }
+
+    /// One route: its targets and mirror, providers, limits, policy and counters.
+    fn route(&self, r: &tollgate_config::Route) -> RouteRuntime {
+        let targets = crate::upstream::split::Targets::new(
+            r.targets
+                .iter()
+                .map(|t| crate::upstream::split::Target {
+                    cluster: self.clusters[t.upstream.as_str()].clone(),
+                    weight: t.weight,
+                    when: t.when.clone(),
+                })
+                .collect(),
+        );
+        let mirror = r.mirror.as_ref().map(|m| self.mirror(r, m));
+        let providers: Vec<Arc<Provider>> = r
+            .providers
+            .iter()
+            .map(|name| {
+                self.auth
+                    .provider(name)
+                    .expect("validated provider name")
+                    .clone()
+            })
+            .collect();
+        let schemes = schemes(r.dpop, &providers);
+        let token_sources = distinct_sources(providers.iter().flat_map(|p| &p.token_sources));
+        let limits = r
+            .rate_limits
+            .iter()
+            .map(|l| LimitRuntime::build(&r.name, l))
+            .collect();
+        let policy = r.policy.as_ref().map(|p| self.config.policies[p].clone());
+        let rbac_counters = r.policy.as_deref().map(|p| {
+            ["allow", "deny", "shadow_deny"].map(|decision| {
+                METRICS
+                    .rbac_decisions
+                    .with_label_values(&[&r.name, p, decision])
+            })
+        });
+        RouteRuntime {
+            policy,
+            rbac_counters,
+            limits,
+            name: r.name.as_str().into(),
+            targets,
+            mirror,
+            retry_on: r.retry_on.clone(),
+            strip_prefix: (r.strip_prefix && r.path_match == PathMatch::Prefix)
+                .then(|| r.path.trim_end_matches('/').into()),
+            case_insensitive: r.case_insensitive,
+            duration: METRICS.request_duration.with_label_values(&[&r.name]),
+            requests: RequestCounters::new(r.name.as_str().into()),
+            auth: r.auth,
+            providers,
+            token_sources,
+            keep_authorization: r.keep_authorization,
+            max_body: r.max_body,
+            require_client_certificate: r.require_client_certificate,
+            require_certificate_binding: r.require_certificate_binding,
+            dpop: r.dpop,
+            schemes,
+            upstream_token: r.upstream_token.clone().map(|spec| {
+                let minter = self
+                    .minter
+                    .cloned()
+                    .expect("validated: upstream_token needs signing_keys");
+                crate::identity::mint::RouteTokens::new(&r.name, minter, spec)
+            }),
+        }
+    }
+}
+
+/// The HTTPS listener's certificates and settings, when it is on.
+fn tls_runtime(
+    config: &Config,
+    problems: &mut Vec<tollgate_config::Problem>,
+) -> Option<TlsRuntime> {
+    match (&config.listen.tls, config.listen.https) {
+        (Some(tls), Some(https)) => match crate::tls::material::Material::load(tls) {
+            Ok(material) => Some(TlsRuntime {
+                material: Arc::new(material),
+                client_cert_headers: tls.client_cert_headers.clone(),
+                hsts: tls
+                    .hsts
+                    .as_deref()
+                    .and_then(|v| http::HeaderValue::from_str(v).ok()),
+                redirect_to: tls.redirect_http.then_some(https.port()),
+            }),
+            Err(errs) => {
+                problems.extend(errs);
+                None
+            }
+        },
+        _ => None,
+    }
+}
+
+/// The gateway's signing keys, when `auth.signing_keys` is set.
+fn minter(
+    config: &Config,
+    problems: &mut Vec<tollgate_config::Problem>,
+) -> Option<Arc<crate::identity::mint::Minter>> {
+    match config
+        .auth
+        .signing_keys
+        .as_ref()
+        .map(crate::identity::mint::Minter::build)
+    {
+        None => None,
+        Some(Ok(m)) => Some(Arc::new(m)),
+        Some(Err(errs)) => {
+            problems.extend(errs);
+            None
+        }
+    }
+}
+
+/// The headers the gateway writes for the caller: `forward_claims` and the client
+/// certificate's. Removed from every client request, and from a shadow's copy unless
+/// `mirror.identity`.
+fn identity_headers(auth: &Authenticator, tls: Option<&TlsRuntime>) -> Vec<http::HeaderName> {
+    auth.identity_headers
+        .iter()
+        .cloned()
+        .chain(
+            tls.iter()
+                .flat_map(|t| {
+                    [
+                        &t.client_cert_headers.subject,
+                        &t.client_cert_headers.sha256,
+                    ]
+                })
+                .flatten()
+                .cloned(),
+        )
+        .collect()
 }

@@ -152,6 +152,10 @@ impl Material {
 }
 
 /// Reads a certificate chain and its key: `Err((field, message))` names the bad file.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "snapshot compilation, off the workers"
+)]
 pub(crate) fn certificate(
     cert: &str,
     key: &str,
@@ -217,6 +221,10 @@ fn dns_names(cert: &x509_cert::Certificate) -> Vec<String> {
         .collect()
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "snapshot compilation, off the workers"
+)]
 fn client_verifier(ca: &str, mode: ClientAuth) -> Result<Arc<dyn ClientCertVerifier>, String> {
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca)

@@ -8,6 +8,10 @@ use std::sync::Arc;
 
 /// A CA bundle in the form Pingora's connector takes (`PeerOptions::ca`), for upstreams
 /// and `jwks_uri` fetches.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "snapshot compilation, off the workers"
+)]
 pub fn load_ca(path: &str) -> Result<Arc<pingora_core::protocols::tls::CaType>, String> {
     use pingora_core::utils::tls::{parse_x509, WrappedX509};
     let certs = CertificateDer::pem_file_iter(path)
@@ -29,6 +33,10 @@ pub fn load_ca(path: &str) -> Result<Arc<pingora_core::protocols::tls::CaType>, 
 }
 
 /// A client certificate chain and key for connections to upstreams.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "snapshot compilation, off the workers"
+)]
 pub fn load_client_cert(
     cert: &str,
     key: &str,

@@ -68,6 +68,10 @@ pub struct Cluster {
 impl Cluster {
     /// Builds a cluster from validated config, resolving backend names once, now.
     /// Errors carry the YAML path of the backend that failed to resolve.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "snapshot compilation, off the workers"
+    )]
     pub fn build(u: &Upstream) -> Result<Cluster, Problem> {
         let (load, running) = shared_load(&u.name);
         let mut dynamic = Vec::new();

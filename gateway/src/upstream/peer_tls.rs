@@ -19,6 +19,10 @@ pub(crate) struct PeerTls {
 }
 
 impl PeerTls {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "snapshot compilation, off the workers"
+    )]
     pub(crate) fn load(upstream: &str, config: &UpstreamTls) -> Result<PeerTls, Problem> {
         let base = format!("upstreams.{upstream}.tls");
         let mut files: Vec<Vec<u8>> = Vec::new();

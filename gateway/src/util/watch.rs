@@ -83,6 +83,7 @@ async fn stamps<P: AsRef<Path>>(paths: &[P]) -> Vec<Stamp> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests set up files")]
 mod tests {
     use super::*;
 

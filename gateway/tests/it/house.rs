@@ -514,3 +514,54 @@ fn a_circle_or_an_upward_import_added_on_purpose_is_found_and_named() {
         .iter()
         .any(|l| l.contains("high/a.rs -> ")));
 }
+
+/// The pure crates (`crates/*`) do no I/O: no files, sockets, environment, clocks, sleeps
+/// or async runtime. The gateway passes text, bytes and `now` in. (Scoped threads in their
+/// tests and `available_parallelism` for the `threads` default are not I/O.)
+#[test]
+fn the_pure_crates_do_no_io() {
+    const IO: [&str; 13] = [
+        "std::fs",
+        "TcpListener",
+        "ToSocketAddrs",
+        "to_socket_addrs",
+        "std::env",
+        "thread::sleep",
+        "std::process",
+        "tokio",
+        "SystemTime::now",
+        "Instant::now",
+        "File::open",
+        "TcpStream",
+        "UdpSocket",
+    ];
+    let mut found = Vec::new();
+    let mut files = 0;
+    let mut todo = vec![];
+    for entry in std::fs::read_dir(workspace().join("crates")).unwrap() {
+        todo.push(entry.unwrap().path().join("src"));
+    }
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            files += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                for word in IO.iter().filter(|w| code.contains(*w)) {
+                    found.push(format!("{}:{}: {word}", path.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(files > 20, "read the crates' sources ({files} files)");
+    assert!(
+        found.is_empty(),
+        "I/O in a pure crate:\n{}",
+        found.join("\n")
+    );
+}

@@ -2,6 +2,8 @@
 //! module starts the real `tollgate` binary on 127.0.0.1 with real upstreams, JWKS servers
 //! and Redis, and checks what the client and the upstream saw.
 
+#![allow(clippy::disallowed_methods, reason = "tests, off the workers")]
+
 mod auth;
 mod balance;
 mod cli;
