@@ -19,7 +19,7 @@ APT_UPDATED := /tmp/.tollgate-apt-updated
 
 help:
 	@echo "make run          build release and run the demo (echo backends + gateway)"
-	@echo "make test         fmt, clippy -D warnings, cargo test, JWT conformance, doc, deny, deploy-check, fuzz build, 60 s soak"
+	@echo "make test         fmt, clippy -D warnings, cargo test (with the house checks), JWT conformance, doc, deny, deploy-check, fuzz build, 60 s soak"
 	@echo "make bench        criterion benchmarks"
 	@echo "make doc          rustdoc, warnings denied"
 	@echo "make deny         cargo deny check licenses bans sources"
