@@ -498,6 +498,20 @@ fn key_sources(base: &str, p: &RawProvider, problems: &mut Problems) -> Vec<KeyS
             alg: String::new(),
         });
     }
+    if let Some(source) = introspection_source(base, p, insecure_http, problems) {
+        sources.push(source);
+    }
+    sources
+}
+
+/// `type: introspection` with its `introspection` section: the provider asks about each
+/// token instead of verifying it with keys.
+fn introspection_source(
+    base: &str,
+    p: &RawProvider,
+    insecure_http: bool,
+    problems: &mut Problems,
+) -> Option<KeySource> {
     let introspecting = match p.kind.as_deref() {
         None | Some("jwt") => false,
         Some("introspection") => true,
@@ -510,12 +524,14 @@ fn key_sources(base: &str, p: &RawProvider, problems: &mut Problems) -> Vec<KeyS
         }
     };
     match (&p.introspection, introspecting) {
-        (Some(raw), true) => sources.push(KeySource::Introspection(introspection(
-            &format!("{base}.introspection"),
-            raw,
-            insecure_http,
-            problems,
-        ))),
+        (Some(raw), true) => {
+            return Some(KeySource::Introspection(introspection(
+                &format!("{base}.introspection"),
+                raw,
+                insecure_http,
+                problems,
+            )))
+        }
         (None, true) => problems.add(
             format!("{base}.introspection"),
             "is required with type: introspection (endpoint, client_id, client secret)",
@@ -526,7 +542,7 @@ fn key_sources(base: &str, p: &RawProvider, problems: &mut Problems) -> Vec<KeyS
         ),
         (None, false) => {}
     }
-    sources
+    None
 }
 
 /// The provider's one key source, with its HMAC algorithm where it is a secret.
@@ -578,7 +594,11 @@ fn token_sources(base: &str, p: &RawProvider, problems: &mut Problems) -> Vec<To
         let parsed = match s.split_once(':') {
             None if s == "bearer" => Some(TokenSource::Bearer),
             Some(("header", h)) => header_name(h).map(TokenSource::Header),
-            Some(("cookie", c)) if !c.is_empty() => Some(TokenSource::Cookie(c.to_owned())),
+            // A cookie name is an RFC 9110 token (RFC 6265 §4.1.1), as `when: cookie` names
+            // are: the gateway's one cookie reader finds no other, so none could be stripped.
+            Some(("cookie", c)) if !c.is_empty() && header_name(c).is_some() => {
+                Some(TokenSource::Cookie(c.to_owned()))
+            }
             Some(("query", q)) if !q.is_empty() => Some(TokenSource::Query(q.to_owned())),
             _ => None,
         };

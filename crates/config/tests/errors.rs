@@ -1216,3 +1216,26 @@ routes:
         0,
     );
 }
+
+/// A `cookie:` token source names an RFC 6265 cookie (an RFC 9110 token): the gateway's one
+/// cookie reader finds no other name, so no other could be read or stripped.
+#[test]
+fn a_token_cookie_name_must_be_a_cookie_name() {
+    let reported = problems(
+        r#"
+listen: { http: "127.0.0.1:8080" }
+auth:
+  providers:
+    - { name: a, issuer: "https://a", audiences: any, jwks_file: /dev/null, token_sources: [bearer, "cookie:auth[0]", "cookie:ok_name"] }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: e, providers: [a] }
+"#,
+    );
+    assert_problems(
+        &reported,
+        &["auth.providers[0].token_sources[1]: expected bearer, header:NAME, cookie:NAME or query:NAME"],
+        0,
+    );
+}

@@ -91,9 +91,12 @@ pub fn find_presented<'a>(
             }
             TokenSource::Cookie(name) => {
                 for v in req.headers.get_all(http::header::COOKIE) {
-                    let Ok(v) = v.to_str() else { continue };
-                    for value in cookie::values(v, name) {
-                        add(value, Scheme::Bearer)?;
+                    for value in cookie::values(v.as_bytes(), name) {
+                        // A value that is not text is no token (the strip removes it all the
+                        // same).
+                        if let Ok(value) = std::str::from_utf8(value) {
+                            add(value, Scheme::Bearer)?;
+                        }
                     }
                 }
             }
@@ -152,28 +155,31 @@ pub fn strip(upstream: &mut RequestHeader, sources: &[TokenSource]) -> Result<()
 /// Removes every cookie named `name` from the request's `Cookie` header(s), which the edge
 /// has joined into one (RFC 9113 §8.2.3 crumbs included).
 fn strip_cookie(upstream: &mut RequestHeader, name: &str) -> Result<(), http::Error> {
-    let is_token = |pair: &str| cookie::pair_is(pair, name);
-    let carries = upstream
+    // Over bytes, as the reader reads: a byte outside visible ASCII in one pair hides no
+    // other, and what is kept goes on as it came.
+    let is_token = |pair: &[u8]| cookie::pair_is(pair, name);
+    fn pairs(v: &http::HeaderValue) -> std::slice::Split<'_, u8, fn(&u8) -> bool> {
+        v.as_bytes().split(|b| *b == b';')
+    }
+    let headers: Vec<http::HeaderValue> = upstream
         .headers
         .get_all(http::header::COOKIE)
         .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(';').any(is_token)));
-    if !carries {
+        .cloned()
+        .collect();
+    if !headers.iter().any(|v| pairs(v).any(is_token)) {
         return Ok(());
     }
-    let kept: Vec<&str> = upstream
-        .headers
-        .get_all(http::header::COOKIE)
+    let kept: Vec<&[u8]> = headers
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter(|pair| !pair.trim().is_empty() && !is_token(pair))
-        .map(str::trim)
+        .flat_map(pairs)
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty() && !is_token(pair))
         .collect();
     if kept.is_empty() {
         upstream.remove_header(&http::header::COOKIE);
     } else {
-        let value = http::HeaderValue::from_str(&kept.join("; "))?;
+        let value = http::HeaderValue::from_bytes(&kept.join(&b"; "[..]))?;
         if upstream.insert_header(http::header::COOKIE, value).is_err() {
             // Cannot happen with a typed name and value; never leave the token behind.
             upstream.remove_header(&http::header::COOKIE);

@@ -105,9 +105,12 @@ impl RequestCtx {
     /// Keeps a refusal the pipeline decided in a later phase, for `fail_to_proxy` to
     /// answer, and returns the error that takes the request there.
     fn decided(&mut self, refusal: Refusal) -> Box<Error> {
-        let why = refusal.status();
+        // The error's text (Pingora's error line, the access log) says what was decided.
+        let answer = refusal.answer("");
+        let why = format!("{} {}: {}", answer.status, answer.reason, answer.message);
+        drop(answer);
         self.decided = Some(refusal);
-        Error::explain(DECIDED, format!("refused by the gateway ({why})"))
+        Error::explain(DECIDED, why)
     }
 
     fn cluster(&self) -> Option<&Arc<Cluster>> {

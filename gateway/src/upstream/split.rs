@@ -88,10 +88,11 @@ pub fn holds(c: &Condition, req: &RequestHeader, claims: Option<&Claims>) -> boo
             .iter()
             .any(|v| v.as_bytes() == want.as_bytes()),
         Condition::Cookie(name, want) => {
-            req.headers.get_all(http::header::COOKIE).iter().any(|v| {
-                v.to_str()
-                    .is_ok_and(|v| cookie::values(v, name).any(|v| v == want))
-            })
+            // The first cookie of that name in each field.
+            req.headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .any(|v| cookie::values(v.as_bytes(), name).next() == Some(want.as_bytes()))
         }
         Condition::Claim(name, want) => match claims.and_then(|c| c.get(name)) {
             Some(serde_json::Value::Array(items)) => items.iter().any(|v| scalar_is(v, want)),
@@ -276,10 +277,10 @@ mod tests {
 
     #[test]
     fn cookies_are_found_by_exact_name_in_any_cookie_header() {
-        let cookie = |h: &'static str, n: &'static str| cookie::values(h, n).next();
-        assert_eq!(cookie("a=1; canary=yes; b=2", "canary"), Some("yes"));
+        let cookie = |h: &'static str, n: &'static str| cookie::values(h.as_bytes(), n).next();
+        assert_eq!(cookie("a=1; canary=yes; b=2", "canary"), Some(&b"yes"[..]));
         assert_eq!(cookie("xcanary=yes", "canary"), None);
-        assert_eq!(cookie("canary=\"yes\"", "canary"), Some("yes"));
+        assert_eq!(cookie("canary=\"yes\"", "canary"), Some(&b"yes"[..]));
         assert_eq!(cookie("canary", "canary"), None);
         let r = req(&[("cookie", "a=1"), ("cookie", "canary=yes")]);
         assert!(holds(
@@ -307,6 +308,7 @@ mod tests {
             "to\"k=v",
             "Tok=v",
             "a=1;tok=v",
+            "a=\u{e9}; tok=v",
         ];
         for h in headers {
             let r = req(&[("cookie", h)]);
@@ -325,10 +327,10 @@ mod tests {
             let kept = stripped
                 .headers
                 .get("cookie")
-                .map(|v| v.to_str().unwrap().to_owned());
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             assert_eq!(
-                kept.is_some_and(|k| k.contains("a=1")),
-                h.contains("a=1"),
+                kept.is_some_and(|k| k.contains("a=")),
+                h.contains("a="),
                 "{h:?}"
             );
         }

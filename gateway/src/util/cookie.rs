@@ -5,41 +5,49 @@
 //! The syntax is RFC 6265 §4.2.1: pairs `name=value` separated by `;`. Whitespace around a
 //! name or value is not part of it (`tok =x` is `tok`, as RFC 6265 §5.2 and most cookie
 //! parsers read it: an upstream would, so the gateway must too); a name must be an RFC 9110
-//! token, so a pair whose name is not one (`t k=x`, `=x`) names no cookie; a value in double
-//! quotes is read without them (§4.1.1); a pair without `=` is no cookie.
+//! token, so a pair whose name is not one (`t k=x`, `=x`) names no cookie (and the config
+//! refuses such names); a value in double quotes is read without them (§4.1.1); a pair
+//! without `=` is no cookie. Read over bytes: a byte outside visible ASCII in one pair does
+//! not hide the others.
 
 /// The cookies of one `Cookie` header, in order, as `(name, value)`.
-pub fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
-    header.split(';').filter_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        let name = name.trim_matches(is_ows);
-        if name.is_empty() || !name.bytes().all(is_tchar) {
+pub fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    header.split(|b| *b == b';').filter_map(|pair| {
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        let name = trim_ows(&pair[..eq]);
+        if name.is_empty() || !name.iter().copied().all(is_tchar) {
             return None;
         }
-        let value = value.trim_matches(is_ows);
+        let value = trim_ows(&pair[eq + 1..]);
         let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
             .unwrap_or(value);
         Some((name, value))
     })
 }
 
-/// The values of every cookie named `name` in one header.
+/// The values of every cookie named `name` in one header, in order.
 pub fn values<'h, 'n>(
-    header: &'h str,
+    header: &'h [u8],
     name: &'n str,
-) -> impl Iterator<Item = &'h str> + use<'h, 'n> {
-    pairs(header).filter_map(move |(k, v)| (k == name).then_some(v))
+) -> impl Iterator<Item = &'h [u8]> + use<'h, 'n> {
+    pairs(header).filter_map(move |(k, v)| (k == name.as_bytes()).then_some(v))
 }
 
 /// Whether one raw pair of a header (between `;`) is the cookie `name`.
-pub fn pair_is(pair: &str, name: &str) -> bool {
-    pairs(pair).any(|(k, _)| k == name)
+pub fn pair_is(pair: &[u8], name: &str) -> bool {
+    pairs(pair).any(|(k, _)| k == name.as_bytes())
 }
 
-fn is_ows(c: char) -> bool {
-    c == ' ' || c == '\t'
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
@@ -53,13 +61,19 @@ mod tests {
 
     #[test]
     fn names_are_tokens_trimmed_and_quoted_values_unquoted() {
-        let got: Vec<_> = pairs(" a=1; tok =x.y ;q=\"v\"; bare; t k=2; =3; e=").collect();
-        assert_eq!(got, [("a", "1"), ("tok", "x.y"), ("q", "v"), ("e", "")]);
-        assert_eq!(
-            values("xcanary=1; canary=2", "canary").collect::<Vec<_>>(),
-            ["2"]
-        );
-        assert!(pair_is(" tok =x", "tok"));
-        assert!(!pair_is("tok", "tok"));
+        let header = " a=1; tok =x.y ;q=\"v\"; bare; t k=2; =3; e=; u=\u{e9}".as_bytes();
+        let got: Vec<_> = pairs(header).collect();
+        let want: [(&[u8], &[u8]); 5] = [
+            (b"a", b"1"),
+            (b"tok", b"x.y"),
+            (b"q", b"v"),
+            (b"e", b""),
+            (b"u", "\u{e9}".as_bytes()),
+        ];
+        assert_eq!(got, want);
+        let firsts: Vec<_> = values(b"xcanary=1; canary=2; canary=3", "canary").collect();
+        assert_eq!(firsts, [b"2", b"3"]);
+        assert!(pair_is(b" tok =x", "tok"));
+        assert!(!pair_is(b"tok", "tok"));
     }
 }
