@@ -10,6 +10,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 CARGO       ?= cargo
+# A clean build on CI gains nothing from incremental compilation's caches, only their cost.
+ifdef CI
+export CARGO_INCREMENTAL := 0
+endif
 CONFORMANCE ?= ../shared/conformance/jwt
 RELEASE_BIN := target/release/tollgate
 DEBUG_BIN   := target/debug/tollgate
