@@ -4,8 +4,7 @@
 //! DPoP-bound token (RFC 9449, `cnf.jkt`) only with a fresh proof of its key for this
 //! request ([`dpop::check`]).
 
-use crate::identity::dpop::Scheme;
-use crate::identity::dpop::{self, DpopRefusal};
+use crate::identity::dpop::{self, DpopRefusal, Scheme};
 use crate::identity::keys::Provider;
 use crate::limits::{Claims, Stores};
 use crate::tls::facts::PeerCertificate;

@@ -22,8 +22,7 @@
 
 use crate::identity::auth::{Identity, IdentityHeaders, VerifyError};
 use crate::identity::binding;
-use crate::identity::dpop::DpopRefusal;
-use crate::identity::dpop::Scheme;
+use crate::identity::dpop::{DpopRefusal, Scheme};
 use crate::identity::preauth::PREAUTH;
 use crate::limits::{Claims, Stores};
 use crate::request::respond::Refusal;

@@ -8,7 +8,9 @@
 //! - `upstream_request_filter`: credentials out ([`crate::identity::credentials`]), identity and
 //!   forwarding headers in ([`crate::request::edge::forward`]), the route's prefix stripped;
 //! - `response_filter`: request id and `RateLimit` headers on the upstream's answer;
-//! - `fail_to_proxy`: a Pingora error as a [`Refusal`]; `logging`: counters and the access log.
+//! - `fail_to_proxy`: the refusal a later phase decided (circuit breaker, streamed body,
+//!   upstream token), or a Pingora error, as a [`Refusal`]; `logging`: counters and the
+//!   access log.
 
 use crate::limits::Stores;
 use crate::request::edge::ForwardFrom;
