@@ -238,13 +238,7 @@ impl Pipeline<'_> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > route.max_body) {
-            if self.mode.enforces() {
-                METRICS
-                    .bad_requests
-                    .with_label_values(&["body_too_large"])
-                    .inc();
-            }
-            return Err(Refusal::BodyTooLarge);
+            return Err(body_too_large(self.mode.enforces()));
         }
         Ok(())
     }
@@ -456,6 +450,17 @@ impl Pipeline<'_> {
     }
 }
 
+/// A body over the route's `max_body`, declared or streamed: 413, counted when enforcing.
+fn body_too_large(count: bool) -> Refusal {
+    if count {
+        METRICS
+            .bad_requests
+            .with_label_values(&["body_too_large"])
+            .inc();
+    }
+    Refusal::BodyTooLarge
+}
+
 /// Step one of authentication: the token and the scheme it came under. `Ok(None)` is an
 /// anonymous caller on an optional route.
 fn find<'r>(
@@ -563,11 +568,7 @@ impl Passage {
         };
         *seen += chunk as u64;
         if *seen > route.max_body {
-            METRICS
-                .bad_requests
-                .with_label_values(&["body_too_large"])
-                .inc();
-            return Err(Refusal::BodyTooLarge);
+            return Err(body_too_large(true));
         }
         Ok(())
     }
