@@ -161,28 +161,27 @@ fn strip_cookie(upstream: &mut RequestHeader, name: &str) -> Result<(), http::Er
     fn pairs(v: &http::HeaderValue) -> std::slice::Split<'_, u8, fn(&u8) -> bool> {
         v.as_bytes().split(|b| *b == b';')
     }
-    let headers: Vec<http::HeaderValue> = upstream
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .cloned()
-        .collect();
-    if !headers.iter().any(|v| pairs(v).any(is_token)) {
+    let cookies = || upstream.headers.get_all(http::header::COOKIE).iter();
+    if !cookies().any(|v| pairs(v).any(is_token)) {
         return Ok(());
     }
-    let kept: Vec<&[u8]> = headers
-        .iter()
+    let kept: Vec<&[u8]> = cookies()
         .flat_map(pairs)
         .map(<[u8]>::trim_ascii)
         .filter(|pair| !pair.is_empty() && !is_token(pair))
         .collect();
-    if kept.is_empty() {
-        upstream.remove_header(&http::header::COOKIE);
-    } else {
-        let value = http::HeaderValue::from_bytes(&kept.join(&b"; "[..]))?;
-        if upstream.insert_header(http::header::COOKIE, value).is_err() {
-            // Cannot happen with a typed name and value; never leave the token behind.
+    let value = (!kept.is_empty())
+        .then(|| http::HeaderValue::from_bytes(&kept.join(&b"; "[..])))
+        .transpose()?;
+    match value {
+        None => {
             upstream.remove_header(&http::header::COOKIE);
+        }
+        Some(value) => {
+            if upstream.insert_header(http::header::COOKIE, value).is_err() {
+                // Cannot happen with a typed name and value; never leave the token behind.
+                upstream.remove_header(&http::header::COOKIE);
+            }
         }
     }
     Ok(())
