@@ -89,6 +89,9 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Print the config file's JSON Schema (draft 2020-12), for editors and CI;
+    /// `conf/tollgate.schema.json` is a copy of it.
+    Schema,
     /// Verify, mint or inspect JWTs.
     Token {
         #[command(subcommand)]
@@ -157,6 +160,14 @@ fn main() -> ExitCode {
             client,
         }),
         Command::Probe { url, timeout } => probe::run(&url, timeout),
+        Command::Schema => {
+            let schema = tollgate_config::schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("a JSON value prints")
+            );
+            ExitCode::SUCCESS
+        }
         Command::Token { command } => token::run(*command),
     }
 }

@@ -24,12 +24,14 @@ mod model;
 mod problems;
 mod raw;
 mod routes;
+mod schema;
 mod tls;
 mod upstreams;
 mod validate;
 
 pub use auth::fetch_url_problem;
 pub use model::*;
+pub use schema::schema;
 
 /// Parses and validates a config file's text.
 pub fn parse(yaml: &str) -> Result<Config, ConfigError> {

@@ -254,7 +254,7 @@ routes:
         "auth.providers[1]: needs one key source",
         "auth.providers[1].token_sources[1]: expected bearer, header:NAME, cookie:NAME or query:NAME",
         "auth.forward_claims[0].header: Authorization is reserved",
-        "policies.p.mode: unknown mode \"audit\"",
+        "policies.p.mode: expected enforce or shadow, found \"audit\"",
         "policies.p.allow[0]:",
         "rate_limiting.redis.url: must be a redis://",
         "rate_limiting.redis.on_store_error: expected allow, deny or local",

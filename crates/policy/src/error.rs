@@ -7,7 +7,7 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
-    #[error("unknown mode {0:?}, expected enforce or shadow")]
+    #[error("expected enforce or shadow, found {0:?}")]
     UnknownMode(String),
     #[error("a rule needs at least one condition: roles, scopes, claims or methods")]
     EmptyRule,

@@ -42,7 +42,7 @@
 //! let bad: RawPolicy = serde_yaml::from_str("mode: audit\nallow: [{ roles: [] }]").unwrap();
 //! let problems: Vec<String> = Policy::compile("bad", &bad).unwrap_err().iter().map(|p| p.to_string()).collect();
 //! assert_eq!(problems, [
-//!     "mode: unknown mode \"audit\", expected enforce or shadow",
+//!     "mode: expected enforce or shadow, found \"audit\"",
 //!     "allow[0].roles: must list at least one role",
 //! ]);
 //! ```

@@ -7,17 +7,25 @@
 
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{MapAccess, SeqAccess, Visitor};
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer};
+use std::borrow::Cow;
 use std::fmt;
 
-/// A policy: `mode`, `roles_claim`, then `deny` and `allow` rules.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// `policies.NAME`: an RBAC policy. A matching `deny` rule denies; else a matching `allow`
+/// rule allows; else the request is denied (403). See
+/// [authorization](authorization-and-limits.md#rbac-policies).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
-    /// `enforce` (default) or `shadow`. Kept as text so that a wrong value is reported by
-    /// `compile` with the other problems rather than as a type error.
+    /// `enforce`, or `shadow`: evaluated and counted (`decision="shadow_deny"`) without
+    /// denying.
+    // Kept as text so that a wrong value is reported by `compile` with the other problems
+    // rather than as a type error.
+    #[schemars(extend("default" = "enforce", "enum" = ["enforce", "shadow"]))]
     pub mode: Option<String>,
-    /// Dotted claim path the roles are read from. Default `roles`.
+    /// Dotted claim path the roles are read from (e.g. `realm_access.roles`).
+    #[schemars(extend("default" = "roles"))]
     pub roles_claim: Option<String>,
     /// Rules that deny when they match; they win over `allow`.
     #[serde(default)]
@@ -27,13 +35,17 @@ pub struct RawPolicy {
     pub allow: Vec<RawRule>,
 }
 
-/// One rule: conditions that must all hold. A rule with none is refused by `compile`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// `policies.NAME.allow[]` and `deny[]`: conditions that must all hold (at least one).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
+    /// Roles the caller has (`[a, b]`: any of them), from `roles_claim`.
     pub roles: Option<RawNames>,
+    /// Scopes the caller has, from the space-separated `scope` claim (else `scp`).
     pub scopes: Option<RawNames>,
+    /// Claim paths and the values they must equal (a list: any of them).
     pub claims: Option<RawClaims>,
+    /// The request's method is one of these.
     pub methods: Option<Vec<String>>,
 }
 
@@ -48,6 +60,31 @@ pub enum RawNames {
         any_of: Option<Vec<String>>,
         all_of: Option<Vec<String>>,
     },
+}
+
+impl JsonSchema for RawNames {
+    fn schema_name() -> Cow<'static, str> {
+        "Names".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`[a, b]` (any of them), `{ any_of: [...] }` or `{ all_of: [...] }`.",
+            "anyOf": [
+                { "type": "array", "items": { "type": "string" } },
+                {
+                    "type": "object",
+                    "properties": {
+                        "any_of": { "type": "array", "items": { "type": "string" } },
+                        "all_of": { "type": "array", "items": { "type": "string" } },
+                    },
+                    "additionalProperties": false,
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                },
+            ],
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for RawNames {
@@ -90,6 +127,25 @@ impl<'de> Deserialize<'de> for RawNames {
 /// non-empty list of them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RawClaims(pub Vec<(String, serde_json::Value)>);
+
+impl JsonSchema for RawClaims {
+    fn schema_name() -> Cow<'static, str> {
+        "ClaimConditions".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Dotted claim path → a string, number or boolean, or a non-empty list of them.",
+            "type": "object",
+            "additionalProperties": {
+                "anyOf": [
+                    { "type": ["string", "number", "boolean"] },
+                    { "type": "array", "items": { "type": ["string", "number", "boolean"] }, "minItems": 1 },
+                ],
+            },
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for RawClaims {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

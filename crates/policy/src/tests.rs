@@ -486,7 +486,7 @@ fn decision_display() {
 fn unknown_mode() {
     assert_eq!(
         problems("mode: audit"),
-        ["mode: unknown mode \"audit\", expected enforce or shadow"]
+        ["mode: expected enforce or shadow, found \"audit\""]
     );
 }
 
