@@ -19,13 +19,14 @@ RELEASE_BIN := target/release/tollgate
 DEBUG_BIN   := target/debug/tollgate
 APT_UPDATED := /tmp/.tollgate-apt-updated
 
-.PHONY: upgrade help deps-build deps-test deps-loadtest build run test fmt-check lint unit debug-build conformance doc deny deploy-check bench fuzz-build fuzz check-config clean soak soak-short
+.PHONY: docs upgrade help deps-build deps-test deps-loadtest build run test fmt-check lint unit debug-build conformance doc deny deploy-check bench fuzz-build fuzz check-config clean soak soak-short
 
 help:
 	@echo "make run          build release and run the demo (echo backends + gateway)"
 	@echo "make test         fmt, clippy -D warnings, cargo test (with the house checks), JWT conformance, doc, deny, deploy-check, fuzz build, 60 s soak"
 	@echo "make bench        criterion benchmarks"
 	@echo "make doc          rustdoc, warnings denied"
+	@echo "make docs         regenerate conf/tollgate.schema.json and docs/configuration.md's reference"
 	@echo "make deny         cargo deny check licenses bans sources"
 	@echo "make deploy-check kubernetes-validate, hadolint, promtool check/test rules, systemd-analyze verify"
 	@echo "make fuzz-build   build the cargo-fuzz targets (nightly)"
@@ -180,6 +181,12 @@ conformance: debug-build
 # rustdoc with warnings denied (private items included: the gateway's modules are private).
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace --document-private-items --locked
+
+# The config's JSON Schema and the configuration reference, regenerated from the config types
+# (`make test` fails while either is stale; see gateway/tests/it/docs.rs).
+docs:
+	TOLLGATE_BLESS=1 $(CARGO) test --workspace --locked --test it docs::
+	@git diff --stat -- conf/tollgate.schema.json docs/configuration.md || true
 
 # Licenses, banned crates and sources (deny.toml); offline-capable, no advisory database.
 deny:

@@ -9,7 +9,7 @@ Steps: generate an ES256 key pair and tokens for this run; start the upstream (n
 for each scenario, run the targets in interleaved rounds (each proxy pinned to CPU 0 with one
 worker, restarted for every run so no run inherits another's caches or limiter state; wrk
 pinned to CPU 1), after checking each target's verdicts; write loadtest/results/RESULTS.md,
-loadtest/results/chart.svg and the block between the loadtest markers of README.md.
+loadtest/results/chart.svg and the block between the loadtest markers of docs/performance.md.
 
 Exit status: 0 when it measured (goals are reported, never asserted), 1 when it could not run.
 """
@@ -45,7 +45,7 @@ DPOP_PROOFS = os.path.join(LT, "dpop_proofs.py")
 # Debian's Python, where `make deps-loadtest` installs python3-cryptography (the `python3`
 # that runs this file may be another one, without it).
 DEBIAN_PYTHON = "/usr/bin/python3"
-README = os.path.join(ROOT, "README.md")
+README = os.path.join(ROOT, "docs", "performance.md")
 
 ISSUER = "https://issuer.loadtest"
 AUDIENCE = "loadtest"
@@ -1852,7 +1852,7 @@ def readme_block(SS, info, mode, rounds, duration, started):
              f"every proxy on one pinned core with one worker, `wrk -t1 -c{CONNECTIONS}` and the upstream nginx on the "
              f"other core; medians of {rounds} interleaved round(s) of {duration} s. Full report with the other "
              "scenarios, the goals and the HAProxy compromises: "
-             "[loadtest/results/RESULTS.md](loadtest/results/RESULTS.md).", ""]
+             "[loadtest/results/RESULTS.md](../loadtest/results/RESULTS.md).", ""]
     for name in ("repeat", "unique"):
         S = SS.get(name)
         if not S:
@@ -1880,9 +1880,9 @@ def readme_block(SS, info, mode, rounds, duration, started):
         if sentence:
             text = text[:sentence.start()] + block + text[sentence.end():]
         else:
-            m = re.search(r"^## Performance\n", text, re.M)
+            m = re.search(r"^## Figures\n", text, re.M)
             if not m:
-                log("README.md has no Performance section: its loadtest block was not written")
+                log("docs/performance.md has no Figures section: its loadtest block was not written")
                 return
             nxt = re.search(r"^## ", text[m.end():], re.M)
             at = m.end() + (nxt.start() if nxt else len(text) - m.end())
@@ -1925,7 +1925,7 @@ def main():
     ap.add_argument("--duration", type=int, help="seconds per run (default 8, quick 2)")
     ap.add_argument("--rounds", type=int, help="rounds (default 3, quick 1)")
     ap.add_argument("--only", help="comma-separated scenarios (for debugging; the report then lists only those)")
-    ap.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's loadtest block")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite docs/performance.md's loadtest block")
     ap.add_argument("--report-from", metavar="RUNS_JSON",
                     help="measure nothing: re-render the report from a saved results/runs.json")
     ap.add_argument("--no-build", action="store_true",
@@ -2017,7 +2017,7 @@ def main():
 
 
 def render_all(data, write_readme):
-    """RESULTS.md, chart.svg and (optionally) README's block from the measured runs."""
+    """RESULTS.md, chart.svg and (optionally) docs/performance.md's block from the measured runs."""
     results, mode = data["results"], data["mode"]
     SS = {sc: {t: summary(runs) for t, runs in d.items() if runs} for sc, d in results.items()}
     gate = QuietGate(data["gate"]["per_run"], data["gate"]["total"])

@@ -1,6 +1,6 @@
 //! Validation of `server.http`: how the gateway reads a client's request (path
 //! normalisation, header hygiene, trusted proxies) and the limits that make hostile input
-//! cheap to refuse. Every default here is the safe one; README's "Security defaults" lists them.
+//! cheap to refuse. Every default here is the safe one; docs/SECURITY.md ("Security defaults") lists them.
 
 use crate::problems::{duration, header_name, Problems};
 use crate::raw::{ByteSize, RawHttp};
@@ -71,7 +71,7 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Headers that some frameworks or upstreams read as a new URL, method, host, scheme or
     /// client address; removed from every request. Lower case. Default: the list in
-    /// `DEFAULT_OVERRIDE_HEADERS` (README "Security defaults").
+    /// `DEFAULT_OVERRIDE_HEADERS` (docs/SECURITY.md, "Headers a client may not set").
     pub override_headers: Vec<String>,
     /// Request line (method, target, version) in bytes; longer → 414. Default 8 KiB.
     pub max_request_line: usize,
@@ -98,7 +98,7 @@ pub struct HttpSettings {
     /// Read buffer of each client connection, in bytes; `0` reads straight from the socket.
     /// Pingora's default is 64 KiB, held for the connection's whole life, idle or not.
     /// Default 2 KiB: a typical request header with a token arrives in one read, and an idle
-    /// keep-alive connection costs about 7 KiB in all (measured, README "Security defaults").
+    /// keep-alive connection costs about 7 KiB in all (measured, docs/SECURITY.md "Limits").
     /// Set when the listener starts (a reload cannot change it).
     pub read_buffer: usize,
     /// Longest wait for the next bytes of a request body; past it 408 and the connection

@@ -31,6 +31,7 @@ mod validate;
 
 pub use auth::fetch_url_problem;
 pub use model::*;
+pub use raw::SECTIONS;
 pub use schema::schema;
 
 /// Parses and validates a config file's text.

@@ -10,6 +10,7 @@ mod cli;
 mod common;
 mod config;
 mod deploy;
+mod docs;
 mod dpop;
 mod edge;
 mod explain;
