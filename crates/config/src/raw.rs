@@ -1072,7 +1072,10 @@ pub struct RawHttp {
 /// one section at a time (`SECTIONS`, checked equal to these fields by a test).
 #[derive(JsonSchema)]
 #[schemars(title = "tollgate gateway.yaml", deny_unknown_fields)]
-#[allow(dead_code, reason = "a shape for the schema: parse reads the sections one by one")]
+#[allow(
+    dead_code,
+    reason = "a shape for the schema: parse reads the sections one by one"
+)]
 pub struct ConfigFile {
     /// The process, its workers and its shutdown.
     server: Option<RawServer>,

@@ -8,7 +8,7 @@
 //! value not listed refused at that key's path with a problem naming exactly the listed ones.
 
 use serde_json::Value as Json;
-use serde_yaml::{Mapping, Value as Yaml};
+use serde_yaml::Value as Yaml;
 use tollgate_config::{parse, schema};
 
 /// Configs in which every object of the schema appears, each parsing without a problem. A
@@ -204,7 +204,10 @@ fn with_value(key: &Key, value: &Json, replace: bool) -> Option<(String, String,
                         shown.push('.');
                     }
                     shown.push_str(k.as_str().expect("keys are text"));
-                    node.as_mapping_mut().expect("located").get_mut(&k).expect("located")
+                    node.as_mapping_mut()
+                        .expect("located")
+                        .get_mut(&k)
+                        .expect("located")
                 }
             };
         }
@@ -225,7 +228,9 @@ fn with_value(key: &Key, value: &Json, replace: bool) -> Option<(String, String,
 }
 
 fn debug_of(yaml: &str) -> Result<String, String> {
-    parse(yaml).map(|c| format!("{c:?}")).map_err(|e| e.to_string())
+    parse(yaml)
+        .map(|c| format!("{c:?}"))
+        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -307,10 +312,14 @@ fn every_enum_the_schema_lists_is_what_parse_accepts() {
                     let mut listed: Vec<&str> = values.iter().filter_map(Json::as_str).collect();
                     listed.sort_unstable();
                     if named != listed {
-                        wrong.push(format!("{shown}: the schema lists {listed:?}, parse names {named:?}"));
+                        wrong.push(format!(
+                            "{shown}: the schema lists {listed:?}, parse names {named:?}"
+                        ));
                     }
                 } else {
-                    wrong.push(format!("{shown}: no `expected …, found` problem in {at_key:?}"));
+                    wrong.push(format!(
+                        "{shown}: no `expected …, found` problem in {at_key:?}"
+                    ));
                 }
             }
             match (value == &bogus, at_key.is_empty()) {

@@ -5,9 +5,9 @@
 //! these types must keep serde's path tracking intact: the hand-written impls below only ever
 //! hand serde's own `SeqAccess` / `MapAccess` on, never a buffered copy.
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{MapAccess, SeqAccess, Visitor};
-use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer};
 use std::borrow::Cow;
 use std::fmt;

@@ -164,7 +164,15 @@ fn sections(root: &Json) -> Vec<Section> {
         let prop = &props[*section];
         let mut path = section.to_string();
         let object = object_under(root, prop, &mut path).expect("every section holds objects");
-        walk(root, object, path, description(prop), true, &mut seen, &mut out);
+        walk(
+            root,
+            object,
+            path,
+            description(prop),
+            true,
+            &mut seen,
+            &mut out,
+        );
     }
     out
 }
@@ -247,7 +255,10 @@ fn type_text(root: &Json, schema: &Json, anchors: &BTreeMap<String, String>) -> 
     }
     match schema.get("type") {
         Some(Json::String(t)) => match t.as_str() {
-            "array" => format!("list of {}", plural(&type_text(root, &schema["items"], anchors))),
+            "array" => format!(
+                "list of {}",
+                plural(&type_text(root, &schema["items"], anchors))
+            ),
             "object" => match schema.get("additionalProperties").filter(|v| v.is_object()) {
                 Some(values) => format!("map of name to {}", type_text(root, values, anchors)),
                 None => "object".into(),
@@ -406,9 +417,8 @@ fn anchors_of(text: &str) -> BTreeSet<String> {
 fn links_of(text: &str) -> Vec<String> {
     Parser::new_ext(text, Options::all())
         .filter_map(|e| match e {
-            Event::Start(Tag::Link { dest_url, .. }) | Event::Start(Tag::Image { dest_url, .. }) => {
-                Some(dest_url.to_string())
-            }
+            Event::Start(Tag::Link { dest_url, .. })
+            | Event::Start(Tag::Image { dest_url, .. }) => Some(dest_url.to_string()),
             _ => None,
         })
         .collect()
@@ -551,8 +561,7 @@ fn check_config(name: &str, yaml: &str, validator: &jsonschema::Validator) -> Ve
         ));
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
-    std::os::unix::fs::symlink(repo().join("conf/dev"), dir.path().join("dev"))
-        .expect("a symlink");
+    std::os::unix::fs::symlink(repo().join("conf/dev"), dir.path().join("dev")).expect("a symlink");
     let file = dir.path().join("gateway.yaml");
     std::fs::write(&file, yaml).expect("write");
     let out = Command::new(BIN)
@@ -580,7 +589,10 @@ fn validator() -> jsonschema::Validator {
 
 #[test]
 fn the_committed_schema_is_what_tollgate_schema_prints() {
-    let out = Command::new(BIN).arg("schema").output().expect("tollgate runs");
+    let out = Command::new(BIN)
+        .arg("schema")
+        .output()
+        .expect("tollgate runs");
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).expect("UTF-8");
     let file = repo().join("conf/tollgate.schema.json");
@@ -709,7 +721,10 @@ fn every_config_file_and_config_example_validates_and_passes_tollgate_check() {
             "../".repeat(depth)
         );
         if text.lines().next() != Some(modeline.as_str()) {
-            problems.push(format!("{}: the first line is not {modeline:?}", rel(&file)));
+            problems.push(format!(
+                "{}: the first line is not {modeline:?}",
+                rel(&file)
+            ));
         }
         problems.extend(check_in_place(&rel(&file), &file, &text, &validator));
         checked += 1;
@@ -773,7 +788,10 @@ fn check_in_place(
     let mut problems = Vec::new();
     let doc: Json = serde_yaml::from_str(text).expect("YAML");
     for error in validator.iter_errors(&doc) {
-        problems.push(format!("{name}: schema: {error} at {}", error.instance_path()));
+        problems.push(format!(
+            "{name}: schema: {error} at {}",
+            error.instance_path()
+        ));
     }
     let out = Command::new(BIN)
         .args(["check", "-c"])
@@ -794,16 +812,31 @@ fn the_schema_refuses_what_parse_refuses_in_shape() {
     // The validator is only worth running if it catches mistakes an editor should show.
     let validator = validator();
     for (yaml, why) in [
-        ("routes: [{ name: r, path: /, upstream: u, stip_prefix: true }]", "a misspelt key"),
-        ("upstreams: { u: { backends: [{ addr: a:1 }], lb: random } }", "a value not in the enum"),
+        (
+            "routes: [{ name: r, path: /, upstream: u, stip_prefix: true }]",
+            "a misspelt key",
+        ),
+        (
+            "upstreams: { u: { backends: [{ addr: a:1 }], lb: random } }",
+            "a value not in the enum",
+        ),
         ("server: { grace_period: 5 }", "a duration without its unit"),
-        ("server: { http: { max_body: lots } }", "a size that is not one"),
+        (
+            "server: { http: { max_body: lots } }",
+            "a size that is not one",
+        ),
         ("routes: [{ path: / }]", "a missing required key"),
         ("tracing: {}", "an unknown section"),
     ] {
         let doc: Json = serde_yaml::from_str(yaml).expect("YAML");
-        assert!(!validator.is_valid(&doc), "the schema accepts {why}: {yaml}");
-        assert!(tollgate_config::parse(yaml).is_err(), "parse accepts {why}: {yaml}");
+        assert!(
+            !validator.is_valid(&doc),
+            "the schema accepts {why}: {yaml}"
+        );
+        assert!(
+            tollgate_config::parse(yaml).is_err(),
+            "parse accepts {why}: {yaml}"
+        );
     }
 }
 
@@ -850,7 +883,8 @@ fn no_relative_link_or_anchor_in_the_markdown_is_dead() {
 
 #[test]
 fn the_link_checker_finds_a_dead_link_and_a_dead_anchor() {
-    let text = "# Title\n\n## A `code` heading\n\n[ok](#title) [ok](#a-code-heading) [bad](#nowhere)\n";
+    let text =
+        "# Title\n\n## A `code` heading\n\n[ok](#title) [ok](#a-code-heading) [bad](#nowhere)\n";
     let anchors = anchors_of(text);
     assert!(anchors.contains("title") && anchors.contains("a-code-heading"));
     let links = links_of(text);
