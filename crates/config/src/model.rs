@@ -58,6 +58,13 @@ impl Config {
         for key in self.auth.signing_keys.iter_mut().flat_map(|s| &mut s.keys) {
             resolve(&mut key.file);
         }
+        if let Some(Revocation {
+            source: RevocationSource::File(path),
+            ..
+        }) = &mut self.auth.revocation
+        {
+            resolve(path);
+        }
         for provider in &mut self.auth.providers {
             if let Some(ca) = &mut provider.ca_file {
                 resolve(ca);

@@ -298,8 +298,8 @@ pub struct RawUpstream {
     /// token's claim); the client address when absent.
     #[schemars(extend("default" = "client_ip"), regex(pattern = r"^(client_ip|header:.+|claim:.+)$"))]
     pub hash_on: Option<String>,
-    /// Active health checks. None when unset: backends are used until outlier detection or
-    /// failed connects say otherwise.
+    /// Active health checks. None when unset: every backend is used unless
+    /// `outlier_detection` ejects it (a failed connect is retried on another backend).
     pub health_check: Option<RawHealthCheck>,
     /// TCP (and TLS) connect.
     #[schemars(extend("default" = "1s"))]
@@ -327,7 +327,7 @@ pub struct RawUpstream {
     /// TLS to the backends. Plain TCP when unset.
     pub tls: Option<RawUpstreamTls>,
     /// A backend that joins or returns gets a share of its weight growing from 10 % to
-    /// 100 % over this window (`round_robin` and `least_request` only). Off when unset.
+    /// 100 % over this window (every `lb` but `consistent_hash`). Off when unset.
     pub slow_start: Option<DurationText>,
     /// Passive ejection of backends that fail real requests. Off when unset.
     pub outlier_detection: Option<RawOutlierDetection>,
@@ -520,7 +520,8 @@ pub struct RawSigningKeys {
 pub struct RawSigningKey {
     /// The key's id.
     pub kid: String,
-    /// A PKCS#8 PEM private key, Ed25519 (EdDSA) or P-256 (ES256).
+    /// A PKCS#8 PEM private key, Ed25519 (EdDSA) or P-256 (ES256), relative to the config
+    /// file (`openssl genpkey -algorithm ed25519`).
     pub file: String,
 }
 
@@ -537,7 +538,8 @@ pub struct RawUpstreamToken {
     /// Its lifetime, 1s to 24h.
     #[schemars(extend("default" = "60s"))]
     pub ttl: Option<DurationText>,
-    /// The caller's claims copied into it.
+    /// Top-level claims copied from the caller's token when present; `sub` always is.
+    /// `iss`, `aud`, `exp`, `iat`, `nbf`, `jti` and `act` are the gateway's.
     #[schemars(extend("default" = ["sub"]))]
     pub claims: Option<Vec<String>>,
 }
@@ -547,7 +549,7 @@ pub struct RawUpstreamToken {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRevocation {
-    /// A JSON Lines file, relative to the config file.
+    /// A JSON Lines file, relative to the config file; re-read when it changes.
     pub file: Option<String>,
     /// A Redis set, with a version counter.
     pub redis: Option<RawRevocationRedis>,
@@ -643,9 +645,12 @@ pub struct RawProvider {
     /// The `iss` of its tokens (exact match).
     pub issuer: String,
     /// `aud` must contain one of these; or `any`, which must be written out (RFC 8725 §3.9).
+    // Optional here so that its absence is reported by validation with what to write.
+    #[schemars(required)]
     pub audiences: Option<RawAudiences>,
-    /// The header `typ` must be one of these (e.g. `[at+jwt]`, RFC 9068), case-insensitively.
-    /// Not looked at when unset.
+    /// The header `typ` must be one of these (e.g. `[at+jwt]`, RFC 9068), case-insensitively
+    /// and with `application/` optional; a token without `typ` is refused (`typ`). Not looked
+    /// at when unset.
     pub token_types: Option<Vec<String>>,
     /// Clock skew allowed for `exp`, `nbf` and `iat` (`0s` for none).
     #[schemars(extend("default" = "30s"))]
@@ -663,10 +668,11 @@ pub struct RawProvider {
     pub jwks_uri: Option<String>,
     /// Key source: `true` (OpenID Connect discovery at the issuer) or the discovery URL.
     pub discovery: Option<RawDiscovery>,
-    /// `true` allows an `http://` `jwks_uri` or discovery URL off loopback. Off when unset.
+    /// `true` allows an `http://` `jwks_uri`, discovery URL or introspection endpoint off
+    /// loopback (`localhost`, 127.0.0.0/8, `[::1]`). Off when unset.
     pub insecure_http: Option<bool>,
-    /// With `jwks_uri` or `discovery`: the PEM bundle the identity provider's certificate
-    /// must chain to. Default: the system roots.
+    /// With `jwks_uri`, `discovery` or introspection: the PEM bundle the identity provider's
+    /// certificate must chain to. Default: the system roots.
     pub ca_file: Option<String>,
     /// Key source: a file holding an HMAC secret.
     pub hmac_secret_file: Option<String>,
@@ -685,9 +691,10 @@ pub struct RawProvider {
     /// whatever this says.
     #[schemars(extend("default" = false))]
     pub require_certificate_binding: Option<bool>,
-    /// `off`, `optional` (`Authorization: DPoP` taken beside Bearer; key-bound tokens must
-    /// come that way) or `required` (every token bound, with a proof). See
-    /// [DPoP](authentication.md#dpop-rfc-9449).
+    /// `off` (`Authorization: DPoP` not read; a `cnf.jkt`-bound token passes as a bearer
+    /// token), `optional` (`Authorization: DPoP` taken beside Bearer; key-bound tokens must
+    /// come that way) or `required` (every token bound, with a proof). Needs `bearer` among
+    /// `token_sources`. See [DPoP](authentication.md#dpop-rfc-9449).
     #[schemars(extend("default" = "off", "enum" = ["off", "optional", "required"]))]
     pub dpop: Option<String>,
 }
@@ -779,7 +786,8 @@ pub struct RawRoute {
     #[schemars(extend("default" = "prefix", "enum" = ["prefix", "exact"]))]
     pub path_match: Option<String>,
     /// `insensitive` matches ignoring ASCII letter case, for an upstream that does so itself;
-    /// every route to one upstream must say the same.
+    /// every route to one upstream must say the same. The path goes upstream as written. See
+    /// [routing](routing.md#how-a-route-is-chosen).
     #[schemars(extend("default" = "sensitive", "enum" = ["sensitive", "insensitive"]))]
     pub path_case: Option<String>,
     /// e.g. `[GET, POST]`; another method answers 405 with `Allow`. `HEAD` is not implied by
@@ -803,7 +811,9 @@ pub struct RawRoute {
     pub auth: Option<String>,
     /// Names of the providers whose tokens the route accepts. All when unset.
     pub providers: Option<Vec<String>>,
-    /// Forward the token upstream; by default its header and query parameter are removed.
+    /// Forward the token upstream. By default, on routes with auth, the token's header,
+    /// query parameter and cookie (and `DPoP`) are removed; on `auth: none` routes nothing
+    /// is read, so nothing is removed.
     #[schemars(extend("default" = false))]
     pub keep_authorization: Option<bool>,
     /// A name in `policies`. Every authenticated caller is admitted when unset.
@@ -824,7 +834,8 @@ pub struct RawRoute {
     #[schemars(extend("default" = "off", "enum" = ["off", "optional", "required"]))]
     pub dpop: Option<String>,
     /// The upstream gets a token minted by the gateway for the verified caller instead of
-    /// the caller's own (needs `auth.signing_keys`).
+    /// the caller's own (needs `auth.signing_keys`; not with `auth: none`). See
+    /// [tokens for upstreams](authentication.md#tokens-for-upstreams).
     pub upstream_token: Option<RawUpstreamToken>,
 }
 
@@ -942,7 +953,7 @@ pub struct RawRateLimiting {
     #[schemars(extend("default" = 1000000), range(min = 1))]
     pub max_local_keys: Option<usize>,
     /// IPv6 clients are keyed by their network of this many bits, in `client_ip` keys and
-    /// every fallback to the client address.
+    /// every fallback to the client address. IPv4-mapped addresses count as IPv4.
     #[schemars(extend("default" = 64), range(min = 1, max = 128))]
     pub ipv6_prefix: Option<u8>,
     /// The store of `store: redis` limits.
@@ -1000,8 +1011,10 @@ pub struct RawConfig {
 }
 
 /// `server.http`: request normalisation, header hygiene, trusted proxies and client limits.
-/// Every default is the safe one; see [Security](SECURITY.md). Reloadable except
-/// `max_requests_per_connection` and `read_buffer`.
+/// Every default is the safe one; see [Security](SECURITY.md). A reload that changes
+/// `max_requests_per_connection` or `read_buffer` is refused. HTTP/2 connections take
+/// `keepalive_timeout` and `max_header_bytes` at start, and `header_timeout` and
+/// `max_requests_per_connection` apply to HTTP/1.1 only.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
@@ -1047,7 +1060,8 @@ pub struct RawHttp {
     /// Then the connection closes after its response.
     #[schemars(extend("default" = 1000), range(min = 1))]
     pub max_requests_per_connection: Option<u32>,
-    /// Open client connections on a listener; past it 503 and close.
+    /// Open client connections, the HTTP and HTTPS listeners together; past it 503 and
+    /// close.
     #[schemars(extend("default" = 10000), range(min = 1))]
     pub max_connections: Option<usize>,
     /// From one address (IPv6 by /64; trusted proxies exempt); past it 503 and close.

@@ -1239,3 +1239,43 @@ routes:
         0,
     );
 }
+
+#[test]
+fn every_file_a_config_names_is_relative_to_the_config_files_folder() {
+    let yaml = r#"
+listen:
+  https: 127.0.0.1:8443
+  tls: { certificates: [{ cert: tls/cert.pem, key: tls/key.pem }], client_auth: optional, client_ca: tls/ca.pem }
+auth:
+  providers: [{ name: p, issuer: "https://idp.example", audiences: [api], jwks_file: keys/jwks.json }]
+  revocation: { file: revoked.jsonl }
+  signing_keys: { issuer: "https://gw.example", current: a, keys: [{ kid: a, file: keys/a.pem }] }
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }], tls: { ca_file: /abs/ca.pem, client_cert: c.pem, client_key: k.pem } }
+routes:
+  - { name: r, path: /, upstream: u, upstream_token: { audience: u } }
+"#;
+    let mut c = parse(yaml).unwrap();
+    c.resolve_paths(std::path::Path::new("/etc/tollgate"));
+    let tls = c.listen.tls.as_ref().unwrap();
+    assert_eq!(tls.certificates[0].cert, "/etc/tollgate/tls/cert.pem");
+    assert_eq!(tls.client_ca.as_deref(), Some("/etc/tollgate/tls/ca.pem"));
+    assert_eq!(
+        c.auth.providers[0].keys,
+        tollgate_config::KeySource::File("/etc/tollgate/keys/jwks.json".into())
+    );
+    assert_eq!(
+        c.auth.revocation.as_ref().unwrap().source,
+        tollgate_config::RevocationSource::File("/etc/tollgate/revoked.jsonl".into())
+    );
+    assert_eq!(
+        c.auth.signing_keys.as_ref().unwrap().keys[0].file,
+        "/etc/tollgate/keys/a.pem"
+    );
+    let up = c.upstreams[0].tls.as_ref().unwrap();
+    assert_eq!(up.ca_file.as_deref(), Some("/abs/ca.pem"), "absolute paths stay");
+    assert_eq!(
+        up.client_cert,
+        Some(("/etc/tollgate/c.pem".into(), "/etc/tollgate/k.pem".into()))
+    );
+}
