@@ -1251,7 +1251,7 @@ auth:
   revocation: { file: revoked.jsonl }
   signing_keys: { issuer: "https://gw.example", current: a, keys: [{ kid: a, file: keys/a.pem }] }
 upstreams:
-  u: { backends: [{ addr: "127.0.0.1:9000" }], tls: { ca_file: /abs/ca.pem, client_cert: c.pem, client_key: k.pem } }
+  u: { backends: [{ addr: "127.0.0.1:9000" }], tls: { sni: u.internal, ca_file: /abs/ca.pem, client_cert: c.pem, client_key: k.pem } }
 routes:
   - { name: r, path: /, upstream: u, upstream_token: { audience: u } }
 "#;
