@@ -1273,7 +1273,11 @@ routes:
         "/etc/tollgate/keys/a.pem"
     );
     let up = c.upstreams[0].tls.as_ref().unwrap();
-    assert_eq!(up.ca_file.as_deref(), Some("/abs/ca.pem"), "absolute paths stay");
+    assert_eq!(
+        up.ca_file.as_deref(),
+        Some("/abs/ca.pem"),
+        "absolute paths stay"
+    );
     assert_eq!(
         up.client_cert,
         Some(("/etc/tollgate/c.pem".into(), "/etc/tollgate/k.pem".into()))
