@@ -142,6 +142,8 @@ run: build
 	echo "  curl -i -H 'Authorization: Bearer $$TOKEN' http://127.0.0.1:8080/api/hello"; \
 	echo "      # 200: verified (development key), /api stripped, X-Auth-* headers at the echo upstream"; \
 	echo "  curl -i http://127.0.0.1:8080/api/hello                   # 401 with WWW-Authenticate"; \
+	echo "  READER=\$$($(RELEASE_BIN) token mint --key conf/dev/es256-private.pem --kid dev-es256 --iss https://dev.tollgate.local --aud tollgate-demo --sub bob --scope read)"; \
+	echo "  curl -i -X POST -H \"Authorization: Bearer \$$READER\" http://127.0.0.1:8080/api/hello   # 403: read may only GET"; \
 	echo "  curl -i http://127.0.0.1:8080/public/hello                # auth: none"; \
 	echo "  curl -i -H 'x-user: alice' http://127.0.0.1:8080/sticky   # auth optional, consistent hashing on x-user"; \
 	echo "  curl -i http://127.0.0.1:8080/nowhere                     # 404 with a JSON body"; \
@@ -185,7 +187,7 @@ doc:
 # The config's JSON Schema and the configuration reference, regenerated from the config types
 # (`make test` fails while either is stale; see gateway/tests/it/docs.rs).
 docs:
-	TOLLGATE_BLESS=1 $(CARGO) test --workspace --locked --test it docs::
+	TOLLGATE_BLESS=1 $(CARGO) test --workspace --locked --test it docs:: -- --test-threads=1
 	@git diff --stat -- conf/tollgate.schema.json docs/configuration.md || true
 
 # Licenses, banned crates and sources (deny.toml); offline-capable, no advisory database.

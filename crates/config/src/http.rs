@@ -3,7 +3,7 @@
 //! cheap to refuse. Every default here is the safe one; docs/SECURITY.md ("Security defaults") lists them.
 
 use crate::problems::{duration, header_name, Problems};
-use crate::raw::{ByteSize, RawHttp};
+use crate::raw::{ByteSize, RawHttp, RawIpRules};
 use ipnet::IpNet;
 use std::time::Duration;
 use tollgate_canonical::{EscapedSlashes, PathOptions, PathParams};
@@ -49,6 +49,34 @@ pub(crate) fn byte_size(
     }
 }
 
+/// `ip_rules`: which client addresses are let in. Empty: everyone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpRules {
+    /// When not empty, only these are let in.
+    pub allow: Vec<IpNet>,
+    /// Never let in, whatever `allow` says.
+    pub deny: Vec<IpNet>,
+}
+
+impl IpRules {
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// Whether `client` is let in. An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is its
+    /// IPv4 address, so that a rule for `10.0.0.0/8` holds on a dual-stack listener. An
+    /// unknown client (no peer address) is refused wherever there are rules.
+    pub fn admits(&self, client: Option<std::net::IpAddr>) -> bool {
+        let Some(ip) = client.map(|ip| ip.to_canonical()) else {
+            return self.allow.is_empty() && self.deny.is_empty();
+        };
+        if self.deny.iter().any(|n| n.contains(&ip)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// What to do with client header names that contain `_`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Underscores {
@@ -62,6 +90,8 @@ pub enum Underscores {
 /// `server.http`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpSettings {
+    /// Client addresses let in on every route, before routing (`server.http.ip_rules`).
+    pub ip_rules: IpRules,
     /// Path normalisation; the route is chosen on, and the upstream receives, its result.
     pub path: PathOptions,
     /// Default `Drop`.
@@ -164,6 +194,44 @@ fn choice<T: Copy>(
     }
 }
 
+/// Addresses or CIDRs (`10.0.0.0/8`, `2001:db8::1`), host bits cleared; an IPv4-mapped
+/// address is its IPv4 address, as clients are compared.
+pub(crate) fn networks(list: Option<&[String]>, path: &str, problems: &mut Problems) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, text) in list.into_iter().flatten().enumerate() {
+        let parsed = text.parse::<IpNet>().or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| IpNet::from(ip.to_canonical()))
+                .map_err(|_| ())
+        });
+        match parsed {
+            Ok(net) => out.push(net.trunc()),
+            Err(()) => problems.add(
+                format!("{path}[{i}]"),
+                format!("expected an address or CIDR such as 10.0.0.0/8, found {text:?}"),
+            ),
+        }
+    }
+    out
+}
+
+/// `ip_rules: { allow, deny }`.
+pub(crate) fn ip_rules(raw: Option<&RawIpRules>, path: &str, problems: &mut Problems) -> IpRules {
+    let Some(raw) = raw else {
+        return IpRules::default();
+    };
+    if raw.allow.as_ref().is_some_and(Vec::is_empty) {
+        problems.add(
+            format!("{path}.allow"),
+            "an empty allow list lets no one in: list addresses, or remove it to let everyone in",
+        );
+    }
+    IpRules {
+        allow: networks(raw.allow.as_deref(), &format!("{path}.allow"), problems),
+        deny: networks(raw.deny.as_deref(), &format!("{path}.deny"), problems),
+    }
+}
+
 pub(crate) fn http(raw: &RawHttp, problems: &mut Problems) -> HttpSettings {
     const BASE: &str = "server.http";
     let escaped_slashes = choice(
@@ -187,21 +255,12 @@ pub(crate) fn http(raw: &RawHttp, problems: &mut Problems) -> HttpSettings {
         [("drop", Underscores::Drop), ("allow", Underscores::Allow)],
         problems,
     );
-    let mut trusted_proxies = Vec::new();
-    for (i, text) in raw.trusted_proxies.iter().flatten().enumerate() {
-        let parsed = text.parse::<IpNet>().or_else(|_| {
-            text.parse::<std::net::IpAddr>()
-                .map(IpNet::from)
-                .map_err(|_| ())
-        });
-        match parsed {
-            Ok(net) => trusted_proxies.push(net.trunc()),
-            Err(()) => problems.add(
-                format!("{BASE}.trusted_proxies[{i}]"),
-                format!("expected an address or CIDR such as 10.0.0.0/8, found {text:?}"),
-            ),
-        }
-    }
+    let trusted_proxies = networks(
+        raw.trusted_proxies.as_deref(),
+        &format!("{BASE}.trusted_proxies"),
+        problems,
+    );
+    let ip_rules = ip_rules(raw.ip_rules.as_ref(), &format!("{BASE}.ip_rules"), problems);
     let override_headers = match &raw.override_headers {
         None => DEFAULT_OVERRIDE_HEADERS
             .iter()
@@ -329,6 +388,7 @@ pub(crate) fn http(raw: &RawHttp, problems: &mut Problems) -> HttpSettings {
         }
     }
     HttpSettings {
+        ip_rules,
         body_timeout,
         send_timeout,
         path: PathOptions {
@@ -365,6 +425,45 @@ mod tests {
         assert_eq!(parse_byte_size("2GB"), Some(2 << 30));
         assert_eq!(parse_byte_size("lots"), None);
         assert_eq!(parse_byte_size("12XB"), None);
+    }
+
+    #[test]
+    fn ip_rules_deny_wins_allow_narrows_and_a_mapped_address_is_its_ipv4() {
+        let mut problems = Problems::default();
+        let raw = RawIpRules {
+            allow: Some(vec!["10.0.0.0/8".into(), "2001:db8::/32".into()]),
+            deny: Some(vec!["10.9.0.0/16".into(), "::ffff:10.1.1.1".into()]),
+        };
+        let rules = ip_rules(Some(&raw), "r", &mut problems);
+        assert!(problems.0.is_empty());
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        assert!(rules.admits(ip("10.1.2.3")));
+        assert!(
+            rules.admits(ip("::ffff:10.1.2.3")),
+            "mapped: its IPv4 address"
+        );
+        assert!(rules.admits(ip("2001:db8::7")));
+        assert!(!rules.admits(ip("10.9.1.1")), "deny wins over allow");
+        assert!(!rules.admits(ip("::ffff:10.9.1.1")));
+        assert!(
+            !rules.admits(ip("10.1.1.1")),
+            "a mapped rule is its IPv4 address"
+        );
+        assert!(!rules.admits(ip("192.0.2.1")), "not allowed");
+        assert!(
+            !rules.admits(None),
+            "an unknown client is refused where there are rules"
+        );
+        assert!(IpRules::default().admits(None));
+        let deny_only = ip_rules(
+            Some(&RawIpRules {
+                allow: None,
+                deny: Some(vec!["192.0.2.0/24".into()]),
+            }),
+            "r",
+            &mut problems,
+        );
+        assert!(deny_only.admits(ip("10.1.2.3")) && !deny_only.admits(ip("192.0.2.9")));
     }
 
     #[test]

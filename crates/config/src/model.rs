@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use crate::http::{HttpSettings, Underscores};
+pub use crate::http::{HttpSettings, IpRules, Underscores};
 pub use crate::problems::{ConfigError, Problem};
 pub use ipnet::IpNet;
 pub use tollgate_canonical::{EscapedSlashes, PathOptions, PathParams};
@@ -432,6 +432,8 @@ pub struct Route {
     pub rate_limits: Vec<Limit>,
     /// Request body size in bytes; larger → 413. Default `server.http.max_body`.
     pub max_body: u64,
+    /// Client addresses let in, checked after the global rules, before authentication.
+    pub ip_rules: IpRules,
     /// `client_certificate: required`: only requests on a TLS connection with a verified
     /// client certificate reach this route (others get 403). Default `any`.
     pub require_client_certificate: bool,

@@ -823,6 +823,9 @@ pub struct RawRoute {
     /// Request body size (`1MiB`, `64KiB`, bytes); larger answers 413. Default:
     /// `server.http.max_body`.
     pub max_body: Option<ByteSize>,
+    /// Client addresses let in on this route, after the global `server.http.ip_rules`.
+    /// Everyone when unset.
+    pub ip_rules: Option<RawIpRules>,
     /// `required`: only requests on a TLS connection with a verified client certificate
     /// reach the route; others get 403.
     #[schemars(extend("default" = "any", "enum" = ["any", "required"]))]
@@ -1080,6 +1083,21 @@ pub struct RawHttp {
     /// Longest wait for a client to take the next bytes of a response.
     #[schemars(extend("default" = "30s"))]
     pub send_timeout: Option<DurationText>,
+    /// Client addresses let in on every route, checked before routing. Everyone when unset.
+    pub ip_rules: Option<RawIpRules>,
+}
+
+/// `server.http.ip_rules` and `routes[].ip_rules`: client addresses let in, checked before
+/// authentication on the client address (behind `trusted_proxies`, the real client's);
+/// others get 403 `ip`. See [authorization](authorization-and-limits.md#ip-rules).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpRules {
+    /// Addresses or CIDRs let in; when given, every other address is refused.
+    #[schemars(length(min = 1))]
+    pub allow: Option<Vec<String>>,
+    /// Addresses or CIDRs refused; a match wins over `allow`.
+    pub deny: Option<Vec<String>>,
 }
 
 /// The file's shape, for its JSON Schema (`tollgate schema`). `parse` reads the same types

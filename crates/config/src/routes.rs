@@ -220,6 +220,11 @@ pub(crate) fn route(
         rate_limits,
         // Resolved against `server.http.max_body` by `validate`.
         max_body: crate::http::byte_size(&raw.max_body, &format!("{base}.max_body"), 0, problems),
+        ip_rules: crate::http::ip_rules(
+            raw.ip_rules.as_ref(),
+            &format!("{base}.ip_rules"),
+            problems,
+        ),
         require_client_certificate: match raw.client_certificate.as_deref() {
             None | Some("any") => false,
             Some("required") => true,

@@ -1283,3 +1283,26 @@ routes:
         Some(("/etc/tollgate/c.pem".into(), "/etc/tollgate/k.pem".into()))
     );
 }
+
+#[test]
+fn ip_rules_are_addresses_or_cidrs_and_an_allow_list_is_not_empty() {
+    let yaml = r#"
+server:
+  http:
+    ip_rules: { allow: [], deny: [10.0.0.0/33] }
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: u, ip_rules: { allow: [10.0.0.0/8, office], deny: [fe80::/10] } }
+"#;
+    let reported = problems(yaml);
+    assert_problems(
+        &reported,
+        &[
+            "server.http.ip_rules.allow: an empty allow list lets no one in",
+            "server.http.ip_rules.deny[0]: expected an address or CIDR such as 10.0.0.0/8, found \"10.0.0.0/33\"",
+            "routes[0].ip_rules.allow[1]: expected an address or CIDR",
+        ],
+        0,
+    );
+}

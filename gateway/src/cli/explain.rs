@@ -161,6 +161,9 @@ pub async fn explain(
     if let Err(Refusal::Malformed { reason, .. }) = &decided {
         println!("request: refused before routing: {reason}");
     }
+    if admitted {
+        print_ip_rules(snapshot, passage.route.as_deref(), passage.edge.client_ip);
+    }
     match &passage.route {
         None => {}
         Some(route) => {
@@ -206,6 +209,31 @@ pub async fn explain(
             Ok(Ok(()))
         }
         Err(refusal) => Ok(Err(verdict(refusal, snapshot))),
+    }
+}
+
+/// `ip_rules`, global and the route's, for the client address (`--client`).
+fn print_ip_rules(
+    snapshot: &RuntimeSnapshot,
+    route: Option<&crate::request::runtime::RouteRuntime>,
+    client: Option<std::net::IpAddr>,
+) {
+    let who = client.map_or("an unknown address (no --client)".to_owned(), |ip| {
+        ip.to_string()
+    });
+    let rules = [
+        ("global", Some(&snapshot.http.ip_rules)),
+        ("route", route.map(|r| &r.ip_rules)),
+    ];
+    for (scope, rules) in rules {
+        if let Some(rules) = rules.filter(|r| !r.is_empty()) {
+            let verdict = if rules.admits(client) {
+                "lets in"
+            } else {
+                "refuses"
+            };
+            println!("ip:      {scope} ip_rules {verdict} {who}");
+        }
     }
 }
 

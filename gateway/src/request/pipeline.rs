@@ -135,9 +135,11 @@ impl Pipeline<'_> {
         passage: &mut Passage,
     ) -> Result<(), Refusal> {
         passage.edge = self.admit(req, peer)?;
+        self.client_address(&self.snapshot.http.ip_rules, passage.edge.client_ip, None)?;
         self.https_only(req, passage)?;
         let route = self.route(req, passage.edge.host.as_deref())?;
         passage.route = Some(route.clone());
+        self.client_address(&route.ip_rules, passage.edge.client_ip, Some(&route))?;
         if route.require_client_certificate && passage.transport.peer_certificate().is_none() {
             return Err(Refusal::ClientCertificateRequired);
         }
@@ -184,6 +186,28 @@ impl Pipeline<'_> {
                 METRICS.bad_requests.with_label_values(&[reason]).inc();
             }
         })
+    }
+
+    /// `ip_rules`, global (before routing, `route` none) or the route's: the client address
+    /// (behind trusted proxies, the real client's) let in or refused, before any token is
+    /// looked at.
+    fn client_address(
+        &self,
+        rules: &tollgate_config::IpRules,
+        client: Option<IpAddr>,
+        route: Option<&RouteRuntime>,
+    ) -> Result<(), Refusal> {
+        if rules.admits(client) {
+            return Ok(());
+        }
+        if self.mode.enforces() {
+            let (scope, name) = match route {
+                Some(r) => ("route", r.name.as_ref()),
+                None => ("global", "unmatched"),
+            };
+            METRICS.ip_refusals.with_label_values(&[scope, name]).inc();
+        }
+        Err(Refusal::IpDenied)
     }
 
     /// `listen.tls.redirect_http`: a plain-HTTP request (not one a trusted proxy received on

@@ -64,6 +64,8 @@ pub enum Refusal {
     /// 403: the route takes only requests on a TLS connection with a verified client
     /// certificate (`client_certificate: required`).
     ClientCertificateRequired,
+    /// 403: the client's address is not let in by `ip_rules` (global or the route's).
+    IpDenied,
     /// 308 to the same URL on https: a plain-HTTP request when `listen.tls.redirect_http`.
     RedirectToHttps { location: String },
     /// 429 from a rate limit, with its `RateLimit` headers.
@@ -223,7 +225,9 @@ impl Refusal {
             Refusal::NotFound => 404,
             Refusal::MultipleTokens | Refusal::Unreadable => 400,
             Refusal::Unauthorized { .. } | Refusal::InvalidDpopProof { .. } => 401,
-            Refusal::Forbidden { .. } | Refusal::ClientCertificateRequired => 403,
+            Refusal::Forbidden { .. } | Refusal::ClientCertificateRequired | Refusal::IpDenied => {
+                403
+            }
             Refusal::RedirectToHttps { .. } => 308,
             Refusal::RateLimited { .. }
             | Refusal::TooManyFailedAttempts { .. }
@@ -339,6 +343,12 @@ impl Refusal {
                 a.policy = Some(policy);
                 a
             }
+            Refusal::IpDenied => Answer::new(
+                403,
+                "forbidden",
+                "ip",
+                "requests from this address are not allowed here",
+            ),
             Refusal::ClientCertificateRequired => Answer::new(
                 403,
                 "forbidden",

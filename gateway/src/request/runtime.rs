@@ -47,6 +47,8 @@ pub struct RouteRuntime {
     pub limits: Vec<LimitRuntime>,
     /// Request body size in bytes; larger → 413.
     pub max_body: u64,
+    /// The route's `ip_rules`, checked after the global ones, before authentication.
+    pub ip_rules: tollgate_config::IpRules,
     /// `client_certificate: required`.
     pub require_client_certificate: bool,
     /// `require_certificate_binding` on the route (a provider may also require it).
@@ -333,6 +335,7 @@ impl Shared<'_> {
             token_sources,
             keep_authorization: r.keep_authorization,
             max_body: r.max_body,
+            ip_rules: r.ip_rules.clone(),
             require_client_certificate: r.require_client_certificate,
             require_certificate_binding: r.require_certificate_binding,
             dpop: r.dpop,

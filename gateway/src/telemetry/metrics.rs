@@ -177,6 +177,10 @@ metrics_table! {
     config_reloads: IntCounterVec = "tollgate_config_reloads_total",
         "Config reloads on SIGHUP, by result (success, error).",
         labels ["result"];
+    ip_refusals: IntCounterVec = "tollgate_ip_refusals_total",
+        "Requests refused on their client address by ip_rules, by scope (global, route) and \
+         route (unmatched for global rules, which apply before routing).",
+        labels ["scope", "route"];
     rbac_decisions: IntCounterVec = "tollgate_rbac_decisions_total",
         "RBAC policy decisions, by route, policy and decision (allow, deny, shadow_deny).",
         labels ["route", "policy", "decision"];

@@ -355,6 +355,8 @@ routes:
   - {{ name: dead, path: /dead, upstream: dead }}
   - {{ name: upload, path: /upload, upstream: app, auth: none, max_body: 1GiB }}
   - {{ name: legacy, path: /legacy/admin, upstream: iis, policy: admins, path_case: insensitive, strip_prefix: true }}
+  - {{ name: office, path: /office, upstream: app, auth: none, ip_rules: {{ allow: [10.0.0.0/8], deny: [10.9.0.0/16] }} }}
+  - {{ name: office-admin, path: /office-admin, upstream: app, policy: admins, ip_rules: {{ allow: [10.0.0.0/8] }} }}
   - {{ name: public, path: /, upstream: app, auth: none }}
 ",
         jwks_path.display(),
@@ -1512,4 +1514,105 @@ fn a_shadow_that_needs_a_token_gets_one_minted_for_its_own_audience() {
     assert!(one_received(&shadow, "the shadow's copy")
         .header("x-upstream-token")
         .is_empty());
+}
+
+/// `ip_rules` are checked on the client address before any token is looked at: a forged
+/// token from a refused address costs no signature check and counts no failed
+/// authentication, and the upstream receives nothing.
+#[test]
+fn ip_rules_refuse_before_authentication_and_nothing_reaches_the_upstream() {
+    let t = start("{}");
+    let forged = TestKey::es256("k1")
+        .sign(json!({ "iss": ISS, "aud": "api", "sub": "x", "roles": ["admin"] }));
+    let auth = format!("Authorization: Bearer {forged}\r\n");
+    let a = send(
+        &t.gw,
+        format!("GET /office-admin HTTP/1.1\r\nHost: app.test\r\n{auth}\r\n").as_bytes(),
+    );
+    assert_eq!(a.status, 403, "{a:?}");
+    let body: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(
+        (body["error"].as_str(), body["reason"].as_str()),
+        (Some("forbidden"), Some("ip"))
+    );
+    t.upstream_got_nothing("a refused address");
+    assert_eq!(
+        t.gw.metric(
+            "tollgate_ip_refusals_total",
+            &[("scope", "route"), ("route", "office-admin")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        t.gw.metric(
+            "tollgate_auth_decisions_total",
+            &[("provider", "main"), ("reason", "signature")]
+        ),
+        0.0,
+        "no token was looked at"
+    );
+    // The route without rules is not affected.
+    let admin = t.token("root", &["admin"]);
+    let a = send(
+        &t.gw,
+        format!("GET /admin HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {admin}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(t.only_request().header("x-auth-subject"), ["root"]);
+}
+
+/// Behind a trusted proxy the rules see the real client; without one, a client's
+/// `X-Forwarded-For` is not believed, so it cannot name an allowed address.
+#[test]
+fn ip_rules_see_the_real_client_behind_trusted_proxies_and_never_a_spoofed_one() {
+    let behind = start("{ trusted_proxies: [127.0.0.0/8] }");
+    let get = |gw: &Gateway, xff: &str| {
+        send(
+            gw,
+            format!("GET /office/x HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: {xff}\r\n\r\n")
+                .as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(get(&behind.gw, "10.1.2.3"), 200);
+    assert_eq!(behind.only_request().header("x-real-ip"), ["10.1.2.3"]);
+    assert_eq!(get(&behind.gw, "10.9.1.1"), 403, "deny wins over allow");
+    assert_eq!(
+        get(&behind.gw, "10.1.2.3, 192.0.2.7"),
+        403,
+        "the first untrusted hop is the client"
+    );
+    behind.upstream_got_nothing("refused addresses");
+
+    let edge = start("{}");
+    assert_eq!(
+        get(&edge.gw, "10.1.2.3"),
+        403,
+        "a client's own X-Forwarded-For is not believed"
+    );
+    edge.upstream_got_nothing("a spoofed forwarded address");
+}
+
+/// `server.http.ip_rules` apply to every request, before routing.
+#[test]
+fn global_ip_rules_refuse_before_routing() {
+    let t = start("{ ip_rules: { deny: [127.0.0.0/8] } }");
+    for target in ["/", "/nowhere", "/admin"] {
+        let a = send(
+            &t.gw,
+            format!("GET {target} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(a.status, 403, "{target}");
+        let body: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(body["reason"], "ip", "{target}");
+    }
+    t.upstream_got_nothing("a globally refused address");
+    assert_eq!(
+        t.gw.metric(
+            "tollgate_ip_refusals_total",
+            &[("scope", "global"), ("route", "unmatched")]
+        ),
+        3.0
+    );
 }

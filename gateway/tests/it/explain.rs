@@ -33,6 +33,8 @@ routes:
   - {{ name: public, path: /public, auth: none, methods: [GET], upstream: e }}
   - {{ name: optional, path: /opt, auth: optional, upstream: e }}
   - {{ name: vhost, host: a.test, path: /, auth: none, upstream: e }}
+  - {{ name: lan, path: /lan, auth: none, upstream: e, ip_rules: {{ allow: [10.0.0.0/8] }} }}
+  - {{ name: local, path: /local, upstream: e, policy: admins, ip_rules: {{ allow: [127.0.0.0/8] }} }}
   - name: limited
     path: /limited
     upstream: e
@@ -128,6 +130,8 @@ fn explain_and_the_proxy_agree_on_every_enumerated_request() {
         (None, "/opt"),
         (None, "/limited"),
         (None, "/nowhere"),
+        (None, "/lan"),
+        (None, "/local"),
         (Some("a.test"), "/anything"),
     ];
     let methods = ["GET", "POST", "DELETE", "get"];
@@ -149,7 +153,8 @@ fn explain_and_the_proxy_agree_on_every_enumerated_request() {
 
                 let mut cmd = Command::new(BIN);
                 cmd.args(["explain", "-c", gw.conf_path().to_str().unwrap()])
-                    .args(["--method", method, "--path", target, "--host", host]);
+                    .args(["--method", method, "--path", target, "--host", host])
+                    .args(["--client", "127.0.0.1"]);
                 for t in tokens {
                     cmd.args(["--header", &format!("Authorization: {t}")]);
                 }
@@ -176,6 +181,7 @@ fn explain_and_the_proxy_agree_on_every_enumerated_request() {
         "401 unauthorized/signature",
         "403 forbidden/policy/orders",
         "403 forbidden/policy/admins",
+        "403 forbidden/ip",
     ] {
         assert!(seen.contains(expected), "no {expected:?} among {seen:?}");
     }
