@@ -58,6 +58,9 @@ deps-test: deps-build
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
 	@$(call need,python3,python3)
 	@$(call need,redis-server,redis-server)
+	@# The CORS test's browser: headless Chromium, driven through chromedriver (WebDriver).
+	@$(call need,chromium,chromium)
+	@$(call need,chromedriver,chromium-driver)
 	@# The one-issuer test's authorization server: oidc-provider from npm, pinned by its lockfile.
 	@$(call need,node,nodejs)
 	@$(call need,npm,npm)

@@ -3,7 +3,7 @@
 //! cheap to refuse. Every default here is the safe one; docs/SECURITY.md ("Security defaults") lists them.
 
 use crate::problems::{duration, header_name, Problems};
-use crate::raw::{ByteSize, RawHttp, RawIpRules};
+use crate::raw::{ByteSize, RawCors, RawHttp, RawIpRules};
 use ipnet::IpNet;
 use std::time::Duration;
 use tollgate_canonical::{EscapedSlashes, PathOptions, PathParams};
@@ -92,6 +92,8 @@ pub enum Underscores {
 pub struct HttpSettings {
     /// Client addresses let in on every route, before routing (`server.http.ip_rules`).
     pub ip_rules: IpRules,
+    /// CORS for routes without their own (`server.http.cors`).
+    pub cors: Option<std::sync::Arc<Cors>>,
     /// Path normalisation; the route is chosen on, and the upstream receives, its result.
     pub path: PathOptions,
     /// Default `Drop`.
@@ -213,6 +215,161 @@ pub(crate) fn networks(list: Option<&[String]>, path: &str, problems: &mut Probl
         }
     }
     out
+}
+
+/// A browser origin `cors.allow_origins` lets in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `*`: every origin.
+    Any,
+    /// `https://app.example.com`, lower case.
+    Exact(String),
+    /// `https://*.example.com[:port]`: `prefix` `https://`, `suffix` `.example.com[:port]`.
+    Subdomains { prefix: String, suffix: String },
+}
+
+impl OriginPattern {
+    /// Whether `origin` (an `Origin` header's value, as sent) is let in. `null` never is.
+    pub fn matches(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        match self {
+            OriginPattern::Any => origin != "null",
+            OriginPattern::Exact(o) => *o == origin,
+            OriginPattern::Subdomains { prefix, suffix } => origin
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.strip_suffix(suffix.as_str()))
+                .is_some_and(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                        && !label.starts_with('.')
+                        && !label.ends_with('.')
+                }),
+        }
+    }
+}
+
+/// `cors`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cors {
+    pub origins: Vec<OriginPattern>,
+    /// Upper case; empty: the route's methods.
+    pub methods: Vec<String>,
+    /// Lower case.
+    pub headers: Vec<String>,
+    pub expose: Vec<String>,
+    pub credentials: bool,
+    pub max_age: Duration,
+}
+
+/// `scheme://host[:port]`, as browsers serialise an origin: no path, no user info.
+fn origin_ok(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || p.is_empty() => (h, Some(p)),
+        _ => (rest, None),
+    };
+    matches!(scheme, "http" | "https")
+        && !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.*[]:".contains(&b))
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+pub(crate) fn cors(raw: &RawCors, path: &str, problems: &mut Problems) -> Cors {
+    let credentials = raw.allow_credentials.unwrap_or(false);
+    let mut origins = Vec::new();
+    if raw.allow_origins.is_empty() {
+        problems.add(
+            format!("{path}.allow_origins"),
+            "list at least one origin, or `*`",
+        );
+    }
+    for (i, o) in raw.allow_origins.iter().enumerate() {
+        let at = format!("{path}.allow_origins[{i}]");
+        let lower = o.to_ascii_lowercase();
+        if lower == "*" {
+            if credentials {
+                problems.add(
+                    at,
+                    "`*` cannot go with allow_credentials: true (browsers refuse it, and \
+                     reflecting any origin with credentials lets every site act as the user)",
+                );
+            }
+            origins.push(OriginPattern::Any);
+        } else if !origin_ok(&lower) || lower.ends_with('/') {
+            problems.add(
+                at,
+                format!(
+                    "expected an origin such as https://app.example.com or \
+                     https://*.example.com, found {o:?}"
+                ),
+            );
+        } else if let Some((scheme, rest)) = lower.split_once("://*.") {
+            if rest.contains('*') {
+                problems.add(at, "only the first label may be `*`");
+            } else {
+                origins.push(OriginPattern::Subdomains {
+                    prefix: format!("{scheme}://"),
+                    suffix: format!(".{rest}"),
+                });
+            }
+        } else if lower.contains('*') {
+            problems.add(at, "`*` may only be the whole origin or its first label");
+        } else {
+            origins.push(OriginPattern::Exact(lower));
+        }
+    }
+    let mut methods = Vec::new();
+    for (i, m) in raw.allow_methods.iter().flatten().enumerate() {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+            problems.add(
+                format!("{path}.allow_methods[{i}]"),
+                format!("{m:?} is not a method"),
+            );
+        } else {
+            methods.push(m.to_ascii_uppercase());
+        }
+    }
+    let names =
+        |list: &Option<Vec<String>>, key: &str, default: &[&str], problems: &mut Problems| {
+            let Some(list) = list else {
+                return default.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            };
+            let mut out = Vec::new();
+            for (i, h) in list.iter().enumerate() {
+                match header_name(h) {
+                    Some(h) => out.push(h),
+                    None => problems.add(
+                        format!("{path}.{key}[{i}]"),
+                        format!("{h:?} is not a header name"),
+                    ),
+                }
+            }
+            out
+        };
+    Cors {
+        origins,
+        methods,
+        headers: names(
+            &raw.allow_headers,
+            "allow_headers",
+            &["authorization", "content-type"],
+            problems,
+        ),
+        expose: names(&raw.expose_headers, "expose_headers", &[], problems),
+        credentials,
+        max_age: duration(
+            &raw.max_age,
+            &format!("{path}.max_age"),
+            Duration::from_secs(300),
+            problems,
+        ),
+    }
 }
 
 /// `ip_rules: { allow, deny }`.
@@ -389,6 +546,10 @@ pub(crate) fn http(raw: &RawHttp, problems: &mut Problems) -> HttpSettings {
     }
     HttpSettings {
         ip_rules,
+        cors: raw
+            .cors
+            .as_ref()
+            .map(|c| std::sync::Arc::new(cors(c, &format!("{BASE}.cors"), problems))),
         body_timeout,
         send_timeout,
         path: PathOptions {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use crate::http::{HttpSettings, IpRules, Underscores};
+pub use crate::http::{Cors, HttpSettings, IpRules, OriginPattern, Underscores};
 pub use crate::problems::{ConfigError, Problem};
 pub use ipnet::IpNet;
 pub use tollgate_canonical::{EscapedSlashes, PathOptions, PathParams};
@@ -434,6 +434,8 @@ pub struct Route {
     pub max_body: u64,
     /// Client addresses let in, checked after the global rules, before authentication.
     pub ip_rules: IpRules,
+    /// The route's own `cors` (else `server.http.cors` applies).
+    pub cors: Option<std::sync::Arc<Cors>>,
     /// `client_certificate: required`: only requests on a TLS connection with a verified
     /// client certificate reach this route (others get 403). Default `any`.
     pub require_client_certificate: bool,

@@ -826,6 +826,8 @@ pub struct RawRoute {
     /// Client addresses let in on this route, after the global `server.http.ip_rules`.
     /// Everyone when unset.
     pub ip_rules: Option<RawIpRules>,
+    /// CORS for this route, instead of `server.http.cors`.
+    pub cors: Option<RawCors>,
     /// `required`: only requests on a TLS connection with a verified client certificate
     /// reach the route; others get 403.
     #[schemars(extend("default" = "any", "enum" = ["any", "required"]))]
@@ -1085,6 +1087,36 @@ pub struct RawHttp {
     pub send_timeout: Option<DurationText>,
     /// Client addresses let in on every route, checked before routing. Everyone when unset.
     pub ip_rules: Option<RawIpRules>,
+    /// CORS for every route that does not set its own `cors`. Off when unset.
+    pub cors: Option<RawCors>,
+}
+
+/// `server.http.cors` and `routes[].cors`: which browser origins may call the route. A
+/// preflight is answered by the gateway before authentication and never forwarded; answers
+/// (the gateway's refusals too) carry the grant for an allowed origin. See
+/// [CORS](authorization-and-limits.md#cors).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// `https://app.example.com` (exact), `https://*.example.com` (any subdomain, on that
+    /// scheme and port), or `*` (any origin; not with `allow_credentials`).
+    #[schemars(length(min = 1))]
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight may ask for. Default: the route's `methods` (every method when
+    /// the route lists none).
+    pub allow_methods: Option<Vec<String>>,
+    /// Request headers a preflight may ask for, compared without case.
+    #[schemars(extend("default" = ["authorization", "content-type"]))]
+    pub allow_headers: Option<Vec<String>>,
+    /// Response headers a page may read besides the CORS-safelisted ones.
+    #[schemars(extend("default" = []))]
+    pub expose_headers: Option<Vec<String>>,
+    /// Let pages send cookies and read answers to credentialed requests.
+    #[schemars(extend("default" = false))]
+    pub allow_credentials: Option<bool>,
+    /// How long a browser may cache a preflight's answer.
+    #[schemars(extend("default" = "5m"))]
+    pub max_age: Option<DurationText>,
 }
 
 /// `server.http.ip_rules` and `routes[].ip_rules`: client addresses let in, checked before

@@ -220,6 +220,10 @@ pub(crate) fn route(
         rate_limits,
         // Resolved against `server.http.max_body` by `validate`.
         max_body: crate::http::byte_size(&raw.max_body, &format!("{base}.max_body"), 0, problems),
+        cors: raw
+            .cors
+            .as_ref()
+            .map(|c| std::sync::Arc::new(crate::http::cors(c, &format!("{base}.cors"), problems))),
         ip_rules: crate::http::ip_rules(
             raw.ip_rules.as_ref(),
             &format!("{base}.ip_rules"),

@@ -1306,3 +1306,61 @@ routes:
         0,
     );
 }
+
+#[test]
+fn cors_origins_are_origins_and_any_never_goes_with_credentials() {
+    let yaml = r#"
+server:
+  http:
+    cors: { allow_origins: ["*"], allow_credentials: true }
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - name: r
+    path: /
+    upstream: u
+    cors: { allow_origins: ["https://app.example.com/", "app.example.com", "https://a.*.example.com", "null"], allow_headers: ["x y"], max_age: 5 }
+"#;
+    let reported = problems(yaml);
+    assert_problems(
+        &reported,
+        &[
+            "server.http.cors.allow_origins[0]: `*` cannot go with allow_credentials: true",
+            "routes[0].cors.allow_origins[0]: expected an origin",
+            "routes[0].cors.allow_origins[1]: expected an origin",
+            "routes[0].cors.allow_origins[2]: `*` may only be the whole origin or its first label",
+            "routes[0].cors.allow_origins[3]: expected an origin",
+            "routes[0].cors.allow_headers[0]: \"x y\" is not a header name",
+            "routes[0].cors.max_age: invalid duration",
+        ],
+        0,
+    );
+}
+
+#[test]
+fn a_cors_origin_pattern_matches_only_its_own_origins() {
+    use tollgate_config::OriginPattern;
+    let sub = OriginPattern::Subdomains {
+        prefix: "https://".into(),
+        suffix: ".example.com".into(),
+    };
+    assert!(sub.matches("https://app.example.com"));
+    assert!(sub.matches("https://A.B.Example.COM"));
+    for other in [
+        "https://example.com",
+        "http://app.example.com",
+        "https://app.example.com:8443",
+        "https://evil.com/.example.com",
+        "https://app.example.com.evil.com",
+        "https://evil.com#.example.com",
+        "https://user@x.example.com",
+        "null",
+    ] {
+        assert!(!sub.matches(other), "{other}");
+    }
+    let exact = OriginPattern::Exact("https://app.example.com".into());
+    assert!(exact.matches("https://APP.example.com"));
+    assert!(!exact.matches("https://app.example.com.evil.com"));
+    assert!(OriginPattern::Any.matches("https://anything.test"));
+    assert!(!OriginPattern::Any.matches("null"));
+}

@@ -15,7 +15,7 @@ use tollgate_config::{parse, schema};
 /// key is probed in the first one that has its parent object and does not set it.
 const FIXTURES: &[&str] = &[
     r#"
-server: { http: {} }
+server: { http: { cors: { allow_origins: ["https://app.example"] } } }
 listen:
   http: 127.0.0.1:8080
   https: 127.0.0.1:8443
@@ -60,6 +60,7 @@ routes:
     path: /
     upstreams: [{ name: u }, { name: shadow, when: { header: { x-canary: "1" } } }]
     mirror: { upstream: shadow, upstream_token: { audience: shadow } }
+    cors: { allow_origins: ["https://*.example.com"] }
     upstream_token: { audience: api }
     rate_limits:
       - { name: l, rate: 10/s, tiers: { claim: plan, values: { pro: { rate: 20/s } } } }

@@ -208,6 +208,13 @@ pub async fn explain(
             println!("verdict: allowed");
             Ok(Ok(()))
         }
+        Err(Refusal::CorsPreflight { headers }) => {
+            for (name, value) in &headers {
+                println!("cors:    {name}: {value}");
+            }
+            println!("verdict: preflight answered by the gateway (204), not forwarded");
+            Ok(Ok(()))
+        }
         Err(refusal) => Ok(Err(verdict(refusal, snapshot))),
     }
 }

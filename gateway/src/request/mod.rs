@@ -1,8 +1,9 @@
 //! One request, in order: the Pingora phases ([`proxy`]), the canonical edge checks
-//! ([`edge`]), the pipeline that decides ([`pipeline`]), the one mapping from a refusal to an
+//! ([`edge`]), CORS ([`cors`]), the pipeline that decides ([`pipeline`]), the one mapping from a refusal to an
 //! answer ([`respond`]), and the runtime snapshot every decision reads ([`runtime`]).
 //! Imports `upstream`, `identity` and the rooms below; never `listener`, `ops` or `cli`.
 
+pub mod cors;
 pub mod edge;
 pub mod pipeline;
 pub mod proxy;

@@ -25,6 +25,7 @@ use crate::identity::binding;
 use crate::identity::dpop::{DpopRefusal, Scheme};
 use crate::identity::preauth::PREAUTH;
 use crate::limits::{Claims, Stores};
+use crate::request::cors;
 use crate::request::respond::Refusal;
 use crate::request::runtime::{RouteRuntime, RuntimeSnapshot};
 use crate::telemetry::metrics::METRICS;
@@ -114,6 +115,9 @@ pub struct Passage {
     pub limit: Option<&'static str>,
     /// The connection's TLS, set by the caller before [`Pipeline::decide`].
     pub transport: crate::tls::facts::Transport,
+    /// The CORS grant for the answer (`Vary: Origin` at least), when the route has `cors`
+    /// and the request an `Origin`: on the upstream's answer and on the gateway's refusals.
+    pub cors: Vec<(http::HeaderName, String)>,
 }
 
 /// The checks of one snapshot, for one request.
@@ -137,9 +141,14 @@ impl Pipeline<'_> {
         passage.edge = self.admit(req, peer)?;
         self.client_address(&self.snapshot.http.ip_rules, passage.edge.client_ip, None)?;
         self.https_only(req, passage)?;
+        self.preflight(req, passage)?;
         let route = self.route(req, passage.edge.host.as_deref())?;
         passage.route = Some(route.clone());
         self.client_address(&route.ip_rules, passage.edge.client_ip, Some(&route))?;
+        if let Some((allowed, grant)) = route.cors.as_ref().and_then(|c| cors::grant(c, req)) {
+            self.count_cors(&route, "actual", allowed);
+            passage.cors = grant;
+        }
         if route.require_client_certificate && passage.transport.peer_certificate().is_none() {
             return Err(Refusal::ClientCertificateRequired);
         }
@@ -186,6 +195,44 @@ impl Pipeline<'_> {
                 METRICS.bad_requests.with_label_values(&[reason]).inc();
             }
         })
+    }
+
+    /// A CORS preflight to a route with `cors` is answered here, before authentication:
+    /// the route is the one the asked-for method would reach, and the preflight never goes
+    /// upstream. Other `OPTIONS` requests go on as any request.
+    fn preflight(&self, req: &RequestHeader, passage: &mut Passage) -> Result<(), Refusal> {
+        let Some(method) = cors::preflight_method(req) else {
+            return Ok(());
+        };
+        let found = self
+            .snapshot
+            .router
+            .find(passage.edge.host.as_deref(), req.uri.path(), method);
+        let Match::Found(route) = found else {
+            return Ok(());
+        };
+        let Some(policy) = route.cors.clone() else {
+            return Ok(());
+        };
+        let route = route.clone();
+        passage.route = Some(route.clone());
+        self.client_address(&route.ip_rules, passage.edge.client_ip, Some(&route))?;
+        let answer = cors::preflight(&policy, req, method);
+        self.count_cors(&route, "preflight", answer.is_some());
+        Err(match answer {
+            Some(headers) => Refusal::CorsPreflight { headers },
+            None => Refusal::CorsDenied,
+        })
+    }
+
+    fn count_cors(&self, route: &RouteRuntime, kind: &str, allowed: bool) {
+        if self.mode.enforces() {
+            let result = if allowed { "allowed" } else { "denied" };
+            METRICS
+                .cors_requests
+                .with_label_values(&[&route.name, kind, result])
+                .inc();
+        }
     }
 
     /// `ip_rules`, global (before routing, `route` none) or the route's: the client address

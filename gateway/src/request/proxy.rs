@@ -255,7 +255,10 @@ impl Gateway {
             session.set_keepalive(None);
         }
         let realm = ctx.snapshot.as_ref().map_or("", |s| s.auth.realm.as_str());
-        refusal.answer(realm).send(session, &ctx.request_id).await
+        let mut answer = refusal.answer(realm);
+        // The CORS grant, so that a page can read the refusal (a preflight carries its own).
+        answer.headers.extend(ctx.passage.cors.iter().cloned());
+        answer.send(session, &ctx.request_id).await
     }
 }
 
@@ -665,6 +668,15 @@ impl ProxyHttp for Gateway {
             ctx.upstream_ms = Some(took * 1e3);
         }
         upstream_response.remove_header(&http::header::SERVER);
+        if !ctx.passage.cors.is_empty() {
+            // On a route with `cors` the gateway's grant is the only one.
+            for name in &crate::request::cors::UPSTREAM_GRANTS {
+                upstream_response.remove_header(name);
+            }
+            for (name, value) in &ctx.passage.cors {
+                upstream_response.append_header(name.clone(), value)?;
+            }
+        }
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         if let Some((policy, value)) = ctx.passage.ratelimit_headers.take() {
             upstream_response.insert_header("ratelimit-policy", &*policy)?;

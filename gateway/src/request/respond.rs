@@ -66,6 +66,10 @@ pub enum Refusal {
     ClientCertificateRequired,
     /// 403: the client's address is not let in by `ip_rules` (global or the route's).
     IpDenied,
+    /// 204: a CORS preflight the route's `cors` allows, answered by the gateway.
+    CorsPreflight { headers: Vec<(HeaderName, String)> },
+    /// 403: a CORS preflight the route's `cors` does not allow (no grant is given).
+    CorsDenied,
     /// 308 to the same URL on https: a plain-HTTP request when `listen.tls.redirect_http`.
     RedirectToHttps { location: String },
     /// 429 from a rate limit, with its `RateLimit` headers.
@@ -225,9 +229,11 @@ impl Refusal {
             Refusal::NotFound => 404,
             Refusal::MultipleTokens | Refusal::Unreadable => 400,
             Refusal::Unauthorized { .. } | Refusal::InvalidDpopProof { .. } => 401,
-            Refusal::Forbidden { .. } | Refusal::ClientCertificateRequired | Refusal::IpDenied => {
-                403
-            }
+            Refusal::Forbidden { .. }
+            | Refusal::ClientCertificateRequired
+            | Refusal::IpDenied
+            | Refusal::CorsDenied => 403,
+            Refusal::CorsPreflight { .. } => 204,
             Refusal::RedirectToHttps { .. } => 308,
             Refusal::RateLimited { .. }
             | Refusal::TooManyFailedAttempts { .. }
@@ -343,6 +349,17 @@ impl Refusal {
                 a.policy = Some(policy);
                 a
             }
+            Refusal::CorsPreflight { headers } => {
+                let mut a = Answer::new(204, "", "cors_preflight", "");
+                a.headers = headers.clone();
+                a
+            }
+            Refusal::CorsDenied => Answer::new(
+                403,
+                "forbidden",
+                "cors",
+                "this origin, method or header is not allowed by the route's CORS settings",
+            ),
             Refusal::IpDenied => Answer::new(
                 403,
                 "forbidden",
@@ -495,6 +512,15 @@ impl<'a> Answer<'a> {
     /// Writes the answer on the session, with `Content-Length` and the request id (these
     /// answers bypass `response_filter`); a `HEAD` request gets the header only.
     pub async fn send(self, session: &mut Session, request_id: &HeaderValue) -> Result<()> {
+        if self.status == 204 {
+            // A preflight's answer: headers only.
+            let mut resp = ResponseHeader::build(204, Some(2 + self.headers.len()))?;
+            resp.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
+            for (name, value) in self.headers {
+                resp.append_header(name, value)?;
+            }
+            return session.write_response_header(Box::new(resp), true).await;
+        }
         let body = self.body(Some(request_id.to_str().unwrap_or("")));
         let mut resp = ResponseHeader::build(self.status, Some(4 + self.headers.len()))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;

@@ -49,6 +49,8 @@ pub struct RouteRuntime {
     pub max_body: u64,
     /// The route's `ip_rules`, checked after the global ones, before authentication.
     pub ip_rules: tollgate_config::IpRules,
+    /// CORS: the route's own, else `server.http.cors`.
+    pub cors: Option<Arc<tollgate_config::Cors>>,
     /// `client_certificate: required`.
     pub require_client_certificate: bool,
     /// `require_certificate_binding` on the route (a provider may also require it).
@@ -336,6 +338,10 @@ impl Shared<'_> {
             keep_authorization: r.keep_authorization,
             max_body: r.max_body,
             ip_rules: r.ip_rules.clone(),
+            cors: r
+                .cors
+                .clone()
+                .or_else(|| self.config.server.http.cors.clone()),
             require_client_certificate: r.require_client_certificate,
             require_certificate_binding: r.require_certificate_binding,
             dpop: r.dpop,

@@ -177,6 +177,10 @@ metrics_table! {
     config_reloads: IntCounterVec = "tollgate_config_reloads_total",
         "Config reloads on SIGHUP, by result (success, error).",
         labels ["result"];
+    cors_requests: IntCounterVec = "tollgate_cors_requests_total",
+        "Requests with an Origin on routes with cors, by route, kind (preflight, actual) and \
+         result (allowed, denied).",
+        labels ["route", "kind", "result"];
     ip_refusals: IntCounterVec = "tollgate_ip_refusals_total",
         "Requests refused on their client address by ip_rules, by scope (global, route) and \
          route (unmatched for global rules, which apply before routing).",

@@ -355,6 +355,7 @@ routes:
   - {{ name: dead, path: /dead, upstream: dead }}
   - {{ name: upload, path: /upload, upstream: app, auth: none, max_body: 1GiB }}
   - {{ name: legacy, path: /legacy/admin, upstream: iis, policy: admins, path_case: insensitive, strip_prefix: true }}
+  - {{ name: spa, path: /spa, methods: [GET, POST], upstream: app, cors: {{ allow_origins: [\"https://app.example.com\", \"https://*.example.net\"], expose_headers: [x-request-id], allow_credentials: true }} }}
   - {{ name: office, path: /office, upstream: app, auth: none, ip_rules: {{ allow: [10.0.0.0/8], deny: [10.9.0.0/16] }} }}
   - {{ name: office-admin, path: /office-admin, upstream: app, policy: admins, ip_rules: {{ allow: [10.0.0.0/8] }} }}
   - {{ name: public, path: /, upstream: app, auth: none }}
@@ -1615,4 +1616,151 @@ fn global_ip_rules_refuse_before_routing() {
         ),
         3.0
     );
+}
+
+fn preflight(gw: &Gateway, origin: &str, method: &str, headers: &str) -> Answer {
+    send(
+        gw,
+        format!(
+            "OPTIONS /spa/orders HTTP/1.1\r\nHost: app.test\r\nOrigin: {origin}\r\n\
+             Access-Control-Request-Method: {method}\r\nAccess-Control-Request-Headers: {headers}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+}
+
+/// A preflight carries no token: the gateway answers it before authentication, and it
+/// never reaches the upstream, allowed or not.
+#[test]
+fn a_cors_preflight_is_answered_by_the_gateway_and_never_forwarded() {
+    let t = start("{}");
+    let a = preflight(
+        &t.gw,
+        "https://app.example.com",
+        "POST",
+        "authorization, content-type",
+    );
+    assert_eq!(a.status, 204, "{a:?}");
+    assert_eq!(
+        a.header("access-control-allow-origin").as_deref(),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        a.header("access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        a.header("access-control-allow-methods").as_deref(),
+        Some("POST")
+    );
+    assert_eq!(
+        a.header("access-control-allow-headers").as_deref(),
+        Some("authorization, content-type")
+    );
+    assert!(a.header("vary").is_some_and(|v| v.contains("Origin")));
+    let sub = preflight(&t.gw, "https://shop.example.net", "GET", "authorization");
+    assert_eq!(sub.status, 204);
+    assert_eq!(
+        sub.header("access-control-allow-origin").as_deref(),
+        Some("https://shop.example.net")
+    );
+
+    for (origin, method, headers, why) in [
+        (
+            "https://evil.example.com",
+            "POST",
+            "authorization",
+            "an origin not listed",
+        ),
+        (
+            "https://example.net",
+            "GET",
+            "authorization",
+            "the bare suffix is not a subdomain",
+        ),
+        ("null", "GET", "authorization", "the null origin"),
+        (
+            "https://app.example.com",
+            "POST",
+            "x-evil",
+            "a header not allowed",
+        ),
+    ] {
+        let a = preflight(&t.gw, origin, method, headers);
+        assert_eq!(a.status, 403, "{why}: {a:?}");
+        assert_eq!(a.json()["reason"], "cors", "{why}");
+        assert_eq!(
+            a.header("access-control-allow-origin"),
+            None,
+            "{why}: no grant"
+        );
+    }
+    // A method the route does not take: no route for it, so no grant either.
+    let a = preflight(&t.gw, "https://app.example.com", "DELETE", "authorization");
+    assert_eq!(a.header("access-control-allow-origin"), None, "{a:?}");
+    t.upstream_got_nothing("preflights");
+    assert_eq!(
+        t.gw.metric(
+            "tollgate_cors_requests_total",
+            &[
+                ("route", "spa"),
+                ("kind", "preflight"),
+                ("result", "allowed")
+            ]
+        ),
+        2.0
+    );
+}
+
+/// The page can read the gateway's own refusals (a 401 here) from an allowed origin, and
+/// an origin not listed gets no grant on them nor on the upstream's answer.
+#[test]
+fn answers_and_refusals_carry_the_cors_grant_for_an_allowed_origin_only() {
+    let t = start("{}");
+    let get = |origin: &str, token: Option<&str>| {
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        send(
+            &t.gw,
+            format!("GET /spa/orders HTTP/1.1\r\nHost: app.test\r\nOrigin: {origin}\r\n{auth}\r\n")
+                .as_bytes(),
+        )
+    };
+    let refused = get("https://app.example.com", None);
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json()["error"], "unauthorized");
+    assert_eq!(
+        refused.header("access-control-allow-origin").as_deref(),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        refused.header("access-control-expose-headers").as_deref(),
+        Some("x-request-id")
+    );
+    assert_eq!(refused.header("vary").as_deref(), Some("Origin"));
+    let stranger = get("https://evil.example.com", None);
+    assert_eq!(stranger.status, 401);
+    assert_eq!(stranger.header("access-control-allow-origin"), None);
+    assert_eq!(stranger.header("vary").as_deref(), Some("Origin"));
+    t.upstream_got_nothing("refused requests");
+
+    let token = t.token("alice", &["user"]);
+    let ok = get("https://app.example.com", Some(&token));
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.header("access-control-allow-origin").as_deref(),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        ok.header("access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    let got = t.only_request();
+    assert_eq!(got.header("x-auth-subject"), ["alice"]);
+    let ok = get("https://evil.example.com", Some(&token));
+    assert_eq!(
+        ok.status, 200,
+        "CORS is the browser's check: the request itself is served"
+    );
+    assert_eq!(ok.header("access-control-allow-origin"), None);
+    t.only_request();
 }

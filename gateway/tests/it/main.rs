@@ -6,6 +6,7 @@
 
 mod auth;
 mod balance;
+mod browser;
 mod cli;
 mod common;
 mod config;
