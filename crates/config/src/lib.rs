@@ -23,6 +23,7 @@ mod limits;
 mod model;
 mod problems;
 mod raw;
+mod rewrite;
 mod routes;
 mod schema;
 mod tls;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 pub use crate::http::{Cors, HttpSettings, IpRules, OriginPattern, Underscores};
 pub use crate::problems::{ConfigError, Problem};
+pub use crate::rewrite::{HeaderOps, HeaderRules, Part, Template};
 pub use ipnet::IpNet;
 pub use tollgate_canonical::{EscapedSlashes, PathOptions, PathParams};
 pub use tollgate_router::PathMatch;
@@ -436,6 +437,8 @@ pub struct Route {
     pub ip_rules: IpRules,
     /// The route's own `cors` (else `server.http.cors` applies).
     pub cors: Option<std::sync::Arc<Cors>>,
+    /// `headers`: set, add and remove, on the upstream request and on its answer.
+    pub headers: HeaderRules,
     /// `client_certificate: required`: only requests on a TLS connection with a verified
     /// client certificate reach this route (others get 403). Default `any`.
     pub require_client_certificate: bool,

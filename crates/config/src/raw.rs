@@ -828,6 +828,8 @@ pub struct RawRoute {
     pub ip_rules: Option<RawIpRules>,
     /// CORS for this route, instead of `server.http.cors`.
     pub cors: Option<RawCors>,
+    /// Headers set, added or removed on the request to the upstream and on its answer.
+    pub headers: Option<RawHeaderRules>,
     /// `required`: only requests on a TLS connection with a verified client certificate
     /// reach the route; others get 403.
     #[schemars(extend("default" = "any", "enum" = ["any", "required"]))]
@@ -1089,6 +1091,32 @@ pub struct RawHttp {
     pub ip_rules: Option<RawIpRules>,
     /// CORS for every route that does not set its own `cors`. Off when unset.
     pub cors: Option<RawCors>,
+}
+
+/// `routes[].headers`: headers the route rewrites. Values may hold `${claim.PATH}` (the
+/// verified token's claim, written as `forward_claims` writes it), `${client_ip}`,
+/// `${request_id}` and `${route}`. See [header rules](routing.md#header-rules).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderRules {
+    /// On the request the upstream receives (after the gateway's own headers).
+    pub request: Option<RawHeaderOps>,
+    /// On the upstream's answer (the gateway's own answers are not rewritten).
+    pub response: Option<RawHeaderOps>,
+}
+
+/// `set`, `add` and `remove` on one side of `routes[].headers`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderOps {
+    /// Header → value, replacing any the message has. A value that cannot be written (a
+    /// missing claim, a claim with control characters) removes the header instead.
+    pub set: Option<BTreeMap<String, String>>,
+    /// Header → value, added beside any the message has; left out when it cannot be
+    /// written.
+    pub add: Option<BTreeMap<String, String>>,
+    /// Headers removed.
+    pub remove: Option<Vec<String>>,
 }
 
 /// `server.http.cors` and `routes[].cors`: which browser origins may call the route. A

@@ -220,6 +220,37 @@ pub(crate) fn route(
         rate_limits,
         // Resolved against `server.http.max_body` by `validate`.
         max_body: crate::http::byte_size(&raw.max_body, &format!("{base}.max_body"), 0, problems),
+        headers: {
+            let cert_headers = config
+                .listen
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_cert_headers.as_ref());
+            let identity: Vec<String> = auth
+                .forward_claims
+                .iter()
+                .map(|c| c.header.as_str().to_owned())
+                .chain(
+                    cert_headers
+                        .into_iter()
+                        .flat_map(|c| [&c.subject, &c.sha256])
+                        .flatten()
+                        .filter_map(|h| header_name(h)),
+                )
+                .chain(raw.upstream_token.iter().filter_map(|t| {
+                    t.header
+                        .as_deref()
+                        .map_or(Some("authorization".to_owned()), header_name)
+                }))
+                .collect();
+            let identity: Vec<&str> = identity.iter().map(String::as_str).collect();
+            crate::rewrite::header_rules(
+                raw.headers.as_ref(),
+                &format!("{base}.headers"),
+                &identity,
+                problems,
+            )
+        },
         cors: raw
             .cors
             .as_ref()

@@ -1364,3 +1364,38 @@ fn a_cors_origin_pattern_matches_only_its_own_origins() {
     assert!(OriginPattern::Any.matches("https://anything.test"));
     assert!(!OriginPattern::Any.matches("null"));
 }
+
+#[test]
+fn header_rules_never_touch_the_gateways_headers_and_name_known_variables() {
+    let yaml = r#"
+auth:
+  providers: [{ name: p, issuer: "https://idp.example", audiences: [api], jwks_file: j.json }]
+  forward_claims: [{ claim: sub, header: X-Auth-Subject }]
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - name: r
+    path: /
+    upstream: u
+    headers:
+      request:
+        set: { X-Auth-Subject: x, Authorization: y, X-A: "${user}", X-B: "a\r\nb", X-C: "${claim.tenant" }
+        remove: [X-Forwarded-For]
+      response:
+        set: { Content-Length: "1", X-Ok: "${route}" }
+"#;
+    let reported = problems(yaml);
+    assert_problems(
+        &reported,
+        &[
+            "routes[0].headers.request.set.X-Auth-Subject: x-auth-subject is the gateway's",
+            "routes[0].headers.request.set.Authorization: authorization is the gateway's",
+            "routes[0].headers.request.set.X-A: unknown variable ${user}",
+            "routes[0].headers.request.set.X-B: a header value cannot hold control characters",
+            "routes[0].headers.request.set.X-C: a `${` without its `}`",
+            "routes[0].headers.request.remove[0]: x-forwarded-for is the gateway's",
+            "routes[0].headers.response.set.Content-Length: content-length is the gateway's",
+        ],
+        0,
+    );
+}

@@ -1,6 +1,6 @@
 //! One request, in order: the Pingora phases ([`proxy`]), the canonical edge checks
 //! ([`edge`]), CORS ([`cors`]), the pipeline that decides ([`pipeline`]), the one mapping from a refusal to an
-//! answer ([`respond`]), and the runtime snapshot every decision reads ([`runtime`]).
+//! answer ([`respond`]), the routes' header rules ([`rewrite`]), and the runtime snapshot every decision reads ([`runtime`]).
 //! Imports `upstream`, `identity` and the rooms below; never `listener`, `ops` or `cli`.
 
 pub mod cors;
@@ -8,4 +8,5 @@ pub mod edge;
 pub mod pipeline;
 pub mod proxy;
 pub mod respond;
+pub mod rewrite;
 pub mod runtime;

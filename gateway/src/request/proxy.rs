@@ -16,7 +16,8 @@ use crate::limits::Stores;
 use crate::request::edge::ForwardFrom;
 use crate::request::pipeline::{Mode, Passage, Pipeline};
 use crate::request::respond::{Refusal, X_REQUEST_ID};
-use crate::request::runtime::RuntimeSnapshot;
+use crate::request::rewrite;
+use crate::request::runtime::{RouteRuntime, RuntimeSnapshot};
 use crate::telemetry::metrics::{RequestCounters, METRICS};
 use crate::upstream::backends::Outcome;
 use crate::upstream::cluster::Cluster;
@@ -574,6 +575,12 @@ impl ProxyHttp for Gateway {
                     mirror.send(upstream, !session.is_body_empty(), caller);
                 }
             }
+            // After the mirror's copy: a rewritten header never reaches a shadow.
+            rewrite::apply(
+                &route.headers.request,
+                &rewrite_vars(passage, &ctx.request_id, route),
+                rewrite::Message::Request(upstream),
+            )?;
         }
         Ok(())
     }
@@ -681,6 +688,13 @@ impl ProxyHttp for Gateway {
         if let Some((policy, value)) = ctx.passage.ratelimit_headers.take() {
             upstream_response.insert_header("ratelimit-policy", &*policy)?;
             upstream_response.insert_header("ratelimit", value)?;
+        }
+        if let Some(route) = &ctx.passage.route {
+            rewrite::apply(
+                &route.headers.response,
+                &rewrite_vars(&ctx.passage, &ctx.request_id, route),
+                rewrite::Message::Response(upstream_response),
+            )?;
         }
         if ctx.passage.transport.tls.is_some() {
             if let Some(hsts) = ctx
@@ -834,6 +848,24 @@ fn subject_for_log(claims: &crate::limits::Claims, how: &SubjectInLog) -> String
             let hash = crate::util::digest::sha256(&[salt.as_bytes(), sub.as_bytes()]);
             crate::util::digest::hex(&hash[..8])
         }
+    }
+}
+
+/// What a route's header rules read: a verified caller's claims only.
+fn rewrite_vars<'a>(
+    passage: &'a Passage,
+    request_id: &'a HeaderValue,
+    route: &'a RouteRuntime,
+) -> rewrite::Vars<'a> {
+    rewrite::Vars {
+        claims: passage
+            .caller
+            .as_ref()
+            .filter(|c| c.verified())
+            .map(|c| c.claims()),
+        client_ip: passage.edge.client_ip,
+        request_id,
+        route: &route.name,
     }
 }
 

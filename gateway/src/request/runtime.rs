@@ -51,6 +51,8 @@ pub struct RouteRuntime {
     pub ip_rules: tollgate_config::IpRules,
     /// CORS: the route's own, else `server.http.cors`.
     pub cors: Option<Arc<tollgate_config::Cors>>,
+    /// `headers`: the route's header rules.
+    pub headers: tollgate_config::HeaderRules,
     /// `client_certificate: required`.
     pub require_client_certificate: bool,
     /// `require_certificate_binding` on the route (a provider may also require it).
@@ -338,6 +340,7 @@ impl Shared<'_> {
             keep_authorization: r.keep_authorization,
             max_body: r.max_body,
             ip_rules: r.ip_rules.clone(),
+            headers: r.headers.clone(),
             cors: r
                 .cors
                 .clone()

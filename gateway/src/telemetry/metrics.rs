@@ -181,6 +181,10 @@ metrics_table! {
         "Requests with an Origin on routes with cors, by route, kind (preflight, actual) and \
          result (allowed, denied).",
         labels ["route", "kind", "result"];
+    header_rewrites_skipped: IntCounterVec = "tollgate_header_rewrites_skipped_total",
+        "Header rules (routes[].headers) whose value could not be written (a missing claim, \
+         control characters), by route and header: the header was left out.",
+        labels ["route", "header"];
     ip_refusals: IntCounterVec = "tollgate_ip_refusals_total",
         "Requests refused on their client address by ip_rules, by scope (global, route) and \
          route (unmatched for global rules, which apply before routing).",

@@ -355,6 +355,16 @@ routes:
   - {{ name: dead, path: /dead, upstream: dead }}
   - {{ name: upload, path: /upload, upstream: app, auth: none, max_body: 1GiB }}
   - {{ name: legacy, path: /legacy/admin, upstream: iis, policy: admins, path_case: insensitive, strip_prefix: true }}
+  - name: rewrite
+    path: /rewrite
+    upstream: app
+    headers:
+      request:
+        set: {{ X-Tenant: \"${{claim.tenant}}\", X-Who: \"${{claim.sub}}@${{route}}\", X-Client: \"${{client_ip}}\" }}
+        add: {{ X-Trace: gw }}
+        remove: [X-Debug]
+      response:
+        set: {{ X-Frame-Options: DENY }}
   - {{ name: spa, path: /spa, methods: [GET, POST], upstream: app, cors: {{ allow_origins: [\"https://app.example.com\", \"https://*.example.net\"], expose_headers: [x-request-id], allow_credentials: true }} }}
   - {{ name: office, path: /office, upstream: app, auth: none, ip_rules: {{ allow: [10.0.0.0/8], deny: [10.9.0.0/16] }} }}
   - {{ name: office-admin, path: /office-admin, upstream: app, policy: admins, ip_rules: {{ allow: [10.0.0.0/8] }} }}
@@ -1763,4 +1773,107 @@ fn answers_and_refusals_carry_the_cors_grant_for_an_allowed_origin_only() {
     );
     assert_eq!(ok.header("access-control-allow-origin"), None);
     t.only_request();
+}
+
+/// A route's header rules: values from the verified token's claims, the client and the
+/// route reach the upstream; a claim with CR/LF is never written, and a `set` whose value
+/// cannot be written takes away what the client sent under that name.
+#[test]
+fn header_rules_write_verified_values_and_never_a_forged_or_injected_one() {
+    let t = start("{}");
+    let get = |token: &str| {
+        send(
+            &t.gw,
+            format!(
+                "GET /rewrite HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\n\
+                 X-Tenant: forged\r\nX-Debug: 1\r\nX-Trace: client\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    let good = t
+        .key
+        .sign(json!({ "iss": ISS, "aud": "api", "sub": "alice", "tenant": "acme" }));
+    let a = get(&good);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("x-frame-options").as_deref(), Some("DENY"));
+    let got = t.only_request();
+    assert_eq!(got.header("x-tenant"), ["acme"]);
+    assert_eq!(got.header("x-who"), ["alice@rewrite"]);
+    assert_eq!(got.header("x-client"), ["127.0.0.1"]);
+    assert_eq!(
+        got.header("x-trace"),
+        ["client", "gw"],
+        "add keeps the client's"
+    );
+    assert!(got.header("x-debug").is_empty());
+
+    let injected = t
+        .key
+        .sign(json!({ "iss": ISS, "aud": "api", "sub": "bob", "tenant": "acme\r\nX-Injected: 1" }));
+    assert_eq!(get(&injected).status, 200);
+    let got = t.only_request();
+    assert!(
+        got.header("x-tenant").is_empty(),
+        "neither the claim nor the client's: {got:?}"
+    );
+    assert!(got.header("x-injected").is_empty());
+    assert_eq!(got.header("x-who"), ["bob@rewrite"]);
+
+    let no_tenant = t
+        .key
+        .sign(json!({ "iss": ISS, "aud": "api", "sub": "carol" }));
+    assert_eq!(get(&no_tenant).status, 200);
+    assert!(
+        t.only_request().header("x-tenant").is_empty(),
+        "a client's X-Tenant never passes"
+    );
+    assert_eq!(
+        t.gw.metric(
+            "tollgate_header_rewrites_skipped_total",
+            &[("route", "rewrite"), ("header", "x-tenant")]
+        ),
+        2.0
+    );
+}
+
+/// Header rules run after the mirror took its copy: a header made from the caller's claims
+/// reaches production and never a shadow.
+#[test]
+fn a_rewritten_header_never_reaches_a_shadow() {
+    let primary = RecordingUpstream::start();
+    let shadow = RecordingUpstream::start();
+    let key = TestKey::es256("k1");
+    let (_dir, jwks_path) = jwks_file(&[&key]);
+    let gw = Gateway::start(&format!(
+        "auth:
+  providers:
+    - {{ name: main, issuer: \"{ISS}\", audiences: [api], jwks_file: \"{}\" }}
+upstreams:
+  app: {{ backends: [{{ addr: \"{}\" }}] }}
+  shadow: {{ backends: [{{ addr: \"{}\" }}] }}
+routes:
+  - name: billing
+    path: /billing
+    upstream: app
+    mirror: {{ upstream: shadow }}
+    headers: {{ request: {{ set: {{ X-Tenant: \"${{claim.tenant}}\" }} }} }}
+",
+        jwks_path.display(),
+        primary.addr(),
+        shadow.addr(),
+    ));
+    let token = key.sign(json!({ "iss": ISS, "aud": "api", "sub": "alice", "tenant": "acme" }));
+    let r = raw_request(
+        gw.port,
+        &format!("GET /billing HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        one_received(&primary, "production").header("x-tenant"),
+        ["acme"]
+    );
+    let copy = one_received(&shadow, "the shadow's copy");
+    assert!(copy.header("x-tenant").is_empty(), "{}", copy.head);
 }

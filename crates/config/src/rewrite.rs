@@ -1,0 +1,205 @@
+//! `routes[].headers`: headers a route sets, adds or removes, on the request to the upstream
+//! and on the upstream's answer, with values that may name the verified token's claims, the
+//! client address, the request id and the route.
+
+use crate::problems::{header_name, Problems};
+use crate::raw::{RawHeaderOps, RawHeaderRules};
+use tollgate_policy::ClaimPath;
+
+/// One piece of a header value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Text(String),
+    /// `${claim.PATH}`: the verified token's claim, written as `forward_claims` writes it.
+    Claim(ClaimPath),
+    /// `${client_ip}`: the client address (behind trusted proxies, the real client's).
+    ClientIp,
+    /// `${request_id}`.
+    RequestId,
+    /// `${route}`: the route's name.
+    Route,
+}
+
+/// A header value with `${…}` variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(pub Vec<Part>);
+
+/// `set`, `add` and `remove` on one side (request or response); names lower case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderOps {
+    pub set: Vec<(String, Template)>,
+    pub add: Vec<(String, Template)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A route's header rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderRules {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+/// Headers no rule may touch on the request: its framing and routing, the credentials, and
+/// what the gateway writes itself (forwarding headers, the request id).
+const REQUEST_RESERVED: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "dpop",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "cookie",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Headers no rule may touch on the answer: its framing, and what the gateway writes.
+const RESPONSE_RESERVED: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "x-request-id",
+];
+
+fn template(text: &str, path: &str, problems: &mut Problems) -> Option<Template> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            parts.push(Part::Text(rest[..start].to_owned()));
+        }
+        let Some(end) = rest[start..].find('}') else {
+            problems.add(path, "a `${` without its `}`");
+            return None;
+        };
+        let var = &rest[start + 2..start + end];
+        parts.push(match var {
+            "client_ip" => Part::ClientIp,
+            "request_id" => Part::RequestId,
+            "route" => Part::Route,
+            v => match v.strip_prefix("claim.").and_then(ClaimPath::parse) {
+                Some(p) => Part::Claim(p),
+                None => {
+                    problems.add(
+                        path,
+                        format!(
+                            "unknown variable ${{{var}}}: expected ${{claim.PATH}}, \
+                             ${{client_ip}}, ${{request_id}} or ${{route}}"
+                        ),
+                    );
+                    return None;
+                }
+            },
+        });
+        rest = &rest[start + end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_owned()));
+    }
+    let bad_text = parts.iter().any(
+        |p| matches!(p, Part::Text(t) if t.bytes().any(|b| b != b'\t' && (b < b' ' || b == 0x7f))),
+    );
+    if bad_text {
+        problems.add(
+            path,
+            "a header value cannot hold control characters (CR, LF, NUL, …)",
+        );
+        return None;
+    }
+    Some(Template(parts))
+}
+
+fn ops(
+    raw: Option<&RawHeaderOps>,
+    path: &str,
+    reserved: &[&str],
+    identity: &[&str],
+    problems: &mut Problems,
+) -> HeaderOps {
+    let mut out = HeaderOps::default();
+    let Some(raw) = raw else {
+        return out;
+    };
+    let name = |h: &str, at: String, problems: &mut Problems| -> Option<String> {
+        let Some(n) = header_name(h) else {
+            problems.add(at, format!("{h:?} is not a header name"));
+            return None;
+        };
+        if reserved.contains(&n.as_str()) || identity.contains(&n.as_str()) {
+            problems.add(
+                at,
+                format!("{n} is the gateway's: it carries framing, a credential or identity"),
+            );
+            return None;
+        }
+        Some(n)
+    };
+    for (key, list) in [("set", &raw.set), ("add", &raw.add)] {
+        for (h, value) in list.iter().flatten() {
+            let at = format!("{path}.{key}.{h}");
+            let (Some(n), Some(t)) = (
+                name(h, at.clone(), problems),
+                template(value, &at, problems),
+            ) else {
+                continue;
+            };
+            match key {
+                "set" => out.set.push((n, t)),
+                _ => out.add.push((n, t)),
+            }
+        }
+    }
+    for (i, h) in raw.remove.iter().flatten().enumerate() {
+        if let Some(n) = name(h, format!("{path}.remove[{i}]"), problems) {
+            out.remove.push(n);
+        }
+    }
+    out
+}
+
+/// `routes[].headers`. `identity`: the headers the gateway writes from the caller's identity
+/// (`forward_claims`, client certificate, the minted token's), which no rule may touch.
+pub(crate) fn header_rules(
+    raw: Option<&RawHeaderRules>,
+    path: &str,
+    identity: &[&str],
+    problems: &mut Problems,
+) -> HeaderRules {
+    let Some(raw) = raw else {
+        return HeaderRules::default();
+    };
+    HeaderRules {
+        request: ops(
+            raw.request.as_ref(),
+            &format!("{path}.request"),
+            REQUEST_RESERVED,
+            identity,
+            problems,
+        ),
+        response: ops(
+            raw.response.as_ref(),
+            &format!("{path}.response"),
+            RESPONSE_RESERVED,
+            &[],
+            problems,
+        ),
+    }
+}
