@@ -196,17 +196,32 @@ fn choice<T: Copy>(
     }
 }
 
-/// Addresses or CIDRs (`10.0.0.0/8`, `2001:db8::1`), host bits cleared; an IPv4-mapped
-/// address is its IPv4 address, as clients are compared.
-pub(crate) fn networks(list: Option<&[String]>, path: &str, problems: &mut Problems) -> Vec<IpNet> {
+/// Addresses or CIDRs (`10.0.0.0/8`, `2001:db8::1`), host bits cleared. For `ip_rules`
+/// (`canonical`), an IPv4-mapped address is its IPv4 address, as clients are compared, and
+/// a mapped range is refused (it could never match): write the IPv4 range.
+pub(crate) fn networks(
+    list: Option<&[String]>,
+    path: &str,
+    canonical: bool,
+    problems: &mut Problems,
+) -> Vec<IpNet> {
     let mut out = Vec::new();
     for (i, text) in list.into_iter().flatten().enumerate() {
         let parsed = text.parse::<IpNet>().or_else(|_| {
             text.parse::<std::net::IpAddr>()
-                .map(|ip| IpNet::from(ip.to_canonical()))
+                .map(|ip| IpNet::from(if canonical { ip.to_canonical() } else { ip }))
                 .map_err(|_| ())
         });
+        let mapped_range =
+            |net: &IpNet| matches!(net, IpNet::V6(v6) if v6.network().to_ipv4_mapped().is_some());
         match parsed {
+            Ok(net) if canonical && mapped_range(&net) => problems.add(
+                format!("{path}[{i}]"),
+                format!(
+                    "{text:?} is an IPv4-mapped range: clients are compared by their IPv4 \
+                     address, so write the IPv4 range"
+                ),
+            ),
             Ok(net) => out.push(net.trunc()),
             Err(()) => problems.add(
                 format!("{path}[{i}]"),
@@ -263,21 +278,48 @@ pub struct Cors {
     pub max_age: Duration,
 }
 
-/// `scheme://host[:port]`, as browsers serialise an origin: no path, no user info.
+/// `scheme://host[:port]`, as browsers serialise an origin: no path, no user info, no
+/// default port (`https://x:443` is never what a browser sends). The host is a name
+/// (letters, digits, `-`, `.`, a leading `*.`), or an IPv6 literal in brackets.
 fn origin_ok(text: &str) -> bool {
     let Some((scheme, rest)) = text.split_once("://") else {
         return false;
     };
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || p.is_empty() => (h, Some(p)),
-        _ => (rest, None),
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let Some((addr, after)) = v6.split_once(']') else {
+            return false;
+        };
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => (None, None),
+            p => match p.strip_prefix(':') {
+                Some(p) => (None, Some(p)),
+                None => return false,
+            },
+        }
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(rest), None),
+        }
     };
-    matches!(scheme, "http" | "https")
-        && !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.*[]:".contains(&b))
-        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return false,
+    };
+    let host_ok = host.is_none_or(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*')
+    });
+    let port_ok = port.is_none_or(|p| {
+        p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|p| p > 0 && p != default_port)
+    });
+    host_ok && port_ok
 }
 
 pub(crate) fn cors(raw: &RawCors, path: &str, problems: &mut Problems) -> Cors {
@@ -310,8 +352,15 @@ pub(crate) fn cors(raw: &RawCors, path: &str, problems: &mut Problems) -> Cors {
                 ),
             );
         } else if let Some((scheme, rest)) = lower.split_once("://*.") {
+            let host = rest.split(':').next().unwrap_or(rest);
             if rest.contains('*') {
                 problems.add(at, "only the first label may be `*`");
+            } else if host.split('.').filter(|l| !l.is_empty()).count() < 2 {
+                problems.add(
+                    at,
+                    "`*.` must stand before a registrable name of at least two labels \
+                     (`https://*.example.com`, not `https://*.com`)",
+                );
             } else {
                 origins.push(OriginPattern::Subdomains {
                     prefix: format!("{scheme}://"),
@@ -325,6 +374,12 @@ pub(crate) fn cors(raw: &RawCors, path: &str, problems: &mut Problems) -> Cors {
         }
     }
     let mut methods = Vec::new();
+    if raw.allow_methods.as_ref().is_some_and(Vec::is_empty) {
+        problems.add(
+            format!("{path}.allow_methods"),
+            "an empty list allows no method: list methods, or remove it for the route's",
+        );
+    }
     for (i, m) in raw.allow_methods.iter().flatten().enumerate() {
         if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
             problems.add(
@@ -384,8 +439,13 @@ pub(crate) fn ip_rules(raw: Option<&RawIpRules>, path: &str, problems: &mut Prob
         );
     }
     IpRules {
-        allow: networks(raw.allow.as_deref(), &format!("{path}.allow"), problems),
-        deny: networks(raw.deny.as_deref(), &format!("{path}.deny"), problems),
+        allow: networks(
+            raw.allow.as_deref(),
+            &format!("{path}.allow"),
+            true,
+            problems,
+        ),
+        deny: networks(raw.deny.as_deref(), &format!("{path}.deny"), true, problems),
     }
 }
 
@@ -415,6 +475,7 @@ pub(crate) fn http(raw: &RawHttp, problems: &mut Problems) -> HttpSettings {
     let trusted_proxies = networks(
         raw.trusted_proxies.as_deref(),
         &format!("{BASE}.trusted_proxies"),
+        false,
         problems,
     );
     let ip_rules = ip_rules(raw.ip_rules.as_ref(), &format!("{BASE}.ip_rules"), problems);

@@ -68,8 +68,16 @@ const REQUEST_RESERVED: &[&str] = &[
     "forwarded",
 ];
 
-/// Headers no rule may touch on the answer: its framing, and what the gateway writes.
+/// Headers no rule may touch on the answer: its framing, and what the gateway writes (the
+/// CORS grant among them).
 const RESPONSE_RESERVED: &[&str] = &[
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-expose-headers",
+    "access-control-max-age",
+    "vary",
     "content-length",
     "transfer-encoding",
     "connection",
@@ -143,7 +151,11 @@ fn ops(
             problems.add(at, format!("{h:?} is not a header name"));
             return None;
         };
-        if reserved.contains(&n.as_str()) || identity.contains(&n.as_str()) {
+        // Compared as a CGI or WSGI server folds names: `X_Auth_Subject` is `x-auth-subject`.
+        let folded = n.replace('_', "-");
+        if reserved.contains(&folded.as_str())
+            || identity.iter().any(|i| i.replace('_', "-") == folded)
+        {
             problems.add(
                 at,
                 format!("{n} is the gateway's: it carries framing, a credential or identity"),
@@ -161,8 +173,16 @@ fn ops(
             ) else {
                 continue;
             };
+            let from_caller =
+                t.0.iter()
+                    .any(|p| matches!(p, Part::Claim(_) | Part::ClientIp));
             match key {
                 "set" => out.set.push((n, t)),
+                _ if from_caller => problems.add(
+                    at,
+                    "a value from a claim or the client address must be `set`: an `add` \
+                     would sit beside a copy the client sent",
+                ),
                 _ => out.add.push((n, t)),
             }
         }

@@ -1399,3 +1399,44 @@ routes:
         0,
     );
 }
+
+#[test]
+fn the_review_s_bypasses_are_refused() {
+    let yaml = r#"
+auth:
+  providers: [{ name: p, issuer: "https://idp.example", audiences: [api], jwks_file: j.json }]
+  forward_claims: [{ claim: sub, header: X-Auth-Subject }]
+upstreams:
+  u: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - name: r
+    path: /
+    upstream: u
+    ip_rules: { deny: ["::ffff:10.0.0.0/104"] }
+    cors: { allow_origins: ["https://*.com", "http://[::1]:99999", "https://a:1:2", "https://x.example:443", "http://[::1]:8080"], allow_methods: [] }
+    headers:
+      request:
+        set: { X_Auth_Subject: x, X_Forwarded_For: y }
+        add: { X-Tenant: "${claim.tenant}", X-Ip: "${client_ip}" }
+      response:
+        set: { Access-Control-Allow-Origin: "*" }
+"#;
+    let reported = problems(yaml);
+    assert_problems(
+        &reported,
+        &[
+            "routes[0].ip_rules.deny[0]: \"::ffff:10.0.0.0/104\" is an IPv4-mapped range",
+            "routes[0].cors.allow_origins[0]: `*.` must stand before a registrable name",
+            "routes[0].cors.allow_origins[1]: expected an origin",
+            "routes[0].cors.allow_origins[2]: expected an origin",
+            "routes[0].cors.allow_origins[3]: expected an origin",
+            "routes[0].cors.allow_methods: an empty list allows no method",
+            "routes[0].headers.request.set.X_Auth_Subject: x_auth_subject is the gateway's",
+            "routes[0].headers.request.set.X_Forwarded_For: x_forwarded_for is the gateway's",
+            "routes[0].headers.request.add.X-Tenant: a value from a claim or the client address must be `set`",
+            "routes[0].headers.request.add.X-Ip: a value from a claim or the client address must be `set`",
+            "routes[0].headers.response.set.Access-Control-Allow-Origin: access-control-allow-origin is the gateway's",
+        ],
+        0,
+    );
+}

@@ -85,10 +85,10 @@ pub fn preflight(
 }
 
 /// The grant on an actual answer: for an allowed origin, `Access-Control-Allow-Origin` and
-/// the rest; `Vary: Origin` whenever the request names an origin, since the answer depends
-/// on it. `None` when the request has no `Origin`.
-pub fn grant(cors: &Cors, req: &RequestHeader) -> Option<(bool, Vec<(HeaderName, String)>)> {
-    origin(req)?;
+/// the rest; `Vary: Origin` always, since on a route with `cors` every answer depends on
+/// the origin. The first value says whether the request named an origin, and whether it
+/// was allowed (`None`: no `Origin`).
+pub fn grant(cors: &Cors, req: &RequestHeader) -> (Option<bool>, Vec<(HeaderName, String)>) {
     let mut out = Vec::with_capacity(4);
     let allowed = allowed(cors, req);
     if let Some(origin) = allowed {
@@ -101,7 +101,7 @@ pub fn grant(cors: &Cors, req: &RequestHeader) -> Option<(bool, Vec<(HeaderName,
         }
     }
     out.push((header::VARY, "Origin".into()));
-    Some((allowed.is_some(), out))
+    (origin(req).map(|_| allowed.is_some()), out)
 }
 
 /// The `Access-Control-*` headers an upstream may have set: the gateway's grant replaces

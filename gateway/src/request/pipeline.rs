@@ -115,8 +115,8 @@ pub struct Passage {
     pub limit: Option<&'static str>,
     /// The connection's TLS, set by the caller before [`Pipeline::decide`].
     pub transport: crate::tls::facts::Transport,
-    /// The CORS grant for the answer (`Vary: Origin` at least), when the route has `cors`
-    /// and the request an `Origin`: on the upstream's answer and on the gateway's refusals.
+    /// The CORS grant for the answer (`Vary: Origin` at least), when the route has `cors`:
+    /// on the upstream's answer (replacing its own) and on the gateway's refusals.
     pub cors: Vec<(http::HeaderName, String)>,
 }
 
@@ -145,8 +145,11 @@ impl Pipeline<'_> {
         let route = self.route(req, passage.edge.host.as_deref())?;
         passage.route = Some(route.clone());
         self.client_address(&route.ip_rules, passage.edge.client_ip, Some(&route))?;
-        if let Some((allowed, grant)) = route.cors.as_ref().and_then(|c| cors::grant(c, req)) {
-            self.count_cors(&route, "actual", allowed);
+        if let Some(policy) = route.cors.as_ref() {
+            let (seen, grant) = cors::grant(policy, req);
+            if let Some(allowed) = seen {
+                self.count_cors(&route, "actual", allowed);
+            }
             passage.cors = grant;
         }
         if route.require_client_certificate && passage.transport.peer_certificate().is_none() {

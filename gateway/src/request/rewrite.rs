@@ -82,6 +82,14 @@ pub fn apply(ops: &HeaderOps, vars: &Vars<'_>, mut message: Message<'_>) -> Resu
             let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
                 continue;
             };
+            if !append {
+                // A CGI or WSGI upstream reads `X_Tenant` as `X-Tenant`: a client's copy in
+                // that spelling must not survive a `set` either.
+                let folded = name.as_str().replace('-', "_");
+                if let Ok(other) = HeaderName::from_bytes(folded.as_bytes()) {
+                    message.remove(&other);
+                }
+            }
             match render(template, vars) {
                 Some(value) => message.put(name, value, append)?,
                 None => {

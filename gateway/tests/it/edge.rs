@@ -1747,6 +1747,13 @@ fn answers_and_refusals_carry_the_cors_grant_for_an_allowed_origin_only() {
         Some("x-request-id")
     );
     assert_eq!(refused.header("vary").as_deref(), Some("Origin"));
+    let no_origin = send(&t.gw, b"GET /spa/orders HTTP/1.1\r\nHost: app.test\r\n\r\n");
+    assert_eq!(
+        no_origin.header("vary").as_deref(),
+        Some("Origin"),
+        "the answer depends on it"
+    );
+    assert_eq!(no_origin.header("access-control-allow-origin"), None);
     let stranger = get("https://evil.example.com", None);
     assert_eq!(stranger.status, 401);
     assert_eq!(stranger.header("access-control-allow-origin"), None);
