@@ -196,9 +196,10 @@ fn choice<T: Copy>(
     }
 }
 
-/// Addresses or CIDRs (`10.0.0.0/8`, `2001:db8::1`), host bits cleared. For `ip_rules`
-/// (`canonical`), an IPv4-mapped address is its IPv4 address, as clients are compared, and
-/// a mapped range is refused (it could never match): write the IPv4 range.
+/// Addresses or CIDRs (`10.0.0.0/8`, `2001:db8::1`), host bits cleared. With `canonical`
+/// (`ip_rules`, `trusted_proxies`) an IPv4-mapped address is its IPv4 address, as peers and
+/// forwarded hops are compared, and a mapped range is refused (it could never match):
+/// write the IPv4 range.
 pub(crate) fn networks(
     list: Option<&[String]>,
     path: &str,
@@ -475,7 +476,7 @@ pub(crate) fn http(raw: &RawHttp, problems: &mut Problems) -> HttpSettings {
     let trusted_proxies = networks(
         raw.trusted_proxies.as_deref(),
         &format!("{BASE}.trusted_proxies"),
-        false,
+        true,
         problems,
     );
     let ip_rules = ip_rules(raw.ip_rules.as_ref(), &format!("{BASE}.ip_rules"), problems);

@@ -134,7 +134,7 @@ pub fn client_behind(peer: IpAddr, xff: &[&str], trusted: &[IpNet]) -> IpAddr {
                 return client;
             }
             match hop.trim().parse::<IpAddr>() {
-                Ok(ip) => client = ip,
+                Ok(ip) => client = ip.to_canonical(),
                 Err(_) => return client,
             }
         }
@@ -438,6 +438,21 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         let peer: IpAddr = "10.1.1.1".parse().unwrap();
         assert_eq!(client_behind(peer, &["1.1.1.1, junk"], &trusted), peer);
+    }
+
+    #[test]
+    fn a_mapped_hop_is_its_ipv4_address() {
+        let trusted = nets(&["127.0.0.1/32"]);
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_behind(peer, &["203.0.113.7, ::ffff:127.0.0.1"], &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap(),
+            "a proxy that writes the mapped form is still the trusted proxy"
+        );
+        assert_eq!(
+            client_behind(peer, &["::ffff:10.1.2.3"], &trusted),
+            "10.1.2.3".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

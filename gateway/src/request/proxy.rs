@@ -171,11 +171,13 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 
+/// The peer's address; an IPv4-mapped one (a dual-stack listener's IPv4 client) is its IPv4
+/// address, as `trusted_proxies`, `ip_rules` and rate-limit keys compare it.
 fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+        .map(|a| a.ip().to_canonical())
 }
 
 fn is_timeout(e: &Error) -> bool {
