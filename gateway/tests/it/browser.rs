@@ -13,20 +13,33 @@ const ISS: &str = "https://issuer.test";
 
 /// chromedriver on a free loopback port, with one headless Chromium session.
 struct Browser {
-    driver: Child,
     base: String,
     session: String,
+    // Declared last, dropped last: the session is deleted before the driver is stopped.
+    _driver: Driver,
+}
+
+/// The chromedriver process, stopped on drop, even when the test fails before a session.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl Browser {
     fn start() -> Browser {
         let port = free_port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver runs (make test installs chromium-driver)");
+        let driver = Driver(
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver runs (make test installs chromium-driver)"),
+        );
         let base = format!("http://127.0.0.1:{port}");
         wait_for("chromedriver", Duration::from_secs(20), || {
             let status: Value = ureq::get(&format!("{base}/status"))
@@ -49,9 +62,9 @@ impl Browser {
             .unwrap_or_else(|| panic!("no session: {created}"))
             .to_owned();
         let browser = Browser {
-            driver,
             base,
             session,
+            _driver: driver,
         };
         browser.command("timeouts", &json!({ "script": 15000, "pageLoad": 15000 }));
         browser
@@ -87,8 +100,6 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
