@@ -32,7 +32,6 @@ impl<'de> Deserialize<'de> for DurationText {
     }
 }
 
-/// `server`: the process, its workers and its shutdown.
 impl JsonSchema for DurationText {
     fn schema_name() -> Cow<'static, str> {
         "Duration".into()
@@ -80,6 +79,7 @@ impl JsonSchema for Scalar {
     }
 }
 
+/// `server`: the process, its workers and its shutdown.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
