@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tollgate::cli::{echo, explain, probe, token};
+use tollgate::cli::{apikey, echo, explain, probe, token};
 use tollgate::ops::serve;
 
 /// glibc malloc/free was a visible share of the request path's profile. Measured with the
@@ -97,6 +97,11 @@ enum Command {
         #[command(subcommand)]
         command: Box<token::TokenCommand>,
     },
+    /// Create API keys for `type: api_key` providers.
+    Apikey {
+        #[command(subcommand)]
+        command: apikey::ApiKeyCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -169,5 +174,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Token { command } => token::run(*command),
+        Command::Apikey { command } => apikey::run(command),
     }
 }

@@ -2,7 +2,7 @@
 //! token sources, and the claims forwarded as headers.
 
 use crate::model::{
-    Audiences, Auth, ClaimHeader, DpopMode, DpopSettings, Introspection, KeySource, Provider,
+    ApiKeyFile, Audiences, Auth, ClaimHeader, DpopMode, DpopSettings, Introspection, KeySource, Provider,
     Refresh, Revocation, RevocationSource, SecretSource, SigningKeyFile, SigningKeys, TokenSource,
 };
 use crate::problems::{duration, header_name, Problems};
@@ -64,6 +64,7 @@ pub(crate) fn auth(
             .as_ref()
             .is_some_and(|c| c.tokens.as_deref() == Some("all"));
         let kinds: &[&str] = match (introspected, all_tokens) {
+            _ if p.kind.as_deref() == Some("api_key") => &["api_key"],
             (true, true) => &["jwt", "opaque"],
             (true, false) => &["opaque"],
             (false, _) => &["jwt"],
@@ -406,8 +407,24 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
     let insecure_http = p.insecure_http.unwrap_or(false);
     let sources = key_sources(base, p, problems);
     let keys = one_key_source(base, p, sources, problems);
-    let token_sources = token_sources(base, p, problems);
+    let api_keys = matches!(keys, KeySource::ApiKeys(_));
+    let token_sources = token_sources(base, p, api_keys, problems);
     let dpop = dpop_mode(&format!("{base}.dpop"), p.dpop.as_deref(), problems);
+    if api_keys {
+        // An API key is a bearer credential with no key of its own to bind it to.
+        if dpop != DpopMode::Off {
+            problems.add(format!("{base}.dpop"), "does not apply to API keys");
+        }
+        if p.require_certificate_binding == Some(true) {
+            problems.add(
+                format!("{base}.require_certificate_binding"),
+                "does not apply to API keys",
+            );
+        }
+        if p.token_types.is_some() {
+            problems.add(format!("{base}.token_types"), "does not apply to API keys");
+        }
+    }
     if dpop != DpopMode::Off
         && !token_sources.is_empty()
         && !token_sources.contains(&TokenSource::Bearer)
@@ -420,10 +437,16 @@ fn provider(base: &str, p: &RawProvider, problems: &mut Problems) -> Provider {
     Provider {
         name: p.name.clone(),
         issuer: p.issuer.clone(),
-        audiences: audiences(base, p.audiences.as_ref(), problems),
+        // An API key names no audience: its provider accepts `any` unless a list is given
+        // (then checked against the key's `aud` claim).
+        audiences: match (&p.audiences, api_keys) {
+            (None, true) => Audiences::Any,
+            (raw, _) => audiences(base, raw.as_ref(), problems),
+        },
         token_types: token_types(base, p.token_types.as_deref(), problems),
         leeway: leeway(&format!("{base}.leeway"), p, problems),
-        require_exp: p.require_exp.unwrap_or(true),
+        // A key without `exp` lives until it is removed from the file.
+        require_exp: p.require_exp.unwrap_or(!api_keys),
         keys,
         ca_file: p.ca_file.clone(),
         insecure_http,
@@ -501,7 +524,48 @@ fn key_sources(base: &str, p: &RawProvider, problems: &mut Problems) -> Vec<KeyS
     if let Some(source) = introspection_source(base, p, insecure_http, problems) {
         sources.push(source);
     }
+    if let Some(source) = api_key_source(base, p, problems) {
+        sources.push(source);
+    }
     sources
+}
+
+/// `type: api_key` with its `api_keys` section: the credentials are looked up in a file.
+fn api_key_source(base: &str, p: &RawProvider, problems: &mut Problems) -> Option<KeySource> {
+    let wanted = p.kind.as_deref() == Some("api_key");
+    match (&p.api_keys, wanted) {
+        (Some(raw), true) => {
+            let path = format!("{base}.api_keys");
+            if raw.file.is_empty() {
+                problems.add(format!("{path}.file"), "must not be empty");
+            }
+            let poll = duration(
+                &raw.poll,
+                &format!("{path}.poll"),
+                Duration::from_secs(2),
+                problems,
+            );
+            Some(KeySource::ApiKeys(ApiKeyFile {
+                path: raw.file.clone(),
+                poll,
+            }))
+        }
+        (None, true) => {
+            problems.add(
+                format!("{base}.api_keys"),
+                "is required with type: api_key (the key file)",
+            );
+            None
+        }
+        (Some(_), false) => {
+            problems.add(
+                format!("{base}.type"),
+                "must be api_key for a provider with an api_keys section",
+            );
+            None
+        }
+        (None, false) => None,
+    }
 }
 
 /// `type: introspection` with its `introspection` section: the provider asks about each
@@ -515,10 +579,11 @@ fn introspection_source(
     let introspecting = match p.kind.as_deref() {
         None | Some("jwt") => false,
         Some("introspection") => true,
+        Some("api_key") => false,
         Some(other) => {
             problems.add(
                 format!("{base}.type"),
-                format!("expected jwt or introspection, found {other:?}"),
+                format!("expected jwt, introspection or api_key, found {other:?}"),
             );
             false
         }
@@ -575,7 +640,7 @@ fn one_key_source(
         0 => {
             problems.add(
                 base,
-                "needs one key source: jwks, jwks_file, jwks_uri, discovery, hmac_secret_file, hmac_secret_env, or type: introspection",
+                "needs one key source: jwks, jwks_file, jwks_uri, discovery, hmac_secret_file, hmac_secret_env, type: introspection or type: api_key",
             );
             KeySource::Inline(String::new())
         }
@@ -587,7 +652,12 @@ fn one_key_source(
 }
 
 /// Where tokens are read (`bearer` unless listed), each once.
-fn token_sources(base: &str, p: &RawProvider, problems: &mut Problems) -> Vec<TokenSource> {
+fn token_sources(
+    base: &str,
+    p: &RawProvider,
+    api_keys: bool,
+    problems: &mut Problems,
+) -> Vec<TokenSource> {
     let mut token_sources = Vec::new();
     for (i, s) in p.token_sources.iter().flatten().enumerate() {
         let path = format!("{base}.token_sources[{i}]");
@@ -612,6 +682,7 @@ fn token_sources(base: &str, p: &RawProvider, problems: &mut Problems) -> Vec<To
         }
     }
     match &p.token_sources {
+        None if api_keys => token_sources.push(TokenSource::Header("x-api-key".to_owned())),
         None => token_sources.push(TokenSource::Bearer),
         Some(list) if list.is_empty() => problems.add(
             format!("{base}.token_sources"),

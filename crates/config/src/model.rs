@@ -71,7 +71,9 @@ impl Config {
                 resolve(ca);
             }
             match &mut provider.keys {
-                KeySource::File(path) | KeySource::HmacFile { path, .. } => resolve(path),
+                KeySource::File(path)
+                | KeySource::HmacFile { path, .. }
+                | KeySource::ApiKeys(ApiKeyFile { path, .. }) => resolve(path),
                 KeySource::Introspection(Introspection {
                     client_secret: SecretSource::File(path),
                     ..
@@ -745,6 +747,14 @@ pub struct Introspection {
     pub open_for: Duration,
 }
 
+/// `type: api_key`: the key file, JSON Lines, re-read when it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyFile {
+    pub path: String,
+    /// How often the file's stamp is looked at. Default 2 s.
+    pub poll: Duration,
+}
+
 /// Where a secret is read from when the gateway starts or reloads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -813,6 +823,8 @@ pub enum KeySource {
     Discovery(String),
     /// No keys: tokens are checked by asking the provider (RFC 7662 token introspection).
     Introspection(Introspection),
+    /// No keys: the credentials are API keys, looked up by their hash in a file.
+    ApiKeys(ApiKeyFile),
     /// An HMAC secret read from a file.
     HmacFile { path: String, alg: String },
     /// An HMAC secret read from an environment variable.

@@ -632,21 +632,29 @@ impl<'de> Deserialize<'de> for RawAudiences {
 /// `auth.providers[]`: one token issuer and how its tokens are checked.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+// `audiences` is required but for API keys, which name no audience.
+#[schemars(extend(
+    "if" = { "properties": { "type": { "const": "api_key" } }, "required": ["type"] },
+    "else" = { "required": ["audiences"] }
+))]
 pub struct RawProvider {
     /// Unique among providers; routes name it in `providers`.
     pub name: String,
-    /// `jwt`, or `introspection`: the tokens are opaque and checked at the provider's
-    /// introspection endpoint (RFC 7662), which is then its key source.
+    /// `jwt`; `introspection`: the tokens are opaque and checked at the provider's
+    /// introspection endpoint (RFC 7662), which is then its key source; or `api_key`: the
+    /// credentials are API keys (`tollgate apikey create`) looked up in `api_keys.file`.
     #[serde(rename = "type")]
-    #[schemars(extend("default" = "jwt", "enum" = ["jwt", "introspection"]))]
+    #[schemars(extend("default" = "jwt", "enum" = ["jwt", "introspection", "api_key"]))]
     pub kind: Option<String>,
     /// With `type: introspection`: the endpoint and the gateway's credentials.
     pub introspection: Option<RawIntrospection>,
+    /// With `type: api_key`: where the keys' hashes and claims are kept.
+    pub api_keys: Option<RawApiKeys>,
     /// The `iss` of its tokens (exact match).
     pub issuer: String,
     /// `aud` must contain one of these; or `any`, which must be written out (RFC 8725 §3.9).
+    /// Required but for `type: api_key` (default `any` there).
     // Optional here so that its absence is reported by validation with what to write.
-    #[schemars(required)]
     pub audiences: Option<RawAudiences>,
     /// The header `typ` must be one of these (e.g. `[at+jwt]`, RFC 9068), case-insensitively
     /// and with `application/` optional; a token without `typ` is refused (`typ`). Not looked
@@ -655,7 +663,7 @@ pub struct RawProvider {
     /// Clock skew allowed for `exp`, `nbf` and `iat` (`0s` for none).
     #[schemars(extend("default" = "30s"))]
     pub leeway: Option<DurationText>,
-    /// Refuse tokens without `exp`.
+    /// Refuse tokens without `exp` (for `type: api_key`, keys without one: default false).
     #[schemars(extend("default" = true))]
     pub require_exp: Option<bool>,
     /// Key source: an inline JWKS document, written as YAML.
@@ -684,7 +692,8 @@ pub struct RawProvider {
     /// When keys are fetched again.
     pub refresh: Option<RawRefresh>,
     /// Where tokens are read: `bearer`, `header:NAME`, `cookie:NAME` or `query:NAME`. A
-    /// request carrying more than one token is answered 400.
+    /// request carrying more than one token is answered 400. For `type: api_key` the
+    /// default is `[header:x-api-key]`.
     #[schemars(extend("default" = ["bearer"]))]
     pub token_sources: Option<Vec<String>>,
     /// Tokens must carry `cnf.x5t#S256` (RFC 8705); one that carries it is held to it
@@ -697,6 +706,19 @@ pub struct RawProvider {
     /// `token_sources`. See [DPoP](authentication.md#dpop-rfc-9449).
     #[schemars(extend("default" = "off", "enum" = ["off", "optional", "required"]))]
     pub dpop: Option<String>,
+}
+
+/// `auth.providers[].api_keys` of a provider with `type: api_key`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeys {
+    /// A JSON Lines file of keys (one `tollgate apikey create` line each: the key's id, the
+    /// SHA-256 of the key, `sub`, optional `exp` and `claims`), relative to the config file;
+    /// re-read when it changes. Keys are never stored in clear.
+    pub file: String,
+    /// How often the file is checked for changes.
+    #[schemars(extend("default" = "2s"))]
+    pub poll: Option<DurationText>,
 }
 
 /// `auth.providers[].introspection` of a provider with `type: introspection` (RFC 7662).

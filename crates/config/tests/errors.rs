@@ -949,7 +949,7 @@ fn discovery_is_at_the_issuer_or_a_url_and_held_to_the_jwks_uri_rules() {
     );
     assert_eq!(
         problems(&with_provider("audiences: any, discovery: false")),
-        ["auth.providers[0]: needs one key source: jwks, jwks_file, jwks_uri, discovery, hmac_secret_file, hmac_secret_env, or type: introspection"]
+        ["auth.providers[0]: needs one key source: jwks, jwks_file, jwks_uri, discovery, hmac_secret_file, hmac_secret_env, type: introspection or type: api_key"]
     );
     assert!(parse(&with_provider(
         "audiences: any, discovery: \"http://idp.example/.well-known/openid-configuration\", insecure_http: true"
@@ -1158,7 +1158,7 @@ routes:
             "auth.providers[1].introspection.tokens: expected opaque or all",
             "auth.providers[1].introspection.failure_threshold: must be at least 1",
             "auth.providers[1]: has more than one key source",
-            "auth.providers[2].type: expected jwt or introspection",
+            "auth.providers[2].type: expected jwt, introspection or api_key",
             "auth.providers[3].type: must be introspection",
             "auth.providers[3]: needs one key source",
             "auth.providers[4].introspection.endpoint: must not carry credentials",

@@ -34,6 +34,7 @@ auth:
       issuer: "https://idp.example"
       audiences: [api]
       introspection: { endpoint: "https://idp.example/introspect", client_id: gw, client_secret_env: SECRET }
+    - { name: keys, type: api_key, issuer: "https://keys.example", api_keys: { file: keys.jsonl } }
   forward_claims: [{ claim: sub, header: X-Auth-Subject }]
   failed_auth_limit: { rate: 5/s }
   revocation: { file: revoked.jsonl }

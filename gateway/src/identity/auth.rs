@@ -50,6 +50,12 @@ fn looks_like_jwt(token: &str) -> bool {
     })
 }
 
+/// The answer to an API key that is not on file (or whose secret does not match).
+const UNKNOWN_KEY: Rejection = Rejection {
+    reason: Reason::Signature,
+    detail: "the API key is not valid",
+};
+
 /// The answer to a token on the deny list.
 const REVOKED: Rejection = Rejection {
     reason: Reason::Revoked,
@@ -183,7 +189,14 @@ impl Authenticator {
                 .as_ref()
                 .is_some_and(|i| i.all_tokens || !looks_like_jwt(token))
         });
-        let (provider, verified, headers) = if let Some(provider) = introspecting {
+        let keyed = providers.iter().any(|p| p.api_keys.is_some())
+            && (crate::identity::apikeys::looks_like_key(token)
+                || providers.iter().all(|p| p.api_keys.is_some()));
+        let (provider, verified, headers) = if keyed {
+            let (provider, verified) = self.find_api_key(token, providers, client)?;
+            let headers: IdentityHeaders = self.identity_headers(&verified.claims).into();
+            (provider, verified, headers)
+        } else if let Some(provider) = introspecting {
             // Boxed, as the refetch below: the call's future (an HTTP exchange) is several
             // KiB, which every JWT verification would otherwise carry and move.
             let verified = Box::pin(self.introspect(provider, token, now_s, client))
@@ -204,6 +217,34 @@ impl Authenticator {
             }
         }
         self.accept(provider, verified, headers, now_s)
+    }
+
+    /// An API key, looked up in the route's `type: api_key` providers. A key that is not
+    /// found is a failed attempt like a forged JWT: a client over its `failed_auth_limit`
+    /// gets 429 before the 401 (a found key passes, as a cached JWT does).
+    fn find_api_key(
+        &self,
+        key: &str,
+        providers: &[Arc<Provider>],
+        client: Option<std::net::IpAddr>,
+    ) -> Result<(Arc<Provider>, Arc<VerifiedToken>), VerifyError> {
+        let mut keyed = providers.iter().filter(|p| p.api_keys.is_some());
+        if let Some(found) = keyed.clone().find_map(|p| {
+            let token = p.api_keys.as_ref()?.find(key)?;
+            Some((p.clone(), token))
+        }) {
+            return Ok(found);
+        }
+        drop(
+            crate::identity::preauth::PREAUTH
+                .admit(client, &self.brakes, crate::util::clock::now_ns())
+                .map_err(VerifyError::Refused)?,
+        );
+        let only = match (keyed.next(), keyed.next()) {
+            (Some(p), None) => Some(p.clone()),
+            _ => None,
+        };
+        Err((only, UNKNOWN_KEY).into())
     }
 
     /// An opaque token (or any token, with `tokens: all`) asked about at `provider`'s

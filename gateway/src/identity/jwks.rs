@@ -135,7 +135,7 @@ pub fn load_local(source: &KeySource) -> Result<Option<KeySet>, String> {
         }
         KeySource::Uri(_) | KeySource::Discovery(_) => Ok(None),
         // Nothing to verify with: the provider is asked about each token.
-        KeySource::Introspection(_) => Ok(Some(KeySet::new())),
+        KeySource::Introspection(_) | KeySource::ApiKeys(_) => Ok(Some(KeySet::new())),
         KeySource::HmacFile { path, alg } => {
             let mut secret = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
             while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {

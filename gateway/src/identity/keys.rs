@@ -42,6 +42,8 @@ pub struct Provider {
     pub dpop: tollgate_config::DpopMode,
     /// `type: introspection`: tokens are checked by asking the provider.
     pub introspector: Option<Arc<crate::identity::introspect::Introspector>>,
+    /// `type: api_key`: the credentials are API keys looked up in a file.
+    pub api_keys: Option<Arc<crate::identity::apikeys::ApiKeys>>,
     /// `ca_file`: what the `jwks_uri` (and discovery) server's certificate must chain to.
     ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
     /// A discovered `jwks_uri` may be plain http off loopback.
@@ -108,12 +110,20 @@ impl Provider {
             )),
             _ => None,
         };
+        let name: Arc<str> = p.name.as_str().into();
+        let api_keys = match &p.keys {
+            KeySource::ApiKeys(file) => Some(Arc::new(crate::identity::apikeys::ApiKeys::load(
+                &name, &p.issuer, file,
+            )?)),
+            _ => None,
+        };
         let provider = Provider {
+            api_keys,
             // RFC 7662 §2.2: `iss` is optional in an introspection answer; the claims
             // stage then checks it only when present (see `auth`).
             introspector,
             index,
-            name: p.name.as_str().into(),
+            name,
             issuer: p.issuer.clone(),
             validation: Validation {
                 leeway_s: p.leeway.as_secs(),
@@ -393,6 +403,11 @@ impl Provider {
                         }
                     }
                 });
+            }
+            KeySource::ApiKeys(_) => {
+                if let Some(keys) = &self.api_keys {
+                    keys.spawn_watch();
+                }
             }
             _ => {}
         }

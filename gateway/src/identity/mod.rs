@@ -1,9 +1,10 @@
 //! Who the caller is: finding the token ([`credentials`]), the providers and their key sets
 //! ([`keys`], [`jwks`]), verification and its cache ([`auth`], [`token_cache`]), the brakes
 //! before any work ([`preauth`]), the deny list ([`revocation`]), DPoP ([`dpop`]),
-//! introspection ([`introspect`]) and the tokens the gateway mints for upstreams ([`mint`]).
+//! introspection ([`introspect`]), API keys ([`apikeys`]) and the tokens the gateway mints for upstreams ([`mint`]).
 //! Imports `limits` (Redis-backed stores, claims) and the rooms below.
 
+pub mod apikeys;
 pub mod auth;
 pub mod binding;
 pub mod credentials;

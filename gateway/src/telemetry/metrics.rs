@@ -264,6 +264,12 @@ metrics_table! {
     revocation_reloads: IntCounterVec = "tollgate_revocation_reloads_total",
         "Reads of the deny list's source (file or Redis), by result (ok, error).",
         labels ["result"];
+    api_keys: IntGaugeVec = "tollgate_api_keys",
+        "API keys on file, by provider (type: api_key).",
+        labels ["provider"];
+    api_key_reloads: IntCounterVec = "tollgate_api_key_reloads_total",
+        "Re-reads of a changed API key file, by provider and result (ok, error).",
+        labels ["provider", "result"];
     revocation_last_success: Gauge = "tollgate_revocation_last_success_timestamp_seconds",
         "Unix time of the deny list's last successful read.";
     runtime_alive_tasks: IntGaugeVec = "tollgate_runtime_alive_tasks",

@@ -4,6 +4,7 @@
 
 #![allow(clippy::disallowed_methods, reason = "tests, off the workers")]
 
+mod apikey;
 mod auth;
 mod balance;
 mod browser;
