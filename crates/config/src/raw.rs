@@ -1099,6 +1099,11 @@ pub struct RawHttp {
     /// Request body; larger answers 413 (per route: `routes[].max_body`).
     #[schemars(extend("default" = "64MiB"))]
     pub max_body: Option<ByteSize>,
+    /// HTTP/2 without TLS (h2c with prior knowledge, as gRPC clients speak it) on the plain
+    /// listener, beside HTTP/1.1: a connection opening with the HTTP/2 preface is served as
+    /// HTTP/2. Fixed at start.
+    #[schemars(extend("default" = false))]
+    pub h2c: Option<bool>,
     /// Read buffer per client connection, up to 1 MiB (`0`: none). Pingora's default is
     /// 64 KiB per connection, idle or not. Fixed at start.
     #[schemars(extend("default" = "2KiB"))]

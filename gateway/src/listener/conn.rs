@@ -208,6 +208,36 @@ pub fn alpn_label(alpn: Option<pingora_core::protocols::ALPN>) -> &'static str {
     }
 }
 
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection opens with the HTTP/2 preface (h2c with prior knowledge, RFC
+/// 9113 §3.3). Reads only while the bytes still match the preface (an HTTP/1.1 request
+/// shorter than the preface is not waited on), within `within`, and puts back what it read.
+/// Pingora's own h2c check waits for 24 bytes, which a short HTTP/1.1 request never sends.
+async fn opens_with_h2_preface(stream: Stream, within: Duration) -> (Stream, bool) {
+    use pingora_core::protocols::l4::stream::Stream as L4;
+    use tokio::io::AsyncReadExt;
+    if !stream.as_any().is::<L4>() {
+        return (stream, false);
+    }
+    let mut l4: Box<L4> = stream.into_any().downcast().expect("checked above");
+    let mut buf = [0u8; 24];
+    let mut n = 0;
+    let _ = tokio::time::timeout(within, async {
+        while n < buf.len() && buf[..n] == H2_PREFACE[..n] {
+            match l4.read(&mut buf[n..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+    })
+    .await;
+    let h2 = n == buf.len() && buf == *H2_PREFACE;
+    l4.rewind(&buf[..n]);
+    (l4, h2)
+}
+
 /// A refusal written straight to the socket, before Pingora has parsed a request (so there
 /// is no realm to challenge with and no request id).
 fn canned(refusal: Refusal) -> Vec<u8> {
@@ -282,24 +312,30 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         };
         let idle = http.keepalive_timeout;
         drop(snapshot);
-        let stream = match &self.tls {
-            Some(tls) if on_tls => tls.handshake(stream).await?,
-            _ => stream,
-        };
-        let h2 = matches!(
-            stream.selected_alpn_proto(),
-            Some(pingora_core::protocols::ALPN::H2)
-        );
-        let mut guard = Box::new(GuardedStream::new(stream, limits, permit));
         let options = self.inner.server_options();
+        let (stream, h2) = match &self.tls {
+            Some(tls) if on_tls => {
+                let stream = tls.handshake(stream).await?;
+                let h2 = matches!(
+                    stream.selected_alpn_proto(),
+                    Some(pingora_core::protocols::ALPN::H2)
+                );
+                (stream, h2)
+            }
+            _ if options.is_some_and(|o| o.h2c) => {
+                opens_with_h2_preface(stream, limits.timeout).await
+            }
+            _ => (stream, false),
+        };
+        let mut guard = Box::new(GuardedStream::new(stream, limits, permit));
         if h2 {
             // HTTP/2 frames are not an HTTP/1 header block: the h2 server's own limits apply
-            // (header list size, streams), and the guard only counts the connection.
+            // (header list size, streams), and the guard only counts the connection. On the
+            // plain listener the preface was found above: the guard tells Pingora it cannot
+            // peek, so Pingora (with `h2c` on) takes the connection as HTTP/2.
             guard.phase = Phase::Tunnel;
             guard.armed = false;
-            return ServerApp::process_new(&self.inner, guard, shutdown).await;
-        }
-        if options.is_some_and(|o| o.h2c) {
+            guard.h2c = !on_tls;
             return ServerApp::process_new(&self.inner, guard, shutdown).await;
         }
         // HTTP/1.1 is served by a task of our own, so that the task Pingora spawned for the
@@ -529,6 +565,9 @@ pub struct GuardedStream {
     started: bool,
     /// A byte read by `try_peek` or `next_request`, returned by the next read.
     held: Option<u8>,
+    /// An h2c connection (the preface found by `opens_with_h2_preface`): `try_peek` says it
+    /// cannot peek, so that Pingora serves it as HTTP/2 without looking again.
+    h2c: bool,
     /// Whether this request's reads went past the end of its header block (a body, or a
     /// pipelined request read along with it).
     read_past_header: bool,
@@ -561,6 +600,7 @@ impl GuardedStream {
             tail: [0; 3],
             started: false,
             held: None,
+            h2c: false,
             read_past_header: false,
             refusal: None,
             replaced: None,
@@ -906,6 +946,9 @@ impl Peek for GuardedStream {
     /// HTTP parser. (`serve_h1` waits with `next_request`, which does not allocate.)
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         use tokio::io::AsyncReadExt;
+        if self.h2c {
+            return Ok(false);
+        }
         if self.held.is_none() {
             let mut one = [0u8; 1];
             if self.inner.read(&mut one).await? == 0 {

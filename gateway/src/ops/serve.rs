@@ -237,9 +237,9 @@ struct Startup {
     /// The HTTPS listener's certificates: swapped on reload, and re-read when their files
     /// change (polled every `listen.tls.watch`), with the `listen.tls` they were read for.
     certs: Option<(Arc<CertStore>, std::sync::Mutex<tollgate_config::Tls>)>,
-    /// `server.http.max_requests_per_connection` and `read_buffer`: set on Pingora's HTTP
-    /// options and listener at start; a reload cannot change them.
-    fixed_http: (u32, usize),
+    /// `server.http.max_requests_per_connection`, `read_buffer` and `h2c`: set on Pingora's
+    /// HTTP options and listener at start; a reload cannot change them.
+    fixed_http: (u32, usize, bool),
     /// `server.watch_config`: poll the config file this often and reload on a change.
     watch: Option<Duration>,
 }
@@ -286,9 +286,10 @@ impl Startup {
         if (
             config.server.http.max_requests_per_connection,
             config.server.http.read_buffer,
+            config.server.http.h2c,
         ) != self.fixed_http
         {
-            return Err("server.http.max_requests_per_connection and read_buffer cannot change on reload; use a graceful upgrade (run -u)".into());
+            return Err("server.http.max_requests_per_connection, read_buffer and h2c cannot change on reload; use a graceful upgrade (run -u)".into());
         }
         if config.rate_limiting != self.stores.settings {
             return Err(
@@ -507,6 +508,9 @@ pub fn run_gateway(
     // HTTP/2 (on the HTTPS listener): the header cap of HTTP/1.1 as the decoded header-list
     // limit, and idle connections closed like kept-alive HTTP/1.1 ones. Fixed at start.
     options.h2_idle_timeout = Some(config.server.http.keepalive_timeout);
+    // h2c on the plain listener: `listener/conn.rs` finds the preface itself and serves
+    // every other connection as HTTP/1.1; this lets Pingora take the ones it found.
+    options.h2c = config.server.http.h2c;
     app.server_options = Some(options);
     let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
     h2.max_header_list_size(u32::try_from(config.server.http.max_header_bytes).unwrap_or(u32::MAX));
@@ -568,6 +572,7 @@ pub fn run_gateway(
             fixed_http: (
                 config.server.http.max_requests_per_connection,
                 config.server.http.read_buffer,
+                config.server.http.h2c,
             ),
             watch: config.server.watch_config,
         },

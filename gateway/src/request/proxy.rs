@@ -834,6 +834,13 @@ fn access_line(
         alpn = passage.transport.alpn.unwrap_or(""),
         client_cert = passage.transport.peer_certificate().is_some(),
         error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+        // A gRPC answer's status (a refusal is HTTP 200 with `grpc-status`, as a gRPC
+        // server answers): the gateway's own, or the backend's when it ended with headers.
+        grpc_status = session
+            .response_written()
+            .and_then(|r| r.headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
     );
 }
 

@@ -512,6 +512,9 @@ impl<'a> Answer<'a> {
     /// Writes the answer on the session, with `Content-Length` and the request id (these
     /// answers bypass `response_filter`); a `HEAD` request gets the header only.
     pub async fn send(self, session: &mut Session, request_id: &HeaderValue) -> Result<()> {
+        if session.is_http2() && is_grpc(session.req_header()) && self.status != 204 {
+            return self.send_grpc(session, request_id).await;
+        }
         if self.status == 204 {
             // A preflight's answer: headers only.
             let mut resp = ResponseHeader::build(204, Some(2 + self.headers.len()))?;
@@ -543,6 +546,34 @@ impl<'a> Answer<'a> {
         Ok(())
     }
 
+    /// The answer to a gRPC call: HTTP 200 and trailers-only (one HEADERS frame ending the
+    /// stream) with `grpc-status` and a percent-encoded `grpc-message` (the gRPC over HTTP/2
+    /// spec's "Trailers-Only" response), so that a gRPC client sees `UNAUTHENTICATED`, not
+    /// `UNKNOWN`. The answer's headers (`WWW-Authenticate`, `Retry-After`, CORS) are kept as
+    /// metadata.
+    async fn send_grpc(self, session: &mut Session, request_id: &HeaderValue) -> Result<()> {
+        let mut resp = ResponseHeader::build(200, Some(4 + self.headers.len()))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+        resp.insert_header("grpc-status", grpc_code(self.status).to_string())?;
+        resp.insert_header(
+            "grpc-message",
+            grpc_message(&format!("{} ({})", self.message, self.reason)),
+        )?;
+        resp.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
+        for (name, value) in self.headers {
+            resp.append_header(name, value)?;
+        }
+        // Pingora's `Session::write_response_header` never ends an HTTP/2 stream with its
+        // HEADERS frame (an empty DATA frame follows), which a gRPC client reads as headers
+        // without trailers: `UNKNOWN`. The stream is ended by the HEADERS frame itself.
+        match session.as_downstream_mut() {
+            pingora_core::protocols::http::ServerSession::H2(h2) => {
+                h2.write_response_header(Box::new(resp), true)
+            }
+            _ => session.write_response_header(Box::new(resp), true).await,
+        }
+    }
+
     /// The answer as HTTP/1.1 bytes, for the connection guard, which answers before Pingora
     /// has a session (and so before there is a request id).
     pub fn to_http1(&self) -> Vec<u8> {
@@ -563,6 +594,52 @@ impl<'a> Answer<'a> {
         out.extend_from_slice(&body);
         out
     }
+}
+
+
+/// A gRPC call: `content-type` `application/grpc` or `application/grpc+…` (gRPC-Web, whose
+/// trailers travel in the body, is not one).
+pub fn is_grpc(req: &pingora_http::RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim();
+            let (base, rest) = ct.split_at(ct.len().min(16));
+            base.eq_ignore_ascii_case("application/grpc")
+                && (rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'))
+        })
+}
+
+/// The gRPC status code for an answer's HTTP status: 16 UNAUTHENTICATED, 7
+/// PERMISSION_DENIED, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE, 12 UNIMPLEMENTED (no route),
+/// 3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED, 13 INTERNAL, else 2 UNKNOWN.
+pub fn grpc_code(status: u16) -> u8 {
+    match status {
+        401 => 16,
+        403 => 7,
+        413 | 429 => 8,
+        502..=504 => 14,
+        404 | 405 => 12,
+        400 | 414 | 431 => 3,
+        408 => 4,
+        500 => 13,
+        _ => 2,
+    }
+}
+
+/// `grpc-message` as the gRPC spec encodes it: printable ASCII but `%` as is, every other
+/// byte of the UTF-8 text as `%XX`.
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

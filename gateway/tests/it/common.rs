@@ -229,6 +229,11 @@ impl Gateway {
         Self::launch_with("{}", server_fields, Some(tls), yaml_without_listeners, &[])
     }
 
+    /// Like `start`, with `server.http` fields and an HTTPS listener.
+    pub fn start_with_http_and_tls(http: &str, tls: &str, yaml_without_listeners: &str) -> Gateway {
+        Self::launch_with(http, SHUTDOWN, Some(tls), yaml_without_listeners, &[])
+    }
+
     /// Like `start`, with an HTTPS listener whose `listen.tls` is `tls` (a YAML flow mapping).
     pub fn start_with_tls(tls: &str, yaml_without_listeners: &str) -> Gateway {
         Self::launch_with("{}", SHUTDOWN, Some(tls), yaml_without_listeners, &[])
