@@ -5,7 +5,7 @@
 //! this order from the top (ARCHITECTURE.md says the same, and the `house` test holds the
 //! code to that list and to no import circle):
 //!
-//! [`cli`] → [`ops`] → [`listener`] → [`request`] → [`upstream`] → [`identity`] →
+//! [`cli`] → [`ops`] → [`listener`] → [`request`] → [`authz`] → [`upstream`] → [`identity`] →
 //! [`limits`] → [`tls`] → [`telemetry`] → [`util`]
 //!
 //! A request's path: [`request::proxy`] (the Pingora phases) → [`request::pipeline`] (admit →
@@ -17,6 +17,7 @@
 // point at the private module that does the work.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod authz;
 pub mod cli;
 pub mod identity;
 pub mod limits;

@@ -2,8 +2,9 @@
 //! token sources, and the claims forwarded as headers.
 
 use crate::model::{
-    ApiKeyFile, Audiences, Auth, ClaimHeader, DpopMode, DpopSettings, Introspection, KeySource, Provider,
-    Refresh, Revocation, RevocationSource, SecretSource, SigningKeyFile, SigningKeys, TokenSource,
+    ApiKeyFile, Audiences, Auth, ClaimHeader, DpopMode, DpopSettings, Introspection, KeySource,
+    Provider, Refresh, Revocation, RevocationSource, SecretSource, SigningKeyFile, SigningKeys,
+    TokenSource,
 };
 use crate::problems::{duration, header_name, Problems};
 use crate::raw::{
@@ -160,7 +161,9 @@ pub(crate) fn auth(
         .and_then(|r| revocation(r, problems));
     let signing_keys = raw.signing_keys.as_ref().map(|s| signing_keys(s, problems));
     let dpop = dpop_settings(raw.dpop.as_ref(), problems);
+    let ext_authz = crate::ext_authz::services(raw, &forward_claims, problems);
     Auth {
+        ext_authz,
         dpop,
         revocation,
         signing_keys,

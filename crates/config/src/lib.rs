@@ -18,6 +18,7 @@
 //! ```
 
 mod auth;
+mod ext_authz;
 mod http;
 mod limits;
 mod model;

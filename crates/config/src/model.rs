@@ -66,6 +66,11 @@ impl Config {
         {
             resolve(path);
         }
+        for service in self.auth.ext_authz.values_mut() {
+            if let Some(ca) = &mut service.ca_file {
+                resolve(ca);
+            }
+        }
         for provider in &mut self.auth.providers {
             if let Some(ca) = &mut provider.ca_file {
                 resolve(ca);
@@ -431,6 +436,8 @@ pub struct Route {
     pub keep_authorization: bool,
     /// The RBAC policy (a name in `policies`). None: any authenticated caller may pass.
     pub policy: Option<String>,
+    /// The external authorization service (a name in `auth.ext_authz`), asked after RBAC.
+    pub ext_authz: Option<String>,
     /// All must admit a request.
     pub rate_limits: Vec<Limit>,
     /// Request body size in bytes; larger → 413. Default `server.http.max_body`.
@@ -627,6 +634,36 @@ pub struct Auth {
     /// The gateway's own signing keys, for routes with `upstream_token`.
     pub signing_keys: Option<SigningKeys>,
     pub dpop: DpopSettings,
+    /// `auth.ext_authz`: external authorization services by name.
+    pub ext_authz: std::collections::BTreeMap<String, ExtAuthz>,
+}
+
+/// `auth.ext_authz.NAME`: an authorization service in Envoy ext_authz's HTTP protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtAuthz {
+    /// https, or http on a loopback host or with `insecure_http`; the request's path and
+    /// query are appended to its path.
+    pub url: String,
+    pub ca_file: Option<String>,
+    /// One check, connect to last byte. Default 500 ms.
+    pub timeout: Duration,
+    /// Let requests through when the service cannot be asked. Default false (503).
+    pub failure_mode_allow: bool,
+    /// Client headers sent with the check (lower case).
+    pub send_headers: Vec<http::HeaderName>,
+    /// The header carrying the claims (base64url JSON). Default `x-tollgate-claims`.
+    pub claims_header: http::HeaderName,
+    /// Headers of an allowing answer set upstream.
+    pub upstream_headers: Vec<http::HeaderName>,
+    /// Headers of a denying answer passed to the client (beside `content-type`).
+    pub client_headers: Vec<http::HeaderName>,
+    /// Decisions reused per caller, route and method; None: not cached.
+    pub cache_ttl: Option<Duration>,
+    pub cache_size: u64,
+    pub failure_threshold: u32,
+    pub open_for: Duration,
+    /// Checks in flight at once. Default 64.
+    pub max_in_flight: usize,
 }
 
 /// `auth.signing_keys`: every key is published at `/.well-known/jwks.json` on the metrics

@@ -482,6 +482,63 @@ pub struct RawAuth {
     pub signing_keys: Option<RawSigningKeys>,
     /// How DPoP proofs are checked, for providers and routes that take them.
     pub dpop: Option<RawDpop>,
+    /// External authorization services (Envoy ext_authz's HTTP protocol), by name; routes
+    /// name one in `ext_authz`. See
+    /// [external authorization](authorization-and-limits.md#external-authorization).
+    pub ext_authz: Option<BTreeMap<String, RawExtAuthz>>,
+}
+
+/// `auth.ext_authz.NAME`: a service asked about each request of the routes naming it, after
+/// authentication and RBAC, in Envoy ext_authz's HTTP protocol: a 2xx answer allows, any
+/// other denies with its status and body.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawExtAuthz {
+    /// The service: `https://`, or `http://` on a loopback host or with `insecure_http`. The
+    /// request's path and query are appended to its path (Envoy's `path_prefix`).
+    pub url: String,
+    /// `true` allows an `http://` URL off loopback (the claims travel in clear).
+    #[schemars(extend("default" = false))]
+    pub insecure_http: Option<bool>,
+    /// With an `https://` URL: the PEM bundle the service's certificate must chain to.
+    /// Default: the system roots.
+    pub ca_file: Option<String>,
+    /// One check, connect to last byte.
+    #[schemars(extend("default" = "500ms"))]
+    pub timeout: Option<DurationText>,
+    /// `true`: when the service cannot be asked (down, timeout, open circuit, 5xx is not
+    /// this: it denies), the request goes on. Default: refused with 503 (fail closed).
+    #[schemars(extend("default" = false))]
+    pub failure_mode_allow: Option<bool>,
+    /// Client request headers sent with the check, beside `Host`, the method and path, the
+    /// claims, `X-Request-Id` and `X-Forwarded-For`. The token is not sent unless listed
+    /// (`authorization`).
+    #[schemars(extend("default" = []))]
+    pub send_headers: Option<Vec<String>>,
+    /// The header carrying the verified claims, as base64url of their JSON.
+    #[schemars(extend("default" = "x-tollgate-claims"))]
+    pub claims_header: Option<String>,
+    /// Headers of an allowing answer set on the upstream request (replacing the client's).
+    #[schemars(extend("default" = []))]
+    pub upstream_headers: Option<Vec<String>>,
+    /// Headers of a denying answer passed to the client, beside `content-type`.
+    #[schemars(extend("default" = []))]
+    pub client_headers: Option<Vec<String>>,
+    /// Decisions (2xx and 4xx answers) reused per caller, route and method this long. Off
+    /// when unset.
+    pub cache_ttl: Option<DurationText>,
+    /// Decisions remembered.
+    #[schemars(extend("default" = 10000), range(min = 1))]
+    pub cache_size: Option<u64>,
+    /// Consecutive failed checks (error, timeout, 5xx) that open the circuit.
+    #[schemars(extend("default" = 5), range(min = 1))]
+    pub failure_threshold: Option<u32>,
+    /// How long an open circuit answers without asking before one check tries again.
+    #[schemars(extend("default" = "10s"))]
+    pub open_for: Option<DurationText>,
+    /// Checks in flight at once; past it, 503 `network_budget`.
+    #[schemars(extend("default" = 64), range(min = 1))]
+    pub max_in_flight: Option<usize>,
 }
 
 /// `auth.dpop`: how DPoP proofs are checked, for providers and routes that take them.
@@ -840,6 +897,8 @@ pub struct RawRoute {
     pub keep_authorization: Option<bool>,
     /// A name in `policies`. Every authenticated caller is admitted when unset.
     pub policy: Option<String>,
+    /// A name in `auth.ext_authz`: the service asked about each request, after RBAC.
+    pub ext_authz: Option<String>,
     /// Limits that must all admit a request.
     pub rate_limits: Option<Vec<RawLimit>>,
     /// Request body size (`1MiB`, `64KiB`, bytes); larger answers 413. Default:

@@ -155,6 +155,19 @@ pub(crate) fn route(
             "needs at least one provider in auth.providers",
         );
     }
+    if let Some(service) = &raw.ext_authz {
+        let known = config
+            .auth
+            .ext_authz
+            .as_ref()
+            .is_some_and(|m| m.contains_key(service));
+        if !known {
+            problems.add(
+                format!("{base}.ext_authz"),
+                format!("unknown service {service:?} (not in auth.ext_authz)"),
+            );
+        }
+    }
     if let Some(policy) = &raw.policy {
         if !config.policies.contains_key(policy) && !config.broken_policies.contains(policy) {
             problems.add(
@@ -217,6 +230,7 @@ pub(crate) fn route(
         providers,
         keep_authorization: raw.keep_authorization.unwrap_or(false),
         policy: raw.policy.clone(),
+        ext_authz: raw.ext_authz.clone(),
         rate_limits,
         // Resolved against `server.http.max_body` by `validate`.
         max_body: crate::http::byte_size(&raw.max_body, &format!("{base}.max_body"), 0, problems),

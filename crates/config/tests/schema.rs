@@ -40,6 +40,7 @@ auth:
   revocation: { file: revoked.jsonl }
   signing_keys: { issuer: "https://gw.example", current: a, keys: [{ kid: a, file: a.pem }] }
   dpop: {}
+  ext_authz: { opa: { url: "https://opa.example/authz" } }
 policies:
   p: { allow: [{ roles: [admin] }], deny: [{ claims: { suspended: true } }] }
 rate_limiting:

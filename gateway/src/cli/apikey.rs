@@ -80,7 +80,8 @@ fn create(a: CreateArgs) -> Result<(), String> {
         ),
         None => None,
     };
-    let (key, line) = crate::identity::apikeys::create(&a.sub, claims, exp, None, a.note.as_deref())?;
+    let (key, line) =
+        crate::identity::apikeys::create(&a.sub, claims, exp, None, a.note.as_deref())?;
     match &a.file {
         Some(path) => {
             let mut f = std::fs::OpenOptions::new()

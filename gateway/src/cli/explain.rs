@@ -183,6 +183,13 @@ pub async fn explain(
                 }
                 Some(_) => println!("policy:  not reached"),
             }
+            if let Some(service) = &route.ext_authz {
+                // Asked for real (a check is a question, not a change); not cached.
+                match passage.ext_authz {
+                    Some(outcome) => println!("ext_authz: {}: {outcome}", service.name),
+                    None => println!("ext_authz: {}: not reached", service.name),
+                }
+            }
             for (name, v) in &passage.limits_seen {
                 println!(
                     "limit:   {name}: {} ({} of {} left; dry run, nothing spent)",

@@ -155,7 +155,11 @@ fn parse(provider: &str, issuer: &str, text: &str) -> Result<HashMap<String, Ent
 fn entry(issuer: &str, line: &str) -> Result<(String, Entry), String> {
     let l: Line = serde_json::from_str(line).map_err(|e| {
         // serde's message can quote the input; keep only its category and column.
-        format!("not a key entry ({:?} at column {})", e.classify(), e.column())
+        format!(
+            "not a key entry ({:?} at column {})",
+            e.classify(),
+            e.column()
+        )
     })?;
     if l.id.len() != ID_HEX || !l.id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err(format!("id must be {ID_HEX} lowercase hex digits"));
@@ -325,10 +329,12 @@ mod tests {
 
     #[test]
     fn bad_lines_are_reported_by_number_without_their_text() {
-        let text = "# comment\n\n{\"id\":\"zz\",\"sha256\":\"00\",\"sub\":\"a\"}\nnot json secret-ish\n\
-                    {\"id\":\"0123456789abcdef\",\"sha256\":\"".to_owned()
-            + &"0".repeat(64)
-            + "\",\"sub\":\"a\",\"claims\":{\"sub\":\"root\"}}\n";
+        let text =
+            "# comment\n\n{\"id\":\"zz\",\"sha256\":\"00\",\"sub\":\"a\"}\nnot json secret-ish\n\
+                    {\"id\":\"0123456789abcdef\",\"sha256\":\""
+                .to_owned()
+                + &"0".repeat(64)
+                + "\",\"sub\":\"a\",\"claims\":{\"sub\":\"root\"}}\n";
         let err = parse("p", "i", &text).err().unwrap();
         assert!(err.contains("line 3: id must be"), "{err}");
         assert!(err.contains("line 4: not a key entry"), "{err}");

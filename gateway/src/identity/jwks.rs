@@ -3,8 +3,6 @@
 
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::tls::CaType;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_http::RequestHeader;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_config::KeySource;
@@ -203,8 +201,8 @@ pub async fn post_form(
     Ok((status, body))
 }
 
-/// One HTTP/1.1 request to `uri` on a fresh connection from Pingora's connector: its
-/// status, `Cache-Control: max-age` and body (at most [`MAX_JWKS_BYTES`]).
+/// One HTTP/1.1 request to `uri` ([`crate::util::outbound::call`]): its status,
+/// `Cache-Control: max-age` and body (at most [`MAX_JWKS_BYTES`]).
 async fn exchange(
     connector: &Connector,
     method: &str,
@@ -213,64 +211,20 @@ async fn exchange(
     body: Option<Vec<u8>>,
     ca: Option<&Arc<CaType>>,
 ) -> Result<(u16, Option<Duration>, Vec<u8>), String> {
-    let parsed: http::Uri = uri.parse().map_err(|e| format!("invalid URL: {e}"))?;
-    let tls = parsed.scheme_str() == Some("https");
-    let host = parsed.host().ok_or("URL has no host")?.to_owned();
-    let port = parsed.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let addr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} has no address"))?;
-    let mut peer = HttpPeer::new(addr, tls, host.clone());
-    peer.options.ca = ca.cloned();
-    let (mut session, _reused) = connector
-        .get_http_session(&peer)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let path = parsed.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(|e| e.to_string())?;
-    let host_header = match parsed.port_u16() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.clone(),
-    };
-    req.insert_header("host", host_header)
-        .map_err(|e| e.to_string())?;
-    req.insert_header("accept", "application/json")
-        .map_err(|e| e.to_string())?;
-    req.insert_header(
-        "user-agent",
-        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    let (resp, body) = crate::util::outbound::call(
+        connector,
+        crate::util::outbound::Call {
+            method,
+            uri,
+            headers: &headers,
+            body,
+            ca,
+            max_body: MAX_JWKS_BYTES,
+            pool: false,
+        },
     )
-    .map_err(|e| e.to_string())?;
-    for (name, value) in headers {
-        req.insert_header(name.to_string(), *value)
-            .map_err(|e| e.to_string())?;
-    }
-    if let Some(body) = &body {
-        req.insert_header("content-length", body.len())
-            .map_err(|e| e.to_string())?;
-    }
-    session
-        .write_request_header(Box::new(req))
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    if let Some(body) = body {
-        session
-            .write_request_body(body.into(), false)
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-    }
-    session
-        .finish_request_body()
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    session
-        .read_response_header()
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    let resp = session.response_header().ok_or("no response header")?;
-    let status = resp.status.as_u16();
+    .await?;
     let max_age = resp
         .headers
         .get_all(http::header::CACHE_CONTROL)
@@ -279,18 +233,7 @@ async fn exchange(
         .flat_map(|v| v.split(','))
         .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
         .map(Duration::from_secs);
-    let mut body = Vec::new();
-    while let Some(chunk) = session
-        .read_response_body()
-        .await
-        .map_err(|e| format!("read: {e}"))?
-    {
-        if body.len() + chunk.len() > MAX_JWKS_BYTES {
-            return Err(format!("document larger than {MAX_JWKS_BYTES} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((status, max_age, body))
+    Ok((resp.status.as_u16(), max_age, body))
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //!   route's `max_body` against a declared `Content-Length` (413);
 //! - **authenticate**: the token from the route's sources, verified by the provider its
 //!   `iss` names (400 for two tokens, 401, or 429/503 from the pre-auth brakes);
-//! - **authorize**: the route's RBAC policy on the method and the verified claims (403);
+//! - **authorize**: the route's RBAC policy on the method and the verified claims (403),
+//!   then its external authorization service ([`crate::authz::ext`]: its status, or 503);
 //! - **limit**: every rate limit of the route (429), keeping the tightest for the
 //!   `RateLimit` headers of the answer.
 //!
@@ -118,6 +119,11 @@ pub struct Passage {
     /// The CORS grant for the answer (`Vary: Origin` at least), when the route has `cors`:
     /// on the upstream's answer (replacing its own) and on the gateway's refusals.
     pub cors: Vec<(http::HeaderName, String)>,
+    /// For the access log: the external authorization outcome (`allow`, `deny`,
+    /// `unavailable`, `failure_allowed`), when the route has `ext_authz`.
+    pub ext_authz: Option<&'static str>,
+    /// Headers an allowing external authorization service set for the upstream.
+    pub authz_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// The checks of one snapshot, for one request.
@@ -167,6 +173,7 @@ impl Pipeline<'_> {
             )
             .await?;
         self.authorize(req, &route, passage.caller.as_ref(), &mut passage.rbac)?;
+        self.ext_authz(req, &route, passage).await?;
         let (cluster, why) = route
             .targets
             .choose(req, passage.caller.as_ref().map(Caller::claims));
@@ -481,6 +488,61 @@ impl Pipeline<'_> {
             policy: decision.policy.into(),
             scopes: decision.required_scopes.into(),
         })
+    }
+
+    /// The route's external authorization service, after RBAC: its allow (with headers
+    /// for the upstream), its denial as the answer, or, when it cannot be asked, 503 (or
+    /// the request goes on, with `failure_mode_allow`).
+    async fn ext_authz(
+        &self,
+        req: &RequestHeader,
+        route: &RouteRuntime,
+        passage: &mut Passage,
+    ) -> Result<(), Refusal> {
+        use crate::authz::ext::{Asked, Decision, Failure};
+        let Some(service) = &route.ext_authz else {
+            return Ok(());
+        };
+        let asked = Asked {
+            req,
+            route: &route.name,
+            claims: passage.caller.as_ref().map(Caller::claims),
+            client: passage.edge.client_ip,
+            request_id: self.request_id.to_str().unwrap_or(""),
+            brakes: &self.snapshot.auth.brakes,
+            enforce: self.mode.enforces(),
+        };
+        let checked = service.check(&asked).await;
+        let (outcome, result) = match checked {
+            Ok(decision) => match &*decision {
+                Decision::Allow { headers } => {
+                    passage.authz_headers = headers.clone();
+                    ("allow", Ok(()))
+                }
+                Decision::Deny {
+                    status,
+                    body,
+                    headers,
+                } => (
+                    "deny",
+                    Err(Refusal::AuthzDenied {
+                        status: *status,
+                        body: body.clone(),
+                        headers: headers
+                            .iter()
+                            .filter_map(|(n, v)| Some((n.clone(), v.to_str().ok()?.to_owned())))
+                            .collect(),
+                    }),
+                ),
+            },
+            Err(Failure::Budget(refused)) => ("unavailable", Err(refused.into())),
+            Err(Failure::Unavailable) if service.failure_mode_allow() => {
+                ("failure_allowed", Ok(()))
+            }
+            Err(Failure::Unavailable) => ("unavailable", Err(Refusal::AuthzUnavailable)),
+        };
+        passage.ext_authz = Some(outcome);
+        result
     }
 
     /// Checks every limit; the first that refuses decides. Returns the `RateLimit` headers

@@ -532,6 +532,9 @@ impl ProxyHttp for Gateway {
         for (name, value) in passage.caller.iter().flat_map(|c| c.headers.iter()) {
             upstream.insert_header(name.clone(), value.clone())?;
         }
+        for (name, value) in &passage.authz_headers {
+            upstream.append_header(name.clone(), value.clone())?;
+        }
         match passage.upstream_token() {
             Ok(Some((name, token))) => {
                 upstream.insert_header(name, token)?;
@@ -829,6 +832,7 @@ fn access_line(
         subject,
         rbac,
         rbac_rule,
+        ext_authz = passage.ext_authz.unwrap_or(""),
         limit = passage.limit.unwrap_or(""),
         tls_version = passage.transport.version().unwrap_or(""),
         alpn = passage.transport.alpn.unwrap_or(""),

@@ -101,6 +101,14 @@ pub enum Refusal {
     Unreadable,
     /// 500: the gateway's own failure.
     Internal,
+    /// The route's external authorization service denied: its status, body and headers.
+    AuthzDenied {
+        status: u16,
+        body: Bytes,
+        headers: Vec<(HeaderName, String)>,
+    },
+    /// 503: the external authorization service could not be asked (fail closed).
+    AuthzUnavailable,
     /// 500: the route's `upstream_token` could not be signed; the request is not sent on
     /// without the token its backend expects. The gateway's fault, not the upstream's.
     UpstreamTokenFailed,
@@ -182,7 +190,7 @@ impl From<crate::identity::preauth::PreAuthRefusal> for Refusal {
             },
             P::NetworkBusy => Refusal::Overloaded {
                 reason: "network_budget",
-                message: "too many tokens are waiting on their issuer; retry later",
+                message: "too many requests are waiting on an identity or authorization service; retry later",
                 retry_after_secs: 1,
             },
             P::ClientNetworkBusy => Refusal::TooManyWaiting,
@@ -238,7 +246,10 @@ impl Refusal {
             Refusal::RateLimited { .. }
             | Refusal::TooManyFailedAttempts { .. }
             | Refusal::TooManyWaiting => 429,
-            Refusal::Overloaded { .. } | Refusal::NoHealthyBackend => 503,
+            Refusal::AuthzDenied { status, .. } => *status,
+            Refusal::Overloaded { .. } | Refusal::NoHealthyBackend | Refusal::AuthzUnavailable => {
+                503
+            }
             Refusal::UpstreamFailed => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::Internal | Refusal::UpstreamTokenFailed => 500,
@@ -417,6 +428,34 @@ impl Refusal {
                 retry_after_secs,
             } => Answer::new(503, "overloaded", reason, message)
                 .header(RETRY_AFTER.clone(), retry_after_secs.to_string()),
+            Refusal::AuthzDenied {
+                status,
+                body,
+                headers,
+            } => {
+                let (error, message) = match status {
+                    401 => (
+                        "unauthorized",
+                        "the authorization service refused the caller",
+                    ),
+                    403 => ("forbidden", "the authorization service denied this request"),
+                    _ => ("denied", "the authorization service denied this request"),
+                };
+                let mut a = Answer::new(*status, error, "ext_authz", message);
+                // The service's own body and headers when it gave a body; else the JSON.
+                if !body.is_empty() {
+                    a.raw = Some(body.clone());
+                }
+                a.headers.extend(headers.iter().cloned());
+                a
+            }
+            Refusal::AuthzUnavailable => Answer::new(
+                503,
+                "ext_authz_unavailable",
+                "ext_authz_unavailable",
+                "the authorization service could not be asked; retry later",
+            )
+            .header(RETRY_AFTER.clone(), "1".to_owned()),
             Refusal::NoHealthyBackend => Answer::new(
                 503,
                 "no_healthy_backend",
@@ -470,6 +509,9 @@ pub struct Answer<'a> {
     /// For 429: the limit that refused.
     pub limit: Option<&'a str>,
     pub headers: Vec<(HeaderName, String)>,
+    /// A body written as is instead of the JSON one (an external authorization service's
+    /// denial, whose `content-type` is among `headers`).
+    pub raw: Option<Bytes>,
 }
 
 impl<'a> Answer<'a> {
@@ -482,6 +524,7 @@ impl<'a> Answer<'a> {
             policy: None,
             limit: None,
             headers: Vec::new(),
+            raw: None,
         }
     }
 
@@ -524,9 +567,15 @@ impl<'a> Answer<'a> {
             }
             return session.write_response_header(Box::new(resp), true).await;
         }
-        let body = self.body(Some(request_id.to_str().unwrap_or("")));
+        let raw = self.raw.is_some();
+        let body = match &self.raw {
+            Some(raw) => raw.to_vec(),
+            None => self.body(Some(request_id.to_str().unwrap_or(""))),
+        };
         let mut resp = ResponseHeader::build(self.status, Some(4 + self.headers.len()))?;
-        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        if !raw {
+            resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        }
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
@@ -595,7 +644,6 @@ impl<'a> Answer<'a> {
         out
     }
 }
-
 
 /// A gRPC call: `content-type` `application/grpc` or `application/grpc+…` (gRPC-Web, whose
 /// trailers travel in the body, is not one).

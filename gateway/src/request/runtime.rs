@@ -41,6 +41,8 @@ pub struct RouteRuntime {
     pub token_sources: Vec<TokenSource>,
     pub keep_authorization: bool,
     pub policy: Option<Arc<tollgate_policy::Policy>>,
+    /// `ext_authz`: the external authorization service asked after RBAC.
+    pub ext_authz: Option<Arc<crate::authz::ext::Service>>,
     /// `tollgate_rbac_decisions_total` for allow, deny, shadow_deny, resolved once
     /// (only for routes with a policy).
     pub rbac_counters: Option<[prometheus::IntCounter; 3]>,
@@ -174,6 +176,18 @@ impl RuntimeSnapshot {
                 None
             }
         };
+        let mut ext_authz = HashMap::new();
+        for (name, service) in &config.auth.ext_authz {
+            match crate::authz::ext::Service::build(name, service) {
+                Ok(s) => {
+                    ext_authz.insert(name.clone(), Arc::new(s));
+                }
+                Err(message) => problems.push(tollgate_config::Problem {
+                    path: format!("auth.ext_authz.{name}.ca_file"),
+                    message,
+                }),
+            }
+        }
         let tls = tls_runtime(config, &mut problems);
         let minter = minter(config, &mut problems);
         let Some(auth) = auth.filter(|_| problems.is_empty()) else {
@@ -191,6 +205,7 @@ impl RuntimeSnapshot {
                 config.auth.providers.iter().flat_map(|p| &p.token_sources),
             ),
             identity: &identity,
+            ext_authz: &ext_authz,
         };
         let mut router = Router::new();
         for r in &config.routes {
@@ -216,8 +231,18 @@ impl RuntimeSnapshot {
             .filter_map(|r| r.upstream_token.as_ref())
             .map(|t| t.header.clone())
             .filter(|h| *h != http::header::AUTHORIZATION);
-        let gateway_headers: Vec<http::HeaderName> =
-            identity.into_iter().chain(minted_headers).collect();
+        // What an external authorization service sets upstream is the gateway's too: a
+        // client's copy never passes, whether the service set it this time or not.
+        let authz_headers = config
+            .auth
+            .ext_authz
+            .values()
+            .flat_map(|s| s.upstream_headers.iter().cloned());
+        let gateway_headers: Vec<http::HeaderName> = identity
+            .into_iter()
+            .chain(minted_headers)
+            .chain(authz_headers)
+            .collect();
         let strip = crate::request::edge::strip_set(&gateway_headers, &config.server.http);
         Ok(RuntimeSnapshot {
             router,
@@ -252,6 +277,7 @@ struct Shared<'a> {
     every_token_source: Vec<TokenSource>,
     /// The identity headers the gateway writes ([`identity_headers`]).
     identity: &'a [http::HeaderName],
+    ext_authz: &'a HashMap<String, Arc<crate::authz::ext::Service>>,
 }
 
 impl Shared<'_> {
@@ -323,6 +349,7 @@ impl Shared<'_> {
         });
         RouteRuntime {
             policy,
+            ext_authz: r.ext_authz.as_ref().map(|n| self.ext_authz[n].clone()),
             rbac_counters,
             limits,
             name: r.name.as_str().into(),

@@ -264,6 +264,13 @@ metrics_table! {
     revocation_reloads: IntCounterVec = "tollgate_revocation_reloads_total",
         "Reads of the deny list's source (file or Redis), by result (ok, error).",
         labels ["result"];
+    ext_authz_checks: IntCounterVec = "tollgate_ext_authz_checks_total",
+        "External authorization checks, by service and result (allow, deny, deny_5xx, \
+         cached, error, circuit_open).",
+        labels ["service", "result"];
+    ext_authz_duration: HistogramVec = "tollgate_ext_authz_duration_seconds",
+        "External authorization calls, from the request's start to the service's answer.",
+        labels ["service"];
     api_keys: IntGaugeVec = "tollgate_api_keys",
         "API keys on file, by provider (type: api_key).",
         labels ["provider"];

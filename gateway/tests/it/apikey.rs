@@ -19,7 +19,11 @@ fn create_key(file: &std::path::Path, args: &[&str]) -> (String, String) {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     (key, String::from_utf8(out.stderr).unwrap())
 }
@@ -191,12 +195,20 @@ fn an_api_keys_claims_reach_the_upstream_as_identity_headers_and_the_key_does_no
         r.upstream_header("x-auth-roles").as_deref(),
         Some("\"partner\"")
     );
-    assert_eq!(r.upstream_header("x-api-key"), None, "the key is not forwarded");
+    assert_eq!(
+        r.upstream_header("x-api-key"),
+        None,
+        "the key is not forwarded"
+    );
     // By query: the parameter is removed from what the upstream receives.
-    let r = s.gw.get(&format!("/partner/y?a=1&api_key={}", keys[0]), &[]);
+    let r =
+        s.gw.get(&format!("/partner/y?a=1&api_key={}", keys[0]), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     let path = r.json()["path"].as_str().unwrap().to_owned();
-    assert!(!path.contains("api_key") && !path.contains(&keys[0]), "{path}");
+    assert!(
+        !path.contains("api_key") && !path.contains(&keys[0]),
+        "{path}"
+    );
     assert!(s.echo.count() >= 2);
 }
 
@@ -224,14 +236,21 @@ fn unknown_keys_are_refused_and_brake_the_client_like_forged_tokens() {
     assert!(
         s.gw.metric(
             "tollgate_auth_decisions_total",
-            &[("provider", "partners"), ("result", "deny"), ("reason", "signature")]
+            &[
+                ("provider", "partners"),
+                ("result", "deny"),
+                ("reason", "signature")
+            ]
         ) >= 3.0
     );
 }
 
 #[test]
 fn keys_expire_and_rotate_with_overlap_without_a_restart() {
-    let (s, keys) = setup("", &[&["--sub", "acme", "--role", "partner", "--expires-in", "1h"]]);
+    let (s, keys) = setup(
+        "",
+        &[&["--sub", "acme", "--role", "partner", "--expires-in", "1h"]],
+    );
     let old = &keys[0];
     assert_eq!(s.gw.get("/open", &[("x-api-key", old)]).status, 200);
     // Rotation: a second key for the subject is added; both work.
@@ -268,8 +287,14 @@ fn keys_expire_and_rotate_with_overlap_without_a_restart() {
     let line_file = dir.path().join("l");
     let (expired, _) = create_key(&line_file, &["--sub", "late", "--role", "partner"]);
     let line = std::fs::read_to_string(&line_file).unwrap();
-    let line = line.trim().replace("\"sub\":\"late\"", "\"sub\":\"late\",\"exp\":1000");
-    std::fs::write(&s.keys, format!("{}\n{line}\n", text.lines().last().unwrap())).unwrap();
+    let line = line
+        .trim()
+        .replace("\"sub\":\"late\"", "\"sub\":\"late\",\"exp\":1000");
+    std::fs::write(
+        &s.keys,
+        format!("{}\n{line}\n", text.lines().last().unwrap()),
+    )
+    .unwrap();
     wait_for("the expired key read", Duration::from_secs(10), || {
         let r = s.gw.get("/open", &[("x-api-key", &expired)]);
         (r.status == 401 && r.json()["reason"] == "expired").then_some(())
@@ -292,7 +317,10 @@ fn no_key_is_kept_in_the_file_or_written_to_the_log() {
     assert!(!file.contains(secret), "the file holds the key: {file}");
     assert!(file.contains(&format!("\"id\":\"{}\"", &key[4..20])));
     let log = s.gw.proc.log_text();
-    assert!(log.contains("\"status\":401"), "the access log was read: {log}");
+    assert!(
+        log.contains("\"status\":401"),
+        "the access log was read: {log}"
+    );
     for k in [secret, &forged[21..]] {
         assert!(!log.contains(k), "a key reached the log");
     }
@@ -329,9 +357,18 @@ routes:\n  - {{ name: r, path: /, upstream: e }}
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("auth.providers[0].api_keys: is required with type: api_key"), "{err}");
-    assert!(err.contains("auth.providers[1].dpop: does not apply to API keys"), "{err}");
-    assert!(err.contains("auth.providers[2].type: must be api_key"), "{err}");
+    assert!(
+        err.contains("auth.providers[0].api_keys: is required with type: api_key"),
+        "{err}"
+    );
+    assert!(
+        err.contains("auth.providers[1].dpop: does not apply to API keys"),
+        "{err}"
+    );
+    assert!(
+        err.contains("auth.providers[2].type: must be api_key"),
+        "{err}"
+    );
     // The file is read once the file's problems are gone.
     std::fs::write(
         &conf,

@@ -33,7 +33,12 @@ fn peer() -> PathBuf {
 }
 
 fn dev(file: &str) -> String {
-    repo().join("conf/dev").join(file).to_str().unwrap().to_owned()
+    repo()
+        .join("conf/dev")
+        .join(file)
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// A grpcio server, stopped on drop.
@@ -189,7 +194,10 @@ fn unary_and_streaming_calls_pass_with_metadata_and_trailers_to_h2c_and_tls_back
         assert_eq!(r["response"]["request"], "ping");
         assert_eq!(seen["x-auth-subject"], "alice", "call {i}: {seen}");
         assert_eq!(seen["x-custom"], "kept");
-        assert!(seen.get("authorization").is_none(), "call {i}: the token went upstream");
+        assert!(
+            seen.get("authorization").is_none(),
+            "call {i}: the token went upstream"
+        );
         assert_eq!(r["initial"]["x-initial"], "hi");
         assert_eq!(r["trailing"]["x-trailing"], "bye");
     }
@@ -210,18 +218,27 @@ fn refusals_reach_a_grpc_client_as_grpc_status_codes() {
     calls.extend(s.both(json!({ "method": "/demo.Greeter/Hello" })));
     let forged = {
         let other = TestKey::es256("k");
-        let claims = json!({ "iss": ISS, "sub": "bob", "exp": 4_000_000_000u64, "roles": ["admin"] });
+        let claims =
+            json!({ "iss": ISS, "sub": "bob", "exp": 4_000_000_000u64, "roles": ["admin"] });
         format!("Bearer {}", other.sign(claims))
     };
     calls.extend(s.both(json!({
         "method": "/demo.Greeter/Hello",
         "metadata": [["authorization", forged]],
     })));
-    calls.extend(s.both(json!({ "method": "/demo.Admin/Hello", "metadata": [["authorization", user]] })));
+    calls.extend(
+        s.both(json!({ "method": "/demo.Admin/Hello", "metadata": [["authorization", user]] })),
+    );
     let limited = s.bearer("carol", &[]);
-    calls.extend(s.both(json!({ "method": "/demo.Limited/Hello", "metadata": [["authorization", limited]] })));
-    calls.extend(s.both(json!({ "method": "/demo.Down/Hello", "metadata": [["authorization", user]] })));
-    calls.extend(s.both(json!({ "method": "/demo.Nowhere/Hello", "metadata": [["authorization", user]] })));
+    calls.extend(s.both(
+        json!({ "method": "/demo.Limited/Hello", "metadata": [["authorization", limited]] }),
+    ));
+    calls.extend(
+        s.both(json!({ "method": "/demo.Down/Hello", "metadata": [["authorization", user]] })),
+    );
+    calls.extend(
+        s.both(json!({ "method": "/demo.Nowhere/Hello", "metadata": [["authorization", user]] })),
+    );
     let r = client(&Value::Array(calls));
     let codes: Vec<&str> = r.iter().map(|r| r["code"].as_str().unwrap()).collect();
     assert_eq!(
@@ -257,7 +274,11 @@ fn an_h2c_listener_still_serves_http1_even_a_request_shorter_than_the_preface() 
     // would never answer.
     let r = raw_request(s.gw.port, "GET /x HTTP/1.0\r\n\r\n").unwrap();
     assert_eq!(r.status, 400, "{r:?}");
-    assert_eq!(r.json()["reason"], "missing_host", "read and judged as HTTP/1.0");
+    assert_eq!(
+        r.json()["reason"],
+        "missing_host",
+        "read and judged as HTTP/1.0"
+    );
     let r = raw_request(
         s.gw.port,
         "POST /demo.Greeter/Hello HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",

@@ -16,6 +16,7 @@ mod docs;
 mod dpop;
 mod edge;
 mod explain;
+mod ext_authz;
 mod grpc;
 mod house;
 mod introspect;
