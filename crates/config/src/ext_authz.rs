@@ -58,7 +58,7 @@ fn service(
     forward_claims: &[ClaimHeader],
     problems: &mut Problems,
 ) -> ExtAuthz {
-    if let Some(problem) = crate::auth::fetch_url_problem(&s.url, s.insecure_http.unwrap_or(false))
+    if let Some(problem) = crate::problems::fetch_url_problem(&s.url, s.insecure_http.unwrap_or(false))
     {
         problems.add(format!("{base}.url"), problem);
     } else if s.url.contains(['?', '#']) {

@@ -31,7 +31,7 @@ mod tls;
 mod upstreams;
 mod validate;
 
-pub use auth::fetch_url_problem;
+pub use problems::fetch_url_problem;
 pub use model::*;
 pub use raw::SECTIONS;
 pub use schema::schema;

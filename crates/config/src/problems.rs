@@ -97,3 +97,51 @@ pub(crate) fn header_name(name: &str) -> Option<String> {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     ok.then(|| name.to_ascii_lowercase())
 }
+
+/// What is wrong with a URL keys (or a discovery document) would be fetched from, if
+/// anything. Keys fetched over plain http can be swapped in transit by anyone on the path,
+/// and with them every token: only https is accepted, but for a loopback host (a sidecar or
+/// a test) or when the provider says `insecure_http: true`. The gateway holds the
+/// `jwks_uri` a discovery document names to the same rule.
+pub fn fetch_url_problem(uri: &str, insecure_http: bool) -> Option<&'static str> {
+    let authority = uri.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or("")
+    });
+    if authority.contains('@') {
+        // Credentials in a URL would be silently ignored (or logged): refuse them.
+        return Some("must not carry credentials (user@host)");
+    }
+    if let Some(rest) = uri.strip_prefix("https://") {
+        host_of(rest).is_empty().then_some("has no host")
+    } else if let Some(rest) = uri.strip_prefix("http://") {
+        let host = host_of(rest);
+        if host.is_empty() {
+            Some("has no host")
+        } else if !insecure_http && !is_loopback(host) {
+            Some("must be an https:// URL (http:// only on a loopback host, or with insecure_http: true)")
+        } else {
+            None
+        }
+    } else {
+        Some("must be an https:// URL")
+    }
+}
+
+/// The host of a URL after its scheme: userinfo and port removed, IPv6 brackets kept off.
+fn host_of(rest: &str) -> &str {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    }
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+

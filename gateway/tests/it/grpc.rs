@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 const ISS: &str = "https://issuer.test";
 
