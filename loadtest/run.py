@@ -138,6 +138,14 @@ SCENARIOS = [
         "tokens": "repeat.txt",
     },
     {
+        "name": "apikey",
+        "title": "apikey: 1,000 API keys (type: api_key, X-API-Key) reused, the repeat scenario's route: "
+                 "the same policy, per-subject limit and forwarded claim",
+        "targets": ["tollgate"],
+        "tokens": "apikeys.txt",
+        "apikey": True,
+    },
+    {
         "name": "upstream-token",
         "title": "upstream-token: the repeat scenario's 1,000 caller tokens, the route minting an Ed25519 token for "
                  "the upstream (ttl 60 s, kept per caller for half of it: one signature per caller, then cache hits)",
@@ -503,6 +511,16 @@ def prepare_tokens():
     dpop_key, _, dpop_jwk = gen_key("lt-dpop")
     dpop_token = mint(priv, "dpop-user", 1, claims={"cnf": {"jkt": jwk_thumbprint(dpop_jwk)}})[0]
     write_lines("dpop-token.txt", [dpop_token])
+    # apikey: 1,000 keys for 1,000 subjects with the scope the route's policy asks for; the
+    # key file holds their digests (`tollgate apikey create`).
+    apikey_file = os.path.join(WORK, "keys", "apikeys.jsonl")
+    if os.path.exists(apikey_file):
+        os.remove(apikey_file)
+    made = subprocess.run([BIN, "apikey", "create", "--sub", "key-user-{n}", "--scope", "api:read",
+                           "--count", str(N_REPEAT), "--file", apikey_file],
+                          capture_output=True, text=True, check=True)
+    apikeys = made.stdout.split()
+    write_lines("apikeys.txt", apikeys)
     forged = []
     n_valid = n_forged = 0
     for i in range(N_FORGED_LINES):
@@ -535,6 +553,7 @@ def prepare_tokens():
         "tampered": forge(check[0], check[2]), "noscope": noscope,
         "gw_key": gw_key, "dpop_key": dpop_key, "dpop_token": dpop_token,
         "dpop_token_file": os.path.join(WORK, "tokens", "dpop-token.txt"),
+        "apikey_file": apikey_file, "apikey": apikeys[0],
     }
 
 
@@ -670,6 +689,10 @@ class Lab:
                 auth_extra = (f"  signing_keys:\n    issuer: {GATEWAY_ISSUER}\n    current: gw1\n    keys:\n"
                               f"      - {{ kid: gw1, file: {self.keys['gw_key']} }}")
                 route_extra = f", upstream_token: {UPSTREAM_TOKEN}"
+            more_providers = ""
+            if scenario.get("apikey"):
+                more_providers = (f"    - name: keys\n      type: api_key\n      issuer: https://keys.loadtest\n"
+                                  f"      api_keys: {{ file: {self.keys['apikey_file']} }}")
             if scenario.get("dpop"):
                 # Proofs are signed before the run (1.2-1.9 s per run second on the reference
                 # machine, idle to busy), the quiet wait may take up to 20 s, then the run: a
@@ -679,7 +702,7 @@ class Lab:
                 provider_extra = "      dpop: required"
             conf = render("tollgate.yaml", f"{name}-{scenario['name']}.yaml", JWKS=self.keys["jwks"],
                           ROUTES=tollgate_routes(n_routes, rate, burst, route_extra), AUTH_EXTRA=auth_extra,
-                          PROVIDER_EXTRA=provider_extra, **common)
+                          PROVIDER_EXTRA=provider_extra, MORE_PROVIDERS=more_providers, **common)
         key = (name, rate, tls, conf)
         if key not in self.checked_configs:
             r = subprocess.run([BIN, "check", "-c", conf], capture_output=True, text=True)
@@ -780,6 +803,12 @@ def check_verdicts(t, scenario, keys):
     s, body = get(whoami, keys["check"], {"X-Auth-Subject": "forged-by-client"})
     expect("X-Auth-Subject forwarded (status)", 200, s)
     expect("X-Auth-Subject forwarded (value)", "check-0", body.strip())
+    if scenario.get("apikey"):
+        s, body = get(whoami, None, {"X-API-Key": keys["apikey"], "X-Auth-Subject": "forged-by-client"})
+        expect("API key: X-Auth-Subject forwarded (status)", 200, s)
+        expect("API key: X-Auth-Subject forwarded (value)", "key-user-0", body.strip())
+        forged = keys["apikey"][:-4] + ("AAAA" if not keys["apikey"].endswith("AAAA") else "BBBB")
+        expect("API key with a wrong secret", 401, get(t.path, None, {"X-API-Key": forged})[0])
     if scenario.get("low_limit"):
         statuses = [get(t.path, keys["check_ratelimit"])[0] for _ in range(80)]
         if 429 not in statuses:
@@ -1088,6 +1117,7 @@ def run_wrk(t, scenario, duration, on_start=None):
     env["LT_COUNT"] = "1" if scenario.get("count") else "0"
     env["LT_SPLIT"] = "1" if scenario.get("split_clients") else "0"
     env["LT_PROOFS"] = t.proofs if scenario.get("dpop") else ""
+    env["LT_CREDENTIAL"] = "X-API-Key: " if scenario.get("apikey") else ""
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s",
            "--timeout", "5s", "-s", LUA, f"{'https' if t.tls else 'http'}://127.0.0.1:{t.port}{t.path}"]
     p = PROCS.start(f"wrk-{scenario['name']}-{t.name}", cmd, env=env,
@@ -1477,16 +1507,17 @@ def ratio_line(sc_name, S):
     return ["", "Ratios (medians): " + "; ".join(parts) + "."] if parts else []
 
 
-IDENTITY_SCENARIOS = ("upstream-token", "dpop")
+IDENTITY_SCENARIOS = ("apikey", "upstream-token", "dpop")
 
 
 def identity_table(SS, failures):
-    """upstream-token and dpop next to tollgate's repeat: what each feature costs (tollgate only:
-    HAProxy and nginx do neither)."""
+    """apikey, upstream-token and dpop next to tollgate's repeat: what each feature costs
+    (tollgate only: HAProxy and nginx do none of them)."""
     base = (SS.get("repeat") or {}).get("tollgate")
     lines = ["## Identity features: cost next to repeat", "",
-             "tollgate only (HAProxy and nginx mint no tokens and check no DPoP proofs); same setup as `repeat`. "
-             "`repeat` and `upstream-token` cycle through the same 1,000 callers' tokens; `dpop` sends one caller's "
+             "tollgate only (HAProxy and nginx take no API keys, mint no tokens and check no DPoP proofs); same "
+             "setup as `repeat`. `repeat` and `upstream-token` cycle through the same 1,000 callers' tokens, `apikey` "
+             "through 1,000 callers' API keys (`X-API-Key`) on the same route; `dpop` sends one caller's "
              "DPoP-bound token with a new proof each time. "
              "Errors: non-2xx answers + socket errors (median run). \"vs repeat\": req/s ÷ tollgate's `repeat` "
              "req/s in this run.", "",

@@ -15,6 +15,8 @@
 --              addresses in 198.51.100.0/24 on forged ones (tollgate trusts 127.0.0.1 as a
 --              proxy in the load test, so its per-client brakes can tell them apart; wrk
 --              cannot choose its source address)
+--   LT_CREDENTIAL  the header before each token (default `Authorization: Bearer `; the
+--              apikey scenario's `X-API-Key: `)
 --   LT_PROOFS  DPoP proofs (the `dpop` scenario; written by loadtest/dpop_proofs.py): the
 --              proofs' common header on the first line, then one `payload.signature` per
 --              line. Every request then carries `Authorization: DPoP <the first token>` and
@@ -37,6 +39,11 @@ local host = os.getenv("LT_HOST") or "127.0.0.1"
 local counting = os.getenv("LT_COUNT") == "1"
 local split = os.getenv("LT_SPLIT") == "1"
 local proof_file = os.getenv("LT_PROOFS") or ""
+-- The header a token goes in, up to the token (`X-API-Key: ` for the apikey scenario).
+local credential = os.getenv("LT_CREDENTIAL") or ""
+if credential == "" then
+   credential = "Authorization: Bearer "
+end
 
 local threads = {}
 
@@ -77,12 +84,12 @@ proofs_short = 0
 dpop_prefix = nil
 
 local prefix = "GET " .. path .. " HTTP/1.1\r\nHost: " .. host .. "\r\n"
-local auth_prefix = prefix .. "Authorization: Bearer "
+local auth_prefix = prefix .. credential
 local valid_prefix = auth_prefix
 local forged_prefix = auth_prefix
 if counting then
-   valid_prefix = prefix .. "X-Request-Id: lt-v\r\nAuthorization: Bearer "
-   forged_prefix = prefix .. "X-Request-Id: lt-f\r\nAuthorization: Bearer "
+   valid_prefix = prefix .. "X-Request-Id: lt-v\r\n" .. credential
+   forged_prefix = prefix .. "X-Request-Id: lt-f\r\n" .. credential
 end
 local suffix = "\r\n\r\n"
 local forged_prefixes = { forged_prefix }

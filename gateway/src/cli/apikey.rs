@@ -41,6 +41,10 @@ pub struct CreateArgs {
     /// printing it. A running gateway picks it up within `api_keys.poll`.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// Make this many keys, one per line; `{n}` in --sub is replaced by 0..count-1 (for
+    /// load tests: `--sub 'partner-{n}' --count 1000`).
+    #[arg(long, default_value_t = 1)]
+    count: u32,
 }
 
 pub fn run(cmd: ApiKeyCommand) -> ExitCode {
@@ -80,8 +84,16 @@ fn create(a: CreateArgs) -> Result<(), String> {
         ),
         None => None,
     };
-    let (key, line) =
-        crate::identity::apikeys::create(&a.sub, claims, exp, None, a.note.as_deref())?;
+    let mut keys = Vec::with_capacity(a.count as usize);
+    let mut lines = String::new();
+    for n in 0..a.count {
+        let sub = a.sub.replace("{n}", &n.to_string());
+        let (key, line) =
+            crate::identity::apikeys::create(&sub, claims.clone(), exp, None, a.note.as_deref())?;
+        keys.push(key);
+        lines.push_str(&line);
+        lines.push('\n');
+    }
     match &a.file {
         Some(path) => {
             let mut f = std::fs::OpenOptions::new()
@@ -89,11 +101,15 @@ fn create(a: CreateArgs) -> Result<(), String> {
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            writeln!(f, "{line}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            eprintln!("appended to {}; the key is shown once:", path.display());
+            f.write_all(lines.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            eprintln!("appended to {}; each key is shown once:", path.display());
         }
-        None => eprintln!("{line}"),
+        None => eprint!("{lines}"),
     }
-    println!("{key}");
+    let mut out = std::io::stdout().lock();
+    for key in keys {
+        writeln!(out, "{key}").map_err(|e| format!("cannot write the key: {e}"))?;
+    }
     Ok(())
 }
