@@ -24,6 +24,25 @@ const NOT_SETTABLE: &[&str] = &[
     "x-real-ip",
 ];
 
+/// Headers a denial may not pass to the client: framing, and what the gateway writes on
+/// every answer (its type, gRPC status, request id).
+const NOT_PASSABLE: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "content-type",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "x-request-id",
+    "date",
+];
+
 pub(crate) fn services(
     raw: &RawAuth,
     forward_claims: &[ClaimHeader],
@@ -58,7 +77,8 @@ fn service(
     forward_claims: &[ClaimHeader],
     problems: &mut Problems,
 ) -> ExtAuthz {
-    if let Some(problem) = crate::problems::fetch_url_problem(&s.url, s.insecure_http.unwrap_or(false))
+    if let Some(problem) =
+        crate::problems::fetch_url_problem(&s.url, s.insecure_http.unwrap_or(false))
     {
         problems.add(format!("{base}.url"), problem);
     } else if s.url.contains(['?', '#']) {
@@ -104,6 +124,19 @@ fn service(
             );
         }
     }
+    let client_headers = names(
+        &format!("{base}.client_headers"),
+        s.client_headers.as_ref(),
+        problems,
+    );
+    for (i, h) in client_headers.iter().enumerate() {
+        if NOT_PASSABLE.contains(&h.as_str()) {
+            problems.add(
+                format!("{base}.client_headers[{i}]"),
+                format!("{h} is written by the gateway and cannot come from the service"),
+            );
+        }
+    }
     let timeout = duration(
         &s.timeout,
         &format!("{base}.timeout"),
@@ -122,11 +155,7 @@ fn service(
         ),
         claims_header,
         upstream_headers,
-        client_headers: names(
-            &format!("{base}.client_headers"),
-            s.client_headers.as_ref(),
-            problems,
-        ),
+        client_headers,
         cache_ttl: s.cache_ttl.as_ref().map(|_| {
             duration(
                 &s.cache_ttl,

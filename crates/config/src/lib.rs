@@ -31,8 +31,8 @@ mod tls;
 mod upstreams;
 mod validate;
 
-pub use problems::fetch_url_problem;
 pub use model::*;
+pub use problems::fetch_url_problem;
 pub use raw::SECTIONS;
 pub use schema::schema;
 

@@ -506,13 +506,14 @@ pub struct RawExtAuthz {
     /// One check, connect to last byte.
     #[schemars(extend("default" = "500ms"))]
     pub timeout: Option<DurationText>,
-    /// `true`: when the service cannot be asked (down, timeout, open circuit, 5xx is not
-    /// this: it denies), the request goes on. Default: refused with 503 (fail closed).
+    /// `true`: when the service cannot be asked (down, timeout, open circuit; any answer,
+    /// 5xx included, is a decision), the request goes on. Default: refused with 503 (fail
+    /// closed).
     #[schemars(extend("default" = false))]
     pub failure_mode_allow: Option<bool>,
-    /// Client request headers sent with the check, beside `Host`, the method and path, the
-    /// claims, `X-Request-Id` and `X-Forwarded-For`. The token is not sent unless listed
-    /// (`authorization`).
+    /// Headers of the request as the upstream receives it sent with the check, beside the
+    /// method and path, the claims, `X-Request-Id` and `X-Forwarded-For` (the token only on
+    /// routes with `keep_authorization`).
     #[schemars(extend("default" = []))]
     pub send_headers: Option<Vec<String>>,
     /// The header carrying the verified claims, as base64url of their JSON.
@@ -521,7 +522,8 @@ pub struct RawExtAuthz {
     /// Headers of an allowing answer set on the upstream request (replacing the client's).
     #[schemars(extend("default" = []))]
     pub upstream_headers: Option<Vec<String>>,
-    /// Headers of a denying answer passed to the client, beside `content-type`.
+    /// Headers of a denying answer passed to the client, beside `content-type` (not framing
+    /// headers, `grpc-*`, `date` or `x-request-id`).
     #[schemars(extend("default" = []))]
     pub client_headers: Option<Vec<String>>,
     /// Decisions (2xx and 4xx answers) reused per caller, route and method this long. Off
@@ -530,7 +532,7 @@ pub struct RawExtAuthz {
     /// Decisions remembered.
     #[schemars(extend("default" = 10000), range(min = 1))]
     pub cache_size: Option<u64>,
-    /// Consecutive failed checks (error, timeout, 5xx) that open the circuit.
+    /// Consecutive failed checks (error, timeout) that open the circuit.
     #[schemars(extend("default" = 5), range(min = 1))]
     pub failure_threshold: Option<u32>,
     /// How long an open circuit answers without asking before one check tries again.

@@ -10,8 +10,10 @@
 //! The service is a network wait: it takes a place in its own in-flight budget and in its
 //! client's (`preauth::admit_network`), never a signature check's. When it cannot be asked
 //! (connect error, `timeout`, an open circuit) the request is refused with 503
-//! `ext_authz_unavailable` (fail closed), or let through with `failure_mode_allow`. A 5xx
-//! answer denies with its status and counts as a failure toward the circuit breaker.
+//! `ext_authz_unavailable` (fail closed), or let through with `failure_mode_allow`. Only
+//! those count toward the circuit breaker: any answer is a decision (a 5xx denies with its
+//! status; a body over 64 KiB is replaced by the gateway's JSON; a status outside 100-599
+//! is a 403).
 //! Decisions (2xx and 4xx) may be cached per caller (`iss` and `sub`), route and method for
 //! `cache_ttl`.
 
@@ -56,7 +58,8 @@ pub enum Failure {
 
 /// The request the service is asked about.
 pub struct Asked<'a> {
-    /// The request as the upstream will receive it (canonical target).
+    /// The request as the upstream will receive it: canonical, its credentials removed,
+    /// `strip_prefix` done.
     pub req: &'a RequestHeader,
     pub route: &'a str,
     /// The verified claims; none for an anonymous caller.
@@ -179,11 +182,10 @@ impl Service {
                 .with_label_values(&[&self.name])
                 .observe(started.elapsed().as_secs_f64());
         }
-        let failed = match &answer {
-            Err(_) => true,
-            Ok(Decision::Deny { status, .. }) => *status >= 500,
-            Ok(Decision::Allow { .. }) => false,
-        };
+        // Only a service that could not answer counts toward the breaker: a 5xx is its
+        // answer (a denial), and counting it would let a breaker opened by answers turn a
+        // `failure_mode_allow` service's denials into passes.
+        let failed = answer.is_err();
         {
             let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
             if failed {
@@ -257,10 +259,18 @@ impl Service {
                 ca: self.ca.as_ref(),
                 max_body: MAX_BODY,
                 pool: true,
+                truncate: true,
             },
         )
         .await?;
         let status = resp.status.as_u16();
+        // An answer the service gave is a decision whatever its shape: a body cut at
+        // `MAX_BODY` is dropped (the gateway's JSON goes instead), and a status that is no
+        // HTTP status is a 403.
+        let body = match body {
+            crate::util::outbound::Body::Whole(b) => b,
+            crate::util::outbound::Body::Cut => Vec::new(),
+        };
         let pick = |names: &[HeaderName]| -> Vec<(HeaderName, HeaderValue)> {
             names
                 .iter()
@@ -289,7 +299,11 @@ impl Service {
                     headers,
                 }
             }
-            other => return Err(format!("status {other}")),
+            _ => Decision::Deny {
+                status: 403,
+                body: Bytes::new(),
+                headers: Vec::new(),
+            },
         })
     }
 }

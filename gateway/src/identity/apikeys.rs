@@ -15,7 +15,7 @@
 //! `{"id":…,"sha256":…,"sub":…,"exp":…,"nbf":…,"claims":{…},"note":…}`; blank lines and
 //! lines starting with `#` are skipped. A bad file is refused whole at load (a config
 //! problem, every bad line reported); when a rewrite is bad, the last good keys stay in
-//! force. Rotation with overlap: create a second key for the same subject, move the caller
+//! force; when the file is removed, no key is accepted. Rotation with overlap: create a second key for the same subject, move the caller
 //! to it, then remove the first line (or give it an `exp`).
 
 use crate::telemetry::metrics::METRICS;
@@ -271,10 +271,16 @@ impl ApiKeys {
                 .await
             {
                 let Some(keys) = weak.upgrade() else { return };
-                let read = tokio::fs::read_to_string(&path)
-                    .await
-                    .map_err(|e| format!("cannot read {path}: {e}"))
-                    .and_then(|text| parse(&keys.provider, &keys.issuer, &text));
+                let read = match tokio::fs::read_to_string(&path).await {
+                    // The file removed: no key is accepted any more (an operator deleting
+                    // it means to revoke them; keeping the last keys would fail open).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        tracing::warn!(provider = %keys.provider, "api key file removed; no key is accepted");
+                        Ok(HashMap::new())
+                    }
+                    Err(e) => Err(format!("cannot read {path}: {e}")),
+                    Ok(text) => parse(&keys.provider, &keys.issuer, &text),
+                };
                 let result = match read {
                     Ok(table) => {
                         let count = table.len();

@@ -222,9 +222,11 @@ async fn exchange(
             ca,
             max_body: MAX_JWKS_BYTES,
             pool: false,
+            truncate: false,
         },
     )
     .await?;
+    let body = body.whole(MAX_JWKS_BYTES)?;
     let max_age = resp
         .headers
         .get_all(http::header::CACHE_CONTROL)

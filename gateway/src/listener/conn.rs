@@ -313,6 +313,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let idle = http.keepalive_timeout;
         drop(snapshot);
         let options = self.inner.server_options();
+        let accepted = tokio::time::Instant::now();
         let (stream, h2) = match &self.tls {
             Some(tls) if on_tls => {
                 let stream = tls.handshake(stream).await?;
@@ -328,6 +329,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             _ => (stream, false),
         };
         let mut guard = Box::new(GuardedStream::new(stream, limits, permit));
+        // The first request's header deadline counts from accept, the preface wait included.
+        guard.deadline.as_mut().reset(accepted + limits.timeout);
         if h2 {
             // HTTP/2 frames are not an HTTP/1 header block: the h2 server's own limits apply
             // (header list size, streams), and the guard only counts the connection. On the

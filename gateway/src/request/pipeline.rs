@@ -503,8 +503,18 @@ impl Pipeline<'_> {
         let Some(service) = &route.ext_authz else {
             return Ok(());
         };
+        // The service judges the request the upstream will receive: its credentials
+        // removed (a token in the query never reaches the service) and `strip_prefix` done.
+        let mut upstream = req.clone();
+        if route.auth != AuthMode::None && !route.keep_authorization {
+            crate::identity::credentials::strip(&mut upstream, &route.token_sources)
+                .map_err(|_| Refusal::Internal)?;
+        }
+        route
+            .strip_prefix_from(&mut upstream)
+            .map_err(|_| Refusal::Internal)?;
         let asked = Asked {
-            req,
+            req: &upstream,
             route: &route.name,
             claims: passage.caller.as_ref().map(Caller::claims),
             client: passage.edge.client_ip,

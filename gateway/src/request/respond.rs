@@ -610,6 +610,11 @@ impl<'a> Answer<'a> {
         )?;
         resp.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
         for (name, value) in self.headers {
+            // The answer's own type and status are the ones above (an authorization
+            // service's denial names its body's type).
+            if name == http::header::CONTENT_TYPE || name.as_str().starts_with("grpc-") {
+                continue;
+            }
             resp.append_header(name, value)?;
         }
         // Pingora's `Session::write_response_header` never ends an HTTP/2 stream with its

@@ -28,13 +28,30 @@ pub struct Call<'a> {
     pub max_body: usize,
     /// Reuse connections (see above).
     pub pool: bool,
+    /// A body over `max_body` is [`Body::Cut`] instead of an error.
+    pub truncate: bool,
+}
+
+/// An answer's body.
+#[derive(Debug)]
+pub enum Body {
+    Whole(Vec<u8>),
+    /// Longer than `max_body` (with `truncate`): not kept; the connection is not reused.
+    Cut,
+}
+
+impl Body {
+    /// The bytes, or an error for a cut body (callers without `truncate` never see one).
+    pub fn whole(self, max_body: usize) -> Result<Vec<u8>, String> {
+        match self {
+            Body::Whole(b) => Ok(b),
+            Body::Cut => Err(format!("answer larger than {max_body} bytes")),
+        }
+    }
 }
 
 /// Makes `call`: the answer's header and body. The caller bounds it in time.
-pub async fn call(
-    connector: &Connector,
-    call: Call<'_>,
-) -> Result<(ResponseHeader, Vec<u8>), String> {
+pub async fn call(connector: &Connector, call: Call<'_>) -> Result<(ResponseHeader, Body), String> {
     match once(connector, &call).await {
         Err((true, _)) => once(connector, &call).await.map_err(|(_, e)| e),
         other => other.map_err(|(_, e)| e),
@@ -45,7 +62,7 @@ pub async fn call(
 async fn once(
     connector: &Connector,
     call: &Call<'_>,
-) -> Result<(ResponseHeader, Vec<u8>), (bool, String)> {
+) -> Result<(ResponseHeader, Body), (bool, String)> {
     let mut reused = false;
     let result = attempt(connector, call, &mut reused).await;
     result.map_err(|(before_answer, e)| (reused && before_answer, e))
@@ -55,7 +72,7 @@ async fn attempt(
     connector: &Connector,
     call: &Call<'_>,
     reused_out: &mut bool,
-) -> Result<(ResponseHeader, Vec<u8>), (bool, String)> {
+) -> Result<(ResponseHeader, Body), (bool, String)> {
     let no = |e: String| (false, e);
     let parsed: http::Uri = call
         .uri
@@ -130,6 +147,9 @@ async fn attempt(
         .map_err(|e| no(format!("read: {e}")))?
     {
         if body.len() + chunk.len() > call.max_body {
+            if call.truncate {
+                return Ok((resp, Body::Cut));
+            }
             return Err(no(format!("answer larger than {} bytes", call.max_body)));
         }
         body.extend_from_slice(&chunk);
@@ -139,5 +159,5 @@ async fn attempt(
             .release_http_session(session, &peer, Some(POOLED_IDLE))
             .await;
     }
-    Ok((resp, body))
+    Ok((resp, Body::Whole(body)))
 }

@@ -272,6 +272,16 @@ fn keys_expire_and_rotate_with_overlap_without_a_restart() {
         (s.gw.get("/open", &[("x-api-key", old)]).status == 401).then_some(())
     });
     assert_eq!(s.gw.get("/open", &[("x-api-key", &new)]).status, 200);
+    // Removing the file revokes every key; putting it back restores them.
+    let kept = std::fs::read_to_string(&s.keys).unwrap();
+    std::fs::remove_file(&s.keys).unwrap();
+    wait_for("no key without the file", Duration::from_secs(10), || {
+        (s.gw.get("/open", &[("x-api-key", &new)]).status == 401).then_some(())
+    });
+    std::fs::write(&s.keys, kept).unwrap();
+    wait_for("the keys back", Duration::from_secs(10), || {
+        (s.gw.get("/open", &[("x-api-key", &new)]).status == 200).then_some(())
+    });
     // A bad rewrite keeps the last good keys.
     std::fs::write(&s.keys, "{not json\n").unwrap();
     wait_for("the failed reload counted", Duration::from_secs(10), || {

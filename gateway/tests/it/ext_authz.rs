@@ -91,7 +91,7 @@ fn setup_with(timeout: &str, service_extra: &str) -> Setup {
         "auth:
   forward_claims: [{{ claim: sub, header: x-auth-subject }}]
   providers:
-    - {{ name: idp, issuer: \"{ISS}\", audiences: any, jwks_file: \"{}\" }}
+    - {{ name: idp, issuer: \"{ISS}\", audiences: any, jwks_file: \"{}\", token_sources: [bearer, \"query:access_token\"] }}
   ext_authz:
     tenants:
       url: \"http://127.0.0.1:{}/\"
@@ -110,6 +110,7 @@ routes:
   - {{ name: tenants, path: /tenants/, upstream: e, policy: users, ext_authz: tenants }}
   - {{ name: lenient, path: /lenient/, upstream: e, ext_authz: lenient }}
   - {{ name: plain, path: /plain/, upstream: e }}
+  - {{ name: v1, path: /v1/, upstream: e, strip_prefix: true, ext_authz: tenants }}
 ",
         jwks_path.display(),
         policy.port,
@@ -234,16 +235,19 @@ fn a_down_slow_or_failing_service_fails_closed_and_opens_the_circuit() {
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["reason"], "ext_authz_unavailable");
     assert_eq!(r.header("retry-after"), Some("1"));
-    // A 5xx answer denies with its status and counts toward the breaker.
+    // A 5xx answer is a decision: it denies with its status and the breaker does not count
+    // it (so a `failure_mode_allow` service's denials never turn into passes).
     s.policy.control("set?delay_ms=0");
     s.policy.control("set?status=500");
     let r = get("/tenants/acme/a");
     assert_eq!(r.status, 500);
     assert_eq!(r.json(), json!({ "error": "forced" }));
-    // Down: the third failure in a row opens the circuit.
+    // Down: three failures in a row (the 500 answer ended the first run) open the circuit.
     s.policy.stop();
-    let r = get("/tenants/acme/a");
-    assert_eq!(r.status, 503);
+    for _ in 0..3 {
+        let r = get("/tenants/acme/a");
+        assert_eq!(r.status, 503);
+    }
     assert_eq!(s.echo.count(), before, "nothing reached the upstream");
     // Open: refused at once without a call, even once the service is back.
     let port = s.policy.port;
@@ -263,11 +267,43 @@ fn a_down_slow_or_failing_service_fails_closed_and_opens_the_circuit() {
     let r = get("/lenient/x");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(s.echo.count(), before + 1);
+    // …but an answer is a decision, whatever its size: a 403 with a body over 64 KiB is a
+    // 403 (the gateway's JSON instead of the body), not a failure to let through.
+    s.policy = PolicyService::start_on(port);
+    s.policy.control("set?big=70000");
+    let r = get("/lenient/x");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["reason"], "ext_authz");
+    assert_eq!(s.echo.count(), before + 1);
     wait_for("the access line", Duration::from_secs(5), || {
         let log = s.gw.proc.log_text();
         log.contains("\"ext_authz\":\"failure_allowed\"")
             .then_some(())
     });
+}
+
+#[test]
+fn the_service_judges_the_request_the_upstream_receives() {
+    let s = setup("");
+    let alice = s.bearer("alice", "acme", &["user"]);
+    let token = alice.trim_start_matches("Bearer ");
+    // A token in the query and a prefix the route strips: the service is asked about what
+    // the upstream gets, without the token.
+    let r =
+        s.gw.get(&format!("/v1/tenants/acme/x?access_token={token}&a=1"), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let last = s.policy.control("last");
+    assert_eq!(last["path"], "/tenants/acme/x?a=1");
+    assert_eq!(r.json()["path"], "/tenants/acme/x");
+    assert_eq!(r.json()["query"], "a=1");
+    assert!(
+        !last.to_string().contains(token),
+        "the token reached the service"
+    );
+    // The prefix hides nothing: another tenant behind it is still denied.
+    let r =
+        s.gw.get("/v1/tenants/globex/x", &[("authorization", &alice)]);
+    assert_eq!(r.status, 403);
 }
 
 #[test]
@@ -359,6 +395,7 @@ fn check_refuses_bad_ext_authz_services_at_their_paths() {
     a:
       url: \"http://policy.internal/check\"
       upstream_headers: [x-forwarded-for, x-auth-subject, \"bad header\"]
+      client_headers: [content-length, grpc-status]
       timeout: 0s
     b: { url: \"https://p.example/x?y=1\", failure_threshold: 0 }
 upstreams:\n  e: { backends: [{ addr: \"127.0.0.1:1\" }] }
@@ -379,6 +416,8 @@ routes:
         "auth.ext_authz.a.upstream_headers[1]: x-auth-subject carries a forwarded claim",
         "auth.ext_authz.a.upstream_headers[2]: \"bad header\" is not a header name",
         "auth.ext_authz.a.timeout: must be greater than zero",
+        "auth.ext_authz.a.client_headers[0]: content-length is written by the gateway",
+        "auth.ext_authz.a.client_headers[1]: grpc-status is written by the gateway",
         "auth.ext_authz.b.url: must not have a query or fragment",
         "auth.ext_authz.b.failure_threshold: must be at least 1",
         "routes[0].ext_authz: unknown service \"c\" (not in auth.ext_authz)",

@@ -11,6 +11,7 @@ Control endpoints (not part of the protocol), under /__control/:
     last            the last check's method, path and headers, as JSON
     set?delay_ms=N  answer checks after N ms
     set?status=N    answer every check with status N (0: back to the rule)
+    set?big=N       deny every check with 403 and an N-byte text body (0: back to the rule)
 """
 
 import base64
@@ -21,7 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-STATE = {"count": 0, "last": None, "delay_ms": 0, "status": 0}
+STATE = {"count": 0, "last": None, "delay_ms": 0, "status": 0, "big": 0}
 LOCK = threading.Lock()
 
 
@@ -84,10 +85,20 @@ class Handler(BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         with LOCK:
-            delay, forced = STATE["delay_ms"], STATE["status"]
+            delay, forced, big = STATE["delay_ms"], STATE["status"], STATE["big"]
         if delay:
             time.sleep(delay / 1000)
         claims = claims_of(self.headers)
+        if big:
+            with LOCK:
+                STATE["count"] += 1
+            data = b"x" * big
+            self.send_response(403)
+            self.send_header("content-type", "text/plain")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if forced:
             status, body, headers = forced, {"error": "forced"}, {}
         else:
