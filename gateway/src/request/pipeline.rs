@@ -522,7 +522,10 @@ impl Pipeline<'_> {
             brakes: &self.snapshot.auth.brakes,
             enforce: self.mode.enforces(),
         };
-        let checked = service.check(&asked).await;
+        // Boxed: the call's future (an HTTP exchange) is several KiB, which every request's
+        // pipeline would otherwise carry and move, on routes without `ext_authz` too
+        // (measured: +19% instructions per request on the repeat path before it was boxed).
+        let checked = Box::pin(service.check(&asked)).await;
         let (outcome, result) = match checked {
             Ok(decision) => match &*decision {
                 Decision::Allow { headers } => {
