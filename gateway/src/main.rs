@@ -68,7 +68,7 @@ enum Command {
         path: String,
         #[arg(long)]
         host: Option<String>,
-        /// A JWT, verified as the proxy would.
+        /// A JWT or an API key, verified as the proxy would.
         #[arg(long, conflicts_with = "claims")]
         token: Option<String>,
         /// Claims as a JSON object, taken as verified.

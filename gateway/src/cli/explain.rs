@@ -78,7 +78,11 @@ pub fn run(a: ExplainArgs<'_>) -> ExitCode {
 
 /// The request the arguments describe, as the proxy would have parsed it; `Err(None)` when
 /// the proxy could not have parsed it at all (Pingora answers 400 itself).
-fn build_request(a: &ExplainArgs<'_>, listen: &str) -> Result<RequestHeader, Option<String>> {
+fn build_request(
+    a: &ExplainArgs<'_>,
+    listen: &str,
+    key_header: &str,
+) -> Result<RequestHeader, Option<String>> {
     let mut req = RequestHeader::build(a.method, a.path.as_bytes(), None).map_err(|_| None)?;
     let mut add = |name: &str, value: &str| -> Result<(), Option<String>> {
         let value = HeaderValue::from_str(value).map_err(|_| None)?;
@@ -87,8 +91,11 @@ fn build_request(a: &ExplainArgs<'_>, listen: &str) -> Result<RequestHeader, Opt
         Ok(())
     };
     add("host", a.host.unwrap_or(listen))?;
-    if let Some(token) = a.token {
-        add("authorization", &format!("Bearer {token}"))?;
+    match a.token {
+        // An API key goes where the key providers read it (`-H` for other sources).
+        Some(key) if crate::identity::apikeys::looks_like_key(key) => add(key_header, key)?,
+        Some(token) => add("authorization", &format!("Bearer {token}"))?,
+        None => {}
     }
     for h in a.headers {
         let (name, value) = h
@@ -120,7 +127,18 @@ pub async fn explain(
         a.path,
         a.host.unwrap_or(listen)
     );
-    let mut req = match build_request(a, listen) {
+    let key_header = snapshot
+        .auth
+        .providers
+        .iter()
+        .filter(|p| p.api_keys.is_some())
+        .flat_map(|p| &p.token_sources)
+        .find_map(|s| match s {
+            tollgate_config::TokenSource::Header(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .unwrap_or("x-api-key");
+    let mut req = match build_request(a, listen, key_header) {
         Ok(req) => req,
         Err(Some(usage)) => return Err(usage),
         Err(None) => {

@@ -402,3 +402,43 @@ routes:\n  - {{ name: r, path: /, upstream: e }}
         "{err}"
     );
 }
+
+#[test]
+fn explain_takes_an_api_key_and_shows_the_same_decision_as_the_proxy() {
+    let (s, keys) = setup(
+        "",
+        &[&["--sub", "acme", "--role", "partner"], &["--sub", "other"]],
+    );
+    let explain = |key: &str| {
+        let out = Command::new(BIN)
+            .args([
+                "explain",
+                "-c",
+                s.gw.conf_path().to_str().unwrap(),
+                "--path",
+                "/partner",
+                "--token",
+                key,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = explain(&keys[0]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("auth:    valid token from provider partners"),
+        "{out}"
+    );
+    assert_eq!(s.gw.get("/partner", &[("x-api-key", &keys[0])]).status, 200);
+    let (code, out) = explain(&keys[1]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("verdict: refused (403 forbidden/policy/partners)"),
+        "{out}"
+    );
+    assert_eq!(s.gw.get("/partner", &[("x-api-key", &keys[1])]).status, 403);
+}
