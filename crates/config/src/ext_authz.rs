@@ -1,40 +1,14 @@
 //! `auth.ext_authz`: external authorization services, with their defaults.
 
 use crate::model::{ClaimHeader, ExtAuthz};
-use crate::problems::{duration, header_name, Problems};
+use crate::problems::{duration, header_name, reserved_in, Problems, FORWARDING, FRAMING};
 use crate::raw::{RawAuth, RawExtAuthz};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Headers a service may never set on the upstream request: framing, the request's own
-/// identity and forwarding headers, which the gateway writes.
-const NOT_SETTABLE: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "te",
-    "trailer",
-    "x-request-id",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-];
-
-/// Headers a denial may not pass to the client: framing, and what the gateway writes on
-/// every answer (its type, gRPC status, request id).
+/// Headers a denial may not pass to the client beside [`FRAMING`]: what the gateway writes
+/// on every answer (its type, gRPC status, request id, date).
 const NOT_PASSABLE: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "te",
-    "trailer",
-    "keep-alive",
-    "proxy-connection",
     "content-type",
     "grpc-status",
     "grpc-message",
@@ -42,6 +16,23 @@ const NOT_PASSABLE: &[&str] = &[
     "x-request-id",
     "date",
 ];
+
+/// At least 1: `value`, else `default` (a 0 is reported at `path`).
+fn at_least_one<T: Copy + PartialEq + From<u8>>(
+    value: Option<T>,
+    default: T,
+    path: String,
+    problems: &mut Problems,
+) -> T {
+    match value {
+        Some(v) if v == T::from(0) => {
+            problems.add(path, "must be at least 1");
+            T::from(1)
+        }
+        Some(v) => v,
+        None => default,
+    }
+}
 
 pub(crate) fn services(
     raw: &RawAuth,
@@ -56,16 +47,24 @@ pub(crate) fn services(
     out
 }
 
-fn names(path: &str, list: Option<&Vec<String>>, problems: &mut Problems) -> Vec<http::HeaderName> {
+/// Header names at `path`, each once; `refuse` says why a name may not be listed, reported
+/// at the name's own index.
+fn names(
+    path: &str,
+    list: Option<&Vec<String>>,
+    refuse: impl Fn(&http::HeaderName) -> Option<String>,
+    problems: &mut Problems,
+) -> Vec<http::HeaderName> {
     let mut out: Vec<http::HeaderName> = Vec::new();
     for (i, n) in list.into_iter().flatten().enumerate() {
+        let at = format!("{path}[{i}]");
         match header_name(n).and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()) {
-            Some(h) if out.contains(&h) => problems.add(format!("{path}[{i}]"), "listed twice"),
-            Some(h) => out.push(h),
-            None => problems.add(
-                format!("{path}[{i}]"),
-                format!("{n:?} is not a header name"),
-            ),
+            Some(h) if out.contains(&h) => problems.add(at, "listed twice"),
+            Some(h) => match refuse(&h) {
+                Some(why) => problems.add(at, why),
+                None => out.push(h),
+            },
+            None => problems.add(at, format!("{n:?} is not a header name")),
         }
     }
     out
@@ -105,38 +104,31 @@ fn service(
             }
         }
     };
+    let gateways = |h: &http::HeaderName| {
+        format!("{h} is written by the gateway and cannot come from the service")
+    };
     let upstream_headers = names(
         &format!("{base}.upstream_headers"),
         s.upstream_headers.as_ref(),
+        |h| {
+            if reserved_in(h.as_str(), &[FRAMING, FORWARDING]) {
+                Some(gateways(h))
+            } else if forward_claims.iter().any(|c| c.header == *h) {
+                Some(format!(
+                    "{h} carries a forwarded claim (auth.forward_claims)"
+                ))
+            } else {
+                None
+            }
+        },
         problems,
     );
-    for (i, h) in upstream_headers.iter().enumerate() {
-        let path = format!("{base}.upstream_headers[{i}]");
-        if NOT_SETTABLE.contains(&h.as_str()) {
-            problems.add(
-                path,
-                format!("{h} is written by the gateway and cannot come from the service"),
-            );
-        } else if forward_claims.iter().any(|c| c.header == *h) {
-            problems.add(
-                path,
-                format!("{h} carries a forwarded claim (auth.forward_claims)"),
-            );
-        }
-    }
     let client_headers = names(
         &format!("{base}.client_headers"),
         s.client_headers.as_ref(),
+        |h| reserved_in(h.as_str(), &[FRAMING, NOT_PASSABLE]).then(|| gateways(h)),
         problems,
     );
-    for (i, h) in client_headers.iter().enumerate() {
-        if NOT_PASSABLE.contains(&h.as_str()) {
-            problems.add(
-                format!("{base}.client_headers[{i}]"),
-                format!("{h} is written by the gateway and cannot come from the service"),
-            );
-        }
-    }
     let timeout = duration(
         &s.timeout,
         &format!("{base}.timeout"),
@@ -151,6 +143,7 @@ fn service(
         send_headers: names(
             &format!("{base}.send_headers"),
             s.send_headers.as_ref(),
+            |_| None,
             problems,
         ),
         claims_header,
@@ -164,35 +157,24 @@ fn service(
                 problems,
             )
         }),
-        cache_size: match s.cache_size {
-            Some(0) => {
-                problems.add(format!("{base}.cache_size"), "must be at least 1");
-                1
-            }
-            Some(n) => n,
-            None => 10_000,
-        },
-        failure_threshold: match s.failure_threshold {
-            Some(0) => {
-                problems.add(format!("{base}.failure_threshold"), "must be at least 1");
-                1
-            }
-            Some(n) => n,
-            None => 5,
-        },
+        cache_size: at_least_one(s.cache_size, 10_000, format!("{base}.cache_size"), problems),
+        failure_threshold: at_least_one(
+            s.failure_threshold,
+            5,
+            format!("{base}.failure_threshold"),
+            problems,
+        ),
         open_for: duration(
             &s.open_for,
             &format!("{base}.open_for"),
             Duration::from_secs(10),
             problems,
         ),
-        max_in_flight: match s.max_in_flight {
-            Some(0) => {
-                problems.add(format!("{base}.max_in_flight"), "must be at least 1");
-                1
-            }
-            Some(n) => n,
-            None => 64,
-        },
+        max_in_flight: at_least_one(
+            s.max_in_flight,
+            64,
+            format!("{base}.max_in_flight"),
+            problems,
+        ),
     }
 }

@@ -63,6 +63,38 @@ impl Problems {
     }
 }
 
+/// A message's framing: no configuration sets these.
+pub(crate) const FRAMING: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// What the gateway writes on every request it forwards: the target host, the request id
+/// and the forwarding headers.
+pub(crate) const FORWARDING: &[&str] = &[
+    "host",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Whether header `name` (lower case) is in one of `lists`, compared as a CGI or WSGI
+/// server folds names (`X_Forwarded_For` is `x-forwarded-for`).
+pub(crate) fn reserved_in(name: &str, lists: &[&[&str]]) -> bool {
+    let folded = name.replace('_', "-");
+    lists.iter().any(|l| l.contains(&folded.as_str()))
+}
+
 /// A duration such as `5s`, `250ms` or `1m 30s`.
 pub(crate) fn duration(
     value: &Option<DurationText>,

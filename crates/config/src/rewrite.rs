@@ -2,7 +2,7 @@
 //! and on the upstream's answer, with values that may name the verified token's claims, the
 //! client address, the request id and the route.
 
-use crate::problems::{header_name, Problems};
+use crate::problems::{header_name, reserved_in, Problems, FORWARDING, FRAMING};
 use crate::raw::{RawHeaderOps, RawHeaderRules};
 use tollgate_policy::ClaimPath;
 
@@ -45,31 +45,12 @@ pub struct HeaderRules {
     pub response: HeaderOps,
 }
 
-/// Headers no rule may touch on the request: its framing and routing, the credentials, and
-/// what the gateway writes itself (forwarding headers, the request id).
-const REQUEST_RESERVED: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "dpop",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "te",
-    "trailer",
-    "cookie",
-    "x-request-id",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-    "forwarded",
-];
+/// Headers no rule may touch on the request beside [`FRAMING`] and [`FORWARDING`]: the
+/// credentials.
+const CREDENTIALS: &[&str] = &["authorization", "proxy-authorization", "dpop", "cookie"];
 
-/// Headers no rule may touch on the answer: its framing, and what the gateway writes (the
-/// CORS grant among them).
+/// Headers no rule may touch on the answer beside [`FRAMING`]: what the gateway writes (the
+/// CORS grant among them, and the request id).
 const RESPONSE_RESERVED: &[&str] = &[
     "access-control-allow-origin",
     "access-control-allow-credentials",
@@ -78,12 +59,6 @@ const RESPONSE_RESERVED: &[&str] = &[
     "access-control-expose-headers",
     "access-control-max-age",
     "vary",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "te",
-    "trailer",
     "x-request-id",
 ];
 
@@ -138,7 +113,7 @@ fn template(text: &str, path: &str, problems: &mut Problems) -> Option<Template>
 fn ops(
     raw: Option<&RawHeaderOps>,
     path: &str,
-    reserved: &[&str],
+    reserved: &[&[&str]],
     identity: &[&str],
     problems: &mut Problems,
 ) -> HeaderOps {
@@ -153,9 +128,7 @@ fn ops(
         };
         // Compared as a CGI or WSGI server folds names: `X_Auth_Subject` is `x-auth-subject`.
         let folded = n.replace('_', "-");
-        if reserved.contains(&folded.as_str())
-            || identity.iter().any(|i| i.replace('_', "-") == folded)
-        {
+        if reserved_in(&n, reserved) || identity.iter().any(|i| i.replace('_', "-") == folded) {
             problems.add(
                 at,
                 format!("{n} is the gateway's: it carries framing, a credential or identity"),
@@ -210,14 +183,14 @@ pub(crate) fn header_rules(
         request: ops(
             raw.request.as_ref(),
             &format!("{path}.request"),
-            REQUEST_RESERVED,
+            &[CREDENTIALS, FRAMING, FORWARDING],
             identity,
             problems,
         ),
         response: ops(
             raw.response.as_ref(),
             &format!("{path}.response"),
-            RESPONSE_RESERVED,
+            &[RESPONSE_RESERVED, FRAMING],
             &[],
             problems,
         ),

@@ -345,58 +345,30 @@ fn check_refuses_bad_api_key_providers_at_their_paths() {
         "{\"id\":\"0123456789abcdef\",\"sha256\":\"00\",\"sub\":\"a\"}\n",
     )
     .unwrap();
-    let conf = dir.path().join("c.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "auth:
+    let tail = "upstreams:\n  e: { backends: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - { name: r, path: /, upstream: e }\n";
+    let (code, _, err) = tollgate_check(&format!(
+        "auth:
   providers:
     - {{ name: a, type: api_key, issuer: k }}
     - {{ name: b, type: api_key, issuer: k2, api_keys: {{ file: \"{}\" }}, dpop: required }}
     - {{ name: c, issuer: k3, audiences: any, api_keys: {{ file: x }} }}
-upstreams:\n  e: {{ backends: [{{ addr: \"127.0.0.1:1\" }}] }}
-routes:\n  - {{ name: r, path: /, upstream: e }}
-",
-            bad.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "-c", conf.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("auth.providers[0].api_keys: is required with type: api_key"),
-        "{err}"
-    );
-    assert!(
-        err.contains("auth.providers[1].dpop: does not apply to API keys"),
-        "{err}"
-    );
-    assert!(
-        err.contains("auth.providers[2].type: must be api_key"),
-        "{err}"
-    );
+{tail}",
+        bad.display()
+    ));
+    assert_eq!(code, 1);
+    for expected in [
+        "auth.providers[0].api_keys: is required with type: api_key",
+        "auth.providers[1].dpop: does not apply to API keys",
+        "auth.providers[2].type: must be api_key",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
     // The file is read once the file's problems are gone.
-    std::fs::write(
-        &conf,
-        format!(
-            "auth:\n  providers:\n    - {{ name: b, type: api_key, issuer: k2, api_keys: {{ file: \"{}\" }} }}
-upstreams:\n  e: {{ backends: [{{ addr: \"127.0.0.1:1\" }}] }}
-routes:\n  - {{ name: r, path: /, upstream: e }}
-",
-            bad.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "-c", conf.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (code, _, err) = tollgate_check(&format!(
+        "auth:\n  providers:\n    - {{ name: b, type: api_key, issuer: k2, api_keys: {{ file: \"{}\" }} }}\n{tail}",
+        bad.display()
+    ));
+    assert_eq!(code, 1);
     assert!(
         err.contains("auth.providers[0]: b: line 1: sha256 must be 64 lowercase hex digits"),
         "{err}"

@@ -1,24 +1,9 @@
 //! `tollgate check` and `tollgate run` on bad configs: every problem, with its path, before
 //! anything is bound; `tollgate token verify` reading its token from standard input.
 
-use crate::common::{jwks, TestKey, BIN};
+use crate::common::{jwks, tollgate_check as check, TestKey, BIN};
 use std::io::Write;
 use std::process::{Command, Stdio};
-
-fn check(yaml: &str) -> (i32, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "-c", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 #[test]
 fn check_accepts_the_shipped_config() {

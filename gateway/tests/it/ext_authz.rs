@@ -6,8 +6,7 @@
 
 use crate::common::*;
 use serde_json::{json, Value};
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const ISS: &str = "https://issuer.test";
@@ -22,18 +21,11 @@ impl PolicyService {
     fn start_on(port: u16) -> PolicyService {
         let script =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/policy_service.py");
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(script)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "READY");
+        let child = spawn_ready(
+            Command::new("/usr/bin/python3")
+                .arg(script)
+                .arg(port.to_string()),
+        );
         PolicyService {
             child: Some(child),
             port,
@@ -383,10 +375,7 @@ fn a_stalled_service_holds_only_its_own_budget_never_other_routes() {
 
 #[test]
 fn check_refuses_bad_ext_authz_services_at_their_paths() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("c.yaml");
-    std::fs::write(
-        &conf,
+    let (code, _, err) = tollgate_check(
         "auth:
   forward_claims: [{ claim: sub, header: x-auth-subject }]
   providers:
@@ -394,7 +383,7 @@ fn check_refuses_bad_ext_authz_services_at_their_paths() {
   ext_authz:
     a:
       url: \"http://policy.internal/check\"
-      upstream_headers: [x-forwarded-for, x-auth-subject, \"bad header\"]
+      upstream_headers: [x-forwarded-for, x-auth-subject, \"bad header\", x_real_ip]
       client_headers: [content-length, grpc-status]
       timeout: 0s
     b: { url: \"https://p.example/x?y=1\", failure_threshold: 0 }
@@ -402,19 +391,14 @@ upstreams:\n  e: { backends: [{ addr: \"127.0.0.1:1\" }] }
 routes:
   - { name: r, path: /, upstream: e, ext_authz: c }
 ",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "-c", conf.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    );
+    assert_eq!(code, 1);
     for expected in [
         "auth.ext_authz.a.url: must be an https:// URL (http:// only on a loopback host, or with insecure_http: true)",
         "auth.ext_authz.a.upstream_headers[0]: x-forwarded-for is written by the gateway",
         "auth.ext_authz.a.upstream_headers[1]: x-auth-subject carries a forwarded claim",
         "auth.ext_authz.a.upstream_headers[2]: \"bad header\" is not a header name",
+        "auth.ext_authz.a.upstream_headers[3]: x_real_ip is written by the gateway",
         "auth.ext_authz.a.timeout: must be greater than zero",
         "auth.ext_authz.a.client_headers[0]: content-length is written by the gateway",
         "auth.ext_authz.a.client_headers[1]: grpc-status is written by the gateway",

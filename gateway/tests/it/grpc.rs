@@ -7,9 +7,8 @@
 use crate::common::*;
 use crate::tls::{Issued, Pki};
 use serde_json::{json, Value};
-use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 const ISS: &str = "https://issuer.test";
 
@@ -59,16 +58,7 @@ impl Server {
         if let Some(issued) = tls {
             cmd.arg(&issued.cert).arg(&issued.key);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "READY", "the gRPC server started");
+        let child = spawn_ready(&mut cmd);
         Server(child, port)
     }
 }
