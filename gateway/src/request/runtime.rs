@@ -289,7 +289,20 @@ impl Shared<'_> {
     ) -> crate::upstream::split::Mirror {
         let shadow = crate::upstream::split::ShadowCopy {
             token_sources: self.every_token_source.clone(),
-            identity_headers: self.identity.to_vec(),
+            // What an authorization service set is identity too: a shadow gets it only
+            // with `identity: true`.
+            identity_headers: self
+                .identity
+                .iter()
+                .cloned()
+                .chain(
+                    self.config
+                        .auth
+                        .ext_authz
+                        .values()
+                        .flat_map(|s| s.upstream_headers.iter().cloned()),
+                )
+                .collect(),
             minted_header: r.upstream_token.as_ref().map(|t| t.header.clone()),
             identity: m.identity,
             cookies: m.cookies,

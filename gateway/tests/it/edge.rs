@@ -14,9 +14,9 @@ const ISS: &str = "https://issuer.test";
 
 /// One request as the upstream read it off the socket.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     /// Request line and header lines, exactly as sent by the gateway (without the blank line).
-    head: String,
+    pub(crate) head: String,
     /// Body bytes (the first MiB) and the total length.
     body: Vec<u8>,
     body_len: usize,
@@ -29,7 +29,7 @@ impl Received {
 
     /// Every value of a header, matched on the name case-insensitively and as written
     /// (`x_auth_roles` is a different name from `x-auth-roles` here, as it is on the wire).
-    fn header(&self, name: &str) -> Vec<String> {
+    pub(crate) fn header(&self, name: &str) -> Vec<String> {
         self.head
             .lines()
             .skip(1)
@@ -52,7 +52,7 @@ impl Received {
 /// An HTTP/1.1 upstream on a raw socket that records the bytes of every request it gets and
 /// answers `200 ok` (or `101` and an echo, for a WebSocket upgrade; or, for `GET /big`, a
 /// body of [`BIG`] bytes, counting the answers it could not finish).
-struct RecordingUpstream {
+pub(crate) struct RecordingUpstream {
     port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     stop: Arc<AtomicBool>,
@@ -63,7 +63,7 @@ struct RecordingUpstream {
 const BIG: usize = 256 << 20;
 
 impl RecordingUpstream {
-    fn start() -> RecordingUpstream {
+    pub(crate) fn start() -> RecordingUpstream {
         let listener = listen_on_free_port();
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -88,15 +88,15 @@ impl RecordingUpstream {
         }
     }
 
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.received.lock().unwrap().clear();
     }
 }
@@ -1374,7 +1374,7 @@ routes:
     (gw, primary, shadow, key, dir)
 }
 
-fn one_received(up: &RecordingUpstream, what: &str) -> Received {
+pub(crate) fn one_received(up: &RecordingUpstream, what: &str) -> Received {
     let got = wait_for(what, Duration::from_secs(10), || {
         let got = up.received();
         (!got.is_empty()).then_some(got)

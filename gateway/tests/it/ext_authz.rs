@@ -409,3 +409,46 @@ routes:
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+#[test]
+fn a_shadow_never_gets_what_the_authorization_service_set() {
+    use crate::edge::{one_received, RecordingUpstream};
+    let primary = RecordingUpstream::start();
+    let shadow = RecordingUpstream::start();
+    let policy = PolicyService::start_on(free_port());
+    let key = TestKey::es256("k");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&key])).unwrap();
+    let gw = Gateway::start(&format!(
+        "auth:
+  providers:
+    - {{ name: idp, issuer: \"{ISS}\", audiences: any, jwks_file: \"{}\" }}
+  ext_authz:
+    tenants: {{ url: \"http://127.0.0.1:{}\", upstream_headers: [x-authz-tenant] }}
+upstreams:
+  app: {{ backends: [{{ addr: \"{}\" }}] }}
+  shadow: {{ backends: [{{ addr: \"{}\" }}] }}
+routes:
+  - {{ name: t, path: /tenants/, upstream: app, ext_authz: tenants, mirror: {{ upstream: shadow }} }}
+",
+        jwks_path.display(),
+        policy.port,
+        primary.addr(),
+        shadow.addr(),
+    ));
+    let claims = json!({ "iss": ISS, "sub": "alice", "exp": 4_000_000_000u64, "tenant": "acme" });
+    let token = key.sign(claims);
+    let r = raw_request(
+        gw.port,
+        &format!("GET /tenants/acme/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nX-Authz-Tenant: forged\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        one_received(&primary, "production").header("x-authz-tenant"),
+        ["acme"]
+    );
+    let copy = one_received(&shadow, "the shadow's copy");
+    assert!(copy.header("x-authz-tenant").is_empty(), "{}", copy.head);
+}
