@@ -11,21 +11,14 @@ use std::time::Duration;
 const ISS: &str = "https://issuer.test";
 const KEYS_ISS: &str = "https://keys.test";
 
-/// `tollgate apikey create` appending to `file`: the key, and what the command printed on
-/// standard error.
-fn create_key(file: &std::path::Path, args: &[&str]) -> (String, String) {
-    let out = Command::new(BIN)
-        .args(["apikey", "create", "--file", file.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+/// `tollgate apikey create` appending to `file`: the key.
+fn create_key(file: &std::path::Path, args: &[&str]) -> String {
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["apikey", "create", "--file", file.to_str().unwrap()])
+            .args(args),
     );
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    (key, String::from_utf8(out.stderr).unwrap())
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 struct Setup {
@@ -46,7 +39,7 @@ fn setup(preface: &str, create: &[&[&str]]) -> (Setup, Vec<String>) {
     std::fs::write(&jwks_path, jwks(&[&jwt])).unwrap();
     let keys = dir.path().join("keys.jsonl");
     std::fs::write(&keys, "# partner keys\n").unwrap();
-    let made: Vec<String> = create.iter().map(|a| create_key(&keys, a).0).collect();
+    let made: Vec<String> = create.iter().map(|a| create_key(&keys, a)).collect();
     let yaml = format!(
         "auth:
 {preface}  forward_claims:
@@ -254,7 +247,7 @@ fn keys_expire_and_rotate_with_overlap_without_a_restart() {
     let old = &keys[0];
     assert_eq!(s.gw.get("/open", &[("x-api-key", old)]).status, 200);
     // Rotation: a second key for the subject is added; both work.
-    let (new, _) = create_key(&s.keys, &["--sub", "acme", "--role", "partner"]);
+    let new = create_key(&s.keys, &["--sub", "acme", "--role", "partner"]);
     wait_for("the new key", Duration::from_secs(10), || {
         (s.gw.get("/open", &[("x-api-key", &new)]).status == 200).then_some(())
     });
@@ -295,7 +288,7 @@ fn keys_expire_and_rotate_with_overlap_without_a_restart() {
     // An expired key is refused as expired.
     let dir = tempfile::tempdir().unwrap();
     let line_file = dir.path().join("l");
-    let (expired, _) = create_key(&line_file, &["--sub", "late", "--role", "partner"]);
+    let expired = create_key(&line_file, &["--sub", "late", "--role", "partner"]);
     let line = std::fs::read_to_string(&line_file).unwrap();
     let line = line
         .trim()

@@ -626,15 +626,10 @@ fn symmetric_keys_from_a_jwks_uri_are_never_used() {
 
 /// `tollgate token revoke` with `args`, as an operator runs it.
 fn revoke(args: &[&str]) -> String {
-    let out = std::process::Command::new(BIN)
-        .args(["token", "revoke"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        std::process::Command::new(BIN)
+            .args(["token", "revoke"])
+            .args(args),
     );
     String::from_utf8(out.stdout).unwrap()
 }

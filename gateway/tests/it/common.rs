@@ -854,3 +854,14 @@ pub fn spawn_ready(cmd: &mut Command) -> Child {
     assert_eq!(line.trim(), "READY", "{cmd:?} did not start");
     child
 }
+
+/// Runs `cmd` to its end and returns its output; a failure shows its stderr.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

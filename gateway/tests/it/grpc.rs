@@ -65,15 +65,10 @@ impl Server {
 
 /// Runs `calls` with the grpcio client; one result object per call.
 fn client(calls: &Value) -> Vec<Value> {
-    let out = Command::new(python())
-        .arg(peer())
-        .args(["client", &calls.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(python())
+            .arg(peer())
+            .args(["client", &calls.to_string()]),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
