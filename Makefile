@@ -66,6 +66,9 @@ deps-test: deps-build
 	@$(call need,npm,npm)
 	@[ -d gateway/tests/it/oidc/node_modules/oidc-provider ] || { echo "installing oidc-provider (npm ci)"; \
 	  npm ci --prefix gateway/tests/it/oidc --no-audit --no-fund --loglevel=error >/dev/null; }
+	@# The protected-resource test's client and server: the MCP TypeScript SDK, pinned by its lockfile.
+	@[ -d gateway/tests/it/mcp/node_modules/@modelcontextprotocol/sdk ] || { echo "installing the MCP SDK (npm ci)"; \
+	  npm ci --prefix gateway/tests/it/mcp --no-audit --no-fund --loglevel=error >/dev/null; }
 	@# The upstream_token tests' backend verifies with PyJWT, under Debian's own Python.
 	@/usr/bin/python3 -c 'import jwt, cryptography' 2>/dev/null || { echo "installing python3-jwt"; \
 	  if [ ! -f $(APT_UPDATED) ]; then apt-get update -qq && touch $(APT_UPDATED); fi; \

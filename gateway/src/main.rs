@@ -109,6 +109,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match serve::load(&config) {
             Ok((cfg, _)) => {
+                for w in &cfg.warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: ok ({} routes, {} upstreams, {} backends; proxy on {}, metrics on {})",
                     config.display(),

@@ -2,13 +2,14 @@
 //! token sources, and the claims forwarded as headers.
 
 use crate::model::{
-    ApiKeyFile, Audiences, Auth, ClaimHeader, DpopMode, DpopSettings, Introspection, KeySource,
-    Provider, Refresh, Revocation, RevocationSource, SecretSource, SigningKeyFile, SigningKeys,
-    TokenSource,
+    ApiKeyFile, Audiences, Auth, ClaimHeader, DpopMode, DpopNonce, DpopSettings, Introspection,
+    KeySource, Provider, Refresh, Revocation, RevocationSource, SecretSource, SharedSignals,
+    SigningKeyFile, SigningKeys, TokenSource,
 };
 use crate::problems::{duration, fetch_url_problem, header_name, Problems};
 use crate::raw::{
-    RawAudiences, RawAuth, RawDiscovery, RawProvider, RawRefresh, RawRevocation, RawSigningKeys,
+    RawAudiences, RawAuth, RawDiscovery, RawProvider, RawRefresh, RawRevocation,
+    RawSharedSignals, RawSigningKeys,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -162,7 +163,12 @@ pub(crate) fn auth(
     let signing_keys = raw.signing_keys.as_ref().map(|s| signing_keys(s, problems));
     let dpop = dpop_settings(raw.dpop.as_ref(), problems);
     let ext_authz = crate::ext_authz::services(raw, &forward_claims, problems);
+    let shared_signals = raw
+        .shared_signals
+        .as_ref()
+        .map(|s| shared_signals(s, problems));
     Auth {
+        shared_signals,
         ext_authz,
         dpop,
         revocation,
@@ -200,11 +206,77 @@ fn dpop_settings(raw: Option<&crate::raw::RawDpop>, problems: &mut Problems) -> 
     if replay_cache_size == 0 {
         problems.add("auth.dpop.replay_cache_size", "must be at least 1");
     }
+    let mut public_origins = Vec::new();
+    for (i, o) in raw.public_origins.iter().flatten().enumerate() {
+        match public_origin(o) {
+            Ok(origin) => public_origins.push(origin),
+            Err(message) => problems.add(format!("auth.dpop.public_origins[{i}]"), message),
+        }
+    }
+    let nonce = match raw.nonce.as_deref() {
+        None | Some("off") => {
+            for (set, field) in [
+                (raw.nonce_secret_env.is_some(), "nonce_secret_env"),
+                (raw.nonce_lifetime.is_some(), "nonce_lifetime"),
+            ] {
+                if set {
+                    problems.add(format!("auth.dpop.{field}"), "only applies with nonce: on");
+                }
+            }
+            None
+        }
+        Some("on") => {
+            let lifetime = duration(
+                &raw.nonce_lifetime,
+                "auth.dpop.nonce_lifetime",
+                Duration::from_secs(300),
+                problems,
+            );
+            match raw.nonce_secret_env.as_deref() {
+                Some(var) if !var.is_empty() => Some(DpopNonce {
+                    secret: SecretSource::Env(var.to_owned()),
+                    lifetime,
+                }),
+                // A key made up by each process would issue nonces the rest of a fleet
+                // refuses, so a client bounced between instances could never pass.
+                _ => {
+                    problems.add(
+                        "auth.dpop.nonce_secret_env",
+                        "nonce: on needs the environment variable holding the nonce key, the                          same on every instance (e.g. `openssl rand -base64 48`)",
+                    );
+                    None
+                }
+            }
+        }
+        Some(other) => {
+            problems.add(
+                "auth.dpop.nonce",
+                format!("expected off or on, found {other:?}"),
+            );
+            None
+        }
+    };
     DpopSettings {
         max_age: duration(&raw.max_age, "auth.dpop.max_age", default.max_age, problems),
         leeway,
         replay_cache_size,
+        public_origins,
+        nonce,
     }
+}
+
+/// An origin clients use, as `scheme://host[:port]` in the form `htu` is compared in.
+fn public_origin(o: &str) -> Result<String, &'static str> {
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+        .ok_or("must be an https:// or http:// origin")?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        return Err("must be an origin: scheme and host (and port), no path");
+    }
+    tollgate_jwt::dpop::normalize_htu(&format!("{o}/"))
+        .map(|n| n.trim_end_matches('/').to_owned())
+        .ok_or("is not a valid origin")
 }
 
 /// `dpop: off | optional | required` of a provider or route.
@@ -806,4 +878,93 @@ fn refresh(base: &str, raw: Option<&RawRefresh>, problems: &mut Problems) -> Ref
         );
     }
     refresh
+}
+
+/// `auth.shared_signals`: each transmitter becomes a provider of keys that only ever checks
+/// events: the receiver's audience, `typ` `secevent+jwt` (RFC 8417 §2.3), no `exp`.
+fn shared_signals(raw: &RawSharedSignals, problems: &mut Problems) -> SharedSignals {
+    let base = "auth.shared_signals";
+    let path = raw.path.clone().unwrap_or_else(|| "/ssf/events".to_owned());
+    let reserved = ["/metrics", "/healthz", "/readyz", "/.well-known/jwks.json"];
+    if !path.starts_with('/') || path.contains(['?', '#']) || reserved.contains(&path.as_str()) {
+        problems.add(
+            format!("{base}.path"),
+            "must be a path starting with / and not one the metrics listener already serves",
+        );
+    }
+    if raw.bearer_env.is_empty() {
+        problems.add(format!("{base}.bearer_env"), "must not be empty");
+    }
+    if raw.audience.is_empty() {
+        problems.add(format!("{base}.audience"), "must not be empty");
+    }
+    if raw.transmitters.is_empty() {
+        problems.add(format!("{base}.transmitters"), "needs at least one transmitter");
+    }
+    let mut issuers: HashMap<&str, usize> = HashMap::new();
+    let transmitters = raw
+        .transmitters
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let tbase = format!("{base}.transmitters[{i}]");
+            if let Some(first) = issuers.insert(&t.issuer, i) {
+                problems.add(
+                    format!("{tbase}.issuer"),
+                    format!("already the issuer of {base}.transmitters[{first}]"),
+                );
+            }
+            if t.issuer.is_empty() {
+                problems.add(format!("{tbase}.issuer"), "must not be empty");
+            }
+            let as_provider = RawProvider {
+                name: format!("ssf:{}", t.issuer),
+                issuer: t.issuer.clone(),
+                jwks: t.jwks.clone(),
+                jwks_file: t.jwks_file.clone(),
+                jwks_uri: t.jwks_uri.clone(),
+                insecure_http: t.insecure_http,
+                ca_file: t.ca_file.clone(),
+                ..RawProvider::default()
+            };
+            let sources = key_sources(&tbase, &as_provider, problems);
+            let keys = match sources.len() {
+                1 => sources.into_iter().next().expect("one source"),
+                0 => {
+                    problems.add(&tbase, "needs one key source: jwks, jwks_file or jwks_uri");
+                    KeySource::Inline(String::new())
+                }
+                _ => {
+                    problems.add(&tbase, "has more than one key source; give exactly one");
+                    KeySource::Inline(String::new())
+                }
+            };
+            Provider {
+                name: as_provider.name,
+                issuer: t.issuer.clone(),
+                audiences: Audiences::List(vec![raw.audience.clone()]),
+                token_types: vec!["secevent+jwt".to_owned()],
+                leeway: Duration::from_secs(30),
+                require_exp: false,
+                keys,
+                ca_file: t.ca_file.clone(),
+                insecure_http: t.insecure_http.unwrap_or(false),
+                refresh: refresh(&format!("{tbase}.refresh"), None, problems),
+                token_sources: Vec::new(),
+                require_certificate_binding: false,
+                dpop: DpopMode::Off,
+            }
+        })
+        .collect();
+    let jti_cache_size = raw.jti_cache_size.unwrap_or(100_000);
+    if jti_cache_size == 0 {
+        problems.add(format!("{base}.jti_cache_size"), "must be at least 1");
+    }
+    SharedSignals {
+        path,
+        bearer: SecretSource::Env(raw.bearer_env.clone()),
+        audience: raw.audience.clone(),
+        transmitters,
+        jti_cache_size,
+    }
 }

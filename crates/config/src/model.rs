@@ -25,6 +25,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// In file order.
     pub routes: Vec<Route>,
+    /// What is allowed but probably not meant: `check` prints these, `run` logs them.
+    pub warnings: Vec<crate::Problem>,
 }
 
 impl Config {
@@ -458,6 +460,34 @@ pub struct Route {
     pub dpop: DpopMode,
     /// Mint a token for the upstream instead of forwarding the caller's. Default: none.
     pub upstream_token: Option<UpstreamToken>,
+    /// The protected resource (RFC 9728) this route serves; its tokens' `aud` must hold it.
+    pub resource: Option<Resource>,
+    /// RFC 9470: the login the route needs (`acr`, `auth_time`).
+    pub step_up: Option<StepUp>,
+}
+
+/// A protected resource's identifier and where its metadata is served (RFC 9728 §3.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// The identifier, as configured (`https://api.example.com/mcp`).
+    pub id: String,
+    /// The identifier's authority (`api.example.com`, with a port when it has one),
+    /// lower case: the `Host` its metadata is answered for.
+    pub authority: String,
+    /// The path of the metadata document: `/.well-known/oauth-protected-resource` followed
+    /// by the identifier's path (nothing for `/`).
+    pub metadata_path: String,
+    /// The metadata document's URL, the `resource_metadata` of challenges.
+    pub metadata_url: String,
+}
+
+/// `routes[].step_up` (RFC 9470).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUp {
+    /// The `acr` values accepted; empty: not checked.
+    pub acr: Vec<String>,
+    /// The longest time since `auth_time`; none: not checked.
+    pub max_age: Option<Duration>,
 }
 
 impl Route {
@@ -636,6 +666,24 @@ pub struct Auth {
     pub dpop: DpopSettings,
     /// `auth.ext_authz`: external authorization services by name.
     pub ext_authz: std::collections::BTreeMap<String, ExtAuthz>,
+    /// `auth.shared_signals`: the receiver of pushed security events.
+    pub shared_signals: Option<SharedSignals>,
+}
+
+/// `auth.shared_signals`: pushed Security Event Tokens (RFC 8417, RFC 8935) that revoke.
+#[derive(Debug, Clone)]
+pub struct SharedSignals {
+    /// On the metrics listener. Default `/ssf/events`.
+    pub path: String,
+    /// The bearer token transmitters must send.
+    pub bearer: SecretSource,
+    /// The `aud` events must carry.
+    pub audience: String,
+    /// Each transmitter as a provider of keys: `issuer`, the receiver's `audience`, `typ`
+    /// `secevent+jwt`, no `exp` required. Never used for access tokens.
+    pub transmitters: Vec<Provider>,
+    /// Event `jti`s remembered. Default 100,000.
+    pub jti_cache_size: u64,
 }
 
 /// `auth.ext_authz.NAME`: an authorization service in Envoy ext_authz's HTTP protocol.
@@ -823,6 +871,20 @@ pub struct DpopSettings {
     /// for the fleet). When full of unexpired entries, proofs are refused with 503. Default
     /// 1,000,000.
     pub replay_cache_size: usize,
+    /// The origins a proof's `htu` may name (`https://api.example.com`, normalised); empty:
+    /// the request's own scheme and `Host`.
+    pub public_origins: Vec<String>,
+    /// Server-issued nonces (RFC 9449 §9), when on.
+    pub nonce: Option<DpopNonce>,
+}
+
+/// `auth.dpop.nonce: on`: stateless nonces, an HMAC of the time window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopNonce {
+    /// The key, shared by the fleet.
+    pub secret: SecretSource,
+    /// How often the nonce changes. Default 5 min.
+    pub lifetime: Duration,
 }
 
 impl Default for DpopSettings {
@@ -831,6 +893,8 @@ impl Default for DpopSettings {
             max_age: Duration::from_secs(60),
             leeway: Duration::from_secs(5),
             replay_cache_size: 1_000_000,
+            public_origins: Vec::new(),
+            nonce: None,
         }
     }
 }

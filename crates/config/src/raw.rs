@@ -486,6 +486,9 @@ pub struct RawAuth {
     /// name one in `ext_authz`. See
     /// [external authorization](authorization-and-limits.md#external-authorization).
     pub ext_authz: Option<BTreeMap<String, RawExtAuthz>>,
+    /// A receiver of pushed security events (OpenID Shared Signals, CAEP) that revoke
+    /// sessions. Off when unset.
+    pub shared_signals: Option<RawSharedSignals>,
 }
 
 /// `auth.ext_authz.NAME`: a service asked about each request of the routes naming it, after
@@ -557,6 +560,67 @@ pub struct RawDpop {
     /// Proof `jti`s remembered against replay.
     #[schemars(extend("default" = 1000000), range(min = 1))]
     pub replay_cache_size: Option<usize>,
+    /// The origins clients reach the gateway at (`https://api.example.com`): a proof's `htu`
+    /// must name one of them and the request's path. Unset: the request's own scheme and
+    /// `Host`, which a client chooses (`check` warns about DPoP routes without `host`).
+    pub public_origins: Option<Vec<String>>,
+    /// `on`: proofs must carry a nonce the gateway issued (RFC 9449 §9). A proof without
+    /// one, or with an old one, is answered 401 `use_dpop_nonce` with a fresh nonce in
+    /// `DPoP-Nonce`; answers to DPoP requests carry the current nonce. Nonces are an HMAC
+    /// of the time window under `nonce_secret_env`, so every instance of a fleet issues and
+    /// accepts the same ones.
+    #[schemars(extend("default" = "off", "enum" = ["off", "on"]))]
+    pub nonce: Option<String>,
+    /// With `nonce: on`: the environment variable holding the nonce key (at least 32
+    /// bytes), the same for every instance.
+    pub nonce_secret_env: Option<String>,
+    /// With `nonce: on`: how often the nonce changes; the current and the previous one
+    /// are accepted.
+    #[schemars(extend("default" = "5m"))]
+    pub nonce_lifetime: Option<DurationText>,
+}
+
+/// `auth.shared_signals`: a receiver of Security Event Tokens (RFC 8417) pushed by
+/// transmitters (RFC 8935), on the metrics listener. CAEP `session-revoked` and
+/// `credential-change` and RISC `account-disabled` revoke the subject's tokens issued
+/// before the event. See [Shared Signals](authentication.md#shared-signals-caep).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSharedSignals {
+    /// The path events are pushed to, on the metrics listener.
+    #[schemars(extend("default" = "/ssf/events"))]
+    pub path: Option<String>,
+    /// The environment variable holding the token transmitters send in `Authorization:
+    /// Bearer` (at least 32 bytes). Required: the endpoint never takes unauthenticated
+    /// pushes.
+    pub bearer_env: String,
+    /// The `aud` every event must carry: this receiver's identifier at its transmitters.
+    pub audience: String,
+    /// Who may push, each with its keys.
+    #[schemars(length(min = 1))]
+    pub transmitters: Vec<RawTransmitter>,
+    /// Event `jti`s remembered, so a replayed event is answered without effect.
+    #[schemars(extend("default" = 100000), range(min = 1))]
+    pub jti_cache_size: Option<u64>,
+}
+
+/// One of `auth.shared_signals.transmitters`: an event issuer and its keys (one source).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTransmitter {
+    /// The `iss` of its events (exact match).
+    pub issuer: String,
+    /// Key source: an inline JWKS document, written as YAML.
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
+    pub jwks: Option<serde_yaml::Value>,
+    /// Key source: a JWKS file, relative to the config file; re-read when it changes.
+    pub jwks_file: Option<String>,
+    /// Key source: a JWKS URL, `https://` except on loopback or with `insecure_http`.
+    pub jwks_uri: Option<String>,
+    /// `true` allows an `http://` `jwks_uri` off loopback.
+    pub insecure_http: Option<bool>,
+    /// With `jwks_uri`: the PEM bundle its server's certificate must chain to.
+    pub ca_file: Option<String>,
 }
 
 /// `auth.signing_keys`: the gateway's own keys, for `routes[].upstream_token`. Every key's
@@ -689,7 +753,7 @@ impl<'de> Deserialize<'de> for RawAudiences {
 }
 
 /// `auth.providers[]`: one token issuer and how its tokens are checked.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 // `audiences` is required but for API keys, which name no audience.
 #[schemars(extend(
@@ -927,6 +991,31 @@ pub struct RawRoute {
     /// the caller's own (needs `auth.signing_keys`; not with `auth: none`). See
     /// [tokens for upstreams](authentication.md#tokens-for-upstreams).
     pub upstream_token: Option<RawUpstreamToken>,
+    /// The OAuth protected resource this route serves (RFC 9728): its identifier, the URL
+    /// clients use for it (`https://`, `http://` only on a loopback host), without query or
+    /// fragment. Routes naming the same identifier are one resource. The gateway then
+    /// answers its metadata at `/.well-known/oauth-protected-resource` followed by the
+    /// identifier's path, points to it from every challenge of the route
+    /// (`resource_metadata`), and accepts only tokens whose `aud` holds the identifier
+    /// (RFC 8707). See [protected resource metadata](authentication.md#protected-resource-metadata-rfc-9728).
+    pub resource: Option<String>,
+    /// How recent and how strong the user's login must be (RFC 9470): a token without an
+    /// `acr` in the list, or whose `auth_time` is older than `max_age`, is answered 401
+    /// `insufficient_user_authentication`, telling the client what to ask for. See
+    /// [step-up](authentication.md#step-up-authentication-rfc-9470).
+    pub step_up: Option<RawStepUp>,
+}
+
+/// `routes[].step_up`: at least one of `acr` and `max_age`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStepUp {
+    /// The `acr` values accepted (any one of them), sent back as `acr_values` when the
+    /// token's is missing or another.
+    pub acr: Option<Vec<String>>,
+    /// The longest time since the user's login (`auth_time`); a token without `auth_time`
+    /// does not meet it.
+    pub max_age: Option<DurationText>,
 }
 
 /// One of `routes[].upstreams`.

@@ -215,6 +215,79 @@ pub(crate) fn route(
     if auth_mode == AuthMode::None && raw.dpop.is_some() {
         problems.add(format!("{base}.dpop"), "does not apply with auth: none");
     }
+    let resource = raw.resource.as_deref().and_then(|id| {
+        let path = format!("{base}.resource");
+        if auth_mode == AuthMode::None {
+            problems.add(&path, "does not apply with auth: none");
+        }
+        // An API key is not an OAuth access token: it has no audience to hold the
+        // resource, and the metadata would name no server that issues it.
+        for (i, name) in providers.iter().enumerate() {
+            let api_key = auth
+                .providers
+                .iter()
+                .any(|p| &p.name == name && matches!(p.keys, KeySource::ApiKeys(_)));
+            if api_key {
+                problems.add(
+                    match raw.providers {
+                        Some(_) => format!("{base}.providers[{i}]"),
+                        None => path.clone(),
+                    },
+                    format!(
+                        "provider {name:?} takes API keys, which are not OAuth access tokens for \
+                         a resource: list the route's providers without it"
+                    ),
+                );
+            }
+        }
+        // RFC 8707: the tokens for this resource name it in `aud`; a provider whose own
+        // audience list leaves it out would refuse every one of them.
+        for name in &providers {
+            if let Some(p) = auth.providers.iter().find(|p| &p.name == name) {
+                if matches!(&p.audiences, Audiences::List(l) if !l.iter().any(|a| a == id)) {
+                    problems.add(
+                        &path,
+                        format!(
+                            "provider {name:?} accepts other audiences only: add {id:?} to its \
+                             audiences (tokens for this resource carry it in aud)"
+                        ),
+                    );
+                }
+            }
+        }
+        resource(&path, id, problems)
+    });
+    let step_up = raw.step_up.as_ref().map(|s| {
+        let path = format!("{base}.step_up");
+        if auth_mode == AuthMode::None {
+            problems.add(&path, "does not apply with auth: none");
+        }
+        let acr = s.acr.clone().unwrap_or_default();
+        for (i, v) in acr.iter().enumerate() {
+            // Sent back inside a quoted challenge parameter.
+            if v.is_empty() || v.contains(['"', '\\', ' ']) || v.chars().any(char::is_control) {
+                problems.add(
+                    format!("{path}.acr[{i}]"),
+                    "must be non-empty, without spaces, quotes, backslashes or control characters",
+                );
+            }
+        }
+        if s.acr.as_ref().is_some_and(Vec::is_empty) {
+            problems.add(format!("{path}.acr"), "must name at least one value");
+        }
+        let max_age = s.max_age.as_ref().map(|_| {
+            crate::problems::duration(
+                &s.max_age,
+                &format!("{path}.max_age"),
+                std::time::Duration::from_secs(1),
+                problems,
+            )
+        });
+        if s.acr.is_none() && s.max_age.is_none() {
+            problems.add(&path, "needs acr, max_age or both");
+        }
+        StepUp { acr, max_age }
+    });
     Route {
         name: raw.name.clone(),
         host: raw.host.clone(),
@@ -288,7 +361,41 @@ pub(crate) fn route(
         require_certificate_binding: raw.require_certificate_binding.unwrap_or(false),
         dpop: crate::auth::dpop_mode(&format!("{base}.dpop"), raw.dpop.as_deref(), problems),
         upstream_token,
+        resource,
+        step_up,
     }
+}
+
+/// A resource identifier (RFC 9728 §1.2: a URL without fragment; no query either, since
+/// the metadata path is built from it) and where its metadata is served.
+fn resource(path: &str, id: &str, problems: &mut Problems) -> Option<Resource> {
+    if let Some(problem) = crate::problems::fetch_url_problem(id, false) {
+        let problem = match problem.starts_with("must be an https") {
+            true => "must be an https:// URL (http:// only on a loopback host)",
+            false => problem,
+        };
+        problems.add(path, problem);
+        return None;
+    }
+    if id.contains(['?', '#']) {
+        problems.add(path, "must have no query or fragment (RFC 9728 §1.2)");
+        return None;
+    }
+    let (scheme, rest) = id.split_once("://")?;
+    let (authority, id_path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if id_path.contains("/../") || id_path.contains("/./") || id_path.contains("//") {
+        problems.add(path, "must have a normalised path");
+        return None;
+    }
+    let authority = authority.to_ascii_lowercase();
+    let suffix = if id_path == "/" { "" } else { id_path };
+    let metadata_path = format!("/.well-known/oauth-protected-resource{suffix}");
+    Some(Resource {
+        id: id.to_owned(),
+        metadata_url: format!("{scheme}://{authority}{metadata_path}"),
+        authority,
+        metadata_path,
+    })
 }
 
 /// Claims the gateway sets in a minted token itself.

@@ -429,6 +429,7 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
             _ => {}
         }
     }
+    let warnings = warnings(&auth, &routes);
     Config {
         server,
         listen,
@@ -439,5 +440,33 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
         rate_limiting,
         upstreams,
         routes,
+        warnings,
     }
+}
+
+/// What is allowed but probably not meant.
+fn warnings(auth: &Auth, routes: &[Route]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    // A DPoP proof names the URI it is for; without a route `host` or a public origin the
+    // gateway can only compare it with the request's own `Host`, which the client writes:
+    // an unused proof made for another site that routes here passes once.
+    if auth.dpop.public_origins.is_empty() {
+        for (i, r) in routes.iter().enumerate() {
+            let takes_dpop = r.auth != AuthMode::None
+                && (r.dpop != DpopMode::Off
+                    || auth
+                        .providers
+                        .iter()
+                        .any(|p| r.providers.contains(&p.name) && p.dpop != DpopMode::Off));
+            if takes_dpop && r.host.is_none() {
+                out.push(Problem {
+                    path: format!("routes[{i}]"),
+                    message: "takes DPoP proofs but has no host, and auth.dpop.public_origins is \
+                              unset: a proof's htu is checked against the Host the client sent"
+                        .to_owned(),
+                });
+            }
+        }
+    }
+    out
 }

@@ -49,8 +49,12 @@ pub struct ProofError(pub &'static str);
 pub struct ProofRequest<'a> {
     /// The request method, compared exactly with `htm`.
     pub method: &'a str,
-    /// The request URI in [`normalize_htu`]'s form: `htu` must normalise to exactly this.
+    /// The request URI in [`normalize_htu`]'s form: `htu` must normalise to exactly this
+    /// (or to one of `also`).
     pub htu: &'a str,
+    /// Other URIs, in the same form, the proof may name: the request's path at each other
+    /// origin the resource is reached at. Usually empty.
+    pub also: &'a [String],
     /// The access token presented with the proof: `ath` must be its hash. `None` only where
     /// no token goes with the proof (a token endpoint); then `ath` is not looked at.
     pub access_token: Option<&'a str>,
@@ -72,6 +76,8 @@ pub struct Proof {
     pub jti: String,
     /// `iat`, whole seconds (rounded down).
     pub iat: u64,
+    /// `nonce` (RFC 9449 §8), for the caller to compare with the ones it issued.
+    pub nonce: Option<String>,
 }
 
 /// Checks `proof` for `req` at `now`, in the order of RFC 9449 §4.3: one well-formed JWS,
@@ -118,7 +124,10 @@ pub fn verify_proof(
         ));
     }
     let htu = c.get("htu").and_then(Value::as_str).and_then(normalize_htu);
-    if htu.as_deref() != Some(req.htu) {
+    let named = htu
+        .as_deref()
+        .is_some_and(|h| h == req.htu || req.also.iter().any(|a| a == h));
+    if !named {
         return Err(ProofError("the DPoP proof htu is not this request's URI"));
     }
     let Some(iat) = c.get("iat").and_then(numeric_date) else {
@@ -143,6 +152,7 @@ pub fn verify_proof(
         jkt,
         jti: jti.clone(),
         iat: iat as u64,
+        nonce: c.get("nonce").and_then(Value::as_str).map(str::to_owned),
     })
 }
 
@@ -293,6 +303,19 @@ pub fn make_proof(
     jti: &str,
     iat: u64,
 ) -> Result<String, KeyError> {
+    make_proof_with_nonce(key, method, htu, access_token, jti, iat, None)
+}
+
+/// As [`make_proof`], with the server's `nonce` (RFC 9449 §8) when given.
+pub fn make_proof_with_nonce(
+    key: &SigningKey,
+    method: &str,
+    htu: &str,
+    access_token: Option<&str>,
+    jti: &str,
+    iat: u64,
+    nonce: Option<&str>,
+) -> Result<String, KeyError> {
     let alg = key.default_algorithm();
     if alg.family() == Family::Hmac {
         return Err(KeyError::AlgorithmMismatch { alg });
@@ -307,6 +330,9 @@ pub fn make_proof(
     let mut claims = serde_json::json!({"jti": jti, "htm": method, "htu": htu, "iat": iat});
     if let (Some(token), Some(o)) = (access_token, claims.as_object_mut()) {
         o.insert("ath".into(), access_token_hash(token).into());
+    }
+    if let (Some(nonce), Some(o)) = (nonce, claims.as_object_mut()) {
+        o.insert("nonce".into(), nonce.into());
     }
     sign_with_header(alg, header, &claims, key)
 }
@@ -347,6 +373,7 @@ mod tests {
         ProofRequest {
             method,
             htu,
+            also: &[],
             access_token: Some(RFC9449_TOKEN),
         }
     }
@@ -376,6 +403,7 @@ mod tests {
         let req = ProofRequest {
             method: "POST",
             htu: "https://server.example.com/token",
+            also: &[],
             access_token: None,
         };
         let proof = verify_proof(RFC9449_FIGURE_2, &req, WINDOW, 1_562_262_616).unwrap();
@@ -466,6 +494,7 @@ mod tests {
         let req = ProofRequest {
             method: "GET",
             htu: "http://127.0.0.1:8080/x",
+            also: &[],
             access_token: Some("t"),
         };
         let good = make_proof(

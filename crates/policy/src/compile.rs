@@ -71,9 +71,9 @@ pub(crate) enum Scalar {
 pub(crate) struct ScopeHints {
     /// For each method named by an allow rule that lists scopes: the scopes of every such
     /// rule that applies to it, space-separated.
-    by_method: Box<[(Box<str>, Box<str>)]>,
+    pub(crate) by_method: Box<[(Box<str>, Box<str>)]>,
     /// For any other method: the scopes of the allow rules without a `methods` condition.
-    other: Box<str>,
+    pub(crate) other: Box<str>,
 }
 
 impl ScopeHints {

@@ -123,6 +123,22 @@ impl Policy {
     pub fn roles_claim(&self) -> &str {
         &self.roles_claim.full
     }
+
+    /// Every scope an allow rule names, each once, in rule order: what a client may ask
+    /// for (RFC 9728 `scopes_supported`).
+    pub fn scopes(&self) -> Vec<&str> {
+        let hints = &self.scope_hints;
+        let mut out: Vec<&str> = Vec::new();
+        let lists = hints.by_method.iter().map(|(_, s)| &**s);
+        for s in lists.chain(std::iter::once(&*hints.other)) {
+            for name in s.split_ascii_whitespace() {
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -785,3 +785,16 @@ fn problem_display_and_source() {
     );
     assert!(std::error::Error::source(&p).is_some());
 }
+
+#[test]
+fn scopes_lists_every_scope_an_allow_rule_names_once() {
+    let p = policy(
+        r#"
+allow:
+  - { scopes: [orders:read], methods: [GET] }
+  - { scopes: { all_of: [orders:write, orders:read] }, methods: [POST] }
+  - { scopes: [admin] }
+"#,
+    );
+    assert_eq!(p.scopes(), ["orders:read", "admin", "orders:write"]);
+}

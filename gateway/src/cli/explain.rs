@@ -186,6 +186,22 @@ pub async fn explain(
         None => {}
         Some(route) => {
             print_target(route, &passage);
+            if let Some(resource) = &route.resource {
+                println!(
+                    "resource: {} (metadata {}; tokens must carry it in aud)",
+                    resource.id, resource.metadata_url
+                );
+            }
+            if let Some(step_up) = &route.step_up {
+                let mut needs = Vec::new();
+                if !step_up.acr.is_empty() {
+                    needs.push(format!("acr one of [{}]", step_up.acr.join(", ")));
+                }
+                if let Some(age) = step_up.max_age {
+                    needs.push(format!("auth_time within {}s", age.as_secs()));
+                }
+                println!("step_up: {}", needs.join(", "));
+            }
             print_auth(route, &passage, &decided);
             match &route.policy {
                 None => println!("policy:  none (any caller that passed auth)"),
@@ -240,7 +256,19 @@ pub async fn explain(
             println!("verdict: preflight answered by the gateway (204), not forwarded");
             Ok(Ok(()))
         }
-        Err(refusal) => Ok(Err(verdict(refusal, snapshot))),
+        Err(Refusal::ResourceMetadata { body }) => {
+            println!("metadata: {}", String::from_utf8_lossy(&body));
+            println!("verdict: protected resource metadata answered by the gateway (200), not forwarded");
+            Ok(Ok(()))
+        }
+        Err(refusal) => {
+            let metadata = passage
+                .route
+                .as_ref()
+                .and_then(|r| r.resource.as_ref())
+                .map(|r| r.metadata_url.as_str());
+            Ok(Err(verdict_with(refusal, snapshot, metadata)))
+        }
     }
 }
 
@@ -325,6 +353,9 @@ fn print_auth(
         (None, _, Err(Refusal::Unauthorized { reason, detail, .. })) => {
             println!("auth:    refused: {} ({detail})", reason.as_str())
         }
+        (None, _, Err(Refusal::StepUpRequired { detail, .. })) => {
+            println!("auth:    valid token, but step_up refuses it: {detail}")
+        }
         (None, _, Err(Refusal::MultipleTokens)) => {
             println!("auth:    refused: more than one token in the request")
         }
@@ -348,8 +379,24 @@ fn print_auth(
 
 /// Prints the verdict line: `verdict: refused (STATUS error/reason[/policy or limit])`.
 fn verdict(refusal: Refusal, snapshot: &RuntimeSnapshot) -> Refusal {
+    verdict_with(refusal, snapshot, None)
+}
+
+/// As `verdict`, with the challenges the client gets (`WWW-Authenticate`, pointing to the
+/// route's resource metadata when it has one) and a DPoP nonce.
+fn verdict_with(refusal: Refusal, snapshot: &RuntimeSnapshot, metadata: Option<&str>) -> Refusal {
     {
-        let answer = refusal.answer(&snapshot.auth.realm);
+        let mut answer = refusal.answer(&snapshot.auth.realm);
+        if let Some(url) = metadata {
+            answer.point_to_metadata(url);
+        }
+        for (name, value) in &answer.headers {
+            if *name == http::header::WWW_AUTHENTICATE
+                || *name == crate::request::respond::DPOP_NONCE
+            {
+                println!("{name}: {value}");
+            }
+        }
         let detail = match answer.policy.or(answer.limit) {
             Some(name) => format!("/{}/{name}", answer.reason),
             None => format!("/{}", answer.reason),

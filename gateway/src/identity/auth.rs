@@ -78,6 +78,8 @@ pub struct Authenticator {
     revocation: Option<Arc<crate::identity::revocation::Revocations>>,
     /// `auth.dpop`: how proofs are checked.
     pub dpop: tollgate_config::DpopSettings,
+    /// `auth.dpop.nonce: on`: the nonces proofs must carry.
+    pub dpop_nonces: Option<crate::identity::dpop::Nonces>,
 }
 
 /// Why `verify` gave no identity.
@@ -125,6 +127,19 @@ impl Authenticator {
             },
             None => None,
         };
+        let dpop_nonces = match &auth.dpop.nonce {
+            Some(n) => match crate::identity::dpop::Nonces::load(n) {
+                Ok(n) => Some(n),
+                Err(message) => {
+                    problems.push(Problem {
+                        path: "auth.dpop.nonce_secret_env".into(),
+                        message,
+                    });
+                    None
+                }
+            },
+            None => None,
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -148,6 +163,7 @@ impl Authenticator {
             },
             revocation,
             dpop: auth.dpop.clone(),
+            dpop_nonces,
         })
     }
 
@@ -421,6 +437,11 @@ impl Authenticator {
                     crate::identity::preauth::PreAuthRefusal::RevocationUnavailable,
                 ));
             }
+        }
+        // Sessions ended by a pushed security event (`auth.shared_signals`).
+        if crate::identity::signals::PUSHED.revoked(&verified.claims) {
+            METRICS.revocation_hits_sub.inc();
+            return Err((Some(provider), REVOKED).into());
         }
         Ok(Identity {
             provider,

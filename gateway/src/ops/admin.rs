@@ -8,11 +8,17 @@ use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
+use crate::request::runtime::RuntimeSnapshot;
+use arc_swap::ArcSwap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-/// Serves `/metrics`, `/healthz`, `/readyz` and the gateway's public keys
-/// (`/.well-known/jwks.json`) on the metrics listener.
-pub struct MetricsApp;
+/// Serves `/metrics`, `/healthz`, `/readyz`, the gateway's public keys
+/// (`/.well-known/jwks.json`) and, with `auth.shared_signals`, its push endpoint, on the
+/// metrics listener.
+pub struct MetricsApp {
+    pub snapshot: Arc<ArcSwap<RuntimeSnapshot>>,
+}
 
 fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
@@ -26,6 +32,10 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let signals = self.snapshot.load().signals.clone();
+        if let Some(receiver) = signals.filter(|r| r.path == session.req_header().uri.path()) {
+            return push(&receiver, session).await;
+        }
         match session.req_header().uri.path() {
             "/metrics" => text(
                 StatusCode::OK,
@@ -52,4 +62,68 @@ impl ServeHttp for MetricsApp {
             _ => text(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         }
     }
+}
+
+/// A push of security events (RFC 8935): `POST` with the event as the body.
+async fn push(
+    receiver: &crate::identity::signals::Receiver,
+    session: &mut ServerSession,
+) -> Response<Vec<u8>> {
+    if session.req_header().method != http::Method::POST {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            b"POST a security event token\n".to_vec(),
+        );
+        r.headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        return r;
+    }
+    let header = |name: http::HeaderName| {
+        session
+            .req_header()
+            .headers
+            .get(name)
+            .map(|v| v.as_bytes().to_vec())
+    };
+    let authorization = header(http::header::AUTHORIZATION);
+    let content_type = header(http::header::CONTENT_TYPE);
+    // Read whole, up to a little over the largest event taken (the receiver refuses more).
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= 65 * 1024 => {
+                body.extend_from_slice(&chunk)
+            }
+            Ok(Some(_)) => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "application/json",
+                    br#"{"err":"invalid_request","description":"the event is larger than 64 KiB"}"#
+                        .to_vec(),
+                )
+            }
+            Ok(None) => break,
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "application/json",
+                    br#"{"err":"invalid_request","description":"the body could not be read"}"#
+                        .to_vec(),
+                )
+            }
+        }
+    }
+    let reply = receiver
+        .receive(authorization.as_deref(), content_type.as_deref(), &body)
+        .await;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut r = text(status, "application/json", reply.body);
+    if reply.status == 401 {
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"shared-signals\""),
+        );
+    }
+    r
 }

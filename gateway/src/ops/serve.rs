@@ -475,6 +475,9 @@ pub fn run_gateway(
 ) -> ExitCode {
     let _log_writer = init_logging(&config.logging.level, config.logging.buffer_lines);
     METRICS.config_loaded();
+    for w in &config.warnings {
+        tracing::warn!(path = %w.path, "config: {}", w.message);
+    }
     crate::listener::handshake::register_failure_reasons();
     let opt = Opt {
         daemon,
@@ -553,7 +556,12 @@ pub fn run_gateway(
         );
     }
 
-    let mut metrics = Service::new("tollgate metrics".to_owned(), MetricsApp);
+    let mut metrics = Service::new(
+        "tollgate metrics".to_owned(),
+        MetricsApp {
+            snapshot: snapshot.clone(),
+        },
+    );
     metrics.add_tcp(&config.metrics.listen.to_string());
     metrics.threads = Some(1);
 

@@ -147,6 +147,7 @@ impl Pipeline<'_> {
         passage.edge = self.admit(req, peer)?;
         self.client_address(&self.snapshot.http.ip_rules, passage.edge.client_ip, None)?;
         self.https_only(req, passage)?;
+        self.resource_metadata(req, passage)?;
         self.preflight(req, passage)?;
         let route = self.route(req, passage.edge.host.as_deref())?;
         passage.route = Some(route.clone());
@@ -205,6 +206,50 @@ impl Pipeline<'_> {
                 METRICS.bad_requests.with_label_values(&[reason]).inc();
             }
         })
+    }
+
+    /// A protected resource's metadata (RFC 9728 §3): answered by the gateway, before any
+    /// route, to anyone (it names no secret); a CORS preflight for it too, so that a page
+    /// may read it.
+    fn resource_metadata(&self, req: &RequestHeader, passage: &Passage) -> Result<(), Refusal> {
+        let resources = &self.snapshot.resources;
+        let path = req.uri.path();
+        if resources.is_empty() || !path.starts_with(crate::request::resource::WELL_KNOWN) {
+            return Ok(());
+        }
+        let Some(body) = resources.find(passage.edge.host.as_deref(), path) else {
+            return Ok(());
+        };
+        match req.method {
+            http::Method::GET | http::Method::HEAD => Err(Refusal::ResourceMetadata { body }),
+            http::Method::OPTIONS if cors::preflight_method(req).is_some() => {
+                let mut headers = vec![
+                    (http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*".to_owned()),
+                    (
+                        http::header::ACCESS_CONTROL_ALLOW_METHODS,
+                        "GET, HEAD".to_owned(),
+                    ),
+                    (http::header::ACCESS_CONTROL_MAX_AGE, "600".to_owned()),
+                ];
+                // The document is public: any request header may come with it. Only
+                // header-name characters are echoed.
+                if let Some(asked) = req
+                    .headers
+                    .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| {
+                        v.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(&b))
+                    })
+                {
+                    headers.push((http::header::ACCESS_CONTROL_ALLOW_HEADERS, asked.to_owned()));
+                }
+                Err(Refusal::CorsPreflight { headers })
+            }
+            _ => Err(Refusal::MethodNotAllowed {
+                allow: "GET, HEAD".to_owned(),
+            }),
+        }
     }
 
     /// A CORS preflight to a route with `cors` is answered here, before authentication:
@@ -339,6 +384,10 @@ impl Pipeline<'_> {
             return Ok(None);
         }
         if let Some(caller) = self.given_caller(route) {
+            if let Err((reason, refusal)) = resource_checks(route, caller.claims()) {
+                *outcome = Some(("deny", reason));
+                return Err(refusal);
+            }
             *outcome = Some(("allow", "ok"));
             return Ok(Some(caller));
         }
@@ -380,7 +429,25 @@ impl Pipeline<'_> {
             peer: transport.peer_certificate(),
             https,
         };
+        // RFC 8707: a token for another resource is refused before its proof is spent.
+        if let Some(resource) = &route.resource {
+            if !crate::request::resource::audience_holds(&identity.token.claims, &resource.id) {
+                tally.failed(&identity.provider.name, Reason::Audience.as_str());
+                return Err(Refusal::Unauthorized {
+                    reason: Reason::Audience,
+                    detail: "the token is not for this resource (aud)",
+                    presented: true,
+                    schemes: route.schemes,
+                });
+            }
+        }
         self.hold(carrier, route, &identity, &mut tally).await?;
+        // RFC 9470: a good token whose login is too weak or too old. Not charged to the
+        // client as a failed attempt: the client did nothing wrong.
+        if let Err((reason, refusal)) = resource_checks(route, &identity.token.claims) {
+            tally.count(&identity.provider.name, "deny", reason);
+            return Err(refusal);
+        }
         let provider = &identity.provider;
         tally.allowed(provider);
         let Identity {
@@ -414,7 +481,7 @@ impl Pipeline<'_> {
             claims,
             provider,
             demands,
-            &auth.dpop,
+            (&auth.dpop, auth.dpop_nonces.as_ref()),
             self.stores,
             tally.enforces,
         );
@@ -642,6 +709,47 @@ fn find<'r>(
             Err(several.into())
         }
     }
+}
+
+/// What a route's resource asks of a caller's claims: the resource in `aud` (RFC 8707) and
+/// the login of `step_up` (RFC 9470). `Err` holds the reason label and the refusal.
+fn resource_checks(
+    route: &RouteRuntime,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), (&'static str, Refusal)> {
+    use crate::request::resource::{audience_holds, step_up_miss, StepUpMiss};
+    if let Some(resource) = &route.resource {
+        if !audience_holds(claims, &resource.id) {
+            return Err((
+                Reason::Audience.as_str(),
+                Refusal::Unauthorized {
+                    reason: Reason::Audience,
+                    detail: "the token is not for this resource (aud)",
+                    presented: true,
+                    schemes: route.schemes,
+                },
+            ));
+        }
+    }
+    let Some(step_up) = &route.step_up else {
+        return Ok(());
+    };
+    let now = crate::util::clock::unix_seconds();
+    let Some(miss) = step_up_miss(step_up, claims, now) else {
+        return Ok(());
+    };
+    Err((
+        "step_up",
+        Refusal::StepUpRequired {
+            acr_values: route.step_up_acr.clone(),
+            max_age: step_up.max_age.map(|d| d.as_secs()),
+            detail: match miss {
+                StepUpMiss::Acr => "a stronger authentication (acr) is required",
+                StepUpMiss::MaxAge => "a more recent authentication (auth_time) is required",
+            },
+            schemes: route.schemes,
+        },
+    ))
 }
 
 /// Authentication's outcome, for the access log and (in enforce mode) its counter, and a

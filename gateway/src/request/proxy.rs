@@ -259,6 +259,9 @@ impl Gateway {
         }
         let realm = ctx.snapshot.as_ref().map_or("", |s| s.auth.realm.as_str());
         let mut answer = refusal.answer(realm);
+        if let Some(resource) = ctx.passage.route.as_ref().and_then(|r| r.resource.as_ref()) {
+            answer.point_to_metadata(&resource.metadata_url);
+        }
         // The CORS grant, so that a page can read the refusal (a preflight carries its own).
         answer.headers.extend(ctx.passage.cors.iter().cloned());
         answer.send(session, &ctx.request_id).await
@@ -670,7 +673,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -690,6 +693,16 @@ impl ProxyHttp for Gateway {
             }
         }
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        // RFC 9449 §8.2: the nonce the next proof carries, on every answer to a DPoP
+        // request (the upstream's own is replaced: nonces are the gateway's).
+        if let Some(nonces) = ctx.snapshot.as_ref().and_then(|s| s.auth.dpop_nonces.as_ref()) {
+            upstream_response.remove_header(&crate::request::respond::DPOP_NONCE);
+            if ctx.passage.caller.is_some() && session.req_header().headers.contains_key("dpop") {
+                let nonce = nonces.current(crate::util::clock::unix_seconds());
+                upstream_response
+                    .insert_header(crate::request::respond::DPOP_NONCE.clone(), nonce)?;
+            }
+        }
         if let Some((policy, value)) = ctx.passage.ratelimit_headers.take() {
             upstream_response.insert_header("ratelimit-policy", &*policy)?;
             upstream_response.insert_header("ratelimit", value)?;

@@ -112,7 +112,24 @@ pub enum Refusal {
     /// 500: the route's `upstream_token` could not be signed; the request is not sent on
     /// without the token its backend expects. The gateway's fault, not the upstream's.
     UpstreamTokenFailed,
+    /// 200: a protected resource's metadata document (RFC 9728), answered by the gateway.
+    ResourceMetadata { body: Bytes },
+    /// 401 `insufficient_user_authentication` (RFC 9470): the token's login is not the one
+    /// the route's `step_up` asks for; the challenge says what to ask for.
+    StepUpRequired {
+        /// `acr_values` for the challenge (space-separated), empty when not the reason.
+        acr_values: Arc<str>,
+        max_age: Option<u64>,
+        detail: &'static str,
+        schemes: Schemes,
+    },
+    /// 401 `use_dpop_nonce` (RFC 9449 §9): the proof has no nonce, or an old one; the
+    /// answer carries the current one in `DPoP-Nonce`.
+    UseDpopNonce { nonce: String, schemes: Schemes },
 }
+
+/// `DPoP-Nonce` (RFC 9449 §8.1).
+pub static DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
 /// The `Authorization` schemes a route takes, which decide its 401 challenges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,19 +145,33 @@ impl Schemes {
     /// challenge it belongs to: `invalid_dpop_proof` on DPoP's only, a token error on each.
     fn challenges<'a>(
         self,
+        answer: Answer<'a>,
+        realm: &str,
+        error: Option<(&str, &str)>,
+    ) -> Answer<'a> {
+        self.challenges_with(answer, realm, error, "")
+    }
+
+    /// As `challenges`, with `params` (`, name="value"`…) after the error on the
+    /// challenges that carry it.
+    fn challenges_with<'a>(
+        self,
         mut answer: Answer<'a>,
         realm: &str,
         error: Option<(&str, &str)>,
+        params: &str,
     ) -> Answer<'a> {
         let with_error = |mut c: String, scheme_error: bool| {
             if let (Some((code, description)), true) = (error, scheme_error) {
                 c.push_str(&format!(
-                    ", error=\"{code}\", error_description=\"{description}\""
+                    ", error=\"{code}\", error_description=\"{description}\"{params}"
                 ));
             }
             c
         };
-        let proof_error = error.is_some_and(|(code, _)| code == "invalid_dpop_proof");
+        // A proof's errors are DPoP's alone.
+        let proof_error =
+            error.is_some_and(|(code, _)| code == "invalid_dpop_proof" || code == "use_dpop_nonce");
         if self != Schemes::Dpop {
             answer = answer.header(
                 http::header::WWW_AUTHENTICATE,
@@ -211,6 +242,7 @@ impl Refusal {
                 schemes,
             },
             D::Proof(detail) => Refusal::InvalidDpopProof { detail, schemes },
+            D::UseNonce(nonce) => Refusal::UseDpopNonce { nonce, schemes },
             D::Unavailable => Refusal::Overloaded {
                 reason: "dpop_replay_unavailable",
                 message: "DPoP proofs cannot be checked for replay now; retry later",
@@ -236,7 +268,11 @@ impl Refusal {
             Refusal::BodyTooLarge => 413,
             Refusal::NotFound => 404,
             Refusal::MultipleTokens | Refusal::Unreadable => 400,
-            Refusal::Unauthorized { .. } | Refusal::InvalidDpopProof { .. } => 401,
+            Refusal::Unauthorized { .. }
+            | Refusal::InvalidDpopProof { .. }
+            | Refusal::StepUpRequired { .. }
+            | Refusal::UseDpopNonce { .. } => 401,
+            Refusal::ResourceMetadata { .. } => 200,
             Refusal::Forbidden { .. }
             | Refusal::ClientCertificateRequired
             | Refusal::IpDenied
@@ -487,6 +523,52 @@ impl Refusal {
                 "upstream_token",
                 "the token for the upstream could not be signed",
             ),
+            Refusal::ResourceMetadata { body } => {
+                let mut a = Answer::new(200, "", "resource_metadata", "")
+                    .header(http::header::CONTENT_TYPE, "application/json".to_owned())
+                    // A public document that browser-based clients read from other origins.
+                    .header(
+                        http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                        "*".to_owned(),
+                    );
+                a.raw = Some(body.clone());
+                a
+            }
+            Refusal::StepUpRequired {
+                acr_values,
+                max_age,
+                detail,
+                schemes,
+            } => {
+                let mut params = String::new();
+                if !acr_values.is_empty() {
+                    params.push_str(&format!(", acr_values=\"{acr_values}\""));
+                }
+                if let Some(age) = max_age {
+                    params.push_str(&format!(", max_age={age}"));
+                }
+                schemes.challenges_with(
+                    Answer::new(401, "unauthorized", "step_up", detail),
+                    realm,
+                    Some(("insufficient_user_authentication", detail)),
+                    &params,
+                )
+            }
+            Refusal::UseDpopNonce { nonce, schemes } => schemes
+                .challenges(
+                    Answer::new(
+                        401,
+                        "unauthorized",
+                        "dpop_nonce",
+                        "the DPoP proof must carry the nonce in DPoP-Nonce",
+                    ),
+                    realm,
+                    Some((
+                        "use_dpop_nonce",
+                        "the DPoP proof must carry the nonce in DPoP-Nonce",
+                    )),
+                )
+                .header(DPOP_NONCE.clone(), nonce.clone()),
         };
         if self.closes_connection() {
             a = a.header(http::header::CONNECTION, "close".to_owned());
@@ -531,6 +613,16 @@ impl<'a> Answer<'a> {
     fn header(mut self, name: HeaderName, value: String) -> Self {
         self.headers.push((name, value));
         self
+    }
+
+    /// Points every challenge to the route's protected-resource metadata (RFC 9728 §5.1:
+    /// `resource_metadata`), so that a client can find how to get a token.
+    pub fn point_to_metadata(&mut self, url: &str) {
+        for (name, value) in &mut self.headers {
+            if *name == http::header::WWW_AUTHENTICATE {
+                value.push_str(&format!(", resource_metadata=\"{url}\""));
+            }
+        }
     }
 
     /// The JSON body; `request_id` is left out when there is none (answers written before

@@ -66,6 +66,11 @@ pub struct RouteRuntime {
     pub schemes: crate::request::respond::Schemes,
     /// `upstream_token`: the gateway's minter and what to mint.
     pub upstream_token: Option<crate::identity::mint::RouteTokens>,
+    /// `resource`: the protected resource (RFC 9728) whose tokens this route takes.
+    pub resource: Option<tollgate_config::Resource>,
+    /// `step_up` (RFC 9470), and its `acr` values joined for the challenge.
+    pub step_up: Option<tollgate_config::StepUp>,
+    pub step_up_acr: Arc<str>,
 }
 
 /// The schemes a route with `dpop` and `providers` takes: Bearer alone without DPoP anywhere,
@@ -141,6 +146,10 @@ pub struct RuntimeSnapshot {
     pub tls: Option<TlsRuntime>,
     /// `auth.signing_keys`, ready to mint.
     pub minter: Option<Arc<crate::identity::mint::Minter>>,
+    /// The protected resources' metadata documents (RFC 9728).
+    pub resources: crate::request::resource::Resources,
+    /// `auth.shared_signals`: the receiver of pushed security events (metrics listener).
+    pub signals: Option<Arc<crate::identity::signals::Receiver>>,
 }
 
 /// What requests need of `listen.tls`, and the material for the listener's next handshakes.
@@ -188,6 +197,19 @@ impl RuntimeSnapshot {
                 }),
             }
         }
+        let signals = match &config.auth.shared_signals {
+            Some(s) => match crate::identity::signals::Receiver::build(
+                s,
+                config.auth.revocation.as_ref(),
+            ) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(errs) => {
+                    problems.extend(errs);
+                    None
+                }
+            },
+            None => None,
+        };
         let tls = tls_runtime(config, &mut problems);
         let minter = minter(config, &mut problems);
         let Some(auth) = auth.filter(|_| problems.is_empty()) else {
@@ -244,6 +266,7 @@ impl RuntimeSnapshot {
             .chain(authz_headers)
             .collect();
         let strip = crate::request::edge::strip_set(&gateway_headers, &config.server.http);
+        let resources = crate::request::resource::Resources::build(config, |name| auth.provider(name));
         Ok(RuntimeSnapshot {
             router,
             clusters,
@@ -255,6 +278,8 @@ impl RuntimeSnapshot {
             strip,
             tls,
             minter,
+            resources,
+            signals,
         })
     }
 
@@ -265,6 +290,9 @@ impl RuntimeSnapshot {
             c.spawn_background();
         }
         self.auth.spawn_refresh();
+        if let Some(signals) = &self.signals {
+            signals.spawn_refresh();
+        }
     }
 }
 
@@ -396,6 +424,13 @@ impl Shared<'_> {
                     .expect("validated: upstream_token needs signing_keys");
                 crate::identity::mint::RouteTokens::new(&r.name, minter, spec)
             }),
+            resource: r.resource.clone(),
+            step_up: r.step_up.clone(),
+            step_up_acr: r
+                .step_up
+                .as_ref()
+                .map_or_else(String::new, |s| s.acr.join(" "))
+                .into(),
         }
     }
 }

@@ -277,6 +277,13 @@ metrics_table! {
     api_key_reloads: IntCounterVec = "tollgate_api_key_reloads_total",
         "Re-reads of a changed API key file, by provider and result (ok, error).",
         labels ["provider", "result"];
+    security_events: IntCounterVec = "tollgate_security_events_total",
+        "Security Event Tokens pushed to auth.shared_signals, by event (session_revoked, \
+         credential_change, account_disabled, other, none) and result (revoked, ignored, \
+         duplicate, unauthenticated, invalid, unavailable).",
+        labels ["event", "result"];
+    pushed_revocations: IntGauge = "tollgate_pushed_revocations",
+        "Subjects revoked by pushed security events, held in this process.";
     revocation_last_success: Gauge = "tollgate_revocation_last_success_timestamp_seconds",
         "Unix time of the deny list's last successful read.";
     runtime_alive_tasks: IntGaugeVec = "tollgate_runtime_alive_tasks",

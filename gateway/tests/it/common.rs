@@ -272,7 +272,13 @@ impl Gateway {
     /// Like `start`, with stdout a pipe that nobody reads (a stalled log collector): once
     /// the pipe's buffer is full, every write to it blocks. Stderr still goes to the log.
     pub fn start_with_stalled_stdout(yaml_without_listeners: &str) -> Gateway {
-        Self::launch_full("{}", SHUTDOWN, None, yaml_without_listeners, &[], true)
+        Self::launch_full("{}", SHUTDOWN, None, yaml_without_listeners, &[], true, None)
+    }
+
+    /// Like `start`, with the proxy listener on `port` (from [`free_port`]), for a config
+    /// that must name the gateway's own URL (a protected resource's identifier).
+    pub fn start_at(port: u16, env: &[(&str, &str)], yaml_without_listeners: &str) -> Gateway {
+        Self::launch_full("{}", SHUTDOWN, None, yaml_without_listeners, env, false, Some(port))
     }
 
     fn launch(
@@ -291,7 +297,7 @@ impl Gateway {
         yaml_without_listeners: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
-        Self::launch_full(http, shutdown, tls, yaml_without_listeners, env, false)
+        Self::launch_full(http, shutdown, tls, yaml_without_listeners, env, false, None)
     }
 
     fn launch_full(
@@ -301,8 +307,9 @@ impl Gateway {
         yaml_without_listeners: &str,
         env: &[(&str, &str)],
         stalled_stdout: bool,
+        port: Option<u16>,
     ) -> Gateway {
-        let port = free_port();
+        let port = port.unwrap_or_else(free_port);
         let metrics_port = free_port();
         let https_port = if tls.is_some() { free_port() } else { 0 };
         let https = match tls {

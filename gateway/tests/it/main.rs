@@ -21,6 +21,7 @@ mod grpc;
 mod house;
 mod introspect;
 mod lifecycle;
+mod mcp;
 mod mint;
 mod oidc;
 mod policy;

@@ -9,16 +9,21 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const RESOURCE: &str = "https://api.example";
-const CLIENT: (&str, &str) = ("tollgate-test", "tollgate-test-secret");
+pub const CLIENT: (&str, &str) = ("tollgate-test", "tollgate-test-secret");
 
-/// `node server.mjs PORT`, killed on drop.
-struct OpenIdProvider {
+/// `node server.mjs PORT [RESOURCE…]`, killed on drop.
+pub struct OpenIdProvider {
     port: u16,
     child: Child,
 }
 
 impl OpenIdProvider {
     fn start() -> OpenIdProvider {
+        Self::start_for(&[])
+    }
+
+    /// With JWT access tokens for `resources` too (audience: the resource).
+    pub fn start_for(resources: &[&str]) -> OpenIdProvider {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -29,6 +34,7 @@ impl OpenIdProvider {
         let mut child = Command::new("node")
             .arg("server.mjs")
             .arg(port.to_string())
+            .args(resources)
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -51,12 +57,12 @@ impl OpenIdProvider {
         OpenIdProvider { port, child }
     }
 
-    fn issuer(&self) -> String {
+    pub fn issuer(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// A client-credentials access token; for `resource`, a JWT, else an opaque one.
-    fn token(&self, resource: Option<&str>) -> String {
+    pub fn token(&self, resource: Option<&str>) -> String {
         let mut form = vec![("grant_type", "client_credentials"), ("scope", "read")];
         if let Some(r) = resource {
             form.push(("resource", r));

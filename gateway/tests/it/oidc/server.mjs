@@ -1,24 +1,27 @@
 // Real OpenID authorization server (panva's oidc-provider) for tollgate's
-// integration tests. Usage: `node server.mjs PORT`; listens on 127.0.0.1:PORT
-// only, issuer `http://127.0.0.1:PORT`, prints `ready <issuer>` once
-// listening, exits 0 on SIGTERM/SIGINT. All state is in memory.
+// integration tests. Usage: `node server.mjs PORT [RESOURCE ...]`; listens on
+// 127.0.0.1:PORT only, issuer `http://127.0.0.1:PORT`, prints `ready <issuer>`
+// once listening, exits 0 on SIGTERM/SIGINT. All state is in memory.
 //
 // One confidential client (tollgate-test / tollgate-test-secret, basic auth)
 // may use client_credentials and introspect:
 //   - with    resource=https://api.example -> ES256 JWT access token
 //     (typ at+jwt, aud https://api.example), verifiable via jwks_uri;
 //   - without resource                     -> opaque token, introspectable.
+// Each extra RESOURCE argument (e.g. http://127.0.0.1:GW/mcp) is a resource
+// server just like https://api.example: JWT access tokens with aud RESOURCE.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import Provider, { errors } from 'oidc-provider';
 
 const port = Number.parseInt(process.argv[2], 10);
 if (!(port > 0 && port < 65536)) {
-  console.error('usage: node server.mjs PORT');
+  console.error('usage: node server.mjs PORT [RESOURCE ...]');
   process.exit(2);
 }
 const issuer = `http://127.0.0.1:${port}`;
 const RESOURCE = 'https://api.example';
+const RESOURCES = [RESOURCE, ...process.argv.slice(3)];
 
 // Fresh EC P-256 signing key per run; tests fetch it from jwks_uri.
 const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
@@ -51,9 +54,9 @@ const provider = new Provider(issuer, {
       // No resource parameter -> no resource server -> default (opaque) format.
       defaultResource: () => undefined,
       getResourceServerInfo: (ctx, resourceIndicator) => {
-        if (resourceIndicator !== RESOURCE) throw new errors.InvalidTarget();
+        if (!RESOURCES.includes(resourceIndicator)) throw new errors.InvalidTarget();
         return {
-          audience: RESOURCE,
+          audience: resourceIndicator,
           scope: 'read write',
           accessTokenTTL: 3600,
           accessTokenFormat: 'jwt',

@@ -1,0 +1,419 @@
+//! Shared Signals (OpenID SSF 1.0, CAEP 1.0, RISC 1.0): Security Event Tokens (RFC 8417)
+//! pushed by their transmitters (RFC 8935) to `auth.shared_signals.path` on the metrics
+//! listener. A CAEP `session-revoked` or `credential-change`, or a RISC `account-disabled`,
+//! revokes the subject's tokens issued at or before the event: at once in this process
+//! (the next request with such a token gets 401 `revoked`, cached or not) and, when the
+//! deny list lives in Redis, in the fleet's list too.
+//!
+//! A push must carry the receiver's bearer token; the event must be a JWT signed by a
+//! configured transmitter's key (chosen by `iss`), with `typ` `secevent+jwt`, the
+//! receiver's `aud` and a `jti` never seen before (a replay is acknowledged and does
+//! nothing). Other event types are acknowledged and ignored, as RFC 8417 §2.2 asks.
+//!
+//! The revocations pushed here are held in [`PUSHED`], beside the configured deny list and
+//! apart from it: a reload, or a re-read of the list's file, does not lift them. They live
+//! until the process ends; with Redis they are in the fleet's list as well.
+
+use crate::identity::keys::Provider;
+use crate::telemetry::metrics::METRICS;
+use arc_swap::ArcSwap;
+use once_cell::sync::{Lazy, OnceCell};
+use pingora_core::connectors::http::Connector;
+use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tollgate_config::{Problem, RevocationSource, SecretSource, SharedSignals};
+use tollgate_jwt::{DenyEntry as Entry, DenyList, Reason};
+
+const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+const CREDENTIAL_CHANGE: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/credential-change";
+const ACCOUNT_DISABLED: &str =
+    "https://schemas.openid.net/secevent/risc/event-type/account-disabled";
+
+/// The largest event accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Subjects revoked by pushed events, process-wide.
+pub struct Pushed {
+    list: ArcSwap<DenyList>,
+    any: AtomicBool,
+    write: Mutex<()>,
+}
+
+pub static PUSHED: Lazy<Pushed> = Lazy::new(|| Pushed {
+    list: ArcSwap::from_pointee(DenyList::default()),
+    any: AtomicBool::new(false),
+    write: Mutex::new(()),
+});
+
+impl Pushed {
+    /// Whether verified claims are revoked by a pushed event: one atomic load when none was
+    /// pushed.
+    pub fn revoked(&self, claims: &Map<String, Value>) -> bool {
+        self.any.load(Ordering::Acquire) && self.list.load().revoked(claims).is_some()
+    }
+
+    fn add(&self, entries: &[Entry]) {
+        let _one_writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = DenyList::clone(&self.list.load());
+        for e in entries {
+            // Built by `entry` below, which never makes an invalid one.
+            let _ = list.add_line(&e.to_line());
+        }
+        METRICS.pushed_revocations.set(list.len().1 as i64);
+        self.list.store(Arc::new(list));
+        self.any.store(true, Ordering::Release);
+    }
+}
+
+/// Event `jti`s seen (by SHA-256 of issuer and jti), process-wide.
+static SEEN: OnceCell<moka::sync::Cache<[u8; 32], ()>> = OnceCell::new();
+
+/// The receiver of one snapshot.
+pub struct Receiver {
+    pub path: String,
+    bearer: Vec<u8>,
+    transmitters: Vec<Arc<Provider>>,
+    connector: Arc<Connector>,
+    /// The deny list's Redis set, when there is one: pushed revocations go to the fleet.
+    fleet: Option<(redis::Client, String)>,
+}
+
+/// What the receiver answers (RFC 8935 §2.2–2.3): 202, or an error with its `err` code.
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn accepted() -> Reply {
+        Reply {
+            status: 202,
+            body: Vec::new(),
+        }
+    }
+
+    fn error(status: u16, err: &str, description: &str) -> Reply {
+        let body = serde_json::json!({"err": err, "description": description});
+        Reply {
+            status,
+            body: serde_json::to_vec(&body).expect("JSON of strings"),
+        }
+    }
+}
+
+impl Receiver {
+    /// The receiver for `config`: the bearer token read, each transmitter's local keys.
+    pub fn build(
+        config: &SharedSignals,
+        revocation: Option<&tollgate_config::Revocation>,
+    ) -> Result<Receiver, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let SecretSource::Env(var) = &config.bearer else {
+            unreachable!("validation takes the bearer token from an environment variable");
+        };
+        let bearer = match std::env::var(var) {
+            Ok(v) if v.len() >= 32 => v.into_bytes(),
+            Ok(_) => {
+                problems.push(Problem {
+                    path: "auth.shared_signals.bearer_env".into(),
+                    message: format!("{var} must hold at least 32 bytes"),
+                });
+                Vec::new()
+            }
+            Err(_) => {
+                problems.push(Problem {
+                    path: "auth.shared_signals.bearer_env".into(),
+                    message: format!("environment variable {var} is not set"),
+                });
+                Vec::new()
+            }
+        };
+        let mut transmitters = Vec::new();
+        for (i, t) in config.transmitters.iter().enumerate() {
+            match Provider::build(usize::MAX - i, t) {
+                Ok(p) => transmitters.push(Arc::new(p)),
+                Err(message) => problems.push(Problem {
+                    path: format!("auth.shared_signals.transmitters[{i}]"),
+                    message,
+                }),
+            }
+        }
+        let fleet = match revocation.map(|r| &r.source) {
+            Some(RevocationSource::Redis { url, key }) => match redis::Client::open(url.as_str())
+            {
+                Ok(c) => Some((c, key.clone())),
+                Err(e) => {
+                    problems.push(Problem {
+                        path: "auth.revocation.redis.url".into(),
+                        message: e.to_string(),
+                    });
+                    None
+                }
+            },
+            _ => None,
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        SEEN.get_or_init(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.jti_cache_size)
+                .time_to_live(Duration::from_secs(7 * 24 * 3600))
+                .build()
+        });
+        Ok(Receiver {
+            path: config.path.clone(),
+            bearer,
+            transmitters,
+            connector: Arc::new(Connector::new(None)),
+            fleet,
+        })
+    }
+
+    /// Keeps the transmitters' keys fresh (as providers' are).
+    pub fn spawn_refresh(&self) {
+        for t in &self.transmitters {
+            t.spawn_refresh(self.connector.clone());
+        }
+    }
+
+    /// One push: `authorization` and `content_type` are the request's headers.
+    pub async fn receive(
+        &self,
+        authorization: Option<&[u8]>,
+        content_type: Option<&[u8]>,
+        body: &[u8],
+    ) -> Reply {
+        let count = |event: &str, result: &str| {
+            METRICS
+                .security_events
+                .with_label_values(&[event, result])
+                .inc();
+        };
+        let presented = authorization
+            .and_then(|a| a.strip_prefix(b"Bearer "))
+            .unwrap_or(b"");
+        let authentic = !self.bearer.is_empty()
+            && subtle::ConstantTimeEq::ct_eq(presented, self.bearer.as_slice()).into();
+        if !authentic {
+            count("none", "unauthenticated");
+            return Reply::error(
+                401,
+                "authentication_failed",
+                "the push must carry the receiver's bearer token",
+            );
+        }
+        let typed = content_type.is_some_and(|ct| {
+            let ct = String::from_utf8_lossy(ct);
+            let base = ct.split(';').next().unwrap_or("").trim();
+            base.eq_ignore_ascii_case("application/secevent+jwt")
+        });
+        if !typed {
+            count("none", "invalid");
+            return Reply::error(
+                400,
+                "invalid_request",
+                "the body must be application/secevent+jwt",
+            );
+        }
+        let now = crate::util::clock::unix_seconds();
+        let set = match self.verify(body, now).await {
+            Ok(set) => set,
+            Err((err, description)) => {
+                count("none", "invalid");
+                return Reply::error(400, err, description);
+            }
+        };
+        let Some(Value::String(jti)) = set.get("jti") else {
+            count("none", "invalid");
+            return Reply::error(400, "invalid_request", "the event has no jti");
+        };
+        let Some(Value::Object(events)) = set.get("events") else {
+            count("none", "invalid");
+            return Reply::error(400, "invalid_request", "the event has no events claim");
+        };
+        let iss = set.get("iss").and_then(Value::as_str).unwrap_or("");
+        let seen_key = crate::util::digest::sha256(&[iss.as_bytes(), b"\0", jti.as_bytes()]);
+        let seen = SEEN.get().expect("set when the receiver was built");
+        if seen.contains_key(&seen_key) {
+            count(event_label(events), "duplicate");
+            return Reply::accepted();
+        }
+        let mut entries = Vec::new();
+        for (event_type, payload) in events {
+            let label = event_label_of(event_type);
+            if label == "other" {
+                count(label, "ignored");
+                continue;
+            }
+            match entry(&set, payload, now) {
+                Some(e) => {
+                    count(label, "revoked");
+                    entries.push(e);
+                }
+                // A subject the deny list cannot name (an email address, a phone number).
+                None => count(label, "ignored"),
+            }
+        }
+        if !entries.is_empty() {
+            PUSHED.add(&entries);
+            tracing::info!(
+                transmitter = iss,
+                subjects = entries.len(),
+                "security event: subject tokens revoked"
+            );
+            if let Err(e) = self.to_fleet(&entries).await {
+                // Revoked here already; the transmitter retries, and the fleet gets it then.
+                tracing::warn!(error = %e, "security event not written to the fleet's deny list");
+                count(event_label(events), "unavailable");
+                return Reply::error(
+                    503,
+                    "temporarily_unavailable",
+                    "the fleet's deny list could not be written; retry",
+                );
+            }
+        }
+        seen.insert(seen_key, ());
+        Reply::accepted()
+    }
+
+    /// The event's claims, once its signature, issuer, audience and type hold.
+    async fn verify(
+        &self,
+        body: &[u8],
+        now: u64,
+    ) -> Result<Map<String, Value>, (&'static str, &'static str)> {
+        if body.len() > MAX_BODY {
+            return Err(("invalid_request", "the event is larger than 64 KiB"));
+        }
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ("invalid_request", "the event is not text"))?
+            .trim();
+        let parsed = tollgate_jwt::parse_token(text)
+            .map_err(|_| ("invalid_request", "the event is not a signed JWT"))?;
+        let transmitter = self
+            .transmitters
+            .iter()
+            .find(|t| Some(t.issuer.as_str()) == parsed.issuer())
+            .ok_or(("invalid_issuer", "the event's issuer is not a configured transmitter"))?;
+        let keys = transmitter.keys();
+        let generation = keys.generation;
+        let mut result = parsed.verify_signature(&keys.set);
+        drop(keys);
+        if matches!(result, Err(r) if r.reason == Reason::UnknownKid) && transmitter.refetches_keys()
+        {
+            if Box::pin(transmitter.refetch_for_unknown_kid(&self.connector, generation)).await {
+                result = parsed.verify_signature(&transmitter.keys().set);
+            }
+        }
+        result.map_err(|_| ("invalid_key", "the event's signature does not verify"))?;
+        let verified = parsed.into_verified();
+        transmitter
+            .validation
+            .check_claims(&verified, now)
+            .map_err(|r| match r.reason {
+                Reason::Audience => ("invalid_audience", "the event is not for this receiver"),
+                Reason::Issuer => ("invalid_issuer", "the event's issuer is not this transmitter"),
+                Reason::Type => ("invalid_request", "the event's typ is not secevent+jwt"),
+                _ => ("invalid_request", "the event's times do not hold"),
+            })?;
+        Ok(Map::clone(&verified.claims))
+    }
+
+    /// The entries, in the fleet's deny list (a Redis set and its version counter).
+    async fn to_fleet(&self, entries: &[Entry]) -> Result<(), String> {
+        let Some((client, key)) = &self.fleet else {
+            return Ok(());
+        };
+        let write = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for e in entries {
+                pipe.cmd("SADD").arg(key).arg(e.to_line()).ignore();
+            }
+            pipe.cmd("INCR").arg(format!("{key}:version")).ignore();
+            pipe.query_async::<()>(&mut c).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("redis did not answer within 2 s".into()),
+        }
+    }
+}
+
+fn event_label_of(event_type: &str) -> &'static str {
+    match event_type {
+        SESSION_REVOKED => "session_revoked",
+        CREDENTIAL_CHANGE => "credential_change",
+        ACCOUNT_DISABLED => "account_disabled",
+        _ => "other",
+    }
+}
+
+/// The label of a SET's first event (for counting refusals of the whole SET).
+fn event_label(events: &Map<String, Value>) -> &'static str {
+    events.keys().next().map_or("none", |t| event_label_of(t))
+}
+
+/// The deny-list entry for an event: its subject (the SET's `sub_id`, SSF 1.0, else the
+/// event's `subject`, CAEP's earlier form), revoked before the event's time (its
+/// `event_timestamp`, else the SET's `iat`; never later than now).
+fn entry(set: &Map<String, Value>, payload: &Value, now: u64) -> Option<Entry> {
+    let id = set.get("sub_id").or_else(|| payload.get("subject"))?;
+    let (iss, sub) = subject(id)?;
+    let at = payload
+        .get("event_timestamp")
+        .or_else(|| set.get("iat"))
+        .and_then(Value::as_f64)
+        .map_or(now, |t| t.max(0.0) as u64);
+    Some(Entry {
+        jti: None,
+        sub: Some(sub),
+        revoked_before: Some(at.min(now)),
+        iss,
+    })
+}
+
+/// A subject identifier (RFC 9493) as the `sub` (and issuer) of the tokens it names:
+/// `iss_sub`, `opaque` (every issuer's), or the `user` of a `complex` one.
+fn subject(id: &Value) -> Option<(Option<String>, String)> {
+    let text = |k: &str| id.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    match text("format")? {
+        "iss_sub" => Some((Some(text("iss")?.to_owned()), text("sub")?.to_owned())),
+        "opaque" => Some((None, text("id")?.to_owned())),
+        "complex" => subject(id.get("user")?),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn subjects_are_read_from_sub_id_or_the_event() {
+        let set = map(json!({"iat": 100, "sub_id": {"format": "iss_sub", "iss": "https://idp", "sub": "alice"}}));
+        let e = entry(&set, &json!({"event_timestamp": 90}), 1_000).unwrap();
+        assert_eq!((e.sub.as_deref(), e.iss.as_deref(), e.revoked_before), (Some("alice"), Some("https://idp"), Some(90)));
+        let set = map(json!({"iat": 100}));
+        let e = entry(&set, &json!({"subject": {"format": "opaque", "id": "bob"}}), 1_000).unwrap();
+        assert_eq!((e.sub.as_deref(), e.iss, e.revoked_before), (Some("bob"), None, Some(100)));
+        let complex = json!({"subject": {"format": "complex", "user": {"format": "opaque", "id": "carol"}}});
+        assert_eq!(entry(&set, &complex, 1_000).unwrap().sub.as_deref(), Some("carol"));
+        let email = json!({"subject": {"format": "email", "email": "a@example.com"}});
+        assert!(entry(&set, &email, 1_000).is_none());
+        // An event stamped in the future revokes no token issued after now.
+        let future = json!({"subject": {"format": "opaque", "id": "d"}, "event_timestamp": 5_000});
+        assert_eq!(entry(&set, &future, 1_000).unwrap().revoked_before, Some(1_000));
+    }
+}
