@@ -490,6 +490,8 @@ impl Pipeline<'_> {
         };
         match unbound {
             DpopRefusal::Unavailable => tally.refused(unbound.reason()),
+            // The first request of every client that follows RFC 9449 §9: not a failure.
+            DpopRefusal::UseNonce(_) => tally.count(&provider.name, "deny", unbound.reason()),
             _ => tally.failed(&provider.name, unbound.reason()),
         }
         Err(Refusal::unbound(unbound, route.schemes))

@@ -708,6 +708,18 @@ impl TestKey {
     }
 }
 
+impl TestKey {
+    /// Signs `claims` as they are, with `typ` in the header (a Security Event Token's
+    /// `secevent+jwt`, say).
+    pub fn sign_typed(&self, typ: &str, claims: serde_json::Value) -> String {
+        let mut header = serde_json::Map::new();
+        header.insert("typ".into(), typ.into());
+        header.insert("kid".into(), self.kid.clone().into());
+        tollgate_jwt::sign_with_header(tollgate_jwt::Algorithm::ES256, header, &claims, &self.key)
+            .unwrap()
+    }
+}
+
 /// A JWKS document holding the public keys of `keys`.
 /// A JWKS file of `keys` in a fresh directory (kept while the returned guard lives).
 pub fn jwks_file(keys: &[&TestKey]) -> (tempfile::TempDir, PathBuf) {

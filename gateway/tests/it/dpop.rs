@@ -324,3 +324,136 @@ fn at_debug_level_neither_the_token_nor_the_proof_is_logged_even_when_forwarded(
     assert!(!log.contains(&signature(&bound)), "the token is in the log");
     assert!(!log.contains(&signature(&p)), "the proof is in the log");
 }
+
+const NONCE_KEY: &str = "a-nonce-key-shared-by-every-instance-of-the-fleet";
+
+/// A proof by `key` carrying `nonce`.
+fn proof_with_nonce(key: &SigningKey, url: &str, token: &str, nonce: Option<&str>) -> String {
+    let jti = format!(
+        "jti-{}",
+        JTI.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    tollgate_jwt::dpop::make_proof_with_nonce(key, "GET", url, Some(token), &jti, now(), nonce)
+        .unwrap()
+}
+
+fn assert_nonce_asked(r: &Reply, what: &str) -> String {
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (401, Some("dpop_nonce")),
+        "{what}: {}",
+        r.body
+    );
+    let challenge = r.header("www-authenticate").unwrap_or("");
+    assert!(
+        challenge.starts_with("DPoP ") && challenge.contains("error=\"use_dpop_nonce\""),
+        "{what}: {challenge}"
+    );
+    r.header("dpop-nonce").expect("a DPoP-Nonce with use_dpop_nonce").to_owned()
+}
+
+#[test]
+fn with_nonces_on_a_proof_needs_a_fresh_nonce_that_every_instance_of_the_fleet_issues() {
+    let issuer = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&issuer]);
+    let echo = Echo::start("e1");
+    // A nonce lives one second here (and the next), so that an old one is seen soon.
+    let nonces = "auth:\n  dpop: { nonce: on, nonce_secret_env: DPOP_NONCE_KEY, nonce_lifetime: 1s }\n";
+    let yaml = config(&jwks, &echo, "").replacen("auth:\n", nonces, 1);
+    let env = [("DPOP_NONCE_KEY", NONCE_KEY)];
+    let one = Gateway::start_with_env(&env, &yaml);
+    let two = Gateway::start_with_env(&env, &yaml);
+    let alice = client_key();
+    let bound = token(&issuer, Some(&alice));
+    // The same URI at both instances (they differ only by port).
+    let host = "api.test";
+    let url = format!("http://{host}/api/x");
+    let send = |gw: &Gateway, p: &str| {
+        gw.get(
+            "/api/x",
+            &[("host", host), ("authorization", &format!("DPoP {bound}")), ("dpop", p)],
+        )
+    };
+
+    // RFC 9449 §9: no nonce → 401 use_dpop_nonce with one; the retry with it passes, and
+    // the answer carries the nonce for the next proof.
+    let r = send(&one, &proof_with_nonce(&alice, &url, &bound, None));
+    let nonce = assert_nonce_asked(&r, "no nonce");
+    assert_eq!(echo.count(), 0, "refused requests never reach the upstream");
+    let r = send(&one, &proof_with_nonce(&alice, &url, &bound, Some(&nonce)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.header("dpop-nonce").is_some(), "a success carries the next nonce");
+    assert_eq!(r.upstream_header("dpop"), None);
+    // Another instance with the same key takes the nonce the first one issued: nothing is
+    // kept per process.
+    let r = send(&two, &proof_with_nonce(&alice, &url, &bound, Some(&nonce)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A nonce never issued.
+    let r = send(&one, &proof_with_nonce(&alice, &url, &bound, Some("made-up")));
+    assert_nonce_asked(&r, "a made-up nonce");
+    // An old nonce: once the gateway has issued two newer ones, the first is refused.
+    let mut seen = vec![nonce.clone()];
+    wait_for("two newer nonces", std::time::Duration::from_secs(10), || {
+        let r = send(&one, &proof_with_nonce(&alice, &url, &bound, None));
+        let n = assert_nonce_asked(&r, "no nonce");
+        if !seen.contains(&n) {
+            seen.push(n);
+        }
+        (seen.len() >= 3).then_some(())
+    });
+    let r = send(&one, &proof_with_nonce(&alice, &url, &bound, Some(&nonce)));
+    assert_nonce_asked(&r, "an old nonce");
+    assert!(one.metric("tollgate_dpop_proofs_total", &[("result", "nonce")]) >= 3.0);
+}
+
+#[test]
+fn with_a_public_origin_a_proof_names_it_whatever_host_the_request_carries() {
+    let issuer = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&issuer]);
+    let echo = Echo::start("e1");
+    let origins = "auth:\n  dpop: { public_origins: [\"https://API.example.com:443\"] }\n";
+    let gw = Gateway::start(&config(&jwks, &echo, "").replacen("auth:\n", origins, 1));
+    let alice = client_key();
+    let bound = token(&issuer, Some(&alice));
+    let send = |host: &str, p: &str| {
+        gw.get(
+            "/api/x",
+            &[("host", host), ("authorization", &format!("DPoP {bound}")), ("dpop", p)],
+        )
+    };
+    // The route has no host: before, a proof made for another site that routes here (an
+    // unused one, taken from that site's client) passed once when sent with its Host.
+    let elsewhere = proof(&alice, "GET", "https://other.example/api/x", &bound);
+    assert_proof_refused(&send("other.example", &elsewhere), "a proof for another origin");
+    let own_host = proof(&alice, "GET", &gw.url("/api/x"), &bound);
+    assert_proof_refused(&send(&format!("127.0.0.1:{}", gw.port), &own_host), "the request's own host");
+    // The public origin passes, whatever Host came (a proxy in front may rewrite it).
+    let p = proof(&alice, "GET", "https://api.example.com/api/x", &bound);
+    assert_eq!(send("internal.lb", &p).status, 200);
+}
+
+#[test]
+fn check_warns_about_a_dpop_route_without_host_or_public_origin() {
+    let issuer = TestKey::es256("k1");
+    let (_dir, jwks) = jwks_file(&[&issuer]);
+    let echo = Echo::start("e1");
+    let yaml = format!(
+        "listen: {{ http: \"127.0.0.1:1\" }}\nmetrics: {{ listen: \"127.0.0.1:2\" }}\n{}",
+        config(&jwks, &echo, "")
+    );
+    let (code, _, err) = tollgate_check(&yaml);
+    assert_eq!(code, 0, "{err}");
+    for route in [0, 1] {
+        assert!(
+            err.contains(&format!("warning: routes[{route}]: takes DPoP proofs but has no host")),
+            "{err}"
+        );
+    }
+    let fixed = yaml.replacen("auth:\n", "auth:\n  dpop: { public_origins: [\"https://api.example.com\"] }\n", 1);
+    let (code, _, err) = tollgate_check(&fixed);
+    assert_eq!((code, err.as_str()), (0, ""));
+    // nonce: on without a key shared by the fleet is refused.
+    let (code, _, err) = tollgate_check(&yaml.replacen("auth:\n", "auth:\n  dpop: { nonce: on }\n", 1));
+    assert_eq!(code, 1);
+    assert!(err.contains("auth.dpop.nonce_secret_env: nonce: on needs the environment variable"), "{err}");
+}

@@ -26,5 +26,7 @@ mod mint;
 mod oidc;
 mod policy;
 mod proxy;
+mod signals;
+mod step_up;
 mod tls;
 mod upstream_tls;
