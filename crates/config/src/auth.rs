@@ -215,13 +215,8 @@ fn dpop_settings(raw: Option<&crate::raw::RawDpop>, problems: &mut Problems) -> 
     }
     let nonce = match raw.nonce.as_deref() {
         None | Some("off") => {
-            for (set, field) in [
-                (raw.nonce_secret_env.is_some(), "nonce_secret_env"),
-                (raw.nonce_lifetime.is_some(), "nonce_lifetime"),
-            ] {
-                if set {
-                    problems.add(format!("auth.dpop.{field}"), "only applies with nonce: on");
-                }
+            if raw.nonce_secret_env.is_some() {
+                problems.add("auth.dpop.nonce_secret_env", "only applies with nonce: on");
             }
             None
         }

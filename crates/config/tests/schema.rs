@@ -41,6 +41,10 @@ auth:
   signing_keys: { issuer: "https://gw.example", current: a, keys: [{ kid: a, file: a.pem }] }
   dpop: {}
   ext_authz: { opa: { url: "https://opa.example/authz" } }
+  shared_signals:
+    bearer_env: SSF_TOKEN
+    audience: "https://gw.example"
+    transmitters: [{ issuer: "https://idp.example/ssf", jwks_file: ssf.json }]
 policies:
   p: { allow: [{ roles: [admin] }], deny: [{ claims: { suspended: true } }] }
 rate_limiting:
@@ -66,6 +70,7 @@ routes:
     upstream_token: { audience: api }
     rate_limits:
       - { name: l, rate: 10/s, tiers: { claim: plan, values: { pro: { rate: 20/s } } } }
+  - { name: s, path: /s, upstream: u, providers: [dev], step_up: { acr: [phr] } }
 "#,
     r#"
 listen:
