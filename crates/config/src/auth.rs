@@ -8,8 +8,8 @@ use crate::model::{
 };
 use crate::problems::{duration, fetch_url_problem, header_name, Problems};
 use crate::raw::{
-    RawAudiences, RawAuth, RawDiscovery, RawProvider, RawRefresh, RawRevocation,
-    RawSharedSignals, RawSigningKeys,
+    RawAudiences, RawAuth, RawDiscovery, RawProvider, RawRefresh, RawRevocation, RawSharedSignals,
+    RawSigningKeys,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -894,7 +894,10 @@ fn shared_signals(raw: &RawSharedSignals, problems: &mut Problems) -> SharedSign
         problems.add(format!("{base}.audience"), "must not be empty");
     }
     if raw.transmitters.is_empty() {
-        problems.add(format!("{base}.transmitters"), "needs at least one transmitter");
+        problems.add(
+            format!("{base}.transmitters"),
+            "needs at least one transmitter",
+        );
     }
     let mut issuers: HashMap<&str, usize> = HashMap::new();
     let transmitters = raw

@@ -258,7 +258,9 @@ pub async fn explain(
         }
         Err(Refusal::ResourceMetadata { body }) => {
             println!("metadata: {}", String::from_utf8_lossy(&body));
-            println!("verdict: protected resource metadata answered by the gateway (200), not forwarded");
+            println!(
+                "verdict: protected resource metadata answered by the gateway (200), not forwarded"
+            );
             Ok(Ok(()))
         }
         Err(refusal) => {

@@ -142,8 +142,7 @@ impl Receiver {
             }
         }
         let fleet = match revocation.map(|r| &r.source) {
-            Some(RevocationSource::Redis { url, key }) => match redis::Client::open(url.as_str())
-            {
+            Some(RevocationSource::Redis { url, key }) => match redis::Client::open(url.as_str()) {
                 Ok(c) => Some((c, key.clone())),
                 Err(e) => {
                     problems.push(Problem {
@@ -298,16 +297,20 @@ impl Receiver {
             .transmitters
             .iter()
             .find(|t| Some(t.issuer.as_str()) == parsed.issuer())
-            .ok_or(("invalid_issuer", "the event's issuer is not a configured transmitter"))?;
+            .ok_or((
+                "invalid_issuer",
+                "the event's issuer is not a configured transmitter",
+            ))?;
         let keys = transmitter.keys();
         let generation = keys.generation;
         let mut result = parsed.verify_signature(&keys.set);
         drop(keys);
-        if matches!(result, Err(r) if r.reason == Reason::UnknownKid) && transmitter.refetches_keys()
+        let unknown_kid = matches!(result, Err(r) if r.reason == Reason::UnknownKid);
+        if unknown_kid
+            && transmitter.refetches_keys()
+            && Box::pin(transmitter.refetch_for_unknown_kid(&self.connector, generation)).await
         {
-            if Box::pin(transmitter.refetch_for_unknown_kid(&self.connector, generation)).await {
-                result = parsed.verify_signature(&transmitter.keys().set);
-            }
+            result = parsed.verify_signature(&transmitter.keys().set);
         }
         result.map_err(|_| ("invalid_key", "the event's signature does not verify"))?;
         let verified = parsed.into_verified();
@@ -316,7 +319,10 @@ impl Receiver {
             .check_claims(&verified, now)
             .map_err(|r| match r.reason {
                 Reason::Audience => ("invalid_audience", "the event is not for this receiver"),
-                Reason::Issuer => ("invalid_issuer", "the event's issuer is not this transmitter"),
+                Reason::Issuer => (
+                    "invalid_issuer",
+                    "the event's issuer is not this transmitter",
+                ),
                 Reason::Type => ("invalid_request", "the event's typ is not secevent+jwt"),
                 _ => ("invalid_request", "the event's times do not hold"),
             })?;
@@ -402,18 +408,38 @@ mod tests {
 
     #[test]
     fn subjects_are_read_from_sub_id_or_the_event() {
-        let set = map(json!({"iat": 100, "sub_id": {"format": "iss_sub", "iss": "https://idp", "sub": "alice"}}));
+        let set = map(
+            json!({"iat": 100, "sub_id": {"format": "iss_sub", "iss": "https://idp", "sub": "alice"}}),
+        );
         let e = entry(&set, &json!({"event_timestamp": 90}), 1_000).unwrap();
-        assert_eq!((e.sub.as_deref(), e.iss.as_deref(), e.revoked_before), (Some("alice"), Some("https://idp"), Some(90)));
+        assert_eq!(
+            (e.sub.as_deref(), e.iss.as_deref(), e.revoked_before),
+            (Some("alice"), Some("https://idp"), Some(90))
+        );
         let set = map(json!({"iat": 100}));
-        let e = entry(&set, &json!({"subject": {"format": "opaque", "id": "bob"}}), 1_000).unwrap();
-        assert_eq!((e.sub.as_deref(), e.iss, e.revoked_before), (Some("bob"), None, Some(100)));
-        let complex = json!({"subject": {"format": "complex", "user": {"format": "opaque", "id": "carol"}}});
-        assert_eq!(entry(&set, &complex, 1_000).unwrap().sub.as_deref(), Some("carol"));
+        let e = entry(
+            &set,
+            &json!({"subject": {"format": "opaque", "id": "bob"}}),
+            1_000,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.sub.as_deref(), e.iss, e.revoked_before),
+            (Some("bob"), None, Some(100))
+        );
+        let complex =
+            json!({"subject": {"format": "complex", "user": {"format": "opaque", "id": "carol"}}});
+        assert_eq!(
+            entry(&set, &complex, 1_000).unwrap().sub.as_deref(),
+            Some("carol")
+        );
         let email = json!({"subject": {"format": "email", "email": "a@example.com"}});
         assert!(entry(&set, &email, 1_000).is_none());
         // An event stamped in the future revokes no token issued after now.
         let future = json!({"subject": {"format": "opaque", "id": "d"}, "event_timestamp": 5_000});
-        assert_eq!(entry(&set, &future, 1_000).unwrap().revoked_before, Some(1_000));
+        assert_eq!(
+            entry(&set, &future, 1_000).unwrap().revoked_before,
+            Some(1_000)
+        );
     }
 }

@@ -3,13 +3,13 @@
 //! requests never starves a scrape.
 
 use crate::identity::mint;
+use crate::request::runtime::RuntimeSnapshot;
 use crate::telemetry::metrics::{METRICS, READY};
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
-use crate::request::runtime::RuntimeSnapshot;
-use arc_swap::ArcSwap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 

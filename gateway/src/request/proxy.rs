@@ -695,7 +695,11 @@ impl ProxyHttp for Gateway {
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         // RFC 9449 §8.2: the nonce the next proof carries, on every answer to a DPoP
         // request (the upstream's own is replaced: nonces are the gateway's).
-        if let Some(nonces) = ctx.snapshot.as_ref().and_then(|s| s.auth.dpop_nonces.as_ref()) {
+        if let Some(nonces) = ctx
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.auth.dpop_nonces.as_ref())
+        {
             upstream_response.remove_header(&crate::request::respond::DPOP_NONCE);
             if ctx.passage.caller.is_some() && session.req_header().headers.contains_key("dpop") {
                 let nonce = nonces.current(crate::util::clock::unix_seconds());

@@ -27,7 +27,10 @@ pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
 impl Resources {
     /// The documents of `config`'s resources; `provider` finds a route's provider by name.
-    pub fn build<'a>(config: &Config, provider: impl Fn(&str) -> Option<&'a Arc<Provider>>) -> Self {
+    pub fn build<'a>(
+        config: &Config,
+        provider: impl Fn(&str) -> Option<&'a Arc<Provider>>,
+    ) -> Self {
         let mut grouped: BTreeMap<&str, Vec<&tollgate_config::Route>> = BTreeMap::new();
         for r in &config.routes {
             if let Some(res) = &r.resource {
@@ -58,7 +61,10 @@ impl Resources {
         }
         let docs = self.by_path.get(path)?;
         let host = host.map(str::to_ascii_lowercase);
-        match docs.iter().find(|(authority, _)| Some(authority) == host.as_ref()) {
+        match docs
+            .iter()
+            .find(|(authority, _)| Some(authority) == host.as_ref())
+        {
             Some((_, doc)) => Some(doc.clone()),
             None if docs.len() == 1 => Some(docs[0].1.clone()),
             None => None,
@@ -142,10 +148,16 @@ fn document(
             .map(|a| a.as_str())
             .collect();
         doc.insert("dpop_signing_alg_values_supported".into(), json!(algs));
-        doc.insert("dpop_bound_access_tokens_required".into(), requires_dpop.into());
+        doc.insert(
+            "dpop_bound_access_tokens_required".into(),
+            requires_dpop.into(),
+        );
     }
     if requires_binding {
-        doc.insert("tls_client_certificate_bound_access_tokens".into(), true.into());
+        doc.insert(
+            "tls_client_certificate_bound_access_tokens".into(),
+            true.into(),
+        );
     }
     Bytes::from(serde_json::to_vec(&Value::Object(doc)).expect("JSON of strings"))
 }
@@ -200,8 +212,14 @@ mod tests {
         let id = "https://api.example/mcp";
         assert!(audience_holds(&claims(json!({"aud": id})), id));
         assert!(audience_holds(&claims(json!({"aud": ["x", id]})), id));
-        assert!(!audience_holds(&claims(json!({"aud": "https://api.example"})), id));
-        assert!(!audience_holds(&claims(json!({"aud": "https://api.example/mcp/"})), id));
+        assert!(!audience_holds(
+            &claims(json!({"aud": "https://api.example"})),
+            id
+        ));
+        assert!(!audience_holds(
+            &claims(json!({"aud": "https://api.example/mcp/"})),
+            id
+        ));
         assert!(!audience_holds(&claims(json!({})), id));
     }
 
@@ -212,10 +230,25 @@ mod tests {
             max_age: Some(Duration::from_secs(300)),
         };
         let now = 10_000;
-        assert_eq!(step_up_miss(&s, &claims(json!({"acr": "phr", "auth_time": 9_800})), now), None);
-        assert_eq!(step_up_miss(&s, &claims(json!({"acr": "pwd", "auth_time": 9_800})), now), Some(StepUpMiss::Acr));
-        assert_eq!(step_up_miss(&s, &claims(json!({"auth_time": 9_800})), now), Some(StepUpMiss::Acr));
-        assert_eq!(step_up_miss(&s, &claims(json!({"acr": "phrh", "auth_time": 9_000})), now), Some(StepUpMiss::MaxAge));
-        assert_eq!(step_up_miss(&s, &claims(json!({"acr": "phrh"})), now), Some(StepUpMiss::MaxAge));
+        assert_eq!(
+            step_up_miss(&s, &claims(json!({"acr": "phr", "auth_time": 9_800})), now),
+            None
+        );
+        assert_eq!(
+            step_up_miss(&s, &claims(json!({"acr": "pwd", "auth_time": 9_800})), now),
+            Some(StepUpMiss::Acr)
+        );
+        assert_eq!(
+            step_up_miss(&s, &claims(json!({"auth_time": 9_800})), now),
+            Some(StepUpMiss::Acr)
+        );
+        assert_eq!(
+            step_up_miss(&s, &claims(json!({"acr": "phrh", "auth_time": 9_000})), now),
+            Some(StepUpMiss::MaxAge)
+        );
+        assert_eq!(
+            step_up_miss(&s, &claims(json!({"acr": "phrh"})), now),
+            Some(StepUpMiss::MaxAge)
+        );
     }
 }

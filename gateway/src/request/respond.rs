@@ -527,10 +527,7 @@ impl Refusal {
                 let mut a = Answer::new(200, "", "resource_metadata", "")
                     .header(http::header::CONTENT_TYPE, "application/json".to_owned())
                     // A public document that browser-based clients read from other origins.
-                    .header(
-                        http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                        "*".to_owned(),
-                    );
+                    .header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*".to_owned());
                 a.raw = Some(body.clone());
                 a
             }

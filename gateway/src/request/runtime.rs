@@ -198,16 +198,16 @@ impl RuntimeSnapshot {
             }
         }
         let signals = match &config.auth.shared_signals {
-            Some(s) => match crate::identity::signals::Receiver::build(
-                s,
-                config.auth.revocation.as_ref(),
-            ) {
-                Ok(r) => Some(Arc::new(r)),
-                Err(errs) => {
-                    problems.extend(errs);
-                    None
+            Some(s) => {
+                match crate::identity::signals::Receiver::build(s, config.auth.revocation.as_ref())
+                {
+                    Ok(r) => Some(Arc::new(r)),
+                    Err(errs) => {
+                        problems.extend(errs);
+                        None
+                    }
                 }
-            },
+            }
             None => None,
         };
         let tls = tls_runtime(config, &mut problems);
@@ -266,7 +266,8 @@ impl RuntimeSnapshot {
             .chain(authz_headers)
             .collect();
         let strip = crate::request::edge::strip_set(&gateway_headers, &config.server.http);
-        let resources = crate::request::resource::Resources::build(config, |name| auth.provider(name));
+        let resources =
+            crate::request::resource::Resources::build(config, |name| auth.provider(name));
         Ok(RuntimeSnapshot {
             router,
             clusters,

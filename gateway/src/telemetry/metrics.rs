@@ -147,8 +147,8 @@ metrics_table! {
         labels ["provider", "result"];
     dpop_proofs: IntCounterVec = "tollgate_dpop_proofs_total",
         "DPoP proofs checked, by result: accepted, invalid (refused by the proof's own \
-         checks or its key not the token's), replayed (jti already used), unavailable \
-         (the replay cache was full or its Redis store failed with on_store_error: deny).",
+         checks or its key not the token's), replayed (jti already used), nonce (no nonce or \
+         an old one: answered use_dpop_nonce), unavailable (the replay cache was full or its Redis store failed with on_store_error: deny).",
         labels ["result"];
     introspection_calls: IntCounterVec = "tollgate_introspection_requests_total",
         "Token introspection calls (RFC 7662), by provider and result: active, inactive, \

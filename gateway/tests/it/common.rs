@@ -272,13 +272,29 @@ impl Gateway {
     /// Like `start`, with stdout a pipe that nobody reads (a stalled log collector): once
     /// the pipe's buffer is full, every write to it blocks. Stderr still goes to the log.
     pub fn start_with_stalled_stdout(yaml_without_listeners: &str) -> Gateway {
-        Self::launch_full("{}", SHUTDOWN, None, yaml_without_listeners, &[], true, None)
+        Self::launch_full(
+            "{}",
+            SHUTDOWN,
+            None,
+            yaml_without_listeners,
+            &[],
+            true,
+            None,
+        )
     }
 
     /// Like `start`, with the proxy listener on `port` (from [`free_port`]), for a config
     /// that must name the gateway's own URL (a protected resource's identifier).
     pub fn start_at(port: u16, env: &[(&str, &str)], yaml_without_listeners: &str) -> Gateway {
-        Self::launch_full("{}", SHUTDOWN, None, yaml_without_listeners, env, false, Some(port))
+        Self::launch_full(
+            "{}",
+            SHUTDOWN,
+            None,
+            yaml_without_listeners,
+            env,
+            false,
+            Some(port),
+        )
     }
 
     fn launch(
@@ -297,7 +313,15 @@ impl Gateway {
         yaml_without_listeners: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
-        Self::launch_full(http, shutdown, tls, yaml_without_listeners, env, false, None)
+        Self::launch_full(
+            http,
+            shutdown,
+            tls,
+            yaml_without_listeners,
+            env,
+            false,
+            None,
+        )
     }
 
     fn launch_full(

@@ -579,8 +579,14 @@ fn check_file(
         .arg(file)
         .env("INTROSPECTION_SECRET", "example-secret")
         .env("HMAC_SECRET", "an example secret of thirty-two bytes")
-        .env("DPOP_NONCE_KEY", "an example nonce key of thirty-two bytes or more")
-        .env("SSF_PUSH_TOKEN", "an example push token of thirty-two bytes or more")
+        .env(
+            "DPOP_NONCE_KEY",
+            "an example nonce key of thirty-two bytes or more",
+        )
+        .env(
+            "SSF_PUSH_TOKEN",
+            "an example push token of thirty-two bytes or more",
+        )
         .output()
         .expect("tollgate runs");
     if !out.status.success() {

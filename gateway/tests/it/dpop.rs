@@ -349,7 +349,9 @@ fn assert_nonce_asked(r: &Reply, what: &str) -> String {
         challenge.starts_with("DPoP ") && challenge.contains("error=\"use_dpop_nonce\""),
         "{what}: {challenge}"
     );
-    r.header("dpop-nonce").expect("a DPoP-Nonce with use_dpop_nonce").to_owned()
+    r.header("dpop-nonce")
+        .expect("a DPoP-Nonce with use_dpop_nonce")
+        .to_owned()
 }
 
 #[test]
@@ -358,7 +360,8 @@ fn with_nonces_on_a_proof_needs_a_fresh_nonce_that_every_instance_of_the_fleet_i
     let (_dir, jwks) = jwks_file(&[&issuer]);
     let echo = Echo::start("e1");
     // A nonce lives one second here (and the next), so that an old one is seen soon.
-    let nonces = "auth:\n  dpop: { nonce: on, nonce_secret_env: DPOP_NONCE_KEY, nonce_lifetime: 1s }\n";
+    let nonces =
+        "auth:\n  dpop: { nonce: on, nonce_secret_env: DPOP_NONCE_KEY, nonce_lifetime: 1s }\n";
     let yaml = config(&jwks, &echo, "").replacen("auth:\n", nonces, 1);
     let env = [("DPOP_NONCE_KEY", NONCE_KEY)];
     let one = Gateway::start_with_env(&env, &yaml);
@@ -371,7 +374,11 @@ fn with_nonces_on_a_proof_needs_a_fresh_nonce_that_every_instance_of_the_fleet_i
     let send = |gw: &Gateway, p: &str| {
         gw.get(
             "/api/x",
-            &[("host", host), ("authorization", &format!("DPoP {bound}")), ("dpop", p)],
+            &[
+                ("host", host),
+                ("authorization", &format!("DPoP {bound}")),
+                ("dpop", p),
+            ],
         )
     };
 
@@ -382,25 +389,35 @@ fn with_nonces_on_a_proof_needs_a_fresh_nonce_that_every_instance_of_the_fleet_i
     assert_eq!(echo.count(), 0, "refused requests never reach the upstream");
     let r = send(&one, &proof_with_nonce(&alice, &url, &bound, Some(&nonce)));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.header("dpop-nonce").is_some(), "a success carries the next nonce");
+    assert!(
+        r.header("dpop-nonce").is_some(),
+        "a success carries the next nonce"
+    );
     assert_eq!(r.upstream_header("dpop"), None);
     // Another instance with the same key takes the nonce the first one issued: nothing is
     // kept per process.
     let r = send(&two, &proof_with_nonce(&alice, &url, &bound, Some(&nonce)));
     assert_eq!(r.status, 200, "{}", r.body);
     // A nonce never issued.
-    let r = send(&one, &proof_with_nonce(&alice, &url, &bound, Some("made-up")));
+    let r = send(
+        &one,
+        &proof_with_nonce(&alice, &url, &bound, Some("made-up")),
+    );
     assert_nonce_asked(&r, "a made-up nonce");
     // An old nonce: once the gateway has issued two newer ones, the first is refused.
     let mut seen = vec![nonce.clone()];
-    wait_for("two newer nonces", std::time::Duration::from_secs(10), || {
-        let r = send(&one, &proof_with_nonce(&alice, &url, &bound, None));
-        let n = assert_nonce_asked(&r, "no nonce");
-        if !seen.contains(&n) {
-            seen.push(n);
-        }
-        (seen.len() >= 3).then_some(())
-    });
+    wait_for(
+        "two newer nonces",
+        std::time::Duration::from_secs(10),
+        || {
+            let r = send(&one, &proof_with_nonce(&alice, &url, &bound, None));
+            let n = assert_nonce_asked(&r, "no nonce");
+            if !seen.contains(&n) {
+                seen.push(n);
+            }
+            (seen.len() >= 3).then_some(())
+        },
+    );
     let r = send(&one, &proof_with_nonce(&alice, &url, &bound, Some(&nonce)));
     assert_nonce_asked(&r, "an old nonce");
     assert!(one.metric("tollgate_dpop_proofs_total", &[("result", "nonce")]) >= 3.0);
@@ -418,15 +435,25 @@ fn with_a_public_origin_a_proof_names_it_whatever_host_the_request_carries() {
     let send = |host: &str, p: &str| {
         gw.get(
             "/api/x",
-            &[("host", host), ("authorization", &format!("DPoP {bound}")), ("dpop", p)],
+            &[
+                ("host", host),
+                ("authorization", &format!("DPoP {bound}")),
+                ("dpop", p),
+            ],
         )
     };
     // The route has no host: before, a proof made for another site that routes here (an
     // unused one, taken from that site's client) passed once when sent with its Host.
     let elsewhere = proof(&alice, "GET", "https://other.example/api/x", &bound);
-    assert_proof_refused(&send("other.example", &elsewhere), "a proof for another origin");
+    assert_proof_refused(
+        &send("other.example", &elsewhere),
+        "a proof for another origin",
+    );
     let own_host = proof(&alice, "GET", &gw.url("/api/x"), &bound);
-    assert_proof_refused(&send(&format!("127.0.0.1:{}", gw.port), &own_host), "the request's own host");
+    assert_proof_refused(
+        &send(&format!("127.0.0.1:{}", gw.port), &own_host),
+        "the request's own host",
+    );
     // The public origin passes, whatever Host came (a proxy in front may rewrite it).
     let p = proof(&alice, "GET", "https://api.example.com/api/x", &bound);
     assert_eq!(send("internal.lb", &p).status, 200);
@@ -445,15 +472,25 @@ fn check_warns_about_a_dpop_route_without_host_or_public_origin() {
     assert_eq!(code, 0, "{err}");
     for route in [0, 1] {
         assert!(
-            err.contains(&format!("warning: routes[{route}]: takes DPoP proofs but has no host")),
+            err.contains(&format!(
+                "warning: routes[{route}]: takes DPoP proofs but has no host"
+            )),
             "{err}"
         );
     }
-    let fixed = yaml.replacen("auth:\n", "auth:\n  dpop: { public_origins: [\"https://api.example.com\"] }\n", 1);
+    let fixed = yaml.replacen(
+        "auth:\n",
+        "auth:\n  dpop: { public_origins: [\"https://api.example.com\"] }\n",
+        1,
+    );
     let (code, _, err) = tollgate_check(&fixed);
     assert_eq!((code, err.as_str()), (0, ""));
     // nonce: on without a key shared by the fleet is refused.
-    let (code, _, err) = tollgate_check(&yaml.replacen("auth:\n", "auth:\n  dpop: { nonce: on }\n", 1));
+    let (code, _, err) =
+        tollgate_check(&yaml.replacen("auth:\n", "auth:\n  dpop: { nonce: on }\n", 1));
     assert_eq!(code, 1);
-    assert!(err.contains("auth.dpop.nonce_secret_env: nonce: on needs the environment variable"), "{err}");
+    assert!(
+        err.contains("auth.dpop.nonce_secret_env: nonce: on needs the environment variable"),
+        "{err}"
+    );
 }

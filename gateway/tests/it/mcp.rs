@@ -49,7 +49,13 @@ impl Drop for McpServer {
 
 /// The gateway in front of the MCP server at `http://127.0.0.1:PORT/mcp`, a resource whose
 /// tokens come from `op`.
-fn gateway(port: u16, op: &OpenIdProvider, mcp: &McpServer, echo: &Echo, resource: &str) -> Gateway {
+fn gateway(
+    port: u16,
+    op: &OpenIdProvider,
+    mcp: &McpServer,
+    echo: &Echo,
+    resource: &str,
+) -> Gateway {
     Gateway::start_at(
         port,
         &[],
@@ -90,11 +96,16 @@ fn the_mcp_sdk_discovers_the_authorization_server_from_the_challenge_and_calls_a
             .current_dir(mcp_dir()),
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    let seen: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let seen: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert_eq!(seen["error"], serde_json::Value::Null, "{seen:#}");
     // a. The challenge, as the SDK read it: where the metadata is.
     assert_eq!(seen["challenge_status"], 401, "{seen:#}");
-    assert_eq!(seen["resource_metadata_url"], metadata_url.as_str(), "{seen:#}");
+    assert_eq!(
+        seen["resource_metadata_url"],
+        metadata_url.as_str(),
+        "{seen:#}"
+    );
     // b. The metadata: this resource, the one trusted issuer, tokens in the header.
     assert_eq!(
         seen["prm"],
@@ -105,7 +116,10 @@ fn the_mcp_sdk_discovers_the_authorization_server_from_the_challenge_and_calls_a
         })
     );
     assert_eq!(seen["as_issuer"], op.issuer().as_str());
-    assert_eq!(seen["as_token_endpoint"], format!("{}/token", op.issuer()).as_str());
+    assert_eq!(
+        seen["as_token_endpoint"],
+        format!("{}/token", op.issuer()).as_str()
+    );
     // c. The SDK asked for a token for this resource and used it.
     assert_eq!(seen["token_request"]["grant_type"], "client_credentials");
     assert_eq!(seen["token_request"]["resource"], resource.as_str());
@@ -121,7 +135,10 @@ fn the_mcp_sdk_discovers_the_authorization_server_from_the_challenge_and_calls_a
     // A token the same server issued for another resource is refused here (RFC 8707).
     let other = op.token(Some("https://api.example"));
     let r = gw.get("/mcp", &[("authorization", &format!("Bearer {other}"))]);
-    assert_eq!((r.status, r.json()["reason"].as_str()), (401, Some("audience")));
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (401, Some("audience"))
+    );
     assert_eq!(
         r.header("www-authenticate"),
         Some(
@@ -132,16 +149,30 @@ fn the_mcp_sdk_discovers_the_authorization_server_from_the_challenge_and_calls_a
         )
     );
     // It passes on a route without a resource, whose challenges name none.
-    assert_eq!(gw.get("/other", &[("authorization", &format!("Bearer {other}"))]).status, 200);
+    assert_eq!(
+        gw.get("/other", &[("authorization", &format!("Bearer {other}"))])
+            .status,
+        200
+    );
     let r = gw.get("/other", &[]);
-    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"tollgate\""));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"tollgate\"")
+    );
     // The metadata document is public, readable from any origin, and only at its path.
     let r = gw.get("/.well-known/oauth-protected-resource/mcp", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
-    assert_eq!(gw.get("/.well-known/oauth-protected-resource", &[]).status, 404);
-    assert_eq!(gw.get("/.well-known/oauth-protected-resource/other", &[]).status, 404);
+    assert_eq!(
+        gw.get("/.well-known/oauth-protected-resource", &[]).status,
+        404
+    );
+    assert_eq!(
+        gw.get("/.well-known/oauth-protected-resource/other", &[])
+            .status,
+        404
+    );
     assert!(mcp.child.id() > 0);
 }
 

@@ -59,7 +59,12 @@ fn push_set(gw: &Gateway, body: &str) -> (u16, Value) {
     push(gw, body, Some(BEARER), "application/secevent+jwt")
 }
 
-fn config(idp_jwks: &std::path::Path, tx_jwks: &std::path::Path, echo: &Echo, extra: &str) -> String {
+fn config(
+    idp_jwks: &std::path::Path,
+    tx_jwks: &std::path::Path,
+    echo: &Echo,
+    extra: &str,
+) -> String {
     format!(
         "auth:
   providers:
@@ -99,9 +104,13 @@ fn a_pushed_session_revoked_event_ends_the_subjects_tokens_at_once_and_forgeries
 
     // What must change nothing, each answered as RFC 8935 §2.3 says.
     let forger = TestKey::es256("tx");
-    let cases: Vec<(&str, u16, (u16, Option<&str>))> = vec![
+    let cases = [
         ("no bearer token", 0, (401, Some("authentication_failed"))),
-        ("a wrong bearer token", 1, (401, Some("authentication_failed"))),
+        (
+            "a wrong bearer token",
+            1,
+            (401, Some("authentication_failed")),
+        ),
         ("another media type", 2, (400, Some("invalid_request"))),
         ("a forged signature", 3, (400, Some("invalid_key"))),
         ("another audience", 4, (400, Some("invalid_audience"))),
@@ -110,22 +119,45 @@ fn a_pushed_session_revoked_event_ends_the_subjects_tokens_at_once_and_forgeries
         ("not a JWT", 7, (400, Some("invalid_request"))),
     ];
     for (what, case, expected) in cases {
-        let event = |key: &TestKey, overrides: Value| set(key, SESSION_REVOKED, "alice", now(), overrides);
+        let event =
+            |key: &TestKey, overrides: Value| set(key, SESSION_REVOKED, "alice", now(), overrides);
         let (status, body) = match case {
-            0 => push(&gw, &event(&tx, json!({})), None, "application/secevent+jwt"),
-            1 => push(&gw, &event(&tx, json!({})), Some("not-the-token"), "application/secevent+jwt"),
+            0 => push(
+                &gw,
+                &event(&tx, json!({})),
+                None,
+                "application/secevent+jwt",
+            ),
+            1 => push(
+                &gw,
+                &event(&tx, json!({})),
+                Some("not-the-token"),
+                "application/secevent+jwt",
+            ),
             2 => push(&gw, &event(&tx, json!({})), Some(BEARER), "application/jwt"),
             3 => push_set(&gw, &event(&forger, json!({}))),
             4 => push_set(&gw, &event(&tx, json!({"aud": "https://someone.else"}))),
             5 => push_set(&gw, &event(&tx, json!({"iss": "https://evil.test"}))),
-            6 => push_set(&gw, &tx.sign_typed("JWT", json!({"iss": TX, "aud": AUD, "jti": "x", "events": {}}))),
+            6 => push_set(
+                &gw,
+                &tx.sign_typed(
+                    "JWT",
+                    json!({"iss": TX, "aud": AUD, "jti": "x", "events": {}}),
+                ),
+            ),
             _ => push_set(&gw, "not a token"),
         };
         assert_eq!((status, body["err"].as_str()), expected, "{what}: {body}");
         assert_eq!(get(&alice).status, 200, "{what} revoked alice");
     }
     // Other event types are acknowledged and ignored.
-    let other = set(&tx, "https://schemas.openid.net/secevent/caep/event-type/token-claims-change", "alice", now(), json!({}));
+    let other = set(
+        &tx,
+        "https://schemas.openid.net/secevent/caep/event-type/token-claims-change",
+        "alice",
+        now(),
+        json!({}),
+    );
     assert_eq!(push_set(&gw, &other).0, 202);
     assert_eq!(get(&alice).status, 200);
 
@@ -133,14 +165,20 @@ fn a_pushed_session_revoked_event_ends_the_subjects_tokens_at_once_and_forgeries
     let event = set(&tx, SESSION_REVOKED, "alice", now(), json!({}));
     assert_eq!(push_set(&gw, &event).0, 202);
     let r = get(&alice);
-    assert_eq!((r.status, r.json()["reason"].as_str()), (401, Some("revoked")));
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (401, Some("revoked"))
+    );
     assert_eq!(get(&bob).status, 200, "another subject");
     // A token alice gets after the event (a new login) passes.
     assert_eq!(get(&token("alice", now() + 1)).status, 200);
     // The same event again: acknowledged, nothing more.
     assert_eq!(push_set(&gw, &event).0, 202);
     let count = |event: &str, result: &str| {
-        gw.metric("tollgate_security_events_total", &[("event", event), ("result", result)])
+        gw.metric(
+            "tollgate_security_events_total",
+            &[("event", event), ("result", result)],
+        )
     };
     assert_eq!(count("session_revoked", "revoked"), 1.0);
     assert_eq!(count("session_revoked", "duplicate"), 1.0);
@@ -148,7 +186,11 @@ fn a_pushed_session_revoked_event_ends_the_subjects_tokens_at_once_and_forgeries
     assert_eq!(count("none", "unauthenticated"), 2.0);
     assert_eq!(gw.metric("tollgate_pushed_revocations", &[]), 1.0);
     // The endpoint takes pushes only.
-    let r = raw_request(gw.metrics_port, "GET /ssf/events HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").unwrap();
+    let r = raw_request(
+        gw.metrics_port,
+        "GET /ssf/events HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(r.status, 405);
 }
 
@@ -166,15 +208,23 @@ fn with_the_deny_list_in_redis_a_pushed_event_reaches_every_instance() {
     );
     let yaml = config(&idp_jwks, &tx_jwks, &echo, &revocation);
     let env = [("SSF_PUSH_TOKEN", BEARER)];
-    let (one, two) = (Gateway::start_with_env(&env, &yaml), Gateway::start_with_env(&env, &yaml));
+    let (one, two) = (
+        Gateway::start_with_env(&env, &yaml),
+        Gateway::start_with_env(&env, &yaml),
+    );
     let carol = idp.sign(json!({"iss": ISS, "sub": "carol", "iat": now() - 10}));
     let get = |gw: &Gateway| gw.get("/api", &[("authorization", &format!("Bearer {carol}"))]);
     assert_eq!((get(&one).status, get(&two).status), (200, 200));
     // Pushed to one instance; the other reads it from the fleet's deny list.
-    assert_eq!(push_set(&one, &set(&tx, SESSION_REVOKED, "carol", now(), json!({}))).0, 202);
+    assert_eq!(
+        push_set(&one, &set(&tx, SESSION_REVOKED, "carol", now(), json!({}))).0,
+        202
+    );
     assert_eq!(get(&one).status, 401);
-    wait_for("the other instance to refuse carol", std::time::Duration::from_secs(10), || {
-        (get(&two).status == 401).then_some(())
-    });
+    wait_for(
+        "the other instance to refuse carol",
+        std::time::Duration::from_secs(10),
+        || (get(&two).status == 401).then_some(()),
+    );
     assert!(redis.keys() >= 2, "the set and its version counter");
 }

@@ -38,7 +38,9 @@ routes:
     ));
     let token = |claims: serde_json::Value| {
         let mut c = json!({"iss": ISS, "sub": "alice", "scope": "payments", "exp": now() + 600});
-        c.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
+        c.as_object_mut()
+            .unwrap()
+            .extend(claims.as_object().unwrap().clone());
         key.sign(c)
     };
     let get = |path: &str, t: &str| gw.get(path, &[("authorization", &format!("Bearer {t}"))]);
@@ -50,7 +52,11 @@ routes:
         (json!({"auth_time": recent}), "no acr"),
     ] {
         let r = get("/pay", &token(claims));
-        assert_eq!((r.status, r.json()["reason"].as_str()), (401, Some("step_up")), "{what}");
+        assert_eq!(
+            (r.status, r.json()["reason"].as_str()),
+            (401, Some("step_up")),
+            "{what}"
+        );
         assert_eq!(
             r.header("www-authenticate"),
             Some(
@@ -62,13 +68,16 @@ routes:
         );
     }
     // The right acr, but a login older than max_age (or no auth_time).
-    for claims in [json!({"acr": "phr", "auth_time": now() - 3600}), json!({"acr": "phr"})] {
+    for claims in [
+        json!({"acr": "phr", "auth_time": now() - 3600}),
+        json!({"acr": "phr"}),
+    ] {
         let r = get("/pay", &token(claims));
         assert_eq!(r.status, 401);
         assert!(
-            r.header("www-authenticate")
-                .unwrap()
-                .contains("error_description=\"a more recent authentication (auth_time) is required\""),
+            r.header("www-authenticate").unwrap().contains(
+                "error_description=\"a more recent authentication (auth_time) is required\""
+            ),
             "{:?}",
             r.header("www-authenticate")
         );
@@ -77,18 +86,29 @@ routes:
     // A strong, recent login passes, as the caller it is.
     let r = get("/pay", &token(json!({"acr": "phrh", "auth_time": recent})));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.upstream_header("x-auth-subject").as_deref(), Some("alice"));
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("alice")
+    );
     // Step-up is not scope: a strong login without the scope is 403 insufficient_scope.
-    let mut no_scope = json!({"iss": ISS, "sub": "bob", "exp": now() + 600, "acr": "phr", "auth_time": recent});
+    let mut no_scope =
+        json!({"iss": ISS, "sub": "bob", "exp": now() + 600, "acr": "phr", "auth_time": recent});
     let r = get("/pay", &key.sign(no_scope.take()));
     assert_eq!(r.status, 403);
-    assert!(r.header("www-authenticate").unwrap().contains("insufficient_scope"));
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("insufficient_scope"));
     // Other routes ask nothing of the login.
     assert_eq!(get("/open", &token(json!({}))).status, 200);
     assert_eq!(
         gw.metric(
             "tollgate_auth_decisions_total",
-            &[("provider", "idp"), ("result", "deny"), ("reason", "step_up")]
+            &[
+                ("provider", "idp"),
+                ("result", "deny"),
+                ("reason", "step_up")
+            ]
         ),
         4.0
     );
@@ -96,11 +116,20 @@ routes:
     // explain says why, and what the client is asked for.
     let explain = |claims: &str| {
         let out = Command::new(BIN)
-            .args(["explain", "-c", gw.conf_path().to_str().unwrap(), "--path", "/pay"])
+            .args([
+                "explain",
+                "-c",
+                gw.conf_path().to_str().unwrap(),
+                "--path",
+                "/pay",
+            ])
             .args(["--claims", claims])
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let (code, out) = explain(r#"{"sub": "a", "scope": "payments", "acr": "pwd"}"#);
     assert_eq!(code, Some(1), "{out}");
@@ -111,7 +140,8 @@ routes:
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
-    let claims = format!(r#"{{"sub": "a", "scope": "payments", "acr": "phr", "auth_time": {recent}}}"#);
+    let claims =
+        format!(r#"{{"sub": "a", "scope": "payments", "acr": "phr", "auth_time": {recent}}}"#);
     let (code, out) = explain(&claims);
     assert_eq!(code, Some(0), "{out}");
 }
