@@ -202,6 +202,26 @@ pub async fn explain(
                 }
                 println!("step_up: {}", needs.join(", "));
             }
+            if route.accepts_dpop() {
+                let dpop = &snapshot.auth.dpop;
+                let origins = match dpop.public_origins.is_empty() {
+                    true => {
+                        "the request's own scheme and Host (no auth.dpop.public_origins)".to_owned()
+                    }
+                    false => dpop.public_origins.join(", "),
+                };
+                let nonce = match snapshot.auth.dpop_nonces.is_some() {
+                    true => "required (a use_dpop_nonce answer gives one)",
+                    false => "off",
+                };
+                println!("dpop:    proofs name {origins}; nonce {nonce}");
+            }
+            if snapshot.signals.is_some() && route.auth != tollgate_config::AuthMode::None {
+                println!(
+                    "revocation: also subjects revoked by events pushed to auth.shared_signals \
+                     (held by the running gateway; not seen by explain)"
+                );
+            }
             print_auth(route, &passage, &decided);
             match &route.policy {
                 None => println!("policy:  none (any caller that passed auth)"),

@@ -329,8 +329,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             _ => (stream, false),
         };
         let mut guard = Box::new(GuardedStream::new(stream, limits, permit));
-        // The first request's header deadline counts from accept, the preface wait included.
-        guard.deadline.as_mut().reset(accepted + limits.timeout);
+        // On the plain listener the first request's header deadline counts from accept, the
+        // h2c preface wait included. On the HTTPS listener it counts from the end of the
+        // handshake, which `handshake_timeout` bounds on its own.
+        if !on_tls {
+            guard.deadline.as_mut().reset(accepted + limits.timeout);
+        }
         if h2 {
             // HTTP/2 frames are not an HTTP/1 header block: the h2 server's own limits apply
             // (header list size, streams), and the guard only counts the connection. On the

@@ -275,6 +275,9 @@ impl Startup {
             .await
             .map_err(|e| format!("loading the config failed: {e}"))?
             .map_err(|e| e.to_string())?;
+        for w in &config.warnings {
+            tracing::warn!(path = %w.path, "config: {}", w.message);
+        }
         if (
             config.listen.http,
             config.metrics.listen,

@@ -485,6 +485,19 @@ fn check_warns_about_a_dpop_route_without_host_or_public_origin() {
     );
     let (code, _, err) = tollgate_check(&fixed);
     assert_eq!((code, err.as_str()), (0, ""));
+    // explain says which origin proofs must name, and whether a nonce is needed.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("c.yaml");
+    std::fs::write(&conf, &fixed).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["explain", "-c", conf.to_str().unwrap(), "--path", "/api"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("dpop:    proofs name https://api.example.com; nonce off"),
+        "{out}"
+    );
     // nonce: on without a key shared by the fleet is refused.
     let (code, _, err) =
         tollgate_check(&yaml.replacen("auth:\n", "auth:\n  dpop: { nonce: on }\n", 1));
