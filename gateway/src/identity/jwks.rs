@@ -102,6 +102,18 @@ pub fn parse_discovery(
     })
 }
 
+/// A key file's keys and the SHA-256 of the bytes they came from (what the file watch
+/// compares a later read with).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "snapshot compilation, off the workers"
+)]
+pub fn read_key_file(path: &str) -> Result<(KeySet, [u8; 32]), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let set = parse_key_file(&bytes)?;
+    Ok((set, crate::util::digest::sha256(&[&bytes])))
+}
+
 /// Loads the keys a source can give synchronously (everything but `jwks_uri`, which
 /// starts empty and is fetched before the gateway reports ready). Errors never quote a
 /// secret.
@@ -127,10 +139,7 @@ pub fn load_local(source: &KeySource) -> Result<Option<KeySet>, String> {
         KeySource::Inline(json) => KeySet::from_jwks(json.as_bytes())
             .map(Some)
             .map_err(|e| e.to_string()),
-        KeySource::File(path) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-            parse_key_file(&bytes).map(Some)
-        }
+        KeySource::File(path) => read_key_file(path).map(|(set, _)| Some(set)),
         KeySource::Uri(_) | KeySource::Discovery(_) => Ok(None),
         // Nothing to verify with: the provider is asked about each token.
         KeySource::Introspection(_) | KeySource::ApiKeys(_) => Ok(Some(KeySet::new())),

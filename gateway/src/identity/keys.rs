@@ -97,7 +97,13 @@ pub(crate) fn unix_seconds(t: SystemTime) -> f64 {
 impl Provider {
     /// Builds a provider; local key sources are read now (errors are config problems).
     pub fn build(index: usize, p: &tollgate_config::Provider) -> Result<Provider, String> {
-        let local = jwks::load_local(&p.keys)?;
+        let (local, digest) = match &p.keys {
+            KeySource::File(path) => {
+                let (set, digest) = jwks::read_key_file(path)?;
+                (Some(set), digest)
+            }
+            other => (jwks::load_local(other)?, [0; 32]),
+        };
         let ca = p
             .ca_file
             .as_deref()
@@ -148,7 +154,7 @@ impl Provider {
                 set: Arc::new(local.unwrap_or_default()),
                 generation: next_generation(),
                 last_success: ready.then(SystemTime::now),
-                digest: [0; 32],
+                digest,
             }),
             ready: AtomicBool::new(ready),
             allowed: METRICS
@@ -384,6 +390,15 @@ impl Provider {
                 tokio::spawn(async move {
                     let files = [path];
                     let mut watched = Watched::now(&files).await;
+                    // The file was read when the snapshot was compiled, before this first
+                    // stamp: a change between the two would never be seen. Read it once more
+                    // now (no change: nothing is installed).
+                    if let Some(p) = weak.upgrade() {
+                        if let Ok(true) = p.reload_file().await {
+                            p.count_fetch(true);
+                            tracing::info!(provider = %p.name, "jwks_file reloaded");
+                        }
+                    }
                     while watched
                         .changed(&files, poll, || weak.strong_count() > 0)
                         .await
