@@ -237,7 +237,8 @@ fn dpop_settings(raw: Option<&crate::raw::RawDpop>, problems: &mut Problems) -> 
                 _ => {
                     problems.add(
                         "auth.dpop.nonce_secret_env",
-                        "nonce: on needs the environment variable holding the nonce key, the                          same on every instance (e.g. `openssl rand -base64 48`)",
+                        "nonce: on needs the environment variable holding the nonce key, the same on every \
+                         instance (e.g. `openssl rand -base64 48`)",
                     );
                     None
                 }
@@ -899,6 +900,23 @@ fn shared_signals(raw: &RawSharedSignals, problems: &mut Problems) -> SharedSign
             "needs at least one transmitter",
         );
     }
+    let subjects_of = raw
+        .transmitters
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match &t.subjects_of {
+            None => vec![t.issuer.clone()],
+            Some(list) => {
+                if list.is_empty() || list.iter().any(String::is_empty) {
+                    problems.add(
+                        format!("{base}.transmitters[{i}].subjects_of"),
+                        "must name at least one issuer, none empty",
+                    );
+                }
+                list.clone()
+            }
+        })
+        .collect();
     let mut issuers: HashMap<&str, usize> = HashMap::new();
     let transmitters = raw
         .transmitters
@@ -963,6 +981,7 @@ fn shared_signals(raw: &RawSharedSignals, problems: &mut Problems) -> SharedSign
         bearer: SecretSource::Env(raw.bearer_env.clone()),
         audience: raw.audience.clone(),
         transmitters,
+        subjects_of,
         jti_cache_size,
     }
 }

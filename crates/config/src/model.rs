@@ -472,8 +472,10 @@ pub struct Resource {
     /// The identifier, as configured (`https://api.example.com/mcp`).
     pub id: String,
     /// The identifier's authority (`api.example.com`, with a port when it has one),
-    /// lower case: the `Host` its metadata is answered for.
+    /// lower case.
     pub authority: String,
+    /// Its host, without the port: the `Host` its metadata is answered for.
+    pub host: String,
     /// The path of the metadata document: `/.well-known/oauth-protected-resource` followed
     /// by the identifier's path (nothing for `/`).
     pub metadata_path: String,
@@ -682,6 +684,8 @@ pub struct SharedSignals {
     /// Each transmitter as a provider of keys: `issuer`, the receiver's `audience`, `typ`
     /// `secevent+jwt`, no `exp` required. Never used for access tokens.
     pub transmitters: Vec<Provider>,
+    /// For each transmitter (same order): the token issuers whose subjects it may revoke.
+    pub subjects_of: Vec<Vec<String>>,
     /// Event `jti`s remembered. Default 100,000.
     pub jti_cache_size: u64,
 }

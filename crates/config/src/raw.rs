@@ -621,6 +621,10 @@ pub struct RawTransmitter {
     pub insecure_http: Option<bool>,
     /// With `jwks_uri`: the PEM bundle its server's certificate must chain to.
     pub ca_file: Option<String>,
+    /// The token issuers whose subjects its events may revoke (an `iss_sub` subject of
+    /// another issuer is ignored; an `opaque` one applies to these). Default: its own
+    /// `issuer`.
+    pub subjects_of: Option<Vec<String>>,
 }
 
 /// `auth.signing_keys`: the gateway's own keys, for `routes[].upstream_token`. Every key's

@@ -259,16 +259,42 @@ pub(crate) fn route(
     });
     let step_up = raw.step_up.as_ref().map(|s| {
         let path = format!("{base}.step_up");
-        if auth_mode == AuthMode::None {
-            problems.add(&path, "does not apply with auth: none");
+        match auth_mode {
+            AuthMode::None => problems.add(&path, "does not apply with auth: none"),
+            // A caller without a token would pass where one with a weak login is stopped.
+            AuthMode::Optional => problems.add(
+                &path,
+                "does not apply with auth: optional (a caller without a token would skip it)",
+            ),
+            AuthMode::Required => {}
+        }
+        // An API key's acr and auth_time are whatever its file says: no login behind them.
+        for (i, name) in providers.iter().enumerate() {
+            let api_key = auth
+                .providers
+                .iter()
+                .any(|p| &p.name == name && matches!(p.keys, KeySource::ApiKeys(_)));
+            if api_key {
+                problems.add(
+                    match raw.providers {
+                        Some(_) => format!("{base}.providers[{i}]"),
+                        None => path.clone(),
+                    },
+                    format!(
+                        "provider {name:?} takes API keys, which carry no login to step up: \
+                         list the route's providers without it"
+                    ),
+                );
+            }
         }
         let acr = s.acr.clone().unwrap_or_default();
         for (i, v) in acr.iter().enumerate() {
             // Sent back inside a quoted challenge parameter.
-            if v.is_empty() || v.contains(['"', '\\', ' ']) || v.chars().any(char::is_control) {
+            let token = |b: u8| b.is_ascii_graphic() && b != b'"' && b != b'\\';
+            if v.is_empty() || !v.bytes().all(token) {
                 problems.add(
                     format!("{path}.acr[{i}]"),
-                    "must be non-empty, without spaces, quotes, backslashes or control characters",
+                    "must be non-empty visible ASCII, without spaces, quotes or backslashes",
                 );
             }
         }
@@ -381,18 +407,40 @@ fn resource(path: &str, id: &str, problems: &mut Problems) -> Option<Resource> {
         problems.add(path, "must have no query or fragment (RFC 9728 §1.2)");
         return None;
     }
+    // Written into challenges and compared byte for byte with `aud`: plain URL characters.
+    let url_char = |b: u8| b.is_ascii_graphic() && !b"\"\\<>`{}|^".contains(&b);
+    if !id.bytes().all(url_char) {
+        problems.add(
+            path,
+            "must be written in plain URL characters (no spaces, quotes, control characters or non-ASCII)",
+        );
+        return None;
+    }
     let (scheme, rest) = id.split_once("://")?;
     let (authority, id_path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if id_path.contains("/../") || id_path.contains("/./") || id_path.contains("//") {
-        problems.add(path, "must have a normalised path");
+    let dot_segment = |s: &str| {
+        let s = s.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    };
+    if id_path.contains("//") || id_path.split('/').any(dot_segment) {
+        problems.add(
+            path,
+            "must have a normalised path (no empty, . or .. segments)",
+        );
         return None;
     }
     let authority = authority.to_ascii_lowercase();
     let suffix = if id_path == "/" { "" } else { id_path };
     let metadata_path = format!("/.well-known/oauth-protected-resource{suffix}");
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority.as_str(),
+    }
+    .to_owned();
     Some(Resource {
         id: id.to_owned(),
         metadata_url: format!("{scheme}://{authority}{metadata_path}"),
+        host,
         authority,
         metadata_path,
     })

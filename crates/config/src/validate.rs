@@ -429,6 +429,26 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
             _ => {}
         }
     }
+    // Two identifiers served at one place would share one document (and the issuers of
+    // only one of them): a metadata path and host (any port, any case) is one resource's.
+    let mut served: HashMap<(&str, &str), (usize, &str)> = HashMap::new();
+    for ((i, _), r) in raw.routes.iter().zip(&routes) {
+        let Some(res) = &r.resource else { continue };
+        let at = (res.host.as_str(), res.metadata_path.as_str());
+        match served.get(&at) {
+            Some((first, id)) if *id != res.id => problems.add(
+                format!("routes[{i}].resource"),
+                format!(
+                    "its metadata would be served where routes[{first}].resource's ({id:?}) is: \
+                     give one identifier the same spelling everywhere, or different paths"
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                served.insert(at, (*i, res.id.as_str()));
+            }
+        }
+    }
     let warnings = warnings(&auth, &routes);
     Config {
         server,
@@ -447,6 +467,21 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
 /// What is allowed but probably not meant.
 fn warnings(auth: &Auth, routes: &[Route]) -> Vec<Problem> {
     let mut out = Vec::new();
+    // The gateway answers a resource's metadata path itself, before any route.
+    for (i, r) in routes.iter().enumerate() {
+        let shadowed = routes
+            .iter()
+            .filter_map(|o| o.resource.as_ref())
+            .any(|res| r.path == res.metadata_path);
+        if shadowed {
+            out.push(Problem {
+                path: format!("routes[{i}].path"),
+                message: "is a protected resource's metadata path, which the gateway answers \
+                          itself: GET and HEAD never reach this route"
+                    .to_owned(),
+            });
+        }
+    }
     // A DPoP proof names the URI it is for; without a route `host` or a public origin the
     // gateway can only compare it with the request's own `Host`, which the client writes:
     // an unused proof made for another site that routes here passes once.

@@ -62,6 +62,16 @@ const REVOKED: Rejection = Rejection {
     detail: "token has been revoked",
 };
 
+/// `typ` `secevent+jwt`, with or without `application/`, in any case.
+fn is_security_event(typ: &str) -> bool {
+    let t = typ.trim();
+    let t = match t.get(..12) {
+        Some(p) if p.eq_ignore_ascii_case("application/") => &t[12..],
+        _ => t,
+    };
+    t.eq_ignore_ascii_case("secevent+jwt")
+}
+
 /// The gateway's authentication state for one snapshot.
 pub struct Authenticator {
     pub providers: Vec<Arc<Provider>>,
@@ -410,6 +420,18 @@ impl Authenticator {
     ) -> Result<Identity, VerifyError> {
         if let Err(r) = provider.validation.check_claims(&verified, now_s) {
             return Err((Some(provider), r).into());
+        }
+        // RFC 8417 §2.3: a Security Event Token is typed so that it is never taken for an
+        // access token, whoever signed it (an identity provider may transmit events too).
+        if verified.typ.as_deref().is_some_and(is_security_event) {
+            return Err((
+                Some(provider),
+                Rejection {
+                    reason: Reason::Type,
+                    detail: "a security event token is not an access token",
+                },
+            )
+                .into());
         }
         if provider.require_exp && verified.exp.is_none() {
             return Err((

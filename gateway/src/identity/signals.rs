@@ -35,6 +35,13 @@ const ACCOUNT_DISABLED: &str =
 /// The largest event accepted.
 const MAX_BODY: usize = 64 * 1024;
 
+/// The longest subject taken (a longer one is ignored): the list is held in memory.
+const MAX_SUBJECT: usize = 1024;
+
+/// Subjects held at most; past it, events are answered 503 and logged rather than dropped
+/// silently.
+const MAX_PUSHED: usize = 1_000_000;
+
 /// Subjects revoked by pushed events, process-wide.
 pub struct Pushed {
     list: ArcSwap<DenyList>,
@@ -55,8 +62,12 @@ impl Pushed {
         self.any.load(Ordering::Acquire) && self.list.load().revoked(claims).is_some()
     }
 
-    fn add(&self, entries: &[Entry]) {
+    /// Adds `entries`; `false` when the list is full.
+    fn add(&self, entries: &[Entry]) -> bool {
         let _one_writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if self.list.load().len().1 + entries.len() > MAX_PUSHED {
+            return false;
+        }
         let mut list = DenyList::clone(&self.list.load());
         for e in entries {
             // Built by `entry` below, which never makes an invalid one.
@@ -65,6 +76,7 @@ impl Pushed {
         METRICS.pushed_revocations.set(list.len().1 as i64);
         self.list.store(Arc::new(list));
         self.any.store(true, Ordering::Release);
+        true
     }
 }
 
@@ -76,6 +88,8 @@ pub struct Receiver {
     pub path: String,
     bearer: Vec<u8>,
     transmitters: Vec<Arc<Provider>>,
+    /// For each transmitter: the token issuers whose subjects it may revoke.
+    subjects_of: Vec<Vec<String>>,
     connector: Arc<Connector>,
     /// The deny list's Redis set, when there is one: pushed revocations go to the fleet.
     fleet: Option<(redis::Client, String)>,
@@ -167,6 +181,7 @@ impl Receiver {
             path: config.path.clone(),
             bearer,
             transmitters,
+            subjects_of: config.subjects_of.clone(),
             connector: Arc::new(Connector::new(None)),
             fleet,
         })
@@ -177,6 +192,18 @@ impl Receiver {
         for t in &self.transmitters {
             t.spawn_refresh(self.connector.clone());
         }
+    }
+
+    /// Whether `authorization` carries the receiver's bearer token (the scheme in any case,
+    /// RFC 9110 §11.1; the token compared in constant time).
+    pub fn authentic(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(a) = authorization else { return false };
+        let presented = match a.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => &a[7..],
+            _ => return false,
+        };
+        !self.bearer.is_empty()
+            && subtle::ConstantTimeEq::ct_eq(presented, self.bearer.as_slice()).into()
     }
 
     /// One push: `authorization` and `content_type` are the request's headers.
@@ -192,18 +219,8 @@ impl Receiver {
                 .with_label_values(&[event, result])
                 .inc();
         };
-        let presented = authorization
-            .and_then(|a| a.strip_prefix(b"Bearer "))
-            .unwrap_or(b"");
-        let authentic = !self.bearer.is_empty()
-            && subtle::ConstantTimeEq::ct_eq(presented, self.bearer.as_slice()).into();
-        if !authentic {
-            count("none", "unauthenticated");
-            return Reply::error(
-                401,
-                "authentication_failed",
-                "the push must carry the receiver's bearer token",
-            );
+        if !self.authentic(authorization) {
+            return unauthenticated();
         }
         let typed = content_type.is_some_and(|ct| {
             let ct = String::from_utf8_lossy(ct);
@@ -219,8 +236,8 @@ impl Receiver {
             );
         }
         let now = crate::util::clock::unix_seconds();
-        let set = match self.verify(body, now).await {
-            Ok(set) => set,
+        let (set, transmitter) = match self.verify(body, now).await {
+            Ok(verified) => verified,
             Err((err, description)) => {
                 count("none", "invalid");
                 return Reply::error(400, err, description);
@@ -248,17 +265,29 @@ impl Receiver {
                 count(label, "ignored");
                 continue;
             }
-            match entry(&set, payload, now) {
-                Some(e) => {
+            match self::entries(&set, payload, now, &self.subjects_of[transmitter]) {
+                Some(mine) => {
                     count(label, "revoked");
-                    entries.push(e);
+                    entries.extend(mine);
                 }
-                // A subject the deny list cannot name (an email address, a phone number).
+                // A subject the deny list cannot name (an email address, a phone number), or
+                // one of an issuer this transmitter does not speak for.
                 None => count(label, "ignored"),
             }
         }
         if !entries.is_empty() {
-            PUSHED.add(&entries);
+            if !PUSHED.add(&entries) {
+                tracing::error!(
+                    held = MAX_PUSHED,
+                    "security event not applied: the pushed revocations are full"
+                );
+                count(event_label(events), "unavailable");
+                return Reply::error(
+                    503,
+                    "temporarily_unavailable",
+                    "the receiver holds too many revocations; retry later",
+                );
+            }
             tracing::info!(
                 transmitter = iss,
                 subjects = entries.len(),
@@ -279,12 +308,13 @@ impl Receiver {
         Reply::accepted()
     }
 
-    /// The event's claims, once its signature, issuer, audience and type hold.
+    /// The event's claims and its transmitter's index, once its signature, issuer,
+    /// audience and type hold.
     async fn verify(
         &self,
         body: &[u8],
         now: u64,
-    ) -> Result<Map<String, Value>, (&'static str, &'static str)> {
+    ) -> Result<(Map<String, Value>, usize), (&'static str, &'static str)> {
         if body.len() > MAX_BODY {
             return Err(("invalid_request", "the event is larger than 64 KiB"));
         }
@@ -293,14 +323,15 @@ impl Receiver {
             .trim();
         let parsed = tollgate_jwt::parse_token(text)
             .map_err(|_| ("invalid_request", "the event is not a signed JWT"))?;
-        let transmitter = self
+        let index = self
             .transmitters
             .iter()
-            .find(|t| Some(t.issuer.as_str()) == parsed.issuer())
+            .position(|t| Some(t.issuer.as_str()) == parsed.issuer())
             .ok_or((
                 "invalid_issuer",
                 "the event's issuer is not a configured transmitter",
             ))?;
+        let transmitter = &self.transmitters[index];
         let keys = transmitter.keys();
         let generation = keys.generation;
         let mut result = parsed.verify_signature(&keys.set);
@@ -326,7 +357,7 @@ impl Receiver {
                 Reason::Type => ("invalid_request", "the event's typ is not secevent+jwt"),
                 _ => ("invalid_request", "the event's times do not hold"),
             })?;
-        Ok(Map::clone(&verified.claims))
+        Ok((Map::clone(&verified.claims), index))
     }
 
     /// The entries, in the fleet's deny list (a Redis set and its version counter).
@@ -366,23 +397,54 @@ fn event_label(events: &Map<String, Value>) -> &'static str {
     events.keys().next().map_or("none", |t| event_label_of(t))
 }
 
-/// The deny-list entry for an event: its subject (the SET's `sub_id`, SSF 1.0, else the
-/// event's `subject`, CAEP's earlier form), revoked before the event's time (its
-/// `event_timestamp`, else the SET's `iat`; never later than now).
-fn entry(set: &Map<String, Value>, payload: &Value, now: u64) -> Option<Entry> {
+/// The push's answer without the bearer token (counted).
+pub fn unauthenticated() -> Reply {
+    METRICS
+        .security_events
+        .with_label_values(&["none", "unauthenticated"])
+        .inc();
+    Reply::error(
+        401,
+        "authentication_failed",
+        "the push must carry the receiver's bearer token",
+    )
+}
+
+/// The deny-list entries for an event: its subject (the SET's `sub_id`, SSF 1.0, else the
+/// event's `subject`, CAEP's earlier form) under each issuer of `allowed` it names (an
+/// `iss_sub` subject: its issuer, if allowed; an `opaque` one: every allowed issuer),
+/// revoked before the event's time (its `event_timestamp`, else the SET's `iat`; never
+/// later than now). `None` when there is nothing this transmitter may revoke.
+fn entries(
+    set: &Map<String, Value>,
+    payload: &Value,
+    now: u64,
+    allowed: &[String],
+) -> Option<Vec<Entry>> {
     let id = set.get("sub_id").or_else(|| payload.get("subject"))?;
     let (iss, sub) = subject(id)?;
+    if sub.len() > MAX_SUBJECT {
+        return None;
+    }
+    let issuers: Vec<&String> = match &iss {
+        Some(i) => vec![allowed.iter().find(|a| *a == i)?],
+        None => allowed.iter().collect(),
+    };
     let at = payload
         .get("event_timestamp")
         .or_else(|| set.get("iat"))
         .and_then(Value::as_f64)
         .map_or(now, |t| t.max(0.0) as u64);
-    Some(Entry {
-        jti: None,
-        sub: Some(sub),
-        revoked_before: Some(at.min(now)),
-        iss,
-    })
+    let entries = issuers
+        .into_iter()
+        .map(|i| Entry {
+            jti: None,
+            sub: Some(sub.clone()),
+            revoked_before: Some(at.min(now)),
+            iss: Some(i.clone()),
+        })
+        .collect();
+    Some(entries)
 }
 
 /// A subject identifier (RFC 9493) as the `sub` (and issuer) of the tokens it names:
@@ -407,39 +469,43 @@ mod tests {
     }
 
     #[test]
-    fn subjects_are_read_from_sub_id_or_the_event() {
+    fn subjects_are_read_from_sub_id_or_the_event_within_the_transmitters_issuers() {
+        let allowed = ["https://idp".to_owned(), "https://idp2".to_owned()];
+        let one = |set: &Map<String, Value>, payload: Value| {
+            entries(set, &payload, 1_000, &allowed[..1]).map(|mut e| {
+                assert_eq!(e.len(), 1);
+                e.remove(0)
+            })
+        };
         let set = map(
             json!({"iat": 100, "sub_id": {"format": "iss_sub", "iss": "https://idp", "sub": "alice"}}),
         );
-        let e = entry(&set, &json!({"event_timestamp": 90}), 1_000).unwrap();
+        let e = one(&set, json!({"event_timestamp": 90})).unwrap();
         assert_eq!(
             (e.sub.as_deref(), e.iss.as_deref(), e.revoked_before),
             (Some("alice"), Some("https://idp"), Some(90))
         );
-        let set = map(json!({"iat": 100}));
-        let e = entry(
-            &set,
-            &json!({"subject": {"format": "opaque", "id": "bob"}}),
-            1_000,
-        )
-        .unwrap();
-        assert_eq!(
-            (e.sub.as_deref(), e.iss, e.revoked_before),
-            (Some("bob"), None, Some(100))
+        // Another issuer's subject: not this transmitter's to revoke.
+        let other = map(
+            json!({"iat": 100, "sub_id": {"format": "iss_sub", "iss": "https://elsewhere", "sub": "alice"}}),
         );
+        assert!(entries(&other, &json!({}), 1_000, &allowed).is_none());
+        // An opaque subject: under each issuer the transmitter speaks for.
+        let set = map(json!({"iat": 100}));
+        let opaque = json!({"subject": {"format": "opaque", "id": "bob"}});
+        let all = entries(&set, &opaque, 1_000, &allowed).unwrap();
+        let issuers: Vec<_> = all.iter().map(|e| e.iss.as_deref().unwrap()).collect();
+        assert_eq!(issuers, ["https://idp", "https://idp2"]);
+        assert_eq!(all[0].revoked_before, Some(100));
         let complex =
             json!({"subject": {"format": "complex", "user": {"format": "opaque", "id": "carol"}}});
-        assert_eq!(
-            entry(&set, &complex, 1_000).unwrap().sub.as_deref(),
-            Some("carol")
-        );
+        assert_eq!(one(&set, complex).unwrap().sub.as_deref(), Some("carol"));
         let email = json!({"subject": {"format": "email", "email": "a@example.com"}});
-        assert!(entry(&set, &email, 1_000).is_none());
+        assert!(one(&set, email).is_none());
+        let long = json!({"subject": {"format": "opaque", "id": "x".repeat(MAX_SUBJECT + 1)}});
+        assert!(one(&set, long).is_none());
         // An event stamped in the future revokes no token issued after now.
         let future = json!({"subject": {"format": "opaque", "id": "d"}, "event_timestamp": 5_000});
-        assert_eq!(
-            entry(&set, &future, 1_000).unwrap().revoked_before,
-            Some(1_000)
-        );
+        assert_eq!(one(&set, future).unwrap().revoked_before, Some(1_000));
     }
 }

@@ -72,8 +72,8 @@ async fn push(
     if session.req_header().method != http::Method::POST {
         let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            b"POST a security event token\n".to_vec(),
+            "application/json",
+            br#"{"err":"invalid_request","description":"POST a security event token"}"#.to_vec(),
         );
         r.headers_mut()
             .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
@@ -88,6 +88,15 @@ async fn push(
     };
     let authorization = header(http::header::AUTHORIZATION);
     let content_type = header(http::header::CONTENT_TYPE);
+    // Before the body: a client without the token never holds the listener while it sends.
+    if !receiver.authentic(authorization.as_deref()) {
+        let reply = crate::identity::signals::unauthenticated();
+        return challenge(text(
+            StatusCode::UNAUTHORIZED,
+            "application/json",
+            reply.body,
+        ));
+    }
     // Read whole, up to a little over the largest event taken (the receiver refuses more).
     let mut body = Vec::new();
     loop {
@@ -118,12 +127,25 @@ async fn push(
         .receive(authorization.as_deref(), content_type.as_deref(), &body)
         .await;
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_REQUEST);
-    let mut r = text(status, "application/json", reply.body);
-    if reply.status == 401 {
-        r.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer realm=\"shared-signals\""),
-        );
+    if reply.body.is_empty() {
+        // 202: nothing to say.
+        return Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_LENGTH, 0)
+            .body(Vec::new())
+            .expect("static headers are valid");
     }
+    let r = text(status, "application/json", reply.body);
+    match reply.status {
+        401 => challenge(r),
+        _ => r,
+    }
+}
+
+fn challenge(mut r: Response<Vec<u8>>) -> Response<Vec<u8>> {
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"shared-signals\""),
+    );
     r
 }

@@ -246,9 +246,8 @@ impl Pipeline<'_> {
                 }
                 Err(Refusal::CorsPreflight { headers })
             }
-            _ => Err(Refusal::MethodNotAllowed {
-                allow: "GET, HEAD".to_owned(),
-            }),
+            // Anything else is not about the document: routed as any request.
+            _ => Ok(()),
         }
     }
 

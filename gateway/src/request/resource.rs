@@ -48,23 +48,20 @@ impl Resources {
             out.by_path
                 .entry(res.metadata_path.clone())
                 .or_default()
-                .push((res.authority.clone(), doc));
+                .push((res.host.clone(), doc));
         }
         out
     }
 
-    /// The document for a request to `path` on `host`: the one for that authority, or the
-    /// only one at that path (a gateway behind a proxy that rewrites `Host`).
+    /// The document for a request to `path` on `host` (without its port): the one for that
+    /// host, or the only one at that path (a gateway behind a proxy that rewrites `Host`).
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<Bytes> {
         if !path.starts_with(WELL_KNOWN) {
             return None;
         }
         let docs = self.by_path.get(path)?;
         let host = host.map(str::to_ascii_lowercase);
-        match docs
-            .iter()
-            .find(|(authority, _)| Some(authority) == host.as_ref())
-        {
+        match docs.iter().find(|(h, _)| Some(h) == host.as_ref()) {
             Some((_, doc)) => Some(doc.clone()),
             None if docs.len() == 1 => Some(docs[0].1.clone()),
             None => None,
@@ -190,7 +187,9 @@ pub fn step_up_miss(step_up: &StepUp, claims: &Map<String, Value>, now: u64) -> 
     }
     if let Some(max_age) = step_up.max_age {
         let auth_time = claims.get("auth_time").and_then(Value::as_f64);
-        let recent = auth_time.is_some_and(|t| t + max_age.as_secs_f64() >= now as f64);
+        // A login in the future is no login: at most a minute of clock skew.
+        let (now, max_age) = (now as f64, max_age.as_secs_f64());
+        let recent = auth_time.is_some_and(|t| t + max_age >= now && t <= now + 60.0);
         if !recent {
             return Some(StepUpMiss::MaxAge);
         }
@@ -250,5 +249,15 @@ mod tests {
             step_up_miss(&s, &claims(json!({"acr": "phrh"})), now),
             Some(StepUpMiss::MaxAge)
         );
+        for future in [json!(now + 3600), json!(1e300), json!(u64::MAX)] {
+            let c = claims(json!({"acr": "phr", "auth_time": future}));
+            assert_eq!(
+                step_up_miss(&s, &c, now),
+                Some(StepUpMiss::MaxAge),
+                "{future}"
+            );
+        }
+        let skewed = claims(json!({"acr": "phr", "auth_time": now + 30}));
+        assert_eq!(step_up_miss(&s, &skewed, now), None);
     }
 }

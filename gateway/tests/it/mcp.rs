@@ -183,12 +183,16 @@ fn check_refuses_a_resource_its_providers_would_never_accept_and_an_api_key_prov
   providers:
     - { name: a, issuer: \"https://a\", audiences: [\"https://other\"], jwks: { keys: [] } }
     - { name: k, issuer: \"tollgate-keys\", type: api_key, api_keys: { file: keys.jsonl } }
+    - { name: b, issuer: \"https://b\", audiences: any, jwks: { keys: [] } }
 upstreams:
   u: { backends: [{ addr: \"127.0.0.1:1\" }] }
 routes:
   - { name: r, path: /mcp, upstream: u, providers: [a, k], resource: \"https://api.example/mcp\" }
   - { name: s, path: /s, upstream: u, providers: [a], resource: \"http://api.example/s?x=1\" }
   - { name: t, path: /t, upstream: u, auth: none, resource: \"https://api.example/t\" }
+  - { name: v, path: /v, upstream: u, providers: [b], resource: \"https://API.example/v\" }
+  - { name: w, path: /w, upstream: u, providers: [b], resource: \"https://api.example/v\" }
+  - { name: x, path: /x, upstream: u, providers: [b], resource: \"https://api.example/x\\\"y\" }
 ",
     );
     assert_eq!(code, 1, "{err}");
@@ -197,7 +201,60 @@ routes:
         "routes[0].providers[1]: provider \"k\" takes API keys",
         "routes[1].resource: must be an https:// URL (http:// only on a loopback host)",
         "routes[2].resource: does not apply with auth: none",
+        "routes[4].resource: its metadata would be served where routes[3].resource's (\"https://API.example/v\") is",
+        "routes[5].resource: must be written in plain URL characters",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
+}
+
+#[test]
+fn two_resources_at_one_path_are_told_apart_by_host_whatever_the_port() {
+    let key = TestKey::es256("k");
+    let (_dir, jwks) = jwks_file(&[&key]);
+    let echo = Echo::start("E");
+    let port = free_port();
+    let gw = Gateway::start_at(
+        port,
+        &[],
+        &format!(
+            "auth:
+  providers:
+    - {{ name: a, issuer: \"https://a.test\", audiences: any, jwks_file: \"{}\" }}
+    - {{ name: b, issuer: \"https://b.test\", audiences: any, jwks_file: \"{}\" }}
+upstreams:
+  echo: {{ backends: [{{ addr: \"{}\" }}] }}
+routes:
+  - {{ name: one, host: localhost, path: /h, upstream: echo, providers: [a], resource: \"http://localhost:{port}/h\" }}
+  - {{ name: two, host: 127.0.0.1, path: /h, upstream: echo, providers: [b], resource: \"http://127.0.0.1:{port}/h\" }}
+",
+            jwks.display(),
+            jwks.display(),
+            echo.addr()
+        ),
+    );
+    for (host, issuer) in [
+        ("localhost", "https://a.test"),
+        ("127.0.0.1", "https://b.test"),
+    ] {
+        let r = gw.get(
+            "/.well-known/oauth-protected-resource/h",
+            &[("host", &format!("{host}:{port}"))],
+        );
+        assert_eq!(r.status, 200, "{host}");
+        assert_eq!(
+            r.json(),
+            serde_json::json!({
+                "resource": format!("http://{host}:{port}/h"),
+                "authorization_servers": [issuer],
+                "bearer_methods_supported": ["header"],
+            })
+        );
+    }
+    // Another host has neither document.
+    let r = gw.get(
+        "/.well-known/oauth-protected-resource/h",
+        &[("host", "evil.test")],
+    );
+    assert_eq!(r.status, 404);
 }

@@ -72,7 +72,7 @@ fn config(
   shared_signals:
     bearer_env: SSF_PUSH_TOKEN
     audience: \"{AUD}\"
-    transmitters: [{{ issuer: \"{TX}\", jwks_file: \"{}\" }}]
+    transmitters: [{{ issuer: \"{TX}\", jwks_file: \"{}\", subjects_of: [\"{ISS}\"] }}]
 {extra}upstreams:
   echo: {{ backends: [{{ addr: \"{}\" }}] }}
 routes:
@@ -150,6 +150,39 @@ fn a_pushed_session_revoked_event_ends_the_subjects_tokens_at_once_and_forgeries
         assert_eq!((status, body["err"].as_str()), expected, "{what}: {body}");
         assert_eq!(get(&alice).status, 200, "{what} revoked alice");
     }
+    // A subject of an issuer this transmitter does not speak for: acknowledged, ignored.
+    let elsewhere = set(
+        &tx,
+        SESSION_REVOKED,
+        "alice",
+        now(),
+        json!({"sub_id": {"format": "iss_sub", "iss": "https://other.idp", "sub": "alice"}}),
+    );
+    assert_eq!(push_set(&gw, &elsewhere).0, 202);
+    assert_eq!(get(&alice).status, 200);
+    // A security event token is never an access token, even signed by the token issuer.
+    let set_as_token = idp.sign_typed(
+        "secevent+jwt",
+        json!({"iss": ISS, "sub": "mallory", "exp": now() + 600, "events": {}}),
+    );
+    let r = get(&set_as_token);
+    assert_eq!((r.status, r.json()["reason"].as_str()), (401, Some("typ")));
+    // Without the bearer token, the answer comes before the body is read: a client that
+    // sends a little and stalls holds nothing.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.metrics_port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(
+            b"POST /ssf/events HTTP/1.1\r\nHost: m\r\nContent-Type: application/secevent+jwt\r\n\
+              Authorization: Bearer wrong\r\nContent-Length: 100\r\n\r\nabc",
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 401");
+    }
     // Other event types are acknowledged and ignored.
     let other = set(
         &tx,
@@ -183,7 +216,8 @@ fn a_pushed_session_revoked_event_ends_the_subjects_tokens_at_once_and_forgeries
     assert_eq!(count("session_revoked", "revoked"), 1.0);
     assert_eq!(count("session_revoked", "duplicate"), 1.0);
     assert_eq!(count("other", "ignored"), 1.0);
-    assert_eq!(count("none", "unauthenticated"), 2.0);
+    assert_eq!(count("none", "unauthenticated"), 3.0);
+    assert_eq!(count("session_revoked", "ignored"), 1.0);
     assert_eq!(gw.metric("tollgate_pushed_revocations", &[]), 1.0);
     // The endpoint takes pushes only.
     let r = raw_request(

@@ -152,20 +152,25 @@ fn check_refuses_a_step_up_that_asks_nothing_or_cannot_be_sent_back() {
         "auth:
   providers:
     - { name: a, issuer: \"https://a\", audiences: any, jwks: { keys: [] } }
+    - { name: k, issuer: \"keys\", type: api_key, api_keys: { file: keys.jsonl } }
 upstreams:
   u: { backends: [{ addr: \"127.0.0.1:1\" }] }
 routes:
-  - { name: r, path: /r, upstream: u, step_up: {} }
-  - { name: s, path: /s, upstream: u, step_up: { acr: [\"two words\"], max_age: soon } }
+  - { name: r, path: /r, upstream: u, providers: [a], step_up: {} }
+  - { name: s, path: /s, upstream: u, providers: [a], step_up: { acr: [\"two words\"], max_age: soon } }
   - { name: t, path: /t, upstream: u, auth: none, step_up: { acr: [x] } }
+  - { name: o, path: /o, upstream: u, auth: optional, step_up: { acr: [x] } }
+  - { name: k, path: /k, upstream: u, providers: [k], step_up: { acr: [x] } }
 ",
     );
     assert_eq!(code, 1, "{err}");
     for expected in [
         "routes[0].step_up: needs acr, max_age or both",
-        "routes[1].step_up.acr[0]: must be non-empty, without spaces",
+        "routes[1].step_up.acr[0]: must be non-empty visible ASCII, without spaces",
         "routes[1].step_up.max_age:",
         "routes[2].step_up: does not apply with auth: none",
+        "routes[3].step_up: does not apply with auth: optional",
+        "routes[4].providers[0]: provider \"k\" takes API keys, which carry no login",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
