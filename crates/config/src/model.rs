@@ -38,6 +38,9 @@ impl Config {
                 *p = base.join(p.as_str()).to_string_lossy().into_owned();
             }
         };
+        if let Some(f) = &mut self.metrics.admin.bearer_file {
+            resolve(f);
+        }
         if let Some(tls) = &mut self.listen.tls {
             for c in &mut tls.certificates {
                 resolve(&mut c.cert);
@@ -186,6 +189,16 @@ pub struct ClientCertHeaders {
 pub struct Metrics {
     /// Prometheus, `/healthz` and `/readyz`. Default `127.0.0.1:9091`.
     pub listen: SocketAddr,
+    /// `metrics.admin`: the read-only admin view. Default: on, loopback clients only.
+    pub admin: Admin,
+}
+
+/// Who may read the admin view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub enabled: bool,
+    /// Every request needs this file's token; unset: loopback clients only.
+    pub bearer_file: Option<String>,
 }
 
 #[derive(Debug, Clone)]

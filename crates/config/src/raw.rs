@@ -206,6 +206,22 @@ pub struct RawMetrics {
     /// tokens); must differ from `listen.http` and `listen.https`.
     #[schemars(extend("default" = "127.0.0.1:9091"))]
     pub listen: Option<String>,
+    /// The read-only admin view (`/admin/…`) on this listener. See
+    /// [the admin view](operations.md#admin-view).
+    pub admin: Option<RawAdmin>,
+}
+
+/// `metrics.admin`: who may read the admin view.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `false` answers 404 under `/admin/`.
+    #[schemars(extend("default" = true))]
+    pub enabled: Option<bool>,
+    /// A file holding a token (at least 32 bytes) that every admin request must carry as
+    /// `Authorization: Bearer`, from any address. Unset: only clients on a loopback
+    /// address are answered.
+    pub bearer_file: Option<String>,
 }
 
 /// `logging`: JSON logs on standard output.

@@ -213,7 +213,23 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
             "127.0.0.1:9091",
             problems,
         ),
+        admin: Admin {
+            enabled: raw
+                .metrics
+                .admin
+                .as_ref()
+                .and_then(|a| a.enabled)
+                .unwrap_or(true),
+            bearer_file: raw
+                .metrics
+                .admin
+                .as_ref()
+                .and_then(|a| a.bearer_file.clone()),
+        },
     };
+    if metrics.admin.bearer_file.as_deref() == Some("") {
+        problems.add("metrics.admin.bearer_file", "must not be empty");
+    }
     if metrics.listen == listen.http {
         problems.add("metrics.listen", "must differ from listen.http");
     }

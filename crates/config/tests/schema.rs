@@ -85,7 +85,7 @@ routes:
   - { name: r, path: /, upstream: u, auth: none }
 "#,
     r#"
-metrics: {}
+metrics: { admin: {} }
 auth: {}
 policies:
   q: { deny: [{ claims: { suspended: true } }] }

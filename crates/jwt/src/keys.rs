@@ -347,6 +347,14 @@ impl KeySet {
         self.keys.iter().map(|k| k.kid())
     }
 
+    /// Each key's `kid`, the algorithm it names (if any) and its `kty`, in the set's order:
+    /// what may be shown of a key set (never key material).
+    pub fn describe(
+        &self,
+    ) -> impl Iterator<Item = (Option<&str>, Option<Algorithm>, &'static str)> {
+        self.keys.iter().map(|k| (k.kid(), k.alg, k.material.kty()))
+    }
+
     /// Whether a key with exactly this `kid` exists (kid-less keys do not count).
     pub fn contains_kid(&self, kid: &str) -> bool {
         self.by_kid.contains_key(kid)

@@ -177,6 +177,11 @@ impl Authenticator {
         })
     }
 
+    /// The deny list, when `auth.revocation` is set.
+    pub fn revocation(&self) -> Option<&Arc<crate::identity::revocation::Revocations>> {
+        self.revocation.as_ref()
+    }
+
     pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| &*p.name == name)
     }

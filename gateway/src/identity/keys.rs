@@ -171,6 +171,55 @@ impl Provider {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// What the admin view shows of this provider: where its keys come from (never a
+    /// secret: an HMAC key is named by its file or variable), each key's `kid`, `alg` and
+    /// `kty`, and how fresh they are.
+    pub fn view(&self) -> serde_json::Value {
+        use serde_json::json;
+        let (kind, source) = match &self.source {
+            KeySource::Inline(_) => ("jwt", json!({"inline": true})),
+            KeySource::File(path) => (
+                "jwt",
+                json!({"jwks_file": path, "poll_s": self.refresh.file_poll.as_secs_f64()}),
+            ),
+            KeySource::Uri(url) => (
+                "jwt",
+                json!({"jwks_uri": url, "interval_s": self.refresh.interval.as_secs()}),
+            ),
+            KeySource::Discovery(url) => (
+                "jwt",
+                json!({"discovery": url, "interval_s": self.refresh.interval.as_secs()}),
+            ),
+            KeySource::Introspection(c) => ("introspection", json!({"endpoint": c.endpoint})),
+            KeySource::ApiKeys(f) => ("api_key", json!({"file": f.path})),
+            KeySource::HmacFile { path, alg } => {
+                ("jwt", json!({"hmac_secret_file": path, "alg": alg}))
+            }
+            KeySource::HmacEnv { var, alg } => ("jwt", json!({"hmac_secret_env": var, "alg": alg})),
+        };
+        let state = self.keys.load();
+        let keys: Vec<serde_json::Value> = state
+            .set
+            .describe()
+            .map(|(kid, alg, kty)| json!({"kid": kid, "alg": alg.map(|a| a.as_str()), "kty": kty}))
+            .collect();
+        let age = state
+            .last_success
+            .and_then(|t| t.elapsed().ok())
+            .map(|d| d.as_secs());
+        json!({
+            "name": &*self.name,
+            "issuer": self.issuer,
+            "type": kind,
+            "source": source,
+            "ready": self.is_ready(),
+            "keys": keys,
+            "generation": state.generation,
+            "last_success_unix": state.last_success.map(unix_seconds),
+            "age_s": age,
+        })
+    }
+
     pub fn keys(&self) -> arc_swap::Guard<Arc<KeyState>> {
         self.keys.load()
     }

@@ -128,6 +128,26 @@ impl Revocations {
         }
     }
 
+    /// What the admin view shows: where the list comes from (a Redis URL without its
+    /// password), whether it was read, and how many entries it holds.
+    pub fn view(&self) -> serde_json::Value {
+        let (jtis, subjects) = self.list.load().len();
+        let source = match &self.source {
+            RevocationSource::File(path) => serde_json::json!({"file": path}),
+            RevocationSource::Redis { url, key } => {
+                serde_json::json!({"redis": crate::util::redact::url(url), "key": key})
+            }
+        };
+        serde_json::json!({
+            "source": source,
+            "poll_s": self.poll.as_secs_f64(),
+            "ready": self.is_ready(),
+            "jtis": jtis,
+            "subjects": subjects,
+            "failing": self.failing.load(Ordering::Acquire),
+        })
+    }
+
     /// The list has been read once: readiness waits for it.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)

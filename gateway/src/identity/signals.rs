@@ -63,6 +63,11 @@ impl Pushed {
     }
 
     /// Adds `entries`; `false` when the list is full.
+    /// Subjects held.
+    pub fn subjects(&self) -> usize {
+        self.list.load().len().1
+    }
+
     fn add(&self, entries: &[Entry]) -> bool {
         let _one_writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
         if self.list.load().len().1 + entries.len() > MAX_PUSHED {

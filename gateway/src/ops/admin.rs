@@ -32,10 +32,18 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let signals = self.snapshot.load().signals.clone();
-        if let Some(receiver) = signals.filter(|r| r.path == session.req_header().uri.path()) {
-            return push(&receiver, session).await;
+        let snapshot = self.snapshot.load_full();
+        if let Some(receiver) = snapshot
+            .signals
+            .as_ref()
+            .filter(|r| r.path == session.req_header().uri.path())
+        {
+            return push(receiver, session).await;
         }
+        if session.req_header().uri.path().starts_with("/admin/") {
+            return admin(&snapshot, session);
+        }
+        drop(snapshot);
         match session.req_header().uri.path() {
             "/metrics" => text(
                 StatusCode::OK,
@@ -148,4 +156,66 @@ fn challenge(mut r: Response<Vec<u8>>) -> Response<Vec<u8>> {
         http::HeaderValue::from_static("Bearer realm=\"shared-signals\""),
     );
     r
+}
+
+/// The read-only admin view (`ops::view`): loopback clients, or the configured token.
+fn admin(snapshot: &RuntimeSnapshot, session: &ServerSession) -> Response<Vec<u8>> {
+    let json = |status: StatusCode, body: serde_json::Value| {
+        let mut bytes = serde_json::to_vec_pretty(&body).expect("JSON values print");
+        bytes.push(b'\n');
+        text(status, "application/json", bytes)
+    };
+    let error = |status: StatusCode, message: &str| {
+        json(
+            status,
+            serde_json::json!({"error": status.as_u16(), "message": message}),
+        )
+    };
+    let source = snapshot.source.as_deref();
+    if source.is_some_and(|s| !s.config.metrics.admin.enabled) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the admin view is off (metrics.admin.enabled)",
+        );
+    }
+    let req = session.req_header();
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let authorization = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let bearer = source.and_then(|s| s.admin_bearer.as_deref());
+    match crate::ops::view::admitted(bearer, peer, authorization) {
+        Ok(()) => {}
+        Err(401) => {
+            return challenge(error(
+                StatusCode::UNAUTHORIZED,
+                "the admin view needs its bearer token",
+            ))
+        }
+        Err(_) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the admin view answers loopback clients only (or set metrics.admin.bearer_file)",
+            )
+        }
+    }
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the admin view is read-only",
+        );
+        r.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
+        return r;
+    }
+    match crate::ops::view::document(snapshot, req.uri.path()) {
+        Some(doc) => json(StatusCode::OK, doc),
+        None => error(StatusCode::NOT_FOUND, "no such admin document"),
+    }
 }

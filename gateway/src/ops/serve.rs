@@ -56,7 +56,22 @@ pub fn load(path: &Path) -> Result<(Config, RuntimeSnapshot), LoadError> {
     })?;
     let mut config = tollgate_config::parse(&text).map_err(|e| fail(e.problems))?;
     config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-    let snapshot = RuntimeSnapshot::compile(&config).map_err(|e| fail(e.problems))?;
+    let mut snapshot = RuntimeSnapshot::compile(&config).map_err(|e| fail(e.problems))?;
+    let admin_bearer = match &config.metrics.admin.bearer_file {
+        None => None,
+        Some(f) => Some(crate::ops::view::read_bearer(f).map_err(|message| {
+            fail(vec![Problem {
+                path: "metrics.admin.bearer_file".into(),
+                message,
+            }])
+        })?),
+    };
+    snapshot.source = Some(Arc::new(crate::ops::view::source(
+        &file,
+        &text,
+        config.clone(),
+        admin_bearer,
+    )));
     Ok((config, snapshot))
 }
 

@@ -150,6 +150,24 @@ pub struct RuntimeSnapshot {
     pub resources: crate::request::resource::Resources,
     /// `auth.shared_signals`: the receiver of pushed security events (metrics listener).
     pub signals: Option<Arc<crate::identity::signals::Receiver>>,
+    /// What the admin view shows of this snapshot's config, set when it is loaded from its
+    /// file (`ops::serve::load`).
+    pub source: Option<Arc<Source>>,
+}
+
+/// A loaded config as the admin view shows it.
+pub struct Source {
+    /// Increases with every config loaded by this process (1: the first).
+    pub generation: u64,
+    pub file: String,
+    /// SHA-256 of the file's text, hex.
+    pub sha256: String,
+    pub loaded_unix: u64,
+    /// The file as JSON, secrets removed (`util::redact::config`).
+    pub redacted: serde_json::Value,
+    pub config: Config,
+    /// `metrics.admin.bearer_file`'s token, read at load.
+    pub admin_bearer: Option<Vec<u8>>,
 }
 
 /// What requests need of `listen.tls`, and the material for the listener's next handshakes.
@@ -281,6 +299,7 @@ impl RuntimeSnapshot {
             minter,
             resources,
             signals,
+            source: None,
         })
     }
 

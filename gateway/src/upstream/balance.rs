@@ -80,6 +80,19 @@ impl BackendState {
         self.observe_latency(FAILURE_US);
     }
 
+    /// What the admin view shows of it.
+    pub fn view(&self, now_ms: u64) -> serde_json::Value {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        serde_json::json!({
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
+            "consecutive_failures": self.consecutive_failures.load(Ordering::Relaxed),
+            "ejected": self.ejected(now_ms),
+            "ejected_for_ms": until.saturating_sub(now_ms),
+            "ejections": self.ejections.load(Ordering::Relaxed),
+            "ewma_ms": self.ewma_us(now_ms) / 1e3,
+        })
+    }
+
     pub fn ejected(&self, now_ms: u64) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && until > now_ms

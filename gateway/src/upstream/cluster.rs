@@ -352,6 +352,34 @@ impl Cluster {
     }
 
     /// Whether any backend is currently healthy (tells 503 from 502 when selection fails).
+    /// What the admin view shows of this cluster: each backend now, with its health,
+    /// ejection and load.
+    pub fn view(&self) -> serde_json::Value {
+        let now = crate::upstream::balance::now_ms();
+        let health = self.backends();
+        let members = self.members.load();
+        let backends: Vec<serde_json::Value> = members
+            .list
+            .iter()
+            .map(|(b, info)| {
+                let mut v = info.state.view(now);
+                let o = v.as_object_mut().expect("an object");
+                o.insert("addr".into(), (*info.addr).into());
+                o.insert("resolved".into(), b.addr.to_string().into());
+                o.insert("weight".into(), info.weight.into());
+                o.insert("healthy".into(), health.ready(b).into());
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "name": &*self.name,
+            "retries": self.retries,
+            "health_checks": self.health_interval.is_some(),
+            "requests_in_flight": self.load.requests(),
+            "backends": backends,
+        })
+    }
+
     pub fn any_healthy(&self) -> bool {
         let view = self.backends();
         view.get_backend().iter().any(|b| view.ready(b))

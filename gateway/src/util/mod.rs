@@ -1,8 +1,10 @@
 //! Small tools with no knowledge of the gateway: the clock, SHA-256 digests, the one file
-//! watcher, the one cookie parser, the one outbound HTTP call. Imports nothing of the crate.
+//! watcher, the one cookie parser, the one outbound HTTP call, secrets taken out of what is
+//! shown (`redact`). Imports nothing of the crate.
 
 pub mod clock;
 pub mod cookie;
 pub mod digest;
 pub mod outbound;
+pub mod redact;
 pub mod watch;

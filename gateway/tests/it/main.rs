@@ -4,6 +4,7 @@
 
 #![allow(clippy::disallowed_methods, reason = "tests, off the workers")]
 
+mod admin;
 mod apikey;
 mod auth;
 mod balance;
