@@ -222,23 +222,14 @@ pub(crate) fn route(
         }
         // An API key is not an OAuth access token: it has no audience to hold the
         // resource, and the metadata would name no server that issues it.
-        for (i, name) in providers.iter().enumerate() {
-            let api_key = auth
-                .providers
-                .iter()
-                .any(|p| &p.name == name && matches!(p.keys, KeySource::ApiKeys(_)));
-            if api_key {
-                problems.add(
-                    match raw.providers {
-                        Some(_) => format!("{base}.providers[{i}]"),
-                        None => path.clone(),
-                    },
-                    format!(
-                        "provider {name:?} takes API keys, which are not OAuth access tokens for \
-                         a resource: list the route's providers without it"
-                    ),
-                );
-            }
+        for (at, name) in api_key_providers(&providers, raw, auth, &path) {
+            problems.add(
+                at,
+                format!(
+                    "provider {name:?} takes API keys, which are not OAuth access tokens for \
+                     a resource: list the route's providers without it"
+                ),
+            );
         }
         // RFC 8707: the tokens for this resource name it in `aud`; a provider whose own
         // audience list leaves it out would refuse every one of them.
@@ -269,23 +260,14 @@ pub(crate) fn route(
             AuthMode::Required => {}
         }
         // An API key's acr and auth_time are whatever its file says: no login behind them.
-        for (i, name) in providers.iter().enumerate() {
-            let api_key = auth
-                .providers
-                .iter()
-                .any(|p| &p.name == name && matches!(p.keys, KeySource::ApiKeys(_)));
-            if api_key {
-                problems.add(
-                    match raw.providers {
-                        Some(_) => format!("{base}.providers[{i}]"),
-                        None => path.clone(),
-                    },
-                    format!(
-                        "provider {name:?} takes API keys, which carry no login to step up: \
-                         list the route's providers without it"
-                    ),
-                );
-            }
+        for (at, name) in api_key_providers(&providers, raw, auth, &path) {
+            problems.add(
+                at,
+                format!(
+                    "provider {name:?} takes API keys, which carry no login to step up: list \
+                     the route's providers without it"
+                ),
+            );
         }
         let acr = s.acr.clone().unwrap_or_default();
         for (i, v) in acr.iter().enumerate() {
@@ -390,6 +372,33 @@ pub(crate) fn route(
         resource,
         step_up,
     }
+}
+
+/// The route's providers that take API keys, each with the path to report it at: its
+/// entry in the route's `providers`, or `feature` when the route takes every provider.
+fn api_key_providers<'a>(
+    providers: &'a [String],
+    raw: &RawRoute,
+    auth: &Auth,
+    feature: &str,
+) -> Vec<(String, &'a str)> {
+    let base = feature.rsplit_once('.').map_or(feature, |(b, _)| b);
+    providers
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| {
+            auth.providers
+                .iter()
+                .any(|p| &p.name == *name && matches!(p.keys, KeySource::ApiKeys(_)))
+        })
+        .map(|(i, name)| {
+            let at = match raw.providers {
+                Some(_) => format!("{base}.providers[{i}]"),
+                None => feature.to_owned(),
+            };
+            (at, name.as_str())
+        })
+        .collect()
 }
 
 /// A resource identifier (RFC 9728 §1.2: a URL without fragment; no query either, since

@@ -51,6 +51,19 @@ pub fn find_token<'a>(
     Ok(find_presented(req, sources, false)?.map(|(t, _)| t))
 }
 
+/// Whether the request's one `Authorization: Bearer` token (the scheme in any case) is
+/// `expected`, compared in constant time: how the gateway's own endpoints (the Shared
+/// Signals push, the admin view) check their callers.
+pub fn carries_bearer(req: &RequestHeader, expected: &[u8]) -> bool {
+    match find_presented(req, &[TokenSource::Bearer], false) {
+        Ok(Some((token, _))) => {
+            !expected.is_empty()
+                && bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), expected))
+        }
+        _ => false,
+    }
+}
+
 /// Finds the token in a request, looking at `sources`, with the scheme it came under.
 /// `Ok(None)` when there is none; [`MultipleTokens`] when there are several
 /// (RFC 6750 §2: a client must use only one method). With `accept_dpop`,

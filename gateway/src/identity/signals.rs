@@ -199,36 +199,25 @@ impl Receiver {
         }
     }
 
-    /// Whether `authorization` carries the receiver's bearer token (the scheme in any case,
-    /// RFC 9110 §11.1; the token compared in constant time).
-    pub fn authentic(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(a) = authorization else { return false };
-        let presented = match a.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => &a[7..],
-            _ => return false,
-        };
-        !self.bearer.is_empty()
-            && subtle::ConstantTimeEq::ct_eq(presented, self.bearer.as_slice()).into()
+    /// Whether the push carries the receiver's bearer token.
+    pub fn authentic(&self, req: &pingora_http::RequestHeader) -> bool {
+        crate::identity::credentials::carries_bearer(req, &self.bearer)
     }
 
-    /// One push: `authorization` and `content_type` are the request's headers.
-    pub async fn receive(
-        &self,
-        authorization: Option<&[u8]>,
-        content_type: Option<&[u8]>,
-        body: &[u8],
-    ) -> Reply {
+    /// One push: `req` its header, `body` the event.
+    pub async fn receive(&self, req: &pingora_http::RequestHeader, body: &[u8]) -> Reply {
         let count = |event: &str, result: &str| {
             METRICS
                 .security_events
                 .with_label_values(&[event, result])
                 .inc();
         };
-        if !self.authentic(authorization) {
+        if !self.authentic(req) {
             return unauthenticated();
         }
+        let content_type = req.headers.get(http::header::CONTENT_TYPE);
         let typed = content_type.is_some_and(|ct| {
-            let ct = String::from_utf8_lossy(ct);
+            let ct = String::from_utf8_lossy(ct.as_bytes());
             let base = ct.split(';').next().unwrap_or("").trim();
             base.eq_ignore_ascii_case("application/secevent+jwt")
         });

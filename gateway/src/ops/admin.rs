@@ -87,17 +87,8 @@ async fn push(
             .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
         return r;
     }
-    let header = |name: http::HeaderName| {
-        session
-            .req_header()
-            .headers
-            .get(name)
-            .map(|v| v.as_bytes().to_vec())
-    };
-    let authorization = header(http::header::AUTHORIZATION);
-    let content_type = header(http::header::CONTENT_TYPE);
     // Before the body: a client without the token never holds the listener while it sends.
-    if !receiver.authentic(authorization.as_deref()) {
+    if !receiver.authentic(session.req_header()) {
         let reply = crate::identity::signals::unauthenticated();
         return challenge(text(
             StatusCode::UNAUTHORIZED,
@@ -131,9 +122,7 @@ async fn push(
             }
         }
     }
-    let reply = receiver
-        .receive(authorization.as_deref(), content_type.as_deref(), &body)
-        .await;
+    let reply = receiver.receive(session.req_header(), &body).await;
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_REQUEST);
     if reply.body.is_empty() {
         // 202: nothing to say.
@@ -183,12 +172,8 @@ fn admin(snapshot: &RuntimeSnapshot, session: &ServerSession) -> Response<Vec<u8
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
-    let authorization = req
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
     let bearer = source.and_then(|s| s.admin_bearer.as_deref());
-    match crate::ops::view::admitted(bearer, peer, authorization) {
+    match crate::ops::view::admitted(bearer, peer, req) {
         Ok(()) => {}
         Err(401) => {
             return challenge(error(

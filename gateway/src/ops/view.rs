@@ -51,26 +51,16 @@ pub fn read_bearer(path: &str) -> Result<Vec<u8>, String> {
     Ok(token)
 }
 
-/// Whether a request from `peer` with `authorization` may read the view: `Err` with the
-/// status to answer (401 without the token, 403 off loopback).
+/// Whether request `req` from `peer` may read the view: `Err` with the status to answer
+/// (401 without the token, 403 off loopback).
 pub fn admitted(
     bearer: Option<&[u8]>,
     peer: Option<IpAddr>,
-    authorization: Option<&[u8]>,
+    req: &pingora_http::RequestHeader,
 ) -> Result<(), u16> {
     match bearer {
-        Some(token) => {
-            let presented = authorization
-                .and_then(|a| {
-                    let scheme = a.get(..7)?;
-                    scheme.eq_ignore_ascii_case(b"bearer ").then(|| &a[7..])
-                })
-                .unwrap_or(b"");
-            match bool::from(subtle::ConstantTimeEq::ct_eq(presented, token)) {
-                true => Ok(()),
-                false => Err(401),
-            }
-        }
+        Some(token) if crate::identity::credentials::carries_bearer(req, token) => Ok(()),
+        Some(_) => Err(401),
         None if peer.is_some_and(|p| p.is_loopback()) => Ok(()),
         None => Err(403),
     }
@@ -136,38 +126,40 @@ fn route(r: &tollgate_config::Route) -> Value {
 mod tests {
     use super::*;
 
+    fn req(authorization: Option<&str>) -> pingora_http::RequestHeader {
+        let mut r = pingora_http::RequestHeader::build("GET", b"/admin/config", None).unwrap();
+        if let Some(a) = authorization {
+            r.insert_header("authorization", a).unwrap();
+        }
+        r
+    }
+
     #[test]
     fn only_loopback_without_a_token_and_only_the_token_with_one() {
         let (lo, lan) = (
             Some(IpAddr::from([127, 0, 0, 1])),
             Some(IpAddr::from([10, 0, 0, 7])),
         );
-        assert_eq!(admitted(None, lo, None), Ok(()));
-        assert_eq!(admitted(None, Some("::1".parse().unwrap()), None), Ok(()));
-        assert_eq!(admitted(None, lan, None), Err(403));
-        assert_eq!(admitted(None, None, None), Err(403));
+        assert_eq!(admitted(None, lo, &req(None)), Ok(()));
+        assert_eq!(
+            admitted(None, Some("::1".parse().unwrap()), &req(None)),
+            Ok(())
+        );
+        assert_eq!(admitted(None, lan, &req(None)), Err(403));
+        assert_eq!(admitted(None, None, &req(None)), Err(403));
         let token = b"0123456789abcdef0123456789abcdef".as_slice();
+        for scheme in ["Bearer", "bearer"] {
+            let a = format!("{scheme} 0123456789abcdef0123456789abcdef");
+            assert_eq!(admitted(Some(token), lan, &req(Some(&a))), Ok(()), "{a}");
+        }
         assert_eq!(
-            admitted(
-                Some(token),
-                lan,
-                Some(b"Bearer 0123456789abcdef0123456789abcdef")
-            ),
-            Ok(())
-        );
-        assert_eq!(
-            admitted(
-                Some(token),
-                lan,
-                Some(b"bearer 0123456789abcdef0123456789abcdef")
-            ),
-            Ok(())
-        );
-        assert_eq!(
-            admitted(Some(token), lo, None),
+            admitted(Some(token), lo, &req(None)),
             Err(401),
             "loopback needs it too"
         );
-        assert_eq!(admitted(Some(token), lan, Some(b"Bearer wrong")), Err(401));
+        assert_eq!(
+            admitted(Some(token), lan, &req(Some("Bearer wrong"))),
+            Err(401)
+        );
     }
 }

@@ -10,11 +10,12 @@
 //! certificate-binding members where the routes take or require them.
 
 use crate::identity::keys::Provider;
+use crate::request::respond::Schemes;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use tollgate_config::{Config, DpopMode, StepUp, TokenSource};
+use tollgate_config::{StepUp, TokenSource};
 
 /// Every resource's metadata, by document path, then by authority.
 #[derive(Default)]
@@ -25,30 +26,29 @@ pub struct Resources {
 /// The path every document's path starts with.
 pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
+/// What one compiled route of a resource enforces, for its document.
+pub struct RouteFacts<'a> {
+    pub resource: &'a tollgate_config::Resource,
+    pub providers: &'a [Arc<Provider>],
+    pub policy: Option<&'a tollgate_policy::Policy>,
+    pub schemes: Schemes,
+    pub require_certificate_binding: bool,
+}
+
 impl Resources {
-    /// The documents of `config`'s resources; `provider` finds a route's provider by name.
-    pub fn build<'a>(
-        config: &Config,
-        provider: impl Fn(&str) -> Option<&'a Arc<Provider>>,
-    ) -> Self {
-        let mut grouped: BTreeMap<&str, Vec<&tollgate_config::Route>> = BTreeMap::new();
-        for r in &config.routes {
-            if let Some(res) = &r.resource {
-                grouped.entry(res.id.as_str()).or_default().push(r);
-            }
+    /// The documents of the resources `routes` serve, from what each route enforces.
+    pub fn build<'a>(routes: impl IntoIterator<Item = RouteFacts<'a>>) -> Self {
+        let mut grouped: BTreeMap<&str, Vec<RouteFacts<'a>>> = BTreeMap::new();
+        for r in routes {
+            grouped.entry(r.resource.id.as_str()).or_default().push(r);
         }
         let mut out = Resources::default();
         for routes in grouped.values() {
-            let res = routes[0].resource.as_ref().expect("grouped by resource");
-            let providers: Vec<&Arc<Provider>> = routes
-                .iter()
-                .flat_map(|r| r.providers.iter().filter_map(|n| provider(n)))
-                .collect();
-            let doc = document(config, &res.id, routes, &providers);
+            let res = routes[0].resource;
             out.by_path
                 .entry(res.metadata_path.clone())
                 .or_default()
-                .push((res.host.clone(), doc));
+                .push((res.host.clone(), document(&res.id, routes)));
         }
         out
     }
@@ -73,64 +73,38 @@ impl Resources {
     }
 }
 
-fn document(
-    config: &Config,
-    id: &str,
-    routes: &[&tollgate_config::Route],
-    providers: &[&Arc<Provider>],
-) -> Bytes {
+/// One resource's document, from its routes as compiled: their providers, policies,
+/// schemes and binding.
+fn document(id: &str, routes: &[RouteFacts<'_>]) -> Bytes {
     let mut issuers: Vec<&str> = Vec::new();
     let mut methods: Vec<&str> = Vec::new();
-    for p in providers {
-        if p.api_keys.is_some() {
-            continue;
-        }
-        if !issuers.contains(&p.issuer.as_str()) {
-            issuers.push(&p.issuer);
-        }
-        for s in &p.token_sources {
-            let m = match s {
-                TokenSource::Bearer => "header",
-                TokenSource::Query(_) => "query",
-                TokenSource::Header(_) | TokenSource::Cookie(_) => continue,
-            };
-            if !methods.contains(&m) {
-                methods.push(m);
-            }
-        }
-    }
     let mut scopes: Vec<&str> = Vec::new();
     for r in routes {
-        if let Some(policy) = r.policy.as_ref().and_then(|p| config.policies.get(p)) {
-            for s in policy.scopes() {
-                if !scopes.contains(&s) {
-                    scopes.push(s);
+        for p in r.providers.iter().filter(|p| p.api_keys.is_none()) {
+            if !issuers.contains(&p.issuer.as_str()) {
+                issuers.push(&p.issuer);
+            }
+            for s in &p.token_sources {
+                let m = match s {
+                    TokenSource::Bearer => "header",
+                    TokenSource::Query(_) => "query",
+                    TokenSource::Header(_) | TokenSource::Cookie(_) => continue,
+                };
+                if !methods.contains(&m) {
+                    methods.push(m);
                 }
             }
         }
+        for s in r.policy.into_iter().flat_map(|p| p.scopes()) {
+            if !scopes.contains(&s) {
+                scopes.push(s);
+            }
+        }
     }
-    let dpop_of = |r: &tollgate_config::Route| {
-        let own = r.dpop;
-        let from_providers = providers
-            .iter()
-            .filter(|p| r.providers.iter().any(|n| *n == *p.name))
-            .map(|p| p.dpop);
-        (own, from_providers.collect::<Vec<DpopMode>>())
-    };
-    let takes_dpop = routes.iter().any(|r| {
-        let (own, ps) = dpop_of(r);
-        own != DpopMode::Off || ps.iter().any(|m| *m != DpopMode::Off)
-    });
-    let requires_dpop = routes.iter().all(|r| {
-        let (own, ps) = dpop_of(r);
-        own == DpopMode::Required || (!ps.is_empty() && ps.iter().all(|m| *m == DpopMode::Required))
-    });
+    let takes_dpop = routes.iter().any(|r| r.schemes != Schemes::Bearer);
+    let requires_dpop = routes.iter().all(|r| r.schemes == Schemes::Dpop);
     let requires_binding = routes.iter().all(|r| {
-        r.require_certificate_binding
-            || providers
-                .iter()
-                .filter(|p| r.providers.iter().any(|n| *n == *p.name))
-                .all(|p| p.require_certificate_binding)
+        r.require_certificate_binding || r.providers.iter().all(|p| p.require_certificate_binding)
     });
     let mut doc = Map::new();
     doc.insert("resource".into(), id.into());

@@ -248,14 +248,16 @@ impl RuntimeSnapshot {
             ext_authz: &ext_authz,
         };
         let mut router = Router::new();
+        let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let route = shared.route(r);
+            let route = Arc::new(shared.route(r));
+            routes.push(route.clone());
             let methods: Vec<&str> = r.methods.iter().map(String::as_str).collect();
             router
                 .insert(
                     RouteSpec::new(r.host.as_deref(), &r.path, r.path_match, &methods)
                         .case_insensitive(r.case_insensitive),
-                    Arc::new(route),
+                    route,
                 )
                 .expect("routes were validated against the same router");
         }
@@ -284,8 +286,15 @@ impl RuntimeSnapshot {
             .chain(authz_headers)
             .collect();
         let strip = crate::request::edge::strip_set(&gateway_headers, &config.server.http);
-        let resources =
-            crate::request::resource::Resources::build(config, |name| auth.provider(name));
+        let resources = crate::request::resource::Resources::build(routes.iter().filter_map(|r| {
+            Some(crate::request::resource::RouteFacts {
+                resource: r.resource.as_ref()?,
+                providers: &r.providers,
+                policy: r.policy.as_deref(),
+                schemes: r.schemes,
+                require_certificate_binding: r.require_certificate_binding,
+            })
+        }));
         Ok(RuntimeSnapshot {
             router,
             clusters,
