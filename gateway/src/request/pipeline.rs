@@ -383,7 +383,10 @@ impl Pipeline<'_> {
             return Ok(None);
         }
         if let Some(caller) = self.given_caller(route) {
-            if let Err((reason, refusal)) = resource_checks(route, caller.claims()) {
+            let checked = resource_audience(route, caller.claims())
+                .map_err(|r| (Reason::Audience.as_str(), r))
+                .and_then(|()| step_up(route, caller.claims()).map_err(|r| ("step_up", r)));
+            if let Err((reason, refusal)) = checked {
                 *outcome = Some(("deny", reason));
                 return Err(refusal);
             }
@@ -429,22 +432,15 @@ impl Pipeline<'_> {
             https,
         };
         // RFC 8707: a token for another resource is refused before its proof is spent.
-        if let Some(resource) = &route.resource {
-            if !crate::request::resource::audience_holds(&identity.token.claims, &resource.id) {
-                tally.failed(&identity.provider.name, Reason::Audience.as_str());
-                return Err(Refusal::Unauthorized {
-                    reason: Reason::Audience,
-                    detail: "the token is not for this resource (aud)",
-                    presented: true,
-                    schemes: route.schemes,
-                });
-            }
+        if let Err(refusal) = resource_audience(route, &identity.token.claims) {
+            tally.failed(&identity.provider.name, Reason::Audience.as_str());
+            return Err(refusal);
         }
         self.hold(carrier, route, &identity, &mut tally).await?;
         // RFC 9470: a good token whose login is too weak or too old. Not charged to the
         // client as a failed attempt: the client did nothing wrong.
-        if let Err((reason, refusal)) = resource_checks(route, &identity.token.claims) {
-            tally.count(&identity.provider.name, "deny", reason);
+        if let Err(refusal) = step_up(route, &identity.token.claims) {
+            tally.count(&identity.provider.name, "deny", "step_up");
             return Err(refusal);
         }
         let provider = &identity.provider;
@@ -712,26 +708,30 @@ fn find<'r>(
     }
 }
 
-/// What a route's resource asks of a caller's claims: the resource in `aud` (RFC 8707) and
-/// the login of `step_up` (RFC 9470). `Err` holds the reason label and the refusal.
-fn resource_checks(
+/// RFC 8707: on a route with a `resource`, the claims' `aud` holds it.
+fn resource_audience(
     route: &RouteRuntime,
     claims: &serde_json::Map<String, serde_json::Value>,
-) -> Result<(), (&'static str, Refusal)> {
-    use crate::request::resource::{audience_holds, step_up_miss, StepUpMiss};
-    if let Some(resource) = &route.resource {
-        if !audience_holds(claims, &resource.id) {
-            return Err((
-                Reason::Audience.as_str(),
-                Refusal::Unauthorized {
-                    reason: Reason::Audience,
-                    detail: "the token is not for this resource (aud)",
-                    presented: true,
-                    schemes: route.schemes,
-                },
-            ));
+) -> Result<(), Refusal> {
+    match &route.resource {
+        Some(resource) if !crate::request::resource::audience_holds(claims, &resource.id) => {
+            Err(Refusal::Unauthorized {
+                reason: Reason::Audience,
+                detail: "the token is not for this resource (aud)",
+                presented: true,
+                schemes: route.schemes,
+            })
         }
+        _ => Ok(()),
     }
+}
+
+/// RFC 9470: the claims' `acr` and `auth_time` meet the route's `step_up`.
+fn step_up(
+    route: &RouteRuntime,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), Refusal> {
+    use crate::request::resource::{step_up_miss, StepUpMiss};
     let Some(step_up) = &route.step_up else {
         return Ok(());
     };
@@ -739,18 +739,15 @@ fn resource_checks(
     let Some(miss) = step_up_miss(step_up, claims, now) else {
         return Ok(());
     };
-    Err((
-        "step_up",
-        Refusal::StepUpRequired {
-            acr_values: route.step_up_acr.clone(),
-            max_age: step_up.max_age.map(|d| d.as_secs()),
-            detail: match miss {
-                StepUpMiss::Acr => "a stronger authentication (acr) is required",
-                StepUpMiss::MaxAge => "a more recent authentication (auth_time) is required",
-            },
-            schemes: route.schemes,
+    Err(Refusal::StepUpRequired {
+        acr_values: route.step_up_acr.clone(),
+        max_age: step_up.max_age.map(|d| d.as_secs()),
+        detail: match miss {
+            StepUpMiss::Acr => "a stronger authentication (acr) is required",
+            StepUpMiss::MaxAge => "a more recent authentication (auth_time) is required",
         },
-    ))
+        schemes: route.schemes,
+    })
 }
 
 /// Authentication's outcome, for the access log and (in enforce mode) its counter, and a
