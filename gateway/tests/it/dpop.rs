@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use serde_json::json;
-use tollgate_jwt::dpop::{key_thumbprint, make_proof};
+use tollgate_jwt::dpop::{key_thumbprint, make_proof_with_nonce};
 use tollgate_jwt::SigningKey;
 
 const ISS: &str = "https://issuer.test";
@@ -38,11 +38,7 @@ static JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A fresh proof by `key` for `method` on `url`, for `token`.
 fn proof(key: &SigningKey, method: &str, url: &str, token: &str) -> String {
-    let jti = format!(
-        "jti-{}",
-        JTI.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    make_proof(key, method, url, Some(token), &jti, now()).unwrap()
+    proof_with_nonce(key, method, url, token, None)
 }
 
 fn config(jwks: &std::path::Path, echo: &Echo, extra: &str) -> String {
@@ -327,14 +323,19 @@ fn at_debug_level_neither_the_token_nor_the_proof_is_logged_even_when_forwarded(
 
 const NONCE_KEY: &str = "a-nonce-key-shared-by-every-instance-of-the-fleet";
 
-/// A proof by `key` carrying `nonce`.
-fn proof_with_nonce(key: &SigningKey, url: &str, token: &str, nonce: Option<&str>) -> String {
+/// As `proof`, carrying the server's `nonce` when given.
+fn proof_with_nonce(
+    key: &SigningKey,
+    method: &str,
+    url: &str,
+    token: &str,
+    nonce: Option<&str>,
+) -> String {
     let jti = format!(
         "jti-{}",
         JTI.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    tollgate_jwt::dpop::make_proof_with_nonce(key, "GET", url, Some(token), &jti, now(), nonce)
-        .unwrap()
+    make_proof_with_nonce(key, method, url, Some(token), &jti, now(), nonce).unwrap()
 }
 
 fn assert_nonce_asked(r: &Reply, what: &str) -> String {
@@ -384,10 +385,13 @@ fn with_nonces_on_a_proof_needs_a_fresh_nonce_that_every_instance_of_the_fleet_i
 
     // RFC 9449 §9: no nonce → 401 use_dpop_nonce with one; the retry with it passes, and
     // the answer carries the nonce for the next proof.
-    let r = send(&one, &proof_with_nonce(&alice, &url, &bound, None));
+    let r = send(&one, &proof(&alice, "GET", &url, &bound));
     let nonce = assert_nonce_asked(&r, "no nonce");
     assert_eq!(echo.count(), 0, "refused requests never reach the upstream");
-    let r = send(&one, &proof_with_nonce(&alice, &url, &bound, Some(&nonce)));
+    let r = send(
+        &one,
+        &proof_with_nonce(&alice, "GET", &url, &bound, Some(&nonce)),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(
         r.header("dpop-nonce").is_some(),
@@ -396,12 +400,15 @@ fn with_nonces_on_a_proof_needs_a_fresh_nonce_that_every_instance_of_the_fleet_i
     assert_eq!(r.upstream_header("dpop"), None);
     // Another instance with the same key takes the nonce the first one issued: nothing is
     // kept per process.
-    let r = send(&two, &proof_with_nonce(&alice, &url, &bound, Some(&nonce)));
+    let r = send(
+        &two,
+        &proof_with_nonce(&alice, "GET", &url, &bound, Some(&nonce)),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     // A nonce never issued.
     let r = send(
         &one,
-        &proof_with_nonce(&alice, &url, &bound, Some("made-up")),
+        &proof_with_nonce(&alice, "GET", &url, &bound, Some("made-up")),
     );
     assert_nonce_asked(&r, "a made-up nonce");
     // An old nonce: once the gateway has issued two newer ones, the first is refused.
@@ -410,7 +417,7 @@ fn with_nonces_on_a_proof_needs_a_fresh_nonce_that_every_instance_of_the_fleet_i
         "two newer nonces",
         std::time::Duration::from_secs(10),
         || {
-            let r = send(&one, &proof_with_nonce(&alice, &url, &bound, None));
+            let r = send(&one, &proof(&alice, "GET", &url, &bound));
             let n = assert_nonce_asked(&r, "no nonce");
             if !seen.contains(&n) {
                 seen.push(n);
@@ -418,7 +425,10 @@ fn with_nonces_on_a_proof_needs_a_fresh_nonce_that_every_instance_of_the_fleet_i
             (seen.len() >= 3).then_some(())
         },
     );
-    let r = send(&one, &proof_with_nonce(&alice, &url, &bound, Some(&nonce)));
+    let r = send(
+        &one,
+        &proof_with_nonce(&alice, "GET", &url, &bound, Some(&nonce)),
+    );
     assert_nonce_asked(&r, "an old nonce");
     assert!(one.metric("tollgate_dpop_proofs_total", &[("result", "nonce")]) >= 3.0);
 }
