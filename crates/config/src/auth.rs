@@ -364,18 +364,13 @@ fn revocation(r: &RawRevocation, problems: &mut Problems) -> Option<Revocation> 
         }
         (Some(f), None) => RevocationSource::File(f.clone()),
         (None, Some(redis)) => {
-            // The gateway opens the connection with this same parser (`redis::Client::open`).
-            if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
-                problems.add(
-                    "auth.revocation.redis.url",
-                    "must be a redis:// or rediss:// URL",
-                );
-                return None;
-            }
-            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(redis.url.as_str()) {
-                problems.add("auth.revocation.redis.url", e.to_string());
-                return None;
-            }
+            let server = crate::stores::server(
+                "auth.revocation.redis",
+                &redis.url,
+                &redis.cluster,
+                &redis.sentinel,
+                problems,
+            )?;
             let key = redis
                 .key
                 .clone()
@@ -384,10 +379,7 @@ fn revocation(r: &RawRevocation, problems: &mut Problems) -> Option<Revocation> 
                 problems.add("auth.revocation.redis.key", "must not be empty");
                 return None;
             }
-            RevocationSource::Redis {
-                url: redis.url.clone(),
-                key,
-            }
+            RevocationSource::Redis { server, key }
         }
     };
     Some(Revocation { source, poll })

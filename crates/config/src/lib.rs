@@ -27,6 +27,7 @@ mod raw;
 mod rewrite;
 mod routes;
 mod schema;
+mod stores;
 mod tls;
 mod upstreams;
 mod validate;

@@ -1,7 +1,9 @@
 //! Validation of rate limits: the `rate_limiting` section (stores) and each route's
 //! `rate_limits` list.
 
-use crate::model::{Limit, LimitKey, LimitStore, OnStoreError, RateLimiting, Redis, Tier, Tiers};
+use crate::model::{
+    Limit, LimitKey, LimitStore, OnStoreError, RateLimiting, Redis, RedisServer, Tier, Tiers,
+};
 use crate::problems::{duration, header_name, Problems};
 use crate::raw::{RawLimit, RawLimitKey, RawRateLimiting};
 use std::time::Duration;
@@ -13,18 +15,15 @@ pub(crate) fn rate_limiting(raw: &RawRateLimiting, problems: &mut Problems) -> R
         problems.add("rate_limiting.max_local_keys", "must be at least 1");
     }
     let redis = raw.redis.as_ref().map(|r| {
-        // The gateway opens the store with this same parser (`redis::Client::open`).
-        if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
-            problems.add(
-                "rate_limiting.redis.url",
-                "must be a redis:// or rediss:// URL",
-            );
-        } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(r.url.as_str()) {
-            problems.add(
-                "rate_limiting.redis.url",
-                format!("not a usable Redis URL: {e}"),
-            );
-        }
+        // Refused anyway when it is `None`; the placeholder keeps the other checks going.
+        let server = crate::stores::server(
+            "rate_limiting.redis",
+            &r.url,
+            &r.cluster,
+            &r.sentinel,
+            problems,
+        )
+        .unwrap_or(RedisServer::Node(String::new()));
         let on_store_error = match r.on_store_error.as_deref() {
             None | Some("local") => OnStoreError::Local,
             Some("allow") => OnStoreError::Allow,
@@ -38,7 +37,7 @@ pub(crate) fn rate_limiting(raw: &RawRateLimiting, problems: &mut Problems) -> R
             }
         };
         Redis {
-            url: r.url.clone(),
+            server,
             timeout: duration(
                 &r.timeout,
                 "rate_limiting.redis.timeout",

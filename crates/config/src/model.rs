@@ -574,10 +574,24 @@ pub struct RateLimiting {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Redis {
-    pub url: String,
+    pub server: RedisServer,
     /// One check, round trip included. Default 5 ms.
     pub timeout: Duration,
     pub on_store_error: OnStoreError,
+}
+
+/// Where a shared store lives: one Redis server, a Redis Cluster, or the master of a
+/// service that Redis Sentinel watches. Every URL is `redis://` (or `rediss://`); its
+/// credentials and database apply to the connections made from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisServer {
+    /// One server.
+    Node(String),
+    /// A Redis Cluster, found from these seed nodes; each key goes to its slot's master.
+    Cluster(Vec<String>),
+    /// The master of `master`, asked of these Sentinels and asked again when it fails over.
+    /// The first Sentinel URL's credentials and database are also used for the master.
+    Sentinel { master: String, nodes: Vec<String> },
 }
 
 /// What a limit does when Redis does not answer in time.
@@ -779,7 +793,7 @@ pub enum RevocationSource {
     File(String),
     /// A Redis set of JSON entries at `key`, with its version counter at `key:version`
     /// (default key `tollgate:revoked`).
-    Redis { url: String, key: String },
+    Redis { server: RedisServer, key: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -705,8 +705,13 @@ pub struct RawRevocation {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRevocationRedis {
-    /// `redis://host:port/` (or `rediss://`).
-    pub url: String,
+    /// One server: `redis://host:port/` (or `rediss://`). Exactly one of `url`, `cluster`
+    /// and `sentinel`.
+    pub url: Option<String>,
+    /// A Redis Cluster: seed nodes, `redis://host:port/` each.
+    pub cluster: Option<Vec<String>>,
+    /// The master of a service watched by Redis Sentinel.
+    pub sentinel: Option<RawSentinel>,
     /// The set's key; the counter is at `KEY:version`.
     #[schemars(extend("default" = "tollgate:revoked"))]
     pub key: Option<String>,
@@ -1163,14 +1168,32 @@ pub struct RawRateLimiting {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
-    /// `redis://host:port/` (or `rediss://`).
-    pub url: String,
+    /// One server: `redis://host:port/` (or `rediss://`). Exactly one of `url`, `cluster`
+    /// and `sentinel`.
+    pub url: Option<String>,
+    /// A Redis Cluster: seed nodes, `redis://host:port/` each. A bucket is one key, so
+    /// each check goes to one slot's master.
+    pub cluster: Option<Vec<String>>,
+    /// The master of a service watched by Redis Sentinel.
+    pub sentinel: Option<RawSentinel>,
     /// How long a check waits for Redis.
     #[schemars(extend("default" = "5ms"))]
     pub timeout: Option<DurationText>,
     /// When Redis does not answer in time: `allow`, `deny`, or `local` (the in-process store).
     #[schemars(extend("default" = "local", "enum" = ["allow", "deny", "local"]))]
     pub on_store_error: Option<String>,
+}
+
+/// `redis.sentinel`: a service's master, asked of the Sentinels and followed when they fail
+/// it over.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSentinel {
+    /// The service name the Sentinels monitor (`sentinel monitor NAME ...`).
+    pub master: String,
+    /// Sentinels, `redis://host:port/` each (usually port 26379). The first one's
+    /// credentials and database are also used for the master.
+    pub nodes: Vec<String>,
 }
 
 /// Top-level sections, each parsed on its own so that an error in one does not hide the others.

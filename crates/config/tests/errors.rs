@@ -1440,3 +1440,67 @@ routes:
         0,
     );
 }
+
+#[test]
+fn a_shared_store_is_one_server_a_cluster_or_a_sentinel_master_with_every_url_checked() {
+    let p = problems(
+        r#"
+listen: { http: "127.0.0.1:8080" }
+rate_limiting:
+  redis: { url: "redis://a:6379/", cluster: ["redis://b:7000/"] }
+auth:
+  revocation:
+    redis: { sentinel: { master: "", nodes: ["redis://s1:26379/", "http://s2:26379/"] } }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: e }
+"#,
+    );
+    let expected = [
+        "rate_limiting.redis: give only one of url, cluster and sentinel",
+        "auth.revocation.redis.sentinel.master: must not be empty",
+        "auth.revocation.redis.sentinel.nodes[1]: must be a redis:// or rediss:// URL",
+    ];
+    assert_problems(&p, &expected, 0);
+
+    let p = problems(
+        r#"
+listen: { http: "127.0.0.1:8080" }
+rate_limiting:
+  redis: { cluster: [] }
+auth:
+  revocation:
+    redis: { key: k }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: e }
+"#,
+    );
+    let expected = [
+        "rate_limiting.redis.cluster: needs at least one redis:// URL",
+        "auth.revocation.redis: needs url, cluster or sentinel",
+    ];
+    assert_problems(&p, &expected, 0);
+
+    let config = tollgate_config::parse(
+        r#"
+listen: { http: "127.0.0.1:8080" }
+rate_limiting:
+  redis: { sentinel: { master: fleet, nodes: ["redis://:pw@127.0.0.1:26379/"] }, on_store_error: deny }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: e }
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        config.rate_limiting.redis.unwrap().server,
+        tollgate_config::RedisServer::Sentinel {
+            master: "fleet".into(),
+            nodes: vec!["redis://:pw@127.0.0.1:26379/".into()],
+        }
+    );
+}

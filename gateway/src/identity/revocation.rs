@@ -17,6 +17,7 @@
 //! does not lift revocations: the entries held are kept and the set's are added to them.
 
 use crate::telemetry::metrics::METRICS;
+use crate::util::store::{Conn, Store};
 use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ use tollgate_jwt::{DenyList, Revoked};
 /// A deny list and where it comes from.
 pub struct Revocations {
     source: RevocationSource,
+    /// The Redis store of a `redis` source.
+    store: Option<Arc<Store>>,
     poll: Duration,
     list: ArcSwap<DenyList>,
     /// The list has been read at least once (a file at load; Redis on its first answer).
@@ -81,9 +84,15 @@ impl Revocations {
     /// The list for `config`: the one already in use for this source, or a new one. A
     /// file is read now (the compile step runs off the async workers).
     pub fn for_config(config: &Revocation) -> Result<Arc<Revocations>, Problem> {
-        let fresh = match &config.source {
-            RevocationSource::File(path) => Some(read_file(path).map_err(problem)?),
-            RevocationSource::Redis { .. } => None,
+        let (fresh, store) = match &config.source {
+            RevocationSource::File(path) => (Some(read_file(path).map_err(problem)?), None),
+            RevocationSource::Redis { server, .. } => {
+                let store = Store::new(server).map_err(|message| Problem {
+                    path: "auth.revocation.redis".to_owned(),
+                    message,
+                })?;
+                (None, Some(Arc::new(store)))
+            }
         };
         let key = format!("{:?} {:?}", config.source, config.poll);
         let mut lists = LISTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,6 +106,7 @@ impl Revocations {
         let ready = fresh.is_some();
         let r = Arc::new(Revocations {
             source: config.source.clone(),
+            store,
             poll: config.poll,
             list: ArcSwap::from_pointee(DenyList::default()),
             ready: AtomicBool::new(ready),
@@ -134,8 +144,9 @@ impl Revocations {
         let (jtis, subjects) = self.list.load().len();
         let source = match &self.source {
             RevocationSource::File(path) => serde_json::json!({"file": path}),
-            RevocationSource::Redis { url, key } => {
-                serde_json::json!({"redis": crate::util::redact::url(url), "key": key})
+            RevocationSource::Redis { key, .. } => {
+                let store = self.store.as_ref().map(|s| s.view());
+                serde_json::json!({"redis": store, "key": key})
             }
         };
         serde_json::json!({
@@ -202,8 +213,9 @@ impl Revocations {
             RevocationSource::File(path) => {
                 tokio::spawn(watch_file(weak, path, self.poll));
             }
-            RevocationSource::Redis { url, key } => {
-                tokio::spawn(poll_redis(weak, url, key, self.poll));
+            RevocationSource::Redis { key, .. } => {
+                let store = self.store.clone().expect("a redis source has its store");
+                tokio::spawn(poll_redis(weak, store, key, self.poll));
             }
         }
     }
@@ -251,51 +263,28 @@ struct RedisView {
 /// Polls `key:version` and reads the set at `key` when it changed. A member that is not a
 /// valid entry (or not UTF-8) is left out and counted; the others apply (one bad write must
 /// not stop every later revocation from taking effect).
-async fn poll_redis(weak: Weak<Revocations>, url: String, key: String, poll: Duration) {
-    let client = match redis::Client::open(url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            // Validation parsed this URL with the same parser; kept for completeness.
-            tracing::error!(error = %e, "revocation: bad redis url");
-            return;
-        }
-    };
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(1)))
-        .set_number_of_retries(1);
+async fn poll_redis(weak: Weak<Revocations>, store: Arc<Store>, key: String, poll: Duration) {
+    store.connect_in_background();
+    store.wait_connected(Duration::from_secs(2)).await;
     let version_key = format!("{key}:version");
-    let mut conn: Option<redis::aio::ConnectionManager> = None;
     let mut view = RedisView::default();
     loop {
         if weak.strong_count() == 0 {
             return;
         }
-        if conn.is_none() {
-            match redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone())
-                .await
-            {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    if let Some(r) = weak.upgrade() {
-                        r.failed(&format!("cannot connect to redis: {e}"));
-                    }
-                }
-            }
-        }
-        if let Some(c) = conn.as_mut() {
-            if let Err(e) = read_redis(c, &weak, &key, &version_key, &mut view).await {
-                if let Some(r) = weak.upgrade() {
-                    r.failed(&e);
-                }
-            }
+        let outcome = match store.connection() {
+            Some(mut c) => read_redis(&mut c, &weak, &key, &version_key, &mut view).await,
+            None => Err("cannot connect to redis yet".to_owned()),
+        };
+        if let (Err(e), Some(r)) = (outcome, weak.upgrade()) {
+            r.failed(&e);
         }
         tokio::time::sleep(poll).await;
     }
 }
 
 async fn read_redis(
-    c: &mut redis::aio::ConnectionManager,
+    c: &mut Conn,
     weak: &Weak<Revocations>,
     key: &str,
     version_key: &str,

@@ -16,6 +16,7 @@
 
 use crate::identity::keys::Provider;
 use crate::telemetry::metrics::METRICS;
+use crate::util::store::Store;
 use arc_swap::ArcSwap;
 use once_cell::sync::{Lazy, OnceCell};
 use pingora_core::connectors::http::Connector;
@@ -97,7 +98,7 @@ pub struct Receiver {
     subjects_of: Vec<Vec<String>>,
     connector: Arc<Connector>,
     /// The deny list's Redis set, when there is one: pushed revocations go to the fleet.
-    fleet: Option<(redis::Client, String)>,
+    fleet: Option<(Arc<Store>, String)>,
 }
 
 /// What the receiver answers (RFC 8935 §2.2–2.3): 202, or an error with its `err` code.
@@ -161,12 +162,12 @@ impl Receiver {
             }
         }
         let fleet = match revocation.map(|r| &r.source) {
-            Some(RevocationSource::Redis { url, key }) => match redis::Client::open(url.as_str()) {
-                Ok(c) => Some((c, key.clone())),
-                Err(e) => {
+            Some(RevocationSource::Redis { server, key }) => match Store::new(server) {
+                Ok(s) => Some((Arc::new(s), key.clone())),
+                Err(message) => {
                     problems.push(Problem {
-                        path: "auth.revocation.redis.url".into(),
-                        message: e.to_string(),
+                        path: "auth.revocation.redis".into(),
+                        message,
                     });
                     None
                 }
@@ -354,25 +355,40 @@ impl Receiver {
         Ok((Map::clone(&verified.claims), index))
     }
 
-    /// The entries, in the fleet's deny list (a Redis set and its version counter).
+    /// The entries, in the fleet's deny list (a Redis set and its version counter). The
+    /// set is written first, then the counter: a poller that reads between the two sees the
+    /// entries at the next bump. Two commands, not a transaction: in a cluster the two keys
+    /// may live in different slots.
     async fn to_fleet(&self, entries: &[Entry]) -> Result<(), String> {
-        let Some((client, key)) = &self.fleet else {
+        let Some((store, key)) = &self.fleet else {
             return Ok(());
         };
         let write = async {
-            let mut c = client.get_multiplexed_async_connection().await?;
-            let mut pipe = redis::pipe();
-            pipe.atomic();
+            store.connect_in_background();
+            let mut c = match store.connection() {
+                Some(c) => c,
+                None if store.wait_connected(Duration::from_secs(2)).await => {
+                    store.connection().ok_or("not connected")?
+                }
+                None => return Err("cannot connect to redis".to_owned()),
+            };
+            let mut add = redis::cmd("SADD");
+            add.arg(key);
             for e in entries {
-                pipe.cmd("SADD").arg(key).arg(e.to_line()).ignore();
+                add.arg(e.to_line());
             }
-            pipe.cmd("INCR").arg(format!("{key}:version")).ignore();
-            pipe.query_async::<()>(&mut c).await
+            add.query_async::<()>(&mut c)
+                .await
+                .map_err(|e| e.to_string())?;
+            redis::cmd("INCR")
+                .arg(format!("{key}:version"))
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(|e| e.to_string())
         };
-        match tokio::time::timeout(Duration::from_secs(2), write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("redis did not answer within 2 s".into()),
+        match tokio::time::timeout(Duration::from_secs(3), write).await {
+            Ok(result) => result,
+            Err(_) => Err("redis did not answer within 3 s".into()),
         }
     }
 }

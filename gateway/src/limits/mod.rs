@@ -6,7 +6,7 @@
 //! reload neither resets nor doubles anyone's allowance.
 
 use crate::telemetry::metrics::METRICS;
-use arc_swap::ArcSwapOption;
+use crate::util::store::{Conn, Store};
 use prometheus::IntCounter;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -36,11 +36,11 @@ pub fn client_bucket(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The Redis store: a multiplexed connection that reconnects by itself, and the GCRA
-/// script (sent once, then called by its SHA).
+/// The Redis store of limits (and of the DPoP replay cache): its connection (one server,
+/// a cluster or a Sentinel-watched master) and the GCRA script (sent once, then called by
+/// its SHA).
 pub struct RedisStore {
-    client: redis::Client,
-    conn: ArcSwapOption<redis::aio::ConnectionManager>,
+    store: Arc<Store>,
     script: redis::Script,
     timeout: Duration,
     on_error: OnStoreError,
@@ -50,8 +50,7 @@ pub struct RedisStore {
 impl RedisStore {
     pub fn new(settings: &tollgate_config::Redis) -> Result<RedisStore, String> {
         Ok(RedisStore {
-            client: redis::Client::open(settings.url.as_str()).map_err(|e| e.to_string())?,
-            conn: ArcSwapOption::empty(),
+            store: Arc::new(Store::new(&settings.server)?),
             script: redis::Script::new(REDIS_GCRA_SCRIPT),
             timeout: settings.timeout,
             on_error: settings.on_store_error,
@@ -61,52 +60,22 @@ impl RedisStore {
 
     /// Connects in the background until it succeeds (the connection then reconnects by
     /// itself); checks made before then count as store errors and follow `on_store_error`.
-    pub fn connect_in_background(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(1)))
-                .set_response_timeout(Some(Duration::from_secs(1)));
-            let mut wait = Duration::from_millis(100);
-            loop {
-                if weak.strong_count() == 0 {
-                    return;
-                }
-                match redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone())
-                    .await
-                {
-                    Ok(conn) => {
-                        if let Some(s) = weak.upgrade() {
-                            s.conn.store(Some(Arc::new(conn)));
-                            tracing::info!("connected to redis");
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot connect to redis yet");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        });
+    pub fn connect_in_background(&self) {
+        self.store.connect_in_background();
     }
 
     /// Waits until the background connection is up, at most `within`; whether it is.
     pub async fn wait_connected(&self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        while self.conn.load().is_none() {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
+        self.store.wait_connected(within).await
     }
 
-    pub(crate) fn connection(&self) -> Option<Arc<redis::aio::ConnectionManager>> {
-        self.conn.load_full()
+    pub(crate) fn connection(&self) -> Option<Conn> {
+        self.store.connection()
+    }
+
+    /// Where the store is, for the admin view.
+    pub fn view(&self) -> serde_json::Value {
+        self.store.view()
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -122,8 +91,7 @@ impl RedisStore {
     }
 
     async fn check(&self, key: &[u8], gcra: &Gcra, consume: bool) -> Result<Verdict, String> {
-        let conn = self.conn.load_full().ok_or("not connected")?;
-        let mut conn = (*conn).clone();
+        let mut conn = self.connection().ok_or("not connected")?;
         let [interval_us, burst, margin] = gcra.redis_argv(REDIS_TTL_MARGIN);
         let mut invocation = self.script.key(key);
         invocation

@@ -18,6 +18,7 @@ mod dpop;
 mod edge;
 mod explain;
 mod ext_authz;
+mod fleet;
 mod grpc;
 mod house;
 mod introspect;
