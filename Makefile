@@ -32,6 +32,7 @@ help:
 	@echo "make fuzz-build   build the cargo-fuzz targets (nightly)"
 	@echo "make fuzz         run every fuzz target FUZZ_SECONDS (60) each; figures in loadtest/results/FUZZ.md"
 	@echo "make check-config validate conf/gateway.yaml"
+	@echo "make sizing       CPU per TLS handshake, Redis commands per request per limit: loadtest/results/SIZING.md"
 	@echo "make soak         soak test with injected faults, release build, SOAK_DURATION=600 s, into loadtest/results/"
 	@echo "make soak-short   the same for 60 s against the debug build, into target/soak"
 	@echo "make upgrade CONFIG=F PID=P  hand a running instance's listeners to the new release build"
@@ -90,6 +91,14 @@ $(GRPC_VENV)/.installed: | deps-test
 	$(GRPC_VENV)/bin/pip install -q grpcio==1.76.0
 	touch $@
 
+# The tracing test's collector: opentelemetry-proto (the OTLP protobuf messages) from PyPI,
+# pinned, in a venv of its own under target/ (the test runs target/otel-venv/bin/python).
+OTEL_VENV := target/otel-venv
+$(OTEL_VENV)/.installed: | deps-test
+	python3 -m venv $(OTEL_VENV)
+	$(OTEL_VENV)/bin/pip install -q opentelemetry-proto==1.45.2 protobuf==7.36.2
+	touch $@
+
 deps-loadtest: deps-build
 	@$(call need,nginx,nginx-light)
 	@$(call need,haproxy,haproxy)
@@ -111,6 +120,13 @@ loadtest: deps-loadtest build
 
 build: deps-build
 	$(CARGO) build --release --locked
+
+# Figures for docs/operations.md's sizing that the load test does not give: CPU per TLS
+# handshake and Redis commands per request per shared limit (loadtest/sizing.py); writes
+# loadtest/results/SIZING.md.
+.PHONY: sizing
+sizing: deps-loadtest build
+	python3 loadtest/sizing.py
 
 # Soak test with injected faults (loadtest/soak.py, see loadtest/README.md): valid, expired,
 # forged and over-quota tokens over HTTPS (HTTP/1.1 and HTTP/2) while backends are killed,
@@ -171,7 +187,7 @@ fmt-check:
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-unit: $(GRPC_VENV)/.installed
+unit: $(GRPC_VENV)/.installed $(OTEL_VENV)/.installed
 	$(CARGO) test --workspace --locked
 
 # The debug binary and the examples, resolved as `cargo test --workspace` resolves them (the

@@ -161,6 +161,22 @@ SCENARIOS = [
         "dpop": True,
     },
     {
+        "name": "trace-1",
+        "title": "trace-1: the repeat scenario with OpenTelemetry tracing on, 1 % of new traces sampled, "
+                 "exporting to a stopped collector (nothing listens on its port)",
+        "targets": ["tollgate"],
+        "tokens": "repeat.txt",
+        "trace": 0.01,
+    },
+    {
+        "name": "trace-100",
+        "title": "trace-100: the repeat scenario with OpenTelemetry tracing on, every request sampled, "
+                 "exporting to a stopped collector (nothing listens on its port)",
+        "targets": ["tollgate"],
+        "tokens": "repeat.txt",
+        "trace": 1.0,
+    },
+    {
         "name": "failover",
         "title": "failover: load balancing over three `tollgate echo` backends (no auth); b1 killed (SIGKILL) at 25 % "
                  "of each run and restarted on its port at 60 %, b2 answering 200 ms late from 30 % to 70 %",
@@ -684,7 +700,11 @@ class Lab:
             conf = render("tollgate-open.yaml", "tollgate-open.yaml", **common)
         else:
             n_routes = 10_000 if name == "tollgate-10k" else 1
-            auth_extra = provider_extra = route_extra = ""
+            auth_extra = provider_extra = route_extra = logging_extra = ""
+            if scenario.get("trace") is not None:
+                # A collector that is stopped: a loopback port nothing listens on.
+                logging_extra = (f"  tracing: {{ endpoint: \"http://127.0.0.1:{free_port()}/v1/traces\", "
+                                 f"sample_ratio: {scenario['trace']} }}")
             if scenario.get("upstream_token"):
                 auth_extra = (f"  signing_keys:\n    issuer: {GATEWAY_ISSUER}\n    current: gw1\n    keys:\n"
                               f"      - {{ kid: gw1, file: {self.keys['gw_key']} }}")
@@ -702,7 +722,8 @@ class Lab:
                 provider_extra = "      dpop: required"
             conf = render("tollgate.yaml", f"{name}-{scenario['name']}.yaml", JWKS=self.keys["jwks"],
                           ROUTES=tollgate_routes(n_routes, rate, burst, route_extra), AUTH_EXTRA=auth_extra,
-                          PROVIDER_EXTRA=provider_extra, MORE_PROVIDERS=more_providers, **common)
+                          PROVIDER_EXTRA=provider_extra, MORE_PROVIDERS=more_providers,
+                          LOGGING_EXTRA=logging_extra, **common)
         key = (name, rate, tls, conf)
         if key not in self.checked_configs:
             r = subprocess.run([BIN, "check", "-c", conf], capture_output=True, text=True)
@@ -1238,6 +1259,9 @@ def run_all(lab, keys, duration, rounds, only, gate):
                         continue
                     before = proc_status(t.proc.pid) if t.proc else None
                     reloads0 = metric_sum(t.metrics_port, "tollgate_jwks_fetch_total", 'result="success"') if t.metrics_port else None
+                    if sc.get("trace") is not None:
+                        spans0 = {r: metric_sum(t.metrics_port, "tollgate_trace_spans_total", f'result="{r}"')
+                                  for r in ("exported", "failed", "dropped")}
                     if sc.get("upstream_token"):
                         minted0 = {r: metric_sum(t.metrics_port, "tollgate_upstream_tokens_total", f'result="{r}"')
                                    for r in ("minted", "cached")}
@@ -1280,6 +1304,11 @@ def run_all(lab, keys, duration, rounds, only, gate):
                             notes["reloads"] += reloads1 - reloads0
                         notes["rotate_errors"] += rot.errors
                         run["rotations"] = rot.rotations
+                    if sc.get("trace") is not None:
+                        # What became of the run's spans (tollgate_trace_spans_total).
+                        for r, n0 in spans0.items():
+                            n1 = metric_sum(t.metrics_port, "tollgate_trace_spans_total", f'result="{r}"')
+                            run[f"spans_{r}"] = n1 - n0 if n0 is not None and n1 is not None else None
                     if sc.get("upstream_token"):
                         # What the run cost in signatures (tollgate_upstream_tokens_total).
                         for r, n0 in minted0.items():
@@ -1347,7 +1376,8 @@ def summary(runs):
                                     "foreign_cpu_pct", "per_conn_kib", "alive", "idle",
                                     "p999_ms", "st4xx", "err_connect", "err_read", "err_write", "err_timeout",
                                     "client_errors", "log_lines", "served_b1", "served_b2", "served_b3",
-                                    "tokens_minted", "tokens_cached", "proofs")}
+                                    "tokens_minted", "tokens_cached", "proofs",
+                                    "spans_exported", "spans_failed", "spans_dropped")}
     s["foreign_cpu_max"] = max((r.get("foreign_cpu_pct") or 0) for r in runs)
     # Where the goal is zero, every run counts, not the median one.
     s["total"] = {k: sum(r.get(k) or 0 for r in runs)
@@ -1507,18 +1537,19 @@ def ratio_line(sc_name, S):
     return ["", "Ratios (medians): " + "; ".join(parts) + "."] if parts else []
 
 
-IDENTITY_SCENARIOS = ("apikey", "upstream-token", "dpop")
+IDENTITY_SCENARIOS = ("apikey", "upstream-token", "dpop", "trace-1", "trace-100")
 
 
 def identity_table(SS, failures):
     """apikey, upstream-token and dpop next to tollgate's repeat: what each feature costs
     (tollgate only: HAProxy and nginx do none of them)."""
     base = (SS.get("repeat") or {}).get("tollgate")
-    lines = ["## Identity features: cost next to repeat", "",
+    lines = ["## Identity features and tracing: cost next to repeat", "",
              "tollgate only (HAProxy and nginx take no API keys, mint no tokens and check no DPoP proofs); same "
              "setup as `repeat`. `repeat` and `upstream-token` cycle through the same 1,000 callers' tokens, `apikey` "
              "through 1,000 callers' API keys (`X-API-Key`) on the same route; `dpop` sends one caller's "
-             "DPoP-bound token with a new proof each time. "
+             "DPoP-bound token with a new proof each time; `trace-1` and `trace-100` are `repeat` with "
+             "`logging.tracing` on at 1 % and 100 % sampling, its collector stopped. "
              "Errors: non-2xx answers + socket errors (median run). \"vs repeat\": req/s ÷ tollgate's `repeat` "
              "req/s in this run.", "",
              "| scenario | req/s | p50 | p99 | errors | vs repeat |", "|---|---:|---:|---:|---:|---:|"]
@@ -1621,6 +1652,22 @@ def goals(SS):
                   status))
     else:
         g.append(("rotate: zero 5xx and zero false 401", "not measured", "NOT MEASURED"))
+    # Tracing: what 1 % and 100 % sampling cost next to repeat (same rounds), with the
+    # collector stopped; and that no request is lost for it.
+    for name, want in (("trace-1", 0.95), ("trace-100", None)):
+        tr = (SS.get(name) or {}).get("tollgate")
+        vs = ratio(tr["rps"], get(rep, "tollgate", "rps")) if tr else None
+        if want is not None:
+            g.append(goal(f"{name}: tollgate with tracing at 1 % sampling ≥ 0.95× repeat req/s (collector stopped)",
+                          vs, want))
+        if tr:
+            lost = tr["total"]["non2xx"] + tr["total"]["socket_errors"]
+            g.append((f"{name}: no request lost with the collector stopped (all {tr['n']} run(s); "
+                      f"{fmt_ratio(vs)} of repeat req/s)",
+                      f"{lost:,.0f} non-2xx or socket errors in {tr['total']['requests']:,.0f} requests",
+                      "met" if lost == 0 else "**NOT MET**"))
+        else:
+            g.append((f"{name}: no request lost with the collector stopped", "not measured", "NOT MEASURED"))
     g.append(goal("repeat: tollgate-open ≥ 0.8× nginx req/s",
                   ratio(get(rep, "tollgate-open", "rps"), get(rep, "nginx", "rps")), 0.8))
     fo = SS.get("failover", {})
@@ -1827,6 +1874,13 @@ def write_report(SS, results, failures, extra, info, mode, duration, rounds, sta
                     f"Upstream tokens in the median run (`tollgate_upstream_tokens_total`): "
                     f"{fmt_int(s['tokens_minted'])} minted, {fmt_int(s['tokens_cached'])} from the per-caller cache: "
                     "after one signature per caller, this measures the cache-hit path."]
+        if sc.get("trace") is not None and S.get("tollgate"):
+            s = S["tollgate"]
+            out += ["", f"`logging.tracing: {{ sample_ratio: {sc['trace']} }}`, `endpoint` a loopback port nothing "
+                    "listens on. Spans in the median run (`tollgate_trace_spans_total`): "
+                    f"{fmt_int(s['spans_exported'])} exported, {fmt_int(s['spans_failed'])} failed (the export could "
+                    f"not connect), {fmt_int(s['spans_dropped'])} dropped (queue full); requests lost: "
+                    f"{fmt_int(s['non2xx'] + s['socket_errors'])}."]
         if sc["name"] == "dpop" and S.get("tollgate"):
             s = S["tollgate"]
             out += ["", f"Provider `dpop: required`. Each run's proofs are signed just before it by "

@@ -215,6 +215,39 @@ pub struct Logging {
     /// Log lines held for the writer thread at most; past it (stdout stalled or slower
     /// than the traffic) lines are dropped and counted, never waited for. Default 16384.
     pub buffer_lines: usize,
+    /// OpenTelemetry tracing, when configured.
+    pub tracing: Option<Tracing>,
+}
+
+/// `logging.tracing`: OTLP/HTTP export of one server span per request and its children.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// The collector's OTLP/HTTP traces URL.
+    pub endpoint: String,
+    /// Share of new traces recorded, by trace id. Default 0.01.
+    pub sample_ratio: f64,
+    /// Whose `traceparent` is continued. Default: trusted proxies only.
+    pub continue_from: ContinueFrom,
+    /// Default `tollgate`.
+    pub service_name: String,
+    /// Requests' spans waiting for export at most. Default 4096.
+    pub queue_size: usize,
+    /// Spans per export at most. Default 512.
+    pub batch_size: usize,
+    /// Default 1 s.
+    pub batch_delay: Duration,
+    /// One export. Default 2 s.
+    pub timeout: Duration,
+}
+
+/// Whose `traceparent` a request continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContinueFrom {
+    /// Clients in `server.http.trusted_proxies` (the default): a client on the internet
+    /// can neither pick trace ids nor force its requests to be recorded.
+    TrustedProxies,
+    Any,
+    None,
 }
 
 /// `logging.buffer_lines` when not set.

@@ -250,6 +250,41 @@ pub struct RawLogging {
     /// (`tollgate_log_lines_dropped_total`), so no request ever waits for standard output.
     #[schemars(extend("default" = 16384), range(min = 1))]
     pub buffer_lines: Option<usize>,
+    /// OpenTelemetry tracing: spans exported over OTLP/HTTP (protobuf); off when absent.
+    pub tracing: Option<RawTracing>,
+}
+
+/// `logging.tracing`: one server span per request, with its steps as children, exported
+/// off the request path.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub endpoint: String,
+    /// Share of new traces recorded, 0 to 1 (by trace id, so a fleet agrees). A continued
+    /// trace follows its parent's sampled flag.
+    #[schemars(extend("default" = 0.01), range(min = 0.0, max = 1.0))]
+    pub sample_ratio: Option<f64>,
+    /// Whose `traceparent` is continued: `trusted_proxies` (clients in
+    /// `server.http.trusted_proxies`), `any` (every client: it then picks trace ids and
+    /// whether they are sampled), or `none`. Others get a new trace.
+    #[schemars(extend("default" = "trusted_proxies", "enum" = ["trusted_proxies", "any", "none"]))]
+    pub continue_from: Option<String>,
+    /// `service.name` of the spans.
+    #[schemars(extend("default" = "tollgate"))]
+    pub service_name: Option<String>,
+    /// Requests' spans waiting for export at most; past it they are dropped and counted.
+    #[schemars(extend("default" = 4096), range(min = 1))]
+    pub queue_size: Option<usize>,
+    /// Spans sent in one export at most.
+    #[schemars(extend("default" = 512), range(min = 1))]
+    pub batch_size: Option<usize>,
+    /// How long spans may wait for a batch to fill.
+    #[schemars(extend("default" = "1s"))]
+    pub batch_delay: Option<DurationText>,
+    /// One export, from connecting to the collector's answer.
+    #[schemars(extend("default" = "2s"))]
+    pub timeout: Option<DurationText>,
 }
 
 /// One backend of `upstreams.NAME.backends`.

@@ -290,6 +290,7 @@ fn validate(raw: &RawConfig, problems: &mut Problems) -> Config {
                 SubjectInLog::Omit
             }
         },
+        tracing: raw.logging.tracing.as_ref().map(|t| tracing(t, problems)),
     };
 
     let auth = crate::auth::auth(&raw.auth, &raw.providers, problems);
@@ -520,4 +521,71 @@ fn warnings(auth: &Auth, routes: &[Route]) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// `logging.tracing`, with its defaults.
+fn tracing(raw: &RawTracing, problems: &mut Problems) -> Tracing {
+    let path = "logging.tracing";
+    if let Some(problem) = crate::problems::fetch_url_problem(&raw.endpoint, true) {
+        problems.add(format!("{path}.endpoint"), problem);
+    }
+    let sample_ratio = match raw.sample_ratio {
+        None => 0.01,
+        Some(r) if (0.0..=1.0).contains(&r) => r,
+        Some(r) => {
+            problems.add(
+                format!("{path}.sample_ratio"),
+                format!("must be between 0 and 1, found {r}"),
+            );
+            0.01
+        }
+    };
+    let continue_from = match raw.continue_from.as_deref() {
+        None | Some("trusted_proxies") => ContinueFrom::TrustedProxies,
+        Some("any") => ContinueFrom::Any,
+        Some("none") => ContinueFrom::None,
+        Some(other) => {
+            problems.add(
+                format!("{path}.continue_from"),
+                format!("expected trusted_proxies, any or none, found {other:?}"),
+            );
+            ContinueFrom::TrustedProxies
+        }
+    };
+    let mut at_least_one = |field: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => {
+            problems.add(format!("{path}.{field}"), "must be at least 1");
+            default
+        }
+        v => v.unwrap_or(default),
+    };
+    let queue_size = at_least_one("queue_size", raw.queue_size, 4096);
+    let batch_size = at_least_one("batch_size", raw.batch_size, 512);
+    let service_name = raw
+        .service_name
+        .clone()
+        .unwrap_or_else(|| "tollgate".to_owned());
+    if service_name.is_empty() {
+        problems.add(format!("{path}.service_name"), "must not be empty");
+    }
+    Tracing {
+        endpoint: raw.endpoint.clone(),
+        sample_ratio,
+        continue_from,
+        service_name,
+        queue_size,
+        batch_size,
+        batch_delay: duration(
+            &raw.batch_delay,
+            "logging.tracing.batch_delay",
+            Duration::from_secs(1),
+            problems,
+        ),
+        timeout: duration(
+            &raw.timeout,
+            "logging.tracing.timeout",
+            Duration::from_secs(2),
+            problems,
+        ),
+    }
 }

@@ -1504,3 +1504,45 @@ routes:
         }
     );
 }
+
+#[test]
+fn tracing_settings_are_checked_with_their_paths() {
+    let p = problems(
+        r#"
+listen: { http: "127.0.0.1:8080" }
+logging:
+  tracing: { endpoint: "ftp://collector:4318/v1/traces", sample_ratio: 2, continue_from: everyone, queue_size: 0, batch_delay: soon }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: e }
+"#,
+    );
+    let expected = [
+        "logging.tracing.endpoint: must be an https:// URL",
+        "logging.tracing.sample_ratio: must be between 0 and 1, found 2",
+        "logging.tracing.continue_from: expected trusted_proxies, any or none, found \"everyone\"",
+        "logging.tracing.queue_size: must be at least 1",
+        "logging.tracing.batch_delay:",
+    ];
+    assert_problems(&p, &expected, 0);
+    let config = tollgate_config::parse(
+        r#"
+listen: { http: "127.0.0.1:8080" }
+logging: { tracing: { endpoint: "http://otel-collector:4318/v1/traces" } }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: e }
+"#,
+    )
+    .unwrap();
+    let t = config.logging.tracing.unwrap();
+    assert_eq!(t.sample_ratio, 0.01);
+    assert_eq!(
+        t.continue_from,
+        tollgate_config::ContinueFrom::TrustedProxies
+    );
+    assert_eq!((t.queue_size, t.batch_size), (4096, 512));
+    assert_eq!(t.timeout, std::time::Duration::from_secs(2));
+}

@@ -24,7 +24,7 @@ listen:
     client_cert_headers: { subject: X-Client-Subject }
     hsts: { max_age: 365d }
 metrics: { listen: 127.0.0.1:9091 }
-logging: {}
+logging: { tracing: { endpoint: "http://127.0.0.1:4318/v1/traces" } }
 auth:
   providers:
     - { name: hmac, issuer: "https://hmac.example", audiences: [api], hmac_secret_env: SECRET }

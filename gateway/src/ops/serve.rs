@@ -328,6 +328,7 @@ impl Startup {
         }
         crate::identity::mint::publish(snapshot.minter.as_deref());
         crate::identity::dpop::REPLAY.set_capacity(snapshot.auth.dpop.replay_cache_size);
+        crate::telemetry::trace::configure(config.logging.tracing.as_ref());
         self.snapshot.store(snapshot);
         METRICS.config_loaded();
         Ok(())
@@ -338,6 +339,7 @@ impl Startup {
 impl BackgroundService for Startup {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         crate::telemetry::metrics::watch_runtime("background");
+        crate::telemetry::trace::start_exporter();
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(s) => Some(s),
@@ -507,6 +509,7 @@ pub fn run_gateway(
 
     crate::identity::mint::publish(snapshot.minter.as_deref());
     crate::identity::dpop::REPLAY.set_capacity(snapshot.auth.dpop.replay_cache_size);
+    crate::telemetry::trace::configure(config.logging.tracing.as_ref());
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let stores = match Stores::new(&config.rate_limiting) {
         Ok(s) => Arc::new(s),

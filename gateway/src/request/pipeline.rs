@@ -32,6 +32,7 @@ use crate::request::runtime::{RouteRuntime, RuntimeSnapshot};
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::balance::RequestSlot;
 use crate::upstream::cluster::Cluster;
+use crate::util::span;
 use http::header::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
@@ -135,6 +136,27 @@ pub struct Pipeline<'a> {
     pub request_id: &'a HeaderValue,
 }
 
+/// Records one step of a traced request that ended now.
+fn step<const N: usize>(
+    name: &'static str,
+    start: SystemTime,
+    failed: bool,
+    attributes: [(&'static str, &str); N],
+) {
+    span::record(span::Step {
+        name,
+        client: false,
+        start,
+        end: SystemTime::now(),
+        attributes: attributes
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k, v.into()))
+            .collect(),
+        failed,
+    });
+}
+
 impl Pipeline<'_> {
     /// Runs every step on `req` (rewritten in place into its canonical form) from a client
     /// at `peer`. `Ok` means the request goes to the upstream.
@@ -165,20 +187,32 @@ impl Pipeline<'_> {
         self.declared_body(req, &route)?;
         let https = passage.transport.tls.is_some()
             || passage.edge.forwarded_proto.as_deref() == Some("https");
-        passage.caller = self
+        let started = (route.auth != AuthMode::None && span::active()).then(SystemTime::now);
+        let caller = self
             .authenticate(
                 req,
                 &route,
                 (passage.edge.client_ip, &passage.transport, https),
                 &mut passage.auth,
             )
-            .await?;
+            .await;
+        if let Some(start) = started {
+            let (outcome, reason) = passage.auth.unwrap_or(("", ""));
+            step(
+                "verify token",
+                start,
+                caller.is_err(),
+                [("tollgate.auth", outcome), ("tollgate.auth_reason", reason)],
+            );
+        }
+        passage.caller = caller?;
         self.authorize(req, &route, passage.caller.as_ref(), &mut passage.rbac)?;
         self.ext_authz(req, &route, passage).await?;
         let (cluster, why) = route
             .targets
             .choose(req, passage.caller.as_ref().map(Caller::claims));
         passage.target = Some((cluster.clone(), why));
+        let started = (!route.limits.is_empty() && span::active()).then(SystemTime::now);
         let limited = self
             .limit(
                 req,
@@ -189,7 +223,11 @@ impl Pipeline<'_> {
             )
             .await;
         if !route.limits.is_empty() {
-            passage.limit = Some(if limited.is_ok() { "allow" } else { "deny" });
+            let verdict = if limited.is_ok() { "allow" } else { "deny" };
+            passage.limit = Some(verdict);
+            if let Some(start) = started {
+                step("rate limits", start, false, [("tollgate.limit", verdict)]);
+            }
         }
         passage.ratelimit_headers = limited?;
         Ok(())

@@ -9,8 +9,8 @@
 //!   forwarding headers in ([`crate::request::edge::forward`]), the route's prefix stripped;
 //! - `response_filter`: request id and `RateLimit` headers on the upstream's answer;
 //! - `fail_to_proxy`: the refusal a later phase decided (circuit breaker, streamed body,
-//!   upstream token), or a Pingora error, as a [`Refusal`]; `logging`: counters and the
-//!   access log.
+//!   upstream token), or a Pingora error, as a [`Refusal`]; `logging`: counters, the
+//!   access log, and a sampled request's spans ([`crate::telemetry::trace`]).
 
 use crate::limits::Stores;
 use crate::request::edge::ForwardFrom;
@@ -19,11 +19,14 @@ use crate::request::respond::{Refusal, X_REQUEST_ID};
 use crate::request::rewrite;
 use crate::request::runtime::{RouteRuntime, RuntimeSnapshot};
 use crate::telemetry::metrics::{RequestCounters, METRICS};
+use crate::telemetry::trace::{Finish, Trace};
 use crate::upstream::backends::Outcome;
 use crate::upstream::cluster::Cluster;
+use crate::util::span::Value;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::header::HeaderValue;
+use futures::future::{Either, FutureExt};
+use http::header::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -33,6 +36,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_config::{AuthMode, SubjectInLog};
+
+/// W3C Trace Context headers.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// `tollgate_requests_total{route="unmatched"}`.
 static UNMATCHED: once_cell::sync::Lazy<RequestCounters> =
@@ -86,6 +93,8 @@ pub struct RequestCtx {
     attempt: Option<crate::upstream::balance::Attempt>,
     /// A refusal the pipeline decided in a later phase, carried to `fail_to_proxy`.
     decided: Option<Refusal>,
+    /// The request's place in a trace, with `logging.tracing`.
+    trace: Option<Box<Trace>>,
 }
 
 /// One request in `tollgate_requests_in_flight`, from its context's creation to its drop.
@@ -288,6 +297,7 @@ impl ProxyHttp for Gateway {
             slot: None,
             attempt: None,
             decided: None,
+            trace: None,
         }
     }
 
@@ -308,6 +318,15 @@ impl ProxyHttp for Gateway {
         // Pipelined requests are served in order, each decided on its own (RFC 9112 §9.3.2).
         session.set_pipelining_enabled(true);
         let peer = peer_ip(session);
+        if let Some(settings) = crate::telemetry::trace::settings() {
+            let trusted = peer.is_some_and(|p| http.trusted_proxies.iter().any(|n| n.contains(&p)));
+            ctx.trace = Some(Box::new(Trace::begin(
+                &settings,
+                session.get_header(TRACEPARENT).map(HeaderValue::as_bytes),
+                session.get_header(TRACESTATE).map(HeaderValue::as_bytes),
+                trusted,
+            )));
+        }
         ctx.passage.transport = transport_of(session);
         let pipeline = Pipeline {
             snapshot: &snapshot,
@@ -324,8 +343,15 @@ impl ProxyHttp for Gateway {
         // moved out (Pingora sets up its body reader from the header on first use).
         let bodyless = session.is_body_empty();
         let mut req = std::mem::replace(session.req_header_mut(), placeholder_request());
+        // A sampled request keeps the steps it records while it is decided.
+        let sampled = ctx.trace.as_ref().is_some_and(|t| t.sampled);
         let decided = {
             let decide = pipeline.decide(&mut req, peer, &mut ctx.passage);
+            let decide = if sampled {
+                Either::Left(crate::util::span::recording(decide))
+            } else {
+                Either::Right(decide.map(|d| (d, Vec::new())))
+            };
             let gone = client_gone(&mut session.downstream_session, bodyless);
             tokio::select! {
                 biased;
@@ -333,6 +359,12 @@ impl ProxyHttp for Gateway {
                 () = gone => None,
             }
         };
+        let decided = decided.map(|(decided, steps)| {
+            if let Some(trace) = ctx.trace.as_mut() {
+                trace.add_steps(steps);
+            }
+            decided
+        });
         *session.req_header_mut() = req;
         ctx.snapshot = Some(snapshot);
         match decided {
@@ -401,6 +433,13 @@ impl ProxyHttp for Gateway {
         match backend {
             Some(backend) => {
                 let peer = cluster.peer(&backend);
+                if let Some(trace) = ctx.trace.as_mut() {
+                    let addr = match trace.sampled {
+                        true => cluster.info(&backend).map(|i| i.addr.to_string()),
+                        false => None,
+                    };
+                    trace.attempt_started(&cluster.name, addr.as_deref().unwrap_or(""));
+                }
                 ctx.attempt = cluster.start_attempt(&backend);
                 ctx.tried.push(backend);
                 ctx.connected = false;
@@ -447,6 +486,13 @@ impl ProxyHttp for Gateway {
         if let Some(attempt) = ctx.attempt.as_mut() {
             attempt.failed_to_connect();
         }
+        if let Some(trace) = ctx.trace.as_mut() {
+            trace.attempt_ended(Some(if is_timeout(&e) {
+                "connect_timeout"
+            } else {
+                "connect_error"
+            }));
+        }
         if let (Some(cluster), Some(backend)) = (ctx.cluster(), ctx.tried.last()) {
             let outcome = if is_timeout(&e) {
                 Outcome::Timeout
@@ -482,6 +528,9 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if let (Some(trace), ErrorSource::Upstream) = (ctx.trace.as_mut(), e.esource()) {
+            trace.attempt_ended(Some(if is_timeout(&e) { "timeout" } else { "error" }));
+        }
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
@@ -553,6 +602,16 @@ impl ProxyHttp for Gateway {
             )?;
         }
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        // The upstream continues the trace from this attempt; a client's own trace headers
+        // pass only when its trace was continued.
+        if let Some(trace) = &ctx.trace {
+            let parent = trace.attempt_span().unwrap_or(trace.span_id);
+            upstream.insert_header(TRACEPARENT, trace.traceparent(parent))?;
+            match trace.tracestate() {
+                Some(state) => upstream.insert_header(TRACESTATE, state)?,
+                None => drop(upstream.remove_header(&TRACESTATE)),
+            }
+        }
         let on_tls = passage.transport.tls.is_some();
         crate::request::edge::forward(
             upstream,
@@ -797,6 +856,14 @@ impl ProxyHttp for Gateway {
         if logged {
             access_line(session, ctx, status, elapsed, e);
         }
+        if let Some(mut trace) = ctx.trace.take() {
+            if let Some(e) = e.filter(|e| e.esource() == &ErrorSource::Upstream) {
+                trace.attempt_ended(Some(if is_timeout(e) { "timeout" } else { "error" }));
+            }
+            if trace.sampled {
+                trace.finish(server_span(session, ctx, status));
+            }
+        }
     }
 }
 
@@ -857,12 +924,62 @@ fn access_line(
         error = e.map(|e| e.etype().as_str()).unwrap_or(""),
         // A gRPC answer's status (a refusal is HTTP 200 with `grpc-status`, as a gRPC
         // server answers): the gateway's own, or the backend's when it ended with headers.
+        trace_id = ctx.trace.as_ref().map(|t| t.trace_id_hex()).unwrap_or_default(),
         grpc_status = session
             .response_written()
             .and_then(|r| r.headers.get("grpc-status"))
             .and_then(|v| v.to_str().ok())
             .unwrap_or(""),
     );
+}
+
+/// The server span's name and attributes: what the access line says, the subject as
+/// `logging.subject` says, never a token.
+fn server_span(session: &Session, ctx: &RequestCtx, status: u16) -> Finish<'static> {
+    let req = session.req_header();
+    let passage = &ctx.passage;
+    let route = passage.route.as_ref().map_or("unmatched", |r| &*r.name);
+    let mut attributes = vec![
+        ("http.request.method", Value::from(req.method.as_str())),
+        ("url.path", Value::from(req.uri.path())),
+        ("tollgate.route", Value::from(route)),
+        (
+            "tollgate.request_id",
+            Value::from(ctx.request_id.to_str().unwrap_or("")),
+        ),
+    ];
+    if let Some(host) = passage.edge.host.as_deref() {
+        attributes.push(("server.address", Value::from(host)));
+    }
+    if let Some(ip) = passage.edge.client_ip {
+        attributes.push(("client.address", Value::from(ip.to_string())));
+    }
+    if let Some((auth, reason)) = passage.auth {
+        attributes.push(("tollgate.auth", Value::from(auth)));
+        if !reason.is_empty() {
+            attributes.push(("tollgate.auth_reason", Value::from(reason)));
+        }
+    }
+    if let (Some(caller), Some(how)) = (
+        &passage.caller,
+        ctx.snapshot.as_ref().map(|s| &s.subject_in_log),
+    ) {
+        let subject = subject_for_log(caller.claims(), how);
+        if !subject.is_empty() {
+            attributes.push(("enduser.id", Value::from(subject)));
+        }
+    }
+    if let Some((rbac, _)) = passage.rbac {
+        attributes.push(("tollgate.rbac", Value::from(rbac)));
+    }
+    if let Some(upstream) = ctx.cluster() {
+        attributes.push(("tollgate.upstream", Value::from(&*upstream.name)));
+    }
+    Finish {
+        name: format!("{} {route}", req.method),
+        status,
+        attributes,
+    }
 }
 
 /// The caller's `sub` as `logging.subject` says: left out, as it is, or the first 16 hex

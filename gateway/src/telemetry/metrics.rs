@@ -290,6 +290,11 @@ metrics_table! {
         "Tasks alive in each tokio runtime of the process (proxy, background, metrics), \
          read at scrape time.",
         labels ["runtime"];
+    trace_spans: IntCounterVec = "tollgate_trace_spans_total",
+        "Spans of sampled requests by what became of them: exported (the collector took \
+         them), failed (the export failed or timed out), dropped (the export queue was full; \
+         requests never wait for it).",
+        labels ["result"];
     log_lines_dropped: IntCounter = "tollgate_log_lines_dropped_total",
         "Log lines dropped because the log writer (stdout) could not keep up or was \
          stalled; requests never wait for the log.";

@@ -5,12 +5,13 @@
 //! not asked on a new connection each time; a pooled connection that fails before its
 //! answer began (the server closed it while idle) is retried once on a new one.
 
+use crate::util::span;
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// How long a pooled connection may sit idle before it is closed.
 const POOLED_IDLE: Duration = Duration::from_secs(30);
@@ -50,11 +51,86 @@ impl Body {
     }
 }
 
-/// Makes `call`: the answer's header and body. The caller bounds it in time.
+/// Makes `call`: the answer's header and body. The caller bounds it in time. On a traced
+/// request, the call is one of its steps (a client span), recorded even when the caller's
+/// deadline cuts it short.
 pub async fn call(connector: &Connector, call: Call<'_>) -> Result<(ResponseHeader, Body), String> {
-    match once(connector, &call).await {
+    let mut step = span::active().then(|| CallStep::new(&call));
+    let result = match once(connector, &call).await {
         Err((true, _)) => once(connector, &call).await.map_err(|(_, e)| e),
         other => other.map_err(|(_, e)| e),
+    };
+    if let Some(step) = step.as_mut() {
+        step.outcome = Some(match &result {
+            Ok((resp, _)) => Ok(resp.status.as_u16()),
+            Err(_) => Err(()),
+        });
+    }
+    result
+}
+
+/// An outbound call of a traced request, recorded as a step when it is dropped: when it
+/// ended, or when the caller's deadline dropped it unfinished.
+struct CallStep {
+    start: SystemTime,
+    method: &'static str,
+    /// Scheme, host, port and path: never the query.
+    url: String,
+    host: String,
+    outcome: Option<Result<u16, ()>>,
+}
+
+impl CallStep {
+    fn new(call: &Call<'_>) -> CallStep {
+        let url = call.uri.split(['?', '#']).next().unwrap_or("").to_owned();
+        let host = url
+            .split_once("://")
+            .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""))
+            .to_owned();
+        CallStep {
+            start: SystemTime::now(),
+            // The span's name is the method (OpenTelemetry's HTTP client spans).
+            method: match call.method {
+                "GET" => "GET",
+                "POST" => "POST",
+                _ => "HTTP",
+            },
+            url,
+            host,
+            outcome: None,
+        }
+    }
+}
+
+impl Drop for CallStep {
+    fn drop(&mut self) {
+        let mut attributes = vec![
+            ("http.request.method", span::Value::from(self.method)),
+            ("url.full", std::mem::take(&mut self.url).into()),
+            ("server.address", std::mem::take(&mut self.host).into()),
+        ];
+        let failed = match self.outcome {
+            Some(Ok(status)) => {
+                attributes.push(("http.response.status_code", i64::from(status).into()));
+                status >= 500
+            }
+            Some(Err(())) => {
+                attributes.push(("error.type", "call_failed".into()));
+                true
+            }
+            None => {
+                attributes.push(("error.type", "timeout".into()));
+                true
+            }
+        };
+        span::record(span::Step {
+            name: self.method,
+            client: true,
+            start: self.start,
+            end: SystemTime::now(),
+            attributes,
+            failed,
+        });
     }
 }
 

@@ -31,4 +31,5 @@ mod proxy;
 mod signals;
 mod step_up;
 mod tls;
+mod tracing;
 mod upstream_tls;
