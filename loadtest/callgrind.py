@@ -56,7 +56,7 @@ CONFIG = """\
 server: {{ threads: 1, work_stealing: false, grace_period: 1s, graceful_shutdown_timeout: 1s }}
 listen: {{ http: "127.0.0.1:{port}" }}
 metrics: {{ listen: "127.0.0.1:{metrics}" }}
-logging: {{ level: warn, access_log: false }}
+logging: {{ level: warn, access_log: false{tracing} }}
 auth:
   providers:
     - {{ name: cg, issuer: "{iss}", audiences: [{aud}], jwks_file: "{jwks}", refresh: {{ file_poll: 1h }} }}
@@ -70,12 +70,15 @@ routes:
 """
 
 
-def instructions(binary, tokens, upstream, n, work):
+def instructions(binary, tokens, upstream, n, work, tracing=None):
     port, metrics = free_port(), free_port()
     conf = os.path.join(work, "gateway.yaml")
     with open(conf, "w") as f:
+        # --tracing R: tracing on at sample ratio R, its collector a port nothing listens on.
+        extra = ("" if tracing is None else
+                 f', tracing: {{ endpoint: "http://127.0.0.1:{free_port()}/v1/traces", sample_ratio: {tracing} }}')
         f.write(CONFIG.format(port=port, metrics=metrics, iss=ISS, aud=AUD, jwks=JWKS,
-                              upstream=upstream))
+                              upstream=upstream, tracing=extra))
     out = os.path.join(work, f"callgrind.{n}.out")
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "run", "-c", conf],
@@ -109,6 +112,8 @@ def main():
     ap.add_argument("--bin", action="append", required=True, help="a tollgate binary (repeatable)")
     ap.add_argument("--n1", type=int, default=200)
     ap.add_argument("--n2", type=int, default=1200)
+    ap.add_argument("--tracing", type=float, action="append",
+                    help="also measure each binary with logging.tracing at this sample ratio (repeatable)")
     args = ap.parse_args()
     first = os.path.abspath(args.bin[0])
     tokens = subprocess.run(
@@ -121,12 +126,14 @@ def main():
     try:
         wait_http(upstream, "/__echo/count", echo, 20)
         for binary in args.bin:
-            with tempfile.TemporaryDirectory() as work:
-                a = instructions(os.path.abspath(binary), tokens, upstream, args.n1, work)
-                b = instructions(os.path.abspath(binary), tokens, upstream, args.n2, work)
-            per = (b - a) / (args.n2 - args.n1)
-            print(f"{binary}: {per:,.0f} instructions per request "
-                  f"({a:,} for {args.n1}, {b:,} for {args.n2})", flush=True)
+            for tracing in [None] + (args.tracing or []):
+                with tempfile.TemporaryDirectory() as work:
+                    a = instructions(os.path.abspath(binary), tokens, upstream, args.n1, work, tracing)
+                    b = instructions(os.path.abspath(binary), tokens, upstream, args.n2, work, tracing)
+                per = (b - a) / (args.n2 - args.n1)
+                how = "" if tracing is None else f" with tracing at sample ratio {tracing}"
+                print(f"{binary}{how}: {per:,.0f} instructions per request "
+                      f"({a:,} for {args.n1}, {b:,} for {args.n2})", flush=True)
     finally:
         echo.kill()
 

@@ -609,7 +609,8 @@ impl ProxyHttp for Gateway {
             upstream.insert_header(TRACEPARENT, trace.traceparent(parent))?;
             match trace.tracestate() {
                 Some(state) => upstream.insert_header(TRACESTATE, state)?,
-                None => drop(upstream.remove_header(&TRACESTATE)),
+                None if trace.client_sent_tracestate() => drop(upstream.remove_header(&TRACESTATE)),
+                None => {}
             }
         }
         let on_tls = passage.transport.tls.is_some();

@@ -58,6 +58,8 @@ pub struct Trace {
     pub sampled: bool,
     /// The continued `tracestate`, passed on unchanged.
     tracestate: Option<String>,
+    /// The client sent a `tracestate` (to remove from the upstream copy when not continued).
+    client_tracestate: bool,
     start: SystemTime,
     steps: Vec<Step>,
     attempts: Vec<Attempt>,
@@ -123,7 +125,13 @@ impl Trace {
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .filter(|v| v.len() <= 512 && v.bytes().all(|b| (0x20..0x7f).contains(&b)))
                 .map(str::to_owned),
-            start: SystemTime::now(),
+            client_tracestate: tracestate.is_some(),
+            // Only a sampled request's times are ever read.
+            start: if sampled {
+                SystemTime::now()
+            } else {
+                UNIX_EPOCH
+            },
             steps: Vec::new(),
             attempts: Vec::new(),
         }
@@ -134,19 +142,26 @@ impl Trace {
         hex(&self.trace_id.to_bytes())
     }
 
-    /// `traceparent` naming `span` as the parent (W3C Trace Context, version 00).
-    pub fn traceparent(&self, span: SpanId) -> String {
-        format!(
-            "00-{}-{}-{}",
-            hex(&self.trace_id.to_bytes()),
-            hex(&span.to_bytes()),
-            if self.sampled { "01" } else { "00" }
-        )
+    /// `traceparent` naming `span` as the parent (W3C Trace Context, version 00), written
+    /// in place: every request with tracing on sends one upstream.
+    pub fn traceparent(&self, span: SpanId) -> http::HeaderValue {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&self.trace_id.to_bytes(), &mut out[3..35]);
+        hex_into(&span.to_bytes(), &mut out[36..52]);
+        if self.sampled {
+            out[54] = b'1';
+        }
+        http::HeaderValue::from_bytes(&out).expect("hex digits and dashes")
     }
 
     /// The continued `tracestate`, if any.
     pub fn tracestate(&self) -> Option<&str> {
         self.tracestate.as_deref()
+    }
+
+    /// Whether the client sent a `tracestate`.
+    pub fn client_sent_tracestate(&self) -> bool {
+        self.client_tracestate
     }
 
     /// Adds the steps recorded while the request was decided.
@@ -415,13 +430,18 @@ fn new_span_id() -> SpanId {
 }
 
 fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits")
+}
+
+/// `bytes` in lowercase hex into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
     }
-    out
 }
 
 /// A `traceparent` (W3C Trace Context §3.2): version, trace id, parent id and flags in
@@ -513,6 +533,7 @@ mod tests {
         assert!(t.sampled, "the parent's flag decides, not the ratio of 0");
         assert_eq!(t.tracestate(), Some("congo=t61rcWkgMzE"));
         let header = t.traceparent(t.span_id);
+        let header = header.to_str().unwrap();
         assert!(header.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(header.ends_with("-01"));
         assert_ne!(&header[36..52], "00f067aa0ba902b7");

@@ -301,13 +301,16 @@ fn a_trace_crosses_the_gateway_with_its_verification_authz_and_upstream_spans() 
         "{log}"
     );
     // Counted once the collector's answer is read, just after it wrote the spans.
-    wait_for("the exported spans counted", Duration::from_secs(10), || {
-        let exported = s
-            .gw
-            .metric("tollgate_trace_spans_total", &[("result", "exported")]);
-        assert!(exported <= 10.0);
-        (exported == 10.0).then_some(())
-    });
+    wait_for(
+        "the exported spans counted",
+        Duration::from_secs(10),
+        || {
+            let exported =
+                s.gw.metric("tollgate_trace_spans_total", &[("result", "exported")]);
+            assert!(exported <= 10.0);
+            (exported == 10.0).then_some(())
+        },
+    );
 }
 
 #[test]
