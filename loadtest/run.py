@@ -77,13 +77,19 @@ DPOP_MAX_AGE_S = 60  # auth.dpop.max_age, at least; see Lab.start
 # limit cannot be raised (HAProxy reserves two descriptors per connection it may accept).
 import resource as _resource
 IDLE_CONNECTIONS = min(10_000, (_resource.getrlimit(_resource.RLIMIT_NOFILE)[1] - 400) // 2)
-AUTH_TARGETS = {"haproxy", "tollgate", "tollgate-10k"}
+AUTH_TARGETS = {"haproxy", "tollgate", "tollgate-10k", "tollgate-trace1", "tollgate-trace100"}
+# tollgate with `logging.tracing` at this sample ratio, its collector stopped (a loopback port
+# nothing listens on): what tracing costs next to `tollgate`, and that it loses no request.
+TRACE_TARGETS = {"tollgate-trace1": 0.01, "tollgate-trace100": 1.0}
 
 SCENARIOS = [
     {
         "name": "repeat",
         "title": "repeat: 1,000 subjects, tokens reused",
-        "targets": ["direct", "nginx", "haproxy", "tollgate-open", "tollgate"],
+        # tollgate-trace1/-trace100: tollgate with tracing on, interleaved with it in every
+        # round so that their ratio to it is of the same moments.
+        "targets": ["direct", "nginx", "haproxy", "tollgate-open", "tollgate", "tollgate-trace1",
+                    "tollgate-trace100"],
         "tokens": "repeat.txt",
     },
     {
@@ -159,22 +165,6 @@ SCENARIOS = [
         "targets": ["tollgate"],
         "tokens": "dpop-token.txt",
         "dpop": True,
-    },
-    {
-        "name": "trace-1",
-        "title": "trace-1: the repeat scenario with OpenTelemetry tracing on, 1 % of new traces sampled, "
-                 "exporting to a stopped collector (nothing listens on its port)",
-        "targets": ["tollgate"],
-        "tokens": "repeat.txt",
-        "trace": 0.01,
-    },
-    {
-        "name": "trace-100",
-        "title": "trace-100: the repeat scenario with OpenTelemetry tracing on, every request sampled, "
-                 "exporting to a stopped collector (nothing listens on its port)",
-        "targets": ["tollgate"],
-        "tokens": "repeat.txt",
-        "trace": 1.0,
     },
     {
         "name": "failover",
@@ -701,10 +691,10 @@ class Lab:
         else:
             n_routes = 10_000 if name == "tollgate-10k" else 1
             auth_extra = provider_extra = route_extra = logging_extra = ""
-            if scenario.get("trace") is not None:
+            if name in TRACE_TARGETS:
                 # A collector that is stopped: a loopback port nothing listens on.
                 logging_extra = (f"  tracing: {{ endpoint: \"http://127.0.0.1:{free_port()}/v1/traces\", "
-                                 f"sample_ratio: {scenario['trace']} }}")
+                                 f"sample_ratio: {TRACE_TARGETS[name]} }}")
             if scenario.get("upstream_token"):
                 auth_extra = (f"  signing_keys:\n    issuer: {GATEWAY_ISSUER}\n    current: gw1\n    keys:\n"
                               f"      - {{ kid: gw1, file: {self.keys['gw_key']} }}")
@@ -1259,9 +1249,9 @@ def run_all(lab, keys, duration, rounds, only, gate):
                         continue
                     before = proc_status(t.proc.pid) if t.proc else None
                     reloads0 = metric_sum(t.metrics_port, "tollgate_jwks_fetch_total", 'result="success"') if t.metrics_port else None
-                    if sc.get("trace") is not None:
-                        spans0 = {r: metric_sum(t.metrics_port, "tollgate_trace_spans_total", f'result="{r}"')
-                                  for r in ("exported", "failed", "dropped")}
+                    if name in TRACE_TARGETS:
+                        spans0 = {k: metric_sum(t.metrics_port, "tollgate_trace_spans_total", f'result="{k}"')
+                                  for k in ("exported", "failed", "dropped")}
                     if sc.get("upstream_token"):
                         minted0 = {r: metric_sum(t.metrics_port, "tollgate_upstream_tokens_total", f'result="{r}"')
                                    for r in ("minted", "cached")}
@@ -1304,16 +1294,16 @@ def run_all(lab, keys, duration, rounds, only, gate):
                             notes["reloads"] += reloads1 - reloads0
                         notes["rotate_errors"] += rot.errors
                         run["rotations"] = rot.rotations
-                    if sc.get("trace") is not None:
+                    if name in TRACE_TARGETS:
                         # What became of the run's spans (tollgate_trace_spans_total).
-                        for r, n0 in spans0.items():
-                            n1 = metric_sum(t.metrics_port, "tollgate_trace_spans_total", f'result="{r}"')
-                            run[f"spans_{r}"] = n1 - n0 if n0 is not None and n1 is not None else None
+                        for result, n0 in spans0.items():
+                            n1 = metric_sum(t.metrics_port, "tollgate_trace_spans_total", f'result="{result}"')
+                            run[f"spans_{result}"] = n1 - n0 if n0 is not None and n1 is not None else None
                     if sc.get("upstream_token"):
                         # What the run cost in signatures (tollgate_upstream_tokens_total).
-                        for r, n0 in minted0.items():
-                            n1 = metric_sum(t.metrics_port, "tollgate_upstream_tokens_total", f'result="{r}"')
-                            run[f"tokens_{r}"] = n1 - n0 if n0 is not None and n1 is not None else None
+                        for kind, n0 in minted0.items():
+                            n1 = metric_sum(t.metrics_port, "tollgate_upstream_tokens_total", f'result="{kind}"')
+                            run[f"tokens_{kind}"] = n1 - n0 if n0 is not None and n1 is not None else None
                         if run["tokens_minted"] == 0 and run["tokens_cached"] == 0:
                             raise Failure("no upstream token minted or taken from the cache during the run "
                                           "(tollgate_upstream_tokens_total)")
@@ -1537,7 +1527,7 @@ def ratio_line(sc_name, S):
     return ["", "Ratios (medians): " + "; ".join(parts) + "."] if parts else []
 
 
-IDENTITY_SCENARIOS = ("apikey", "upstream-token", "dpop", "trace-1", "trace-100")
+IDENTITY_SCENARIOS = ("apikey", "upstream-token", "dpop")
 
 
 def identity_table(SS, failures):
@@ -1548,14 +1538,17 @@ def identity_table(SS, failures):
              "tollgate only (HAProxy and nginx take no API keys, mint no tokens and check no DPoP proofs); same "
              "setup as `repeat`. `repeat` and `upstream-token` cycle through the same 1,000 callers' tokens, `apikey` "
              "through 1,000 callers' API keys (`X-API-Key`) on the same route; `dpop` sends one caller's "
-             "DPoP-bound token with a new proof each time; `trace-1` and `trace-100` are `repeat` with "
-             "`logging.tracing` on at 1 % and 100 % sampling, its collector stopped. "
+             "DPoP-bound token with a new proof each time; `tollgate-trace1` and `tollgate-trace100` are targets "
+             "of the `repeat` scenario itself (interleaved with `tollgate` in its rounds): `logging.tracing` on "
+             "at 1 % and 100 % sampling, its collector stopped. "
              "Errors: non-2xx answers + socket errors (median run). \"vs repeat\": req/s ÷ tollgate's `repeat` "
              "req/s in this run.", "",
              "| scenario | req/s | p50 | p99 | errors | vs repeat |", "|---|---:|---:|---:|---:|---:|"]
-    for name in ("repeat",) + IDENTITY_SCENARIOS:
-        s = (SS.get(name) or {}).get("tollgate")
-        why = (failures.get(name) or {}).get("tollgate")
+    rows = [("repeat", "repeat", "tollgate")] + [(n, n, "tollgate") for n in IDENTITY_SCENARIOS] + \
+           [(f"repeat, {t}", "repeat", t) for t in TRACE_TARGETS]
+    for name, scenario, target in rows:
+        s = (SS.get(scenario) or {}).get(target)
+        why = (failures.get(scenario) or {}).get(target)
         if not s:
             lines.append(f"| {name} | **failed**: {why} | | | | |" if why else
                          f"| {name} | not run | | | | |")
@@ -1654,20 +1647,21 @@ def goals(SS):
         g.append(("rotate: zero 5xx and zero false 401", "not measured", "NOT MEASURED"))
     # Tracing: what 1 % and 100 % sampling cost next to repeat (same rounds), with the
     # collector stopped; and that no request is lost for it.
-    for name, want in (("trace-1", 0.95), ("trace-100", None)):
-        tr = (SS.get(name) or {}).get("tollgate")
+    for name, want in (("tollgate-trace1", 0.95), ("tollgate-trace100", None)):
+        tr = rep.get(name)
         vs = ratio(tr["rps"], get(rep, "tollgate", "rps")) if tr else None
         if want is not None:
-            g.append(goal(f"{name}: tollgate with tracing at 1 % sampling ≥ 0.95× repeat req/s (collector stopped)",
+            g.append(goal(f"repeat: {name} (tracing at 1 % sampling, collector stopped) ≥ 0.95× tollgate req/s",
                           vs, want))
         if tr:
             lost = tr["total"]["non2xx"] + tr["total"]["socket_errors"]
-            g.append((f"{name}: no request lost with the collector stopped (all {tr['n']} run(s); "
-                      f"{fmt_ratio(vs)} of repeat req/s)",
+            g.append((f"repeat: {name} loses no request with the collector stopped (all {tr['n']} run(s); "
+                      f"{fmt_ratio(vs)} of tollgate's req/s)",
                       f"{lost:,.0f} non-2xx or socket errors in {tr['total']['requests']:,.0f} requests",
                       "met" if lost == 0 else "**NOT MET**"))
         else:
-            g.append((f"{name}: no request lost with the collector stopped", "not measured", "NOT MEASURED"))
+            g.append((f"repeat: {name} loses no request with the collector stopped", "not measured",
+                      "NOT MEASURED"))
     g.append(goal("repeat: tollgate-open ≥ 0.8× nginx req/s",
                   ratio(get(rep, "tollgate-open", "rps"), get(rep, "nginx", "rps")), 0.8))
     fo = SS.get("failover", {})
@@ -1721,7 +1715,8 @@ def criterion_table():
 def svg_chart(SS, path):
     """Horizontal bars, one row per scenario: req/s on the left, p99 on the right."""
     colors = {"direct": "#8c8c8c", "nginx": "#2e7d32", "haproxy": "#1565c0",
-              "tollgate-open": "#f9a825", "tollgate": "#c62828", "tollgate-10k": "#6a1b9a"}
+              "tollgate-open": "#f9a825", "tollgate": "#c62828", "tollgate-10k": "#6a1b9a",
+              "tollgate-trace1": "#ef6c00", "tollgate-trace100": "#8d6e63"}
     bar_h, gap, label_w, panel_w, top = 16, 4, 110, 330, 50
     width = label_w + 2 * (panel_w + 90) + 20
     y = top
@@ -1874,13 +1869,15 @@ def write_report(SS, results, failures, extra, info, mode, duration, rounds, sta
                     f"Upstream tokens in the median run (`tollgate_upstream_tokens_total`): "
                     f"{fmt_int(s['tokens_minted'])} minted, {fmt_int(s['tokens_cached'])} from the per-caller cache: "
                     "after one signature per caller, this measures the cache-hit path."]
-        if sc.get("trace") is not None and S.get("tollgate"):
-            s = S["tollgate"]
-            out += ["", f"`logging.tracing: {{ sample_ratio: {sc['trace']} }}`, `endpoint` a loopback port nothing "
-                    "listens on. Spans in the median run (`tollgate_trace_spans_total`): "
-                    f"{fmt_int(s['spans_exported'])} exported, {fmt_int(s['spans_failed'])} failed (the export could "
-                    f"not connect), {fmt_int(s['spans_dropped'])} dropped (queue full); requests lost: "
-                    f"{fmt_int(s['non2xx'] + s['socket_errors'])}."]
+        if sc["name"] == "repeat":
+            for t, r in TRACE_TARGETS.items():
+                s = S.get(t)
+                if s:
+                    out += ["", f"`{t}`: `logging.tracing: {{ sample_ratio: {r} }}`, `endpoint` a loopback port "
+                            "nothing listens on. Spans in the median run (`tollgate_trace_spans_total`): "
+                            f"{fmt_int(s['spans_exported'])} exported, {fmt_int(s['spans_failed'])} failed (the "
+                            f"export could not connect), {fmt_int(s['spans_dropped'])} dropped (queue full); "
+                            f"requests lost in all runs: {fmt_int(s['total']['non2xx'] + s['total']['socket_errors'])}."]
         if sc["name"] == "dpop" and S.get("tollgate"):
             s = S["tollgate"]
             out += ["", f"Provider `dpop: required`. Each run's proofs are signed just before it by "

@@ -64,9 +64,16 @@ def redis_calls(port):
     out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"],
                          capture_output=True, text=True, check=True).stdout
     calls = {}
-    for m in re.finditer(r"cmdstat_(\w+):calls=(\d+)", out):
+    for m in re.finditer(r"cmdstat_(\w+):calls=(\d+),usec=(\d+)", out):
         calls[m.group(1)] = int(m.group(2))
+        calls[m.group(1) + ":usec"] = int(m.group(3))
     return calls
+
+
+def redis_memory(port):
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "memory"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"used_memory:(\d+)", out).group(1))
 
 
 def wrk(url, connections, extra=()):
@@ -176,6 +183,7 @@ routes:
         per_handshake = (close[1] - per_request * close[0]) / max(close[2], 1)
 
         redis_rows = []
+        evalsha_usec = []
         for path, limits in (("/open", 0), ("/one", 1), ("/two", 2)):
             before = redis_calls(redis)
             answered, cpu, n, errors, non2xx = measure(
@@ -184,10 +192,23 @@ routes:
             delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
             # A script's own calls (TIME, GET, SET) are counted too, but ride its round trip.
             trips = sum(v for k, v in delta.items() if k in ("evalsha", "eval", "script"))
-            names = ", ".join(f"{k} {v:,}" for k, v in sorted(delta.items()) if v and k != "info")
+            if delta.get("evalsha"):
+                evalsha_usec.append(delta["evalsha:usec"] / delta["evalsha"])
+            names = ", ".join(f"{k} {v:,}" for k, v in sorted(delta.items())
+                              if v and k != "info" and not k.endswith(":usec"))
             redis_rows.append(f"| {limits} | {answered:,.0f} | {trips / answered:.3f} | "
                               f"{names or 'none'} | {answered / cpu:,.0f} | "
                               f"{1e6 * cpu / answered:.1f} µs | {non2xx} | {errors or 'none'} |")
+
+        # What a DPoP proof's replay entry costs Redis: 100,000 keys as the gateway writes them
+        # (`SET tollgate:dpop:<32 hex> 1 NX EX 60`), piped in.
+        before_mem = redis_memory(redis)
+        n_keys = 100_000
+        lines = "".join(f"SET tollgate:dpop:{i:032x} 1 NX EX 60\r\n" for i in range(n_keys))
+        subprocess.run(["redis-cli", "-p", str(redis), "--pipe"], input=lines, text=True,
+                       capture_output=True, check=True)
+        per_key = (redis_memory(redis) - before_mem) / n_keys
+        usec = sorted(evalsha_usec)[len(evalsha_usec) // 2] if evalsha_usec else None
 
         git = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True).stdout.strip()
@@ -224,6 +245,12 @@ whose own `TIME`, `GET` and `SET` run inside it on the server.
 | limits | requests | round trips per request | commands the server counted | requests per core-second | CPU per request | non-2xx | socket errors |
 |---:|---:|---:|---|---:|---:|---:|---|
 {chr(10).join(redis_rows)}
+
+The Redis server spent **{usec:.2f} µs** of CPU per `EVALSHA` (the GCRA script; `usec_per_call`
+of `INFO commandstats`, median of the rows): about **{1e6 / usec:,.0f} limit checks per
+Redis core-second** before network and protocol overhead. A DPoP proof's replay entry
+(`SET tollgate:dpop:<32 hex> 1 NX EX 60`) costs Redis **{per_key:.0f} bytes** (`used_memory`
+over {n_keys:,} keys written as the gateway writes them).
 """
         with open(OUT, "w") as f:
             f.write(text)

@@ -9,7 +9,7 @@ use crate::util::digest::sha256;
 use crate::util::watch::Watched;
 use arc_swap::ArcSwap;
 use pingora_core::connectors::http::Connector;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate_config::{Audiences, KeySource, Refresh, TokenSource};
@@ -56,6 +56,9 @@ pub struct Provider {
     /// When the last refetch for an unknown `kid` started. The async mutex makes that refetch
     /// single-flight: requests that wait on it then see the new generation and do not fetch.
     unknown_kid_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When a `jwks_uri` or discovery provider fetches its keys next (Unix seconds; 0: not
+    /// scheduled yet), for the admin view.
+    next_refresh: AtomicU64,
     /// Requests waiting on this provider's network now (see `preauth::admit_network`).
     pub(crate) network_waits: std::sync::atomic::AtomicUsize,
 }
@@ -161,6 +164,7 @@ impl Provider {
                 .auth_decisions
                 .with_label_values(&[&p.name, "allow", "ok"]),
             unknown_kid_refetch: tokio::sync::Mutex::new(None),
+            next_refresh: AtomicU64::new(0),
             network_waits: std::sync::atomic::AtomicUsize::new(0),
         };
         provider.publish_key_metrics();
@@ -217,6 +221,10 @@ impl Provider {
             "generation": state.generation,
             "last_success_unix": state.last_success.map(unix_seconds),
             "age_s": age,
+            "next_refresh_unix": match self.next_refresh.load(Ordering::Relaxed) {
+                0 => None,
+                t => Some(t),
+            },
         })
     }
 
@@ -428,6 +436,10 @@ impl Provider {
                                 backoff.min(p.refresh.interval)
                             }
                         };
+                        p.next_refresh.store(
+                            unix_seconds(SystemTime::now() + wait).ceil() as u64,
+                            Ordering::Relaxed,
+                        );
                         drop(p);
                         tokio::time::sleep(wait).await;
                     }

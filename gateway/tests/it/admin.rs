@@ -31,6 +31,8 @@ fn the_admin_view_shows_config_routes_backends_keys_and_revocations_without_a_se
         "{\"jti\": \"gone\"}\n{\"sub\": \"bob\", \"revoked_before\": 1}\n",
     )
     .unwrap();
+    let remote = JwksServer::start(&jwks(&[&key]));
+    let remote_url = remote.url();
     let up = Echo::start("up");
     let mut down = Echo::start("down");
     let gw = Gateway::start_with_env(
@@ -40,6 +42,7 @@ fn the_admin_view_shows_config_routes_backends_keys_and_revocations_without_a_se
   providers:
     - {{ name: main, issuer: \"https://main.test\", audiences: any, jwks_file: \"{}\" }}
     - {{ name: shared, issuer: \"https://hmac.test\", audiences: any, hmac_secret_env: ADMIN_TEST_HMAC }}
+    - {{ name: remote, issuer: \"https://remote.test\", audiences: any, jwks_uri: \"{}\", refresh: {{ interval: 10m }} }}
   revocation: {{ file: \"{}\" }}
 rate_limiting:
   redis: {{ url: \"redis://:{REDIS_PASSWORD}@127.0.0.1:1/\", on_store_error: allow }}
@@ -51,6 +54,7 @@ routes:
   - {{ name: api, path: /api, upstream: pool, providers: [main] }}
 ",
             jwks.display(),
+            remote.url(),
             revoked.display(),
             up.addr(),
             down.addr()
@@ -95,6 +99,21 @@ routes:
         "ADMIN_TEST_HMAC"
     );
     assert_eq!(keys["providers"][1]["keys"][0]["kty"], "oct");
+    // A jwks_uri provider says when it fetches next: within its refresh interval (or the
+    // answer's max-age, clamped to 1 min .. 1 h).
+    let remote = &keys["providers"][2];
+    assert_eq!(remote["source"]["jwks_uri"], remote_url);
+    let next = remote["next_refresh_unix"].as_u64().expect("scheduled") as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now + 50..=now + 3_601).contains(&next), "{next} vs {now}");
+    assert_eq!(
+        main["next_refresh_unix"],
+        Value::Null,
+        "a file is watched, not fetched"
+    );
     seen.push_str(&keys.to_string());
 
     let (status, revocations) = admin(&gw, "/admin/revocations", &[]);
