@@ -31,7 +31,7 @@ fn the_admin_view_shows_config_routes_backends_keys_and_revocations_without_a_se
         "{\"jti\": \"gone\"}\n{\"sub\": \"bob\", \"revoked_before\": 1}\n",
     )
     .unwrap();
-    let remote = JwksServer::start(&jwks(&[&key]));
+    let remote = JwksServer::start(&crate::common::jwks(&[&key]));
     let remote_url = remote.url();
     let up = Echo::start("up");
     let mut down = Echo::start("down");
