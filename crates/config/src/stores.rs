@@ -22,7 +22,11 @@ pub(crate) fn server(
             RedisServer::Node(url.clone())
         }
         (None, Some(nodes), None) => {
-            check_nodes(&format!("{path}.cluster"), nodes, problems);
+            let at = format!("{path}.cluster");
+            check_nodes(&at, nodes, problems);
+            if problems.0.len() == before {
+                cluster_seeds(&at, nodes, problems);
+            }
             RedisServer::Cluster(nodes.clone())
         }
         (None, None, Some(s)) => {
@@ -53,6 +57,24 @@ fn check_nodes(path: &str, nodes: &[String], problems: &mut Problems) {
     }
     for (i, url) in nodes.iter().enumerate() {
         check_url(&format!("{path}[{i}]"), url, problems);
+    }
+}
+
+/// What the cluster client would refuse only when connecting (and then retry forever): a
+/// database other than 0, seeds it cannot build a client from.
+fn cluster_seeds(path: &str, nodes: &[String], problems: &mut Problems) {
+    for (i, url) in nodes.iter().enumerate() {
+        if let Ok(info) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+            if info.redis_settings().db() != 0 {
+                problems.add(
+                    format!("{path}[{i}]"),
+                    "a Redis Cluster has only database 0",
+                );
+            }
+        }
+    }
+    if let Err(e) = redis::cluster::ClusterClient::new(nodes.to_vec()) {
+        problems.add(path, format!("not a usable set of cluster seeds: {e}"));
     }
 }
 

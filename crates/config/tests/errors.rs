@@ -1484,6 +1484,20 @@ routes:
     ];
     assert_problems(&p, &expected, 0);
 
+    let p = problems(
+        r#"
+listen: { http: "127.0.0.1:8080" }
+rate_limiting:
+  redis: { cluster: ["redis://127.0.0.1:7000/2", "redis://127.0.0.1:7001/"] }
+upstreams:
+  e: { backends: [{ addr: "127.0.0.1:9000" }] }
+routes:
+  - { name: r, path: /, upstream: e }
+"#,
+    );
+    let expected = ["rate_limiting.redis.cluster[0]: a Redis Cluster has only database 0"];
+    assert_problems(&p, &expected, 0);
+
     let config = tollgate_config::parse(
         r#"
 listen: { http: "127.0.0.1:8080" }

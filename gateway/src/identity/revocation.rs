@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tollgate_config::{Problem, Revocation, RevocationSource};
+use tollgate_config::{Problem, RedisServer, Revocation, RevocationSource};
 use tollgate_jwt::{DenyList, Revoked};
 
 /// A deny list and where it comes from.
@@ -213,9 +213,10 @@ impl Revocations {
             RevocationSource::File(path) => {
                 tokio::spawn(watch_file(weak, path, self.poll));
             }
-            RevocationSource::Redis { key, .. } => {
+            RevocationSource::Redis { key, server } => {
                 let store = self.store.clone().expect("a redis source has its store");
-                tokio::spawn(poll_redis(weak, store, key, self.poll));
+                let version = version_key(&server, &key);
+                tokio::spawn(poll_redis(weak, store, key, version, self.poll));
             }
         }
     }
@@ -260,13 +261,30 @@ struct RedisView {
     kept: Option<Arc<DenyList>>,
 }
 
-/// Polls `key:version` and reads the set at `key` when it changed. A member that is not a
-/// valid entry (or not UTF-8) is left out and counted; the others apply (one bad write must
-/// not stop every later revocation from taking effect).
-async fn poll_redis(weak: Weak<Revocations>, store: Arc<Store>, key: String, poll: Duration) {
+/// The deny list's version counter: `KEY:version`; in a Redis Cluster `{KEY}:version`, a
+/// hash tag that puts it in the set's own slot (a key without braces hashes whole), so both
+/// live on one master and its replica receives them in order: a failover never keeps a
+/// counter bump whose entries it lost. A key that already has a hash tag keeps `KEY:version`,
+/// which shares that tag.
+pub fn version_key(server: &RedisServer, key: &str) -> String {
+    match server {
+        RedisServer::Cluster(_) if !key.contains('{') => format!("{{{key}}}:version"),
+        _ => format!("{key}:version"),
+    }
+}
+
+/// Polls the version counter and reads the set at `key` when it changed. A member that is
+/// not a valid entry (or not UTF-8) is left out and counted; the others apply (one bad write
+/// must not stop every later revocation from taking effect).
+async fn poll_redis(
+    weak: Weak<Revocations>,
+    store: Arc<Store>,
+    key: String,
+    version_key: String,
+    poll: Duration,
+) {
     store.connect_in_background();
     store.wait_connected(Duration::from_secs(2)).await;
-    let version_key = format!("{key}:version");
     let mut view = RedisView::default();
     loop {
         if weak.strong_count() == 0 {
@@ -341,4 +359,24 @@ async fn read_redis(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_a_cluster_the_version_counter_shares_the_sets_slot() {
+        let one = RedisServer::Node("redis://r/".into());
+        let cluster = RedisServer::Cluster(vec!["redis://r/".into()]);
+        assert_eq!(
+            version_key(&one, "tollgate:revoked"),
+            "tollgate:revoked:version"
+        );
+        assert_eq!(
+            version_key(&cluster, "tollgate:revoked"),
+            "{tollgate:revoked}:version"
+        );
+        assert_eq!(version_key(&cluster, "{t}:revoked"), "{t}:revoked:version");
+    }
 }

@@ -98,7 +98,8 @@ pub struct Receiver {
     subjects_of: Vec<Vec<String>>,
     connector: Arc<Connector>,
     /// The deny list's Redis set, when there is one: pushed revocations go to the fleet.
-    fleet: Option<(Arc<Store>, String)>,
+    /// The store, the set's key and its version counter's key.
+    fleet: Option<(Arc<Store>, String, String)>,
 }
 
 /// What the receiver answers (RFC 8935 §2.2–2.3): 202, or an error with its `err` code.
@@ -163,7 +164,11 @@ impl Receiver {
         }
         let fleet = match revocation.map(|r| &r.source) {
             Some(RevocationSource::Redis { server, key }) => match Store::new(server) {
-                Ok(s) => Some((Arc::new(s), key.clone())),
+                Ok(s) => Some((
+                    Arc::new(s),
+                    key.clone(),
+                    crate::identity::revocation::version_key(server, key),
+                )),
                 Err(message) => {
                     problems.push(Problem {
                         path: "auth.revocation.redis".into(),
@@ -357,10 +362,11 @@ impl Receiver {
 
     /// The entries, in the fleet's deny list (a Redis set and its version counter). The
     /// set is written first, then the counter: a poller that reads between the two sees the
-    /// entries at the next bump. Two commands, not a transaction: in a cluster the two keys
-    /// may live in different slots.
+    /// entries at the next bump. Two commands, not a transaction; in a cluster both keys are
+    /// in one slot ([`crate::identity::revocation::version_key`]), so a failover keeps them
+    /// in order.
     async fn to_fleet(&self, entries: &[Entry]) -> Result<(), String> {
-        let Some((store, key)) = &self.fleet else {
+        let Some((store, key, version_key)) = &self.fleet else {
             return Ok(());
         };
         let write = async {
@@ -381,7 +387,7 @@ impl Receiver {
                 .await
                 .map_err(|e| e.to_string())?;
             redis::cmd("INCR")
-                .arg(format!("{key}:version"))
+                .arg(version_key)
                 .query_async::<()>(&mut c)
                 .await
                 .map_err(|e| e.to_string())

@@ -602,11 +602,10 @@ impl ProxyHttp for Gateway {
             )?;
         }
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
-        // The upstream continues the trace from this attempt; a client's own trace headers
-        // pass only when its trace was continued.
+        // A client's own trace headers pass only when its trace was continued. The mirror's
+        // copy (below) names the request's span as its parent; the upstream, its attempt's.
         if let Some(trace) = &ctx.trace {
-            let parent = trace.attempt_span().unwrap_or(trace.span_id);
-            upstream.insert_header(TRACEPARENT, trace.traceparent(parent))?;
+            upstream.insert_header(TRACEPARENT, trace.traceparent(trace.span_id))?;
             match trace.tracestate() {
                 Some(state) => upstream.insert_header(TRACESTATE, state)?,
                 None if trace.client_sent_tracestate() => drop(upstream.remove_header(&TRACESTATE)),
@@ -641,6 +640,11 @@ impl ProxyHttp for Gateway {
                         .filter(|c| c.verified())
                         .map(|c| c.claims());
                     mirror.send(upstream, !session.is_body_empty(), caller);
+                }
+            }
+            if let Some(trace) = &ctx.trace {
+                if let Some(attempt) = trace.attempt_span() {
+                    upstream.insert_header(TRACEPARENT, trace.traceparent(attempt))?;
                 }
             }
             // After the mirror's copy: a rewritten header never reaches a shadow.

@@ -318,6 +318,11 @@ async fn export(mut rx: mpsc::Receiver<Vec<otlp::Span>>) {
     let mut failing = false;
     while let Some(first) = rx.recv().await {
         let Some(settings) = settings() else {
+            // Tracing was turned off by a reload: what was queued goes nowhere.
+            METRICS
+                .trace_spans
+                .with_label_values(&["dropped"])
+                .inc_by(first.len() as u64);
             continue;
         };
         let mut batch = first;
@@ -448,25 +453,36 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
 /// lowercase hex, neither id all zeros; version `ff` is invalid, and a later version may
 /// append fields after a `-`. The trace id, the parent span and whether it was sampled.
 fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, bool)> {
-    let v = std::str::from_utf8(value).ok()?.trim_matches([' ', '\t']);
-    let lower_hex = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    // Bytes, not text: a header value may hold any byte above 0x7f, and slicing a string
+    // inside a character would panic.
+    let v = value.trim_ascii();
+    if !v.is_ascii() || v.len() < 55 {
+        return None;
+    }
+    let lower_hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
     };
-    if v.len() < 55 || !lower_hex(&v[..2]) || &v[..2] == "ff" {
+    let version = &v[..2];
+    if !lower_hex(version) || version == b"ff" {
         return None;
     }
-    if (&v[..2] == "00" && v.len() != 55) || (v.len() > 55 && v.as_bytes()[55] != b'-') {
+    if (version == b"00" && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
         return None;
     }
-    let b = v.as_bytes();
-    if b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
     let (trace, span, flags) = (&v[3..35], &v[36..52], &v[53..55]);
     if !(lower_hex(trace) && lower_hex(span) && lower_hex(flags)) {
         return None;
     }
+    // ASCII hex digits, checked above.
+    let (trace, span, flags) = (
+        std::str::from_utf8(trace).ok()?,
+        std::str::from_utf8(span).ok()?,
+        std::str::from_utf8(flags).ok()?,
+    );
     let trace_id = TraceId::from_hex(trace).ok()?;
     let span_id = SpanId::from_hex(span).ok()?;
     if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
@@ -512,6 +528,10 @@ mod tests {
             b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            // Not ASCII: a character across the version's end must not be sliced.
+            "0é-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".as_bytes(),
+            "00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01".as_bytes(),
+            b"0\xff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             b"00-abc-def-01",
             b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             b"00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",

@@ -199,42 +199,36 @@ where
     }
 }
 
-/// Asks the Sentinels for the master every [`SENTINEL_POLL`]; connects to it when it is a
-/// new one. Until the first answer, and while no Sentinel answers, the last master stays in
-/// use (its connection's errors go to the callers' `on_store_error`).
+/// Asks a Sentinel for the master's address every [`SENTINEL_POLL`] (`SENTINEL
+/// get-master-addr-by-name`, on one kept connection, moving to the next Sentinel when it
+/// fails), and connects to the master only when the address changes. Until the first
+/// answer, and while no Sentinel answers, the last master stays in use (its connection's
+/// errors go to the callers' `on_store_error`). The first Sentinel URL's credentials and
+/// database are used for the master.
 async fn follow_sentinel(weak: Weak<Store>, master: String, nodes: Vec<String>) {
-    let first = nodes
-        .first()
-        .and_then(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str()).ok());
-    let settings = redis::sentinel::SentinelNodeConnectionInfo::default()
-        .set_redis_connection_info(
-            first
-                .map(|i| i.redis_settings().clone())
-                .unwrap_or_default(),
-        );
-    let mut sentinel = match redis::sentinel::SentinelClient::build(
-        nodes,
-        master.clone(),
-        Some(settings),
-        redis::sentinel::SentinelServerType::Master,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "redis sentinel: bad settings");
-            return;
-        }
+    let sentinels: Vec<redis::ConnectionInfo> = nodes
+        .iter()
+        .filter_map(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str()).ok())
+        .collect();
+    let Some(first) = sentinels.first().cloned() else {
+        tracing::error!("redis sentinel: no usable Sentinel URL");
+        return;
     };
+    let mut asked: Option<(usize, redis::aio::MultiplexedConnection)> = None;
+    let mut next = 0usize;
     while weak.strong_count() > 0 {
-        let found = tokio::time::timeout(CONNECT_TIMEOUT * 2, sentinel.async_get_client()).await;
-        match found {
-            Ok(Ok(client)) => {
-                let addr = client.get_connection_info().addr().to_string();
+        match ask_sentinel(&mut asked, &mut next, &sentinels, &master).await {
+            Some((host, port)) => {
+                let addr = format!("{host}:{port}");
                 let known = weak
                     .upgrade()
                     .and_then(|s| s.master.load_full())
                     .is_some_and(|m| *m == addr);
                 if !known {
-                    match node(client.get_connection_info().clone()).await {
+                    let info = first
+                        .clone()
+                        .set_addr(redis::ConnectionAddr::Tcp(host, port));
+                    match node(info).await {
                         Ok(conn) => {
                             let Some(s) = weak.upgrade() else { return };
                             s.conn.store(Some(Arc::new(Conn::Node(conn))));
@@ -247,9 +241,46 @@ async fn follow_sentinel(weak: Weak<Store>, master: String, nodes: Vec<String>) 
                     }
                 }
             }
-            Ok(Err(e)) => tracing::warn!(%master, error = %e, "redis sentinel: no master"),
-            Err(_) => tracing::warn!(%master, "redis sentinel: no answer"),
+            None => tracing::warn!(%master, "redis sentinel: no Sentinel named a master"),
         }
         tokio::time::sleep(SENTINEL_POLL).await;
     }
+}
+
+/// The master's address as a Sentinel names it: on the kept connection, else on each
+/// Sentinel in turn (from `next`), once around.
+async fn ask_sentinel(
+    asked: &mut Option<(usize, redis::aio::MultiplexedConnection)>,
+    next: &mut usize,
+    sentinels: &[redis::ConnectionInfo],
+    master: &str,
+) -> Option<(String, u16)> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(CONNECT_TIMEOUT));
+    for _ in 0..=sentinels.len() {
+        if asked.is_none() {
+            let i = *next % sentinels.len();
+            *next = i + 1;
+            let connected = async {
+                redis::Client::open(sentinels[i].clone())?
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT * 2, connected).await {
+                Ok(Ok(c)) => *asked = Some((i, c)),
+                _ => continue,
+            }
+        }
+        let (_, conn) = asked.as_mut()?;
+        let mut ask = redis::cmd("SENTINEL");
+        ask.arg("get-master-addr-by-name").arg(master);
+        let reply = ask.query_async::<Option<(String, u16)>>(conn);
+        match tokio::time::timeout(CONNECT_TIMEOUT * 2, reply).await {
+            Ok(Ok(Some(addr))) => return Some(addr),
+            // This Sentinel does not know the master, or failed: ask the next.
+            _ => *asked = None,
+        }
+    }
+    None
 }
