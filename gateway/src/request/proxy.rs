@@ -170,13 +170,8 @@ fn well_formed_request_id(v: &HeaderValue) -> bool {
 
 /// 128 random bits as 32 lower-case hex digits, formatted on the stack.
 fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bits = fastrand::u128(..);
     let mut id = [0u8; 32];
-    for digit in id.iter_mut().rev() {
-        *digit = HEX[(bits & 0xf) as usize];
-        bits >>= 4;
-    }
+    crate::util::digest::hex_into(&fastrand::u128(..).to_be_bytes(), &mut id);
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 

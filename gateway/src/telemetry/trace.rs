@@ -17,6 +17,7 @@
 //! `continue_from` trusts; from others it is replaced, never forwarded.
 
 use crate::telemetry::metrics::METRICS;
+use crate::util::digest::{hex, hex_into};
 use crate::util::span::{Step, Value};
 use arc_swap::ArcSwapOption;
 use once_cell::sync::OnceCell;
@@ -432,21 +433,6 @@ fn nanos(t: SystemTime) -> u64 {
 
 fn new_span_id() -> SpanId {
     SpanId::from_bytes(fastrand::u64(1..).to_be_bytes())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = vec![0u8; bytes.len() * 2];
-    hex_into(bytes, &mut out);
-    String::from_utf8(out).expect("hex digits")
-}
-
-/// `bytes` in lowercase hex into `out` (twice as long).
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 15)];
-    }
 }
 
 /// A `traceparent` (W3C Trace Context §3.2): version, trace id, parent id and flags in

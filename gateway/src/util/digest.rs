@@ -1,5 +1,6 @@
 //! SHA-256, the one digest the gateway makes itself: token cache keys, Redis keys, DPoP
-//! replay keys, certificate thumbprints, hashed subjects in logs, file fingerprints.
+//! replay keys, certificate thumbprints, hashed subjects in logs, file fingerprints. And the
+//! one hex writer (digests, request ids, trace ids).
 
 /// SHA-256 of `parts` in order, as if concatenated (no separator is added: callers that
 /// join fields put their own between them).
@@ -16,13 +17,18 @@ pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// Lowercase hex of `bytes` into `out` (twice as long), for ids written on the stack.
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
 }
 
 #[cfg(test)]
